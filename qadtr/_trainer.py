@@ -1,0 +1,128 @@
+"""The training loop: seeded batches, augmentation, resumable state, per-epoch evaluation.
+
+Everything random is a pure function of (seed, epoch, step): the batch order of epoch e, the crop
+and flip of step s, the bit width of step s. A run resumed from `last.pt` therefore replays exactly
+the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from qadtr._config import atomic_write_bytes, config_to_dict, write_json
+from qadtr._errors import QadtrError
+from qadtr.evaluate import accuracy_per_bits, to_tensor
+from qadtr.models import bits_of
+from qadtr.models._calibrate import calibrate_
+from qadtr.recipes import get_recipe
+
+CALIB_IMAGES = 512  # enough for stable per-layer percentiles; calibration takes seconds
+PAD = 4  # random-crop padding: the standard CIFAR augmentation (He et al. 2016)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def augment(x: torch.Tensor, seed: int, step: int, hflip: bool) -> torch.Tensor:
+    """Random crop (zero padding PAD) and optional horizontal flip. x: (B, 3, H, W) in [0, 1]."""
+    g = torch.Generator().manual_seed(seed * 7_919 + step)
+    B, _, H, W = x.shape
+    padded = torch.nn.functional.pad(x, (PAD, PAD, PAD, PAD))  # (B, 3, H+2P, W+2P)
+    dy = torch.randint(0, 2 * PAD + 1, (B,), generator=g)
+    dx = torch.randint(0, 2 * PAD + 1, (B,), generator=g)
+    flip = torch.rand(B, generator=g) < 0.5
+    out = torch.empty_like(x)
+    for i in range(B):
+        crop = padded[i, :, dy[i]:dy[i] + H, dx[i]:dx[i] + W]
+        out[i] = crop.flip(-1) if (hflip and flip[i]) else crop
+    return out
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on BatchNorm, biases and quantizer scales (decay would shrink the scales)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if (p.ndim <= 1 or "scaling_impl" in name) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def fit(model: nn.Module, cfg, train, test, out: Path, *, resume: bool, hflip: bool) -> dict:
+    """Train `model` per `cfg` (a TrainConfig) on `train`, evaluating on `test` after each epoch.
+
+    Writes `out/last.pt` every `cfg.save_every` steps and at each epoch end; returns the final metrics.
+    """
+    recipe = get_recipe(cfg.recipe)
+    n = len(train.images)
+    steps_per_epoch = n // cfg.batch_size  # drop the last partial batch: every step has the same size
+    if steps_per_epoch == 0:
+        raise QadtrError(f"{n} training images is fewer than one batch of {cfg.batch_size}; lower --batch-size")
+    total = steps_per_epoch * cfg.epochs
+    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    cfg_json = json.dumps(config_to_dict(cfg), sort_keys=True)
+    state_path, history = out / "last.pt", []
+    step = 0
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state["config"] != cfg_json:
+            raise QadtrError(f"{out} holds a run started with other settings; use the same flags or another --out")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        step, history = state["step"], json.loads(state["history"])
+        print(f"resuming {out} at step {step}/{total}", file=sys.stderr)
+    elif bits_of(model):  # thresholds from CALIB_IMAGES fixed pseudo-random training images
+        pick = np.random.default_rng(cfg.seed).permutation(n)[:CALIB_IMAGES]
+        calibrate_(model, train.images[np.sort(pick)], seed=cfg.seed)
+
+    def save_state() -> None:
+        buf = io.BytesIO()
+        torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
+                    "config": cfg_json, "history": json.dumps(history)}, buf)
+        atomic_write_bytes(state_path, buf.getvalue())
+
+    model.train()
+    bar = tqdm(total=total, initial=step, desc=f"{cfg.recipe} {out.name}", unit="step",
+               mininterval=1 if sys.stderr.isatty() else 30, dynamic_ncols=True)
+    t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)  # wall time since the start, by epoch
+    while step < total:
+        epoch, i = divmod(step, steps_per_epoch)
+        order = epoch_order(n, cfg.seed, epoch)
+        idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size].numpy()
+        x = augment(to_tensor(train.images[idx]), cfg.seed, step, hflip)  # (B, 3, 32, 32)
+        y = torch.from_numpy(train.labels[idx])
+        for g in opt.param_groups:  # cosine decay to zero over the whole run
+            g["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
+        loss, logs = recipe(model, x, y, step=step, cfg=cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+        if step % steps_per_epoch == 0:
+            acc = accuracy_per_bits(model, test.images, test.labels)
+            history.append({"epoch": epoch + 1, "step": step, "loss": loss.item(),
+                            "elapsed_s": round(time.perf_counter() - t0, 1),
+                            "test_acc": {k: v.to_dict() for k, v in acc.items()}})
+            bar.write(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v}" for k, v in acc.items()))
+            model.train()
+            save_state()
+        elif step % cfg.save_every == 0:
+            save_state()
+    bar.close()
+    write_json(out / "history.json", history)
+    return {"test_acc": history[-1]["test_acc"] if history else {}, "epochs": cfg.epochs, "steps": total,
+            "history": history}

@@ -1,0 +1,114 @@
+"""Datasets as uint8 arrays: `load_split("cifar10", "train", data_dir)` -> `Split`.
+
+Each dataset is one module (`cifar10.py`, `gtsrb.py`) with `find_source(data_dir, split, download=)`,
+which locates the standard public layout in a directory the user names, and `read(source, split)`,
+which decodes it. The decoded arrays are cached as an .npz (see `_cache.py`), so only the first load
+of a source pays for decoding.
+
+Example:
+    >>> s = load_split("cifar10", "test", "../shared/data", cache_dir="/tmp/qadtr-cache")
+    >>> s.images.shape, s.labels.shape, s.classes[s.labels[0]]
+    ((10000, 32, 32, 3), (10000,), 'airplane')
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qadtr._errors import QadtrError
+from qadtr.data import _cache, cifar10, gtsrb
+
+__all__ = ["DATASETS", "DatasetInfo", "Split", "load_split", "resolve_data_dir"]
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing/hashing arrays field by field is meaningless
+class Split:
+    """One decoded split of a dataset."""
+
+    images: np.ndarray  # (N, 32, 32, 3) uint8, RGB, HWC
+    labels: np.ndarray  # (N,) int64, indexes `classes`
+    classes: tuple[str, ...]  # class names in label order
+    name: str  # dataset name, e.g. "cifar10"
+    split: str  # "train" | "test"
+    source: str  # the file(s)/dir it was read from, " + "-joined
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What training code needs to know about a dataset without loading it."""
+
+    name: str
+    num_classes: int
+    classes: tuple[str, ...]  # label order
+    hflip_ok: bool  # a horizontal flip keeps the label (not for signs: keep_left <-> keep_right)
+    mean: tuple[float, float, float]  # per-channel RGB mean of the train split, pixel/255
+    std: tuple[float, float, float]  # per-channel RGB std of the train split, pixel/255
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo("cifar10", 10, cifar10.CLASSES, hflip_ok=True, mean=cifar10.MEAN, std=cifar10.STD),
+    "gtsrb": DatasetInfo("gtsrb", 43, gtsrb.CLASSES, hflip_ok=False, mean=gtsrb.MEAN, std=gtsrb.STD),
+}
+_MODULES = {"cifar10": cifar10, "gtsrb": gtsrb}  # looked up at call time, so tests can monkeypatch `read`
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """The data directory: the argument (--data-dir) if given, else env QADTR_DATA.
+
+    Raises:
+        QadtrError: neither is set.
+    """
+    if data_dir is None or str(data_dir) == "":
+        data_dir = os.environ.get("QADTR_DATA") or None
+    if data_dir is None:
+        raise QadtrError("no data directory given; pass --data-dir DIR or set QADTR_DATA=DIR")
+    return Path(data_dir).expanduser()
+
+
+def load_split(name: str, split: str, data_dir: str | Path | None = None, *,
+               cache_dir: str | Path | None = None, download: bool = False) -> Split:
+    """Load one split of a dataset as uint8 arrays, decoding it only if it is not cached yet.
+
+    Args:
+        name: a key of `DATASETS` ("cifar10", "gtsrb").
+        split: "train" or "test".
+        data_dir: the directory holding the dataset; None reads env QADTR_DATA.
+        cache_dir: where decoded arrays are cached; None reads env QADTR_CACHE, else ~/.cache/qadtr.
+        download: fetch the official archive into `data_dir` when no source is found there.
+
+    Returns:
+        A `Split` with images (N, 32, 32, 3) uint8 RGB and labels (N,) int64.
+
+    Raises:
+        QadtrError: unknown name or split, no data directory, no (or an incomplete) source in it.
+
+    Example:
+        >>> train = load_split("gtsrb", "train", "/data", cache_dir="/tmp/qadtr-cache")
+    """
+    if name not in DATASETS:
+        raise QadtrError(f"unknown dataset {name!r}; use one of {sorted(DATASETS)}")
+    if split not in SPLITS:
+        raise QadtrError(f"unknown split {split!r} for {name}; use one of {list(SPLITS)}")
+    root = resolve_data_dir(data_dir)
+    if not root.is_dir():
+        if not download or root.exists():
+            raise QadtrError(f"data directory {root} does not exist or is not a directory; fix --data-dir / "
+                             "QADTR_DATA, or pass --download to create it and fetch the official archive")
+        root.mkdir(parents=True)
+    module = _MODULES[name]
+    source = module.find_source(root, split, download=download)
+    path = _cache.cache_path(_cache.resolve_cache_dir(cache_dir), name, split, source)
+    arrays = _cache.load(path)
+    if arrays is None:
+        print(f"qadtr.data: decoding {name} {split} from {source} (once; cached as {path})", file=sys.stderr)
+        arrays = module.read(source, split)
+        _cache.save(path, *arrays)
+    images, labels, classes = arrays
+    return Split(images, labels, classes, name, split, str(source))

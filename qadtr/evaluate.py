@@ -1,0 +1,95 @@
+"""Clean top-1 accuracy of a checkpoint at each of its bit widths.
+
+Example:
+    python -m qadtr.evaluate zoo/resnet20_w4a4/model.pt --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from qadtr._stats import Proportion
+from qadtr.models import bits_of, set_bits
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 500, progress: bool = False) -> np.ndarray:
+    """Argmax predictions (N,) of `model` in eval mode on uint8 HWC images."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for i in tqdm(range(0, len(images), batch_size), disable=not progress, leave=False, desc="eval"):
+            out.append(model(to_tensor(images[i:i + batch_size])).argmax(1).numpy())  # (B,)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    finally:
+        model.train(was_training)
+
+
+def accuracy_per_bits(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
+                      progress: bool = False) -> dict[str, Proportion]:
+    """{"float": p} for a float model, {"w4a4": p, ...} for a quantized one; leaves the active bits as found."""
+    if not bits_of(model):
+        return {"float": Proportion(int((predict(model, images, progress=progress) == labels).sum()), len(labels))}
+    active = model.active
+    try:
+        result = {}
+        for w, a in bits_of(model):
+            set_bits(model, w, a)
+            correct = int((predict(model, images, progress=progress) == labels).sum())
+            result[f"w{w}a{a}"] = Proportion(correct, len(labels))
+        return result
+    finally:
+        model.active = active
+
+
+def main(argv: list[str] | None = None) -> int:
+    from qadtr._cli import run_cli
+
+    p = argparse.ArgumentParser(prog="python -m qadtr.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", help="model.pt (with model.json beside it) or its folder")
+    p.add_argument("--data", default=None, help="dataset name (default: the one the checkpoint trained on)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    p.add_argument("--json", default=None, help="also write the accuracies to this JSON file")
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        from qadtr.checkpoint import load_checkpoint
+        from qadtr.data import load_split
+
+        model, ck = load_checkpoint(args.checkpoint)
+        data = args.data or (ck.train.data if ck.train is not None else "cifar10")
+        split = load_split(data, args.split, args.data_dir)
+        images, labels = split.images, split.labels
+        if args.limit:
+            images, labels = images[:args.limit], labels[:args.limit]
+        acc = accuracy_per_bits(model, images, labels, progress=sys.stderr.isatty())
+        recorded = ck.metrics.get(f"{args.split}_acc", {}) if not args.limit else {}
+        for key, p_ in acc.items():
+            note = ""
+            if key in recorded:
+                delta = 100 * (p_.value - recorded[key]["value"])
+                note = f"  (recorded {100 * recorded[key]['value']:.2f}%, delta {delta:+.2f} pt)"
+            print(f"{ck.model.arch} {key:6s} {data}/{args.split} top-1 {p_}{note}")
+        if args.json:
+            from qadtr._config import write_json
+            write_json(args.json, {k: v.to_dict() for k, v in acc.items()})
+
+    return run_cli("qadtr.evaluate", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Model zoo: float and Brevitas QNNs by name, switchable bit widths, BN folding for deployment.
+
+Example:
+    >>> from qadtr.models import ModelConfig, create_model, set_bits
+    >>> model = create_model(ModelConfig("resnet20", bits=((2, 2), (4, 4), (8, 8))))
+    >>> set_bits(model, w=4, a=4)
+"""
+
+from qadtr.models import resnet  # noqa: F401  (fills the registry)
+from qadtr.models._fold import fold_bn
+from qadtr.models._registry import list_models, register_model
+from qadtr.models._layers import SUPPORTED_BITS, QuantSpec
+from qadtr.models.switchable import (ModelConfig, QuantNet, at_bits, bits_of, create_model, get_bits,
+                                     load_pretrained_, set_bits)
+
+__all__ = ["ModelConfig", "QuantNet", "QuantSpec", "SUPPORTED_BITS", "at_bits", "bits_of", "create_model",
+           "fold_bn", "get_bits", "list_models", "load_pretrained_", "register_model", "set_bits"]

@@ -1,0 +1,99 @@
+"""Build the model zoo that later stages (attacks, export, replay, defences) start from.
+
+    python -m qadtr.zoo --data-dir ../shared/data --out zoo
+
+Trains, in order, each entry of `PLAN` (skipping finished ones, resuming interrupted ones), then
+writes `OUT/zoo.json` with each entry's test accuracy, epochs and wall time. Every entry starts
+from the float ResNet-20 weights in ../shared/models (via the fine-tuned float entry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from qadtr.models import ModelConfig
+from qadtr.train import TrainConfig
+
+DEFAULT_FLOAT = "../shared/models/resnet20-cifar10-akamaster.th"
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str  # folder under OUT
+    cfg: TrainConfig  # `init` is filled in from `start`
+    start: str  # "pretrained" (the float file) or the name of an earlier entry
+
+
+def _rn20(bits=(), **kw) -> ModelConfig:
+    return ModelConfig("resnet20", bits=bits, **kw)
+
+
+# Epochs and learning rates: the smallest budgets that reached the targets on this machine
+# (a 4-bit epoch is ~5 min here); lower bit widths get more epochs because they move further.
+PLAN = (
+    Entry("resnet20_float", TrainConfig(_rn20(), recipe="float", epochs=8, lr=0.02), "pretrained"),
+    Entry("resnet20_w8a8", TrainConfig(_rn20(((8, 8),)), epochs=2, lr=0.005), "resnet20_float"),
+    Entry("resnet20_w4a4", TrainConfig(_rn20(((4, 4),)), epochs=4, lr=0.01), "resnet20_float"),
+    Entry("resnet20_sw248", TrainConfig(_rn20(((2, 2), (4, 4), (8, 8)), per_bit_bn=True), epochs=3, lr=0.01),
+          "resnet20_float"),
+    Entry("resnet20_w2a2", TrainConfig(_rn20(((2, 2),)), epochs=8, lr=0.01), "resnet20_w4a4"),
+)
+
+
+def build(out: Path, *, data_dir: str | None, pretrained: str, only: list[str] | None = None) -> dict:
+    import dataclasses
+
+    from qadtr._config import read_json, write_json
+    from qadtr._errors import QadtrError
+    from qadtr.train import train
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = read_json(out / "zoo.json") if (out / "zoo.json").is_file() else {}
+    for e in PLAN:
+        if only and e.name not in only:
+            continue
+        run = out / e.name
+        if (run / "model.pt").is_file():
+            print(f"{e.name}: done, skipping")
+            continue
+        init = pretrained if e.start == "pretrained" else str(out / e.start / "model.pt")
+        if not Path(init).is_file():
+            raise QadtrError(f"{e.name} starts from {init}, which does not exist; build {e.start} first")
+        cfg = dataclasses.replace(e.cfg, init=init)
+        t = time.perf_counter()
+        pt = train(cfg, run, data_dir=data_dir, resume=(run / "last.pt").is_file())
+        ck = read_json(pt.with_suffix(".json"))["_data"]
+        summary[e.name] = {"test_acc": ck["metrics"]["test_acc"], "epochs": cfg.epochs, "lr": cfg.lr,
+                           "start": e.start, "wall_s_last_session": round(time.perf_counter() - t),
+                           "history": read_json(run / "history.json")}
+        write_json(out / "zoo.json", summary)
+        (run / "last.pt").unlink(missing_ok=True)  # resume state: optimizer moments, not needed once done
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    from qadtr._cli import run_cli
+
+    p = argparse.ArgumentParser(prog="python -m qadtr.zoo", description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--out", default="zoo")
+    p.add_argument("--pretrained", default=DEFAULT_FLOAT, help="float ResNet-20 weights to start from")
+    p.add_argument("--only", default="", help="comma-separated entry names (default: all)")
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        summary = build(Path(args.out), data_dir=args.data_dir, pretrained=args.pretrained,
+                        only=[s for s in args.only.split(",") if s] or None)
+        for name, s in summary.items():
+            accs = ", ".join(f"{k} {100 * v['value']:.2f}%" for k, v in s["test_acc"].items())
+            print(f"{name:16s} {accs}  ({s['epochs']} epochs)")
+
+    return run_cli("qadtr.zoo", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
