@@ -111,12 +111,16 @@ def fit(model: nn.Module, cfg, train, test, out: Path, *, resume: bool, hflip: b
         opt.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch)
+        bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch, refresh=False)
         if step % steps_per_epoch == 0:
-            acc = accuracy_per_bits(model, test.images, test.labels)
-            history.append({"epoch": epoch + 1, "step": step, "loss": loss.item(),
-                            "elapsed_s": round(time.perf_counter() - t0, 1),
-                            "test_acc": {k: v.to_dict() for k, v in acc.items()}})
+            acc = accuracy_per_bits(model, test.images, test.labels)  # the deployable (BN-folded) nets
+            entry = {"epoch": epoch + 1, "step": step, "loss": loss.item(),
+                     "elapsed_s": round(time.perf_counter() - t0, 1),
+                     "test_acc": {k: v.to_dict() for k, v in acc.items()}}
+            if bits_of(model):
+                trained = accuracy_per_bits(model, test.images, test.labels, form="trained")
+                entry["test_acc_trained"] = {k: v.to_dict() for k, v in trained.items()}
+            history.append(entry)
             bar.write(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v}" for k, v in acc.items()))
             model.train()
             save_state()
@@ -124,5 +128,6 @@ def fit(model: nn.Module, cfg, train, test, out: Path, *, resume: bool, hflip: b
             save_state()
     bar.close()
     write_json(out / "history.json", history)
-    return {"test_acc": history[-1]["test_acc"] if history else {}, "epochs": cfg.epochs, "steps": total,
-            "history": history}
+    last = history[-1] if history else {}
+    return {"test_acc": last.get("test_acc", {}), "test_acc_trained": last.get("test_acc_trained", {}),
+            "epochs": cfg.epochs, "steps": total, "history": history}

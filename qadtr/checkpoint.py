@@ -22,6 +22,7 @@ from qadtr._config import atomic_write_bytes, config_from_dict, config_to_dict, 
     sha256_file, write_json
 from qadtr._errors import QadtrError
 from qadtr.models import ModelConfig, create_model
+from qadtr.train import TrainConfig  # noqa: F401  (registers TrainConfig for model.json)
 
 
 @register_config

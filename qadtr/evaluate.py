@@ -1,4 +1,4 @@
-"""Clean top-1 accuracy of a checkpoint at each of its bit widths.
+"""Clean top-1 accuracy of a checkpoint at each of its bit widths, deployable and as trained.
 
 Example:
     python -m qadtr.evaluate zoo/resnet20_w4a4/model.pt --data-dir ../shared/data
@@ -15,7 +15,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from qadtr._stats import Proportion
-from qadtr.models import bits_of, set_bits
+from qadtr.models import at_bits, bits_of, deploy_net
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -37,17 +37,26 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 500, progres
         model.train(was_training)
 
 
-def accuracy_per_bits(model: nn.Module, images: np.ndarray, labels: np.ndarray, *,
+FORMS = ("deploy", "trained")
+
+
+def accuracy_per_bits(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, form: str = "deploy",
                       progress: bool = False) -> dict[str, Proportion]:
-    """{"float": p} for a float model, {"w4a4": p, ...} for a quantized one; leaves the active bits as found."""
+    """{"float": p} for a float model, {"w4a4": p, ...} for a quantized one; leaves the active bits as found.
+
+    form="deploy" evaluates the BN-folded int32-bias network that exporters ship (the default, and the
+    number to quote); form="trained" the network as trained, with BatchNorm.
+    """
+    if form not in FORMS:
+        raise ValueError(f"form={form!r}; choose one of {FORMS}")
     if not bits_of(model):
         return {"float": Proportion(int((predict(model, images, progress=progress) == labels).sum()), len(labels))}
     active = model.active
     try:
         result = {}
         for w, a in bits_of(model):
-            set_bits(model, w, a)
-            correct = int((predict(model, images, progress=progress) == labels).sum())
+            net = deploy_net(model, w, a) if form == "deploy" else at_bits(model, w, a)
+            correct = int((predict(net, images, progress=progress) == labels).sum())
             result[f"w{w}a{a}"] = Proportion(correct, len(labels))
         return result
     finally:
@@ -62,31 +71,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="dataset name (default: the one the checkpoint trained on)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
     p.add_argument("--split", default="test", choices=("train", "test"))
-    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N images (0 = all)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate a fixed pseudo-random subset of N images (0 = all)")
     p.add_argument("--json", default=None, help="also write the accuracies to this JSON file")
     args = p.parse_args(argv)
 
     def body() -> None:
         from qadtr.checkpoint import load_checkpoint
-        from qadtr.data import load_split
+        from qadtr.data import load_split, subset
 
         model, ck = load_checkpoint(args.checkpoint)
         data = args.data or (ck.train.data if ck.train is not None else "cifar10")
-        split = load_split(data, args.split, args.data_dir)
+        split = subset(load_split(data, args.split, args.data_dir), args.limit)
         images, labels = split.images, split.labels
-        if args.limit:
-            images, labels = images[:args.limit], labels[:args.limit]
-        acc = accuracy_per_bits(model, images, labels, progress=sys.stderr.isatty())
-        recorded = ck.metrics.get(f"{args.split}_acc", {}) if not args.limit else {}
-        for key, p_ in acc.items():
-            note = ""
-            if key in recorded:
-                delta = 100 * (p_.value - recorded[key]["value"])
-                note = f"  (recorded {100 * recorded[key]['value']:.2f}%, delta {delta:+.2f} pt)"
-            print(f"{ck.model.arch} {key:6s} {data}/{args.split} top-1 {p_}{note}")
+        results = {}
+        for form in (FORMS if ck.model.is_quant else ("deploy",)):
+            acc = accuracy_per_bits(model, images, labels, form=form, progress=sys.stderr.isatty())
+            results[form] = {k: v.to_dict() for k, v in acc.items()}
+            metric = f"{args.split}_acc" + ("" if form == "deploy" else "_trained")
+            recorded = ck.metrics.get(metric, {}) if not args.limit else {}
+            for key, p_ in acc.items():
+                note = ""
+                if key in recorded:
+                    delta = 100 * (p_.value - recorded[key]["value"])
+                    note = f"  (recorded {100 * recorded[key]['value']:.2f}%, delta {delta:+.2f} pt)"
+                label = key if not ck.model.is_quant else f"{key} {form}"
+                print(f"{ck.model.arch} {label:15s} {data}/{args.split} top-1 {p_}{note}")
         if args.json:
             from qadtr._config import write_json
-            write_json(args.json, {k: v.to_dict() for k, v in acc.items()})
+            write_json(args.json, results)
 
     return run_cli("qadtr.evaluate", body)
 

@@ -86,7 +86,7 @@ def train(cfg: TrainConfig, out: str | Path, *, data_dir: str | None = None, res
     from qadtr._errors import QadtrError
     from qadtr._trainer import fit
     from qadtr.checkpoint import save_checkpoint
-    from qadtr.data import DATASETS, load_split
+    from qadtr.data import DATASETS, load_split, subset
     from qadtr.models import create_model, load_pretrained_
 
     out = Path(out)
@@ -108,16 +108,6 @@ def train(cfg: TrainConfig, out: str | Path, *, data_dir: str | None = None, res
     metrics = fit(model, cfg, train_split, test_split, out, resume=resume, hflip=DATASETS[cfg.data].hflip_ok)
     return save_checkpoint(model, out / "model.pt", model_cfg=cfg.model, train_cfg=cfg,
                            metrics={k: v for k, v in metrics.items() if k != "history"})
-
-
-def subset(split, n: int):
-    """A fixed pseudo-random subset of n images (sources are often sorted by class, so not the first n)."""
-    import dataclasses
-
-    import numpy as np
-
-    idx = np.sort(np.random.default_rng(0).permutation(len(split.labels))[:n])  # seed 0: same subset always
-    return dataclasses.replace(split, images=split.images[idx], labels=split.labels[idx])
 
 
 def main(argv: list[str] | None = None) -> int:

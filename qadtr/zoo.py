@@ -38,9 +38,9 @@ PLAN = (
     Entry("resnet20_float", TrainConfig(_rn20(), recipe="float", epochs=8, lr=0.02), "pretrained"),
     Entry("resnet20_w8a8", TrainConfig(_rn20(((8, 8),)), epochs=2, lr=0.005), "resnet20_float"),
     Entry("resnet20_w4a4", TrainConfig(_rn20(((4, 4),)), epochs=4, lr=0.01), "resnet20_float"),
-    Entry("resnet20_sw248", TrainConfig(_rn20(((2, 2), (4, 4), (8, 8)), per_bit_bn=True), epochs=3, lr=0.01),
+    Entry("resnet20_sw248", TrainConfig(_rn20(((2, 2), (4, 4), (8, 8)), per_bit_bn=True), epochs=2, lr=0.01),
           "resnet20_float"),
-    Entry("resnet20_w2a2", TrainConfig(_rn20(((2, 2),)), epochs=8, lr=0.01), "resnet20_w4a4"),
+    Entry("resnet20_w2a2", TrainConfig(_rn20(((2, 2),)), epochs=6, lr=0.01), "resnet20_w4a4"),
 )
 
 

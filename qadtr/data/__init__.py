@@ -13,6 +13,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import sys
 from dataclasses import dataclass
@@ -112,3 +114,12 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None, *,
         _cache.save(path, *arrays)
     images, labels, classes = arrays
     return Split(images, labels, classes, name, split, str(source))
+
+
+def subset(split: Split, n: int, seed: int = 0) -> Split:
+    """A fixed pseudo-random subset of n images, in source order (sources are sorted by class, so
+    the first n would be one or two classes). The same (n, seed) always gives the same images."""
+    if n <= 0 or n >= len(split.labels):
+        return split
+    idx = np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:n])
+    return dataclasses.replace(split, images=split.images[idx], labels=split.labels[idx])

@@ -10,8 +10,8 @@ from qadtr.models import resnet  # noqa: F401  (fills the registry)
 from qadtr.models._fold import fold_bn
 from qadtr.models._registry import list_models, register_model
 from qadtr.models._layers import SUPPORTED_BITS, QuantSpec
-from qadtr.models.switchable import (ModelConfig, QuantNet, at_bits, bits_of, create_model, get_bits,
-                                     load_pretrained_, set_bits)
+from qadtr.models.switchable import (ModelConfig, QuantNet, at_bits, bits_of, create_model, deploy_net,
+                                     get_bits, load_pretrained_, set_bits)
 
-__all__ = ["ModelConfig", "QuantNet", "QuantSpec", "SUPPORTED_BITS", "at_bits", "bits_of", "create_model",
+__all__ = ["ModelConfig", "QuantNet", "QuantSpec", "SUPPORTED_BITS", "at_bits", "bits_of", "create_model", "deploy_net",
            "fold_bn", "get_bits", "list_models", "load_pretrained_", "register_model", "set_bits"]

@@ -75,13 +75,13 @@ def calibrate_(model: nn.Module, images: np.ndarray, *, batch_size: int = 128, s
     from qadtr.models._registry import get_builder
 
     cfg = model.cfg
-    first = next(iter(model.nets.values()))
-    float_twin = get_builder(cfg.arch)(None, cfg.num_classes)
+    float_twin = get_builder(cfg.arch)(None, cfg.num_classes)  # same module names, no quantizers
     own = float_twin.state_dict()
-    float_twin.load_state_dict({k: v for k, v in first.state_dict().items() if k in own}, strict=False)
     x = to_tensor(images)  # (N, 3, H, W)
     log = {}
-    for key, net in model.nets.items():
+    for key, net in model.nets.items():  # each net: its own BatchNorms when per_bit_bn
+        theirs = net.state_dict()
+        float_twin.load_state_dict({k: theirs[k] for k in own if k in theirs}, strict=False)
         acts = _act_modules(net)
         values = _float_activations(float_twin, list(acts), x, batch_size, seed)
         update = {}

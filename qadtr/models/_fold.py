@@ -1,9 +1,16 @@
 """Fold BatchNorm into the preceding quantized conv: the deployable form every exporter takes.
 
+Quantized nets train with BatchNorm (at 2 bits, BN's batch statistics are what lets QAT recover
+from the quantization shock; BN-free QAT from folded weights stalled at ~11% here). Every consumer
+of a trained net (evaluation, attacks, exporters, replay) uses this folded form, so the fake-quant
+reference and the integer runtimes compute the same function.
+
 With a per-output-channel weight scale s and BN factor k = gamma / sqrt(var + eps):
     w' = w * k,   s' = s * |k|,   b' = beta - mean * k   (int32, scale = s_in * s')
-so the integer weights round(w' / s') = sign(k) * round(w / s) are unchanged, and the folded model
-matches the trained fake-quant model up to the int32 rounding of the bias.
+so the integer weights round(w' / s') = sign(k) * round(w / s) are unchanged. What changes is the
+bias: integer runtimes add it on the accumulator grid s_in * s', so it is rounded by up to half a
+step. At 8 bits that step is tiny; at 2 bits (ternary weights, 2-bit inputs) it is ~0.1, which flips
+some downstream activations: `qadtr.evaluate` reports both the trained and the folded accuracy.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from qadtr._errors import QadtrError
 from qadtr.models._layers import QuantSpec
 
 
@@ -36,6 +44,8 @@ def fold_bn(net: nn.Module, build, num_classes: int) -> nn.Module:
         bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(k)
         state[f"{conv_name}.weight"] = conv.weight.detach() * k.view(-1, 1, 1, 1)
         scale_key = f"{conv_name}.weight_quant.tensor_quant.scaling_impl.value"
+        if scale_key not in state:
+            raise QadtrError(f"{conv_name} has no initialised weight scale; train or calibrate the model first")
         state[scale_key] = state[scale_key] * k.abs().view(-1, 1, 1, 1)
         state[f"{conv_name}.bias"] = bn.bias.detach() + (bias - bn.running_mean) * k
         for suffix in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):

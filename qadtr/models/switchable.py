@@ -122,11 +122,26 @@ def set_bits(model: nn.Module, w: int, a: int | None = None) -> None:
 
 
 def at_bits(model: nn.Module, w: int, a: int | None = None) -> nn.Module:
-    """The fixed-precision network for (w, a), sharing weights with `model` (what exporters take)."""
+    """The trained fixed-precision network for (w, a), sharing weights with `model` (BatchNorm unfolded)."""
     if not isinstance(model, QuantNet):
         raise QadtrError("at_bits needs a quantized model; this one is float")
     set_bits(model, w, a)
     return model.nets[model.active]
+
+
+def deploy_net(model: nn.Module, w: int, a: int | None = None) -> nn.Module:
+    """The deployable network for (w, a): BatchNorm folded, int32 bias, eval mode, weights copied.
+
+    This is the fake-quant reference for every exporter and the model attacks and replays run on.
+    """
+    from qadtr.models._fold import fold_bn
+
+    net = at_bits(model, w, a)
+    was_training = net.training
+    try:
+        return fold_bn(net.eval(), get_builder(model.cfg.arch), model.cfg.num_classes)
+    finally:
+        net.train(was_training)
 
 
 # akamaster names -> ours: module.layer2.1.conv1 -> layers.1.1.conv1

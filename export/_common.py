@@ -1,0 +1,31 @@
+"""What every exporter starts from: a checkpoint's deployable network at one bit width."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from qadtr._errors import QadtrError
+from qadtr.checkpoint import Checkpoint, load_checkpoint
+from qadtr.models import bits_of, deploy_net
+
+
+def deploy_model(checkpoint: str | Path, w: int, a: int | None = None) -> tuple[nn.Module, Checkpoint]:
+    """Load `checkpoint` at (w, a) in deployable form (BatchNorm folded, int32 bias, eval mode).
+
+    This network is what an exporter writes out and the fake-quant reference its parity check
+    compares against.
+
+    Raises:
+        QadtrError: a float checkpoint, or bits the checkpoint was not trained at.
+    """
+    a = w if a is None else a
+    model, ck = load_checkpoint(checkpoint)
+    if not ck.model.is_quant:
+        raise QadtrError(f"{checkpoint} is a float model; exporters take a quantized one "
+                         "(train with `python -m qadtr.train --bits 8`)")
+    if (w, a) not in bits_of(model):
+        have = ", ".join(f"w{x}a{y}" for x, y in bits_of(model))
+        raise QadtrError(f"{checkpoint} has no w{w}a{a}; it was trained at {have}: pass one of those to --bits")
+    return deploy_net(model, w, a), ck
