@@ -64,8 +64,8 @@ def config_from_dict(d: dict[str, Any]) -> Any:
         kwargs[key] = value
     try:
         return cls(**kwargs)
-    except TypeError as e:
-        raise QadtrError(f"{name}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise QadtrError(f"invalid {name} in the artifact's JSON: {e}") from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

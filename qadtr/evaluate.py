@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="model.pt (with model.json beside it) or its folder")
     p.add_argument("--data", default=None, help="dataset name (default: the one the checkpoint trained on)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--download", action="store_true", help="fetch the official dataset archive if missing")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--limit", type=int, default=0, help="evaluate a fixed pseudo-random subset of N images (0 = all)")
     p.add_argument("--json", default=None, help="also write the accuracies to this JSON file")
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
         model, ck = load_checkpoint(args.checkpoint)
         data = args.data or (ck.train.data if ck.train is not None else "cifar10")
-        split = subset(load_split(data, args.split, args.data_dir), args.limit)
+        split = subset(load_split(data, args.split, args.data_dir, download=args.download), args.limit)
         images, labels = split.images, split.labels
         results = {}
         for form in (FORMS if ck.model.is_quant else ("deploy",)):

@@ -79,7 +79,8 @@ def parse_bits(text: str) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-def train(cfg: TrainConfig, out: str | Path, *, data_dir: str | None = None, resume: bool = False) -> Path:
+def train(cfg: TrainConfig, out: str | Path, *, data_dir: str | None = None, resume: bool = False,
+          download: bool = False) -> Path:
     """Train per `cfg` into `out`; returns the path of the final model.pt."""
     import torch
 
@@ -95,8 +96,8 @@ def train(cfg: TrainConfig, out: str | Path, *, data_dir: str | None = None, res
     if (out / "last.pt").exists() and not resume:
         raise QadtrError(f"{out} holds an interrupted run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    train_split = load_split(cfg.data, "train", data_dir)
-    test_split = load_split(cfg.data, "test", data_dir)
+    train_split = load_split(cfg.data, "train", data_dir, download=download)
+    test_split = load_split(cfg.data, "test", data_dir, download=download)
     if cfg.train_subset:
         train_split = subset(train_split, cfg.train_subset)
     if cfg.eval_subset:
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-bit-bn", action="store_true", help="separate BatchNorm per bit width")
     p.add_argument("--data", default="cifar10")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--download", action="store_true", help="fetch the official dataset archive if missing")
     p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
     p.add_argument("--init", default="", help="start from these weights (.th or model.pt)")
     p.add_argument("--epochs", type=int, default=1)
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 eval_subset=args.eval_subset, save_every=args.save_every)
         except ValueError as e:
             raise QadtrError(str(e)) from None
-        pt = train(cfg, args.out, data_dir=args.data_dir, resume=args.resume)
+        pt = train(cfg, args.out, data_dir=args.data_dir, resume=args.resume, download=args.download)
         print(f"wrote {pt} (+ {pt.with_suffix('.json').name})")
 
     return run_cli("qadtr.train", body)

@@ -38,9 +38,10 @@ PLAN = (
     Entry("resnet20_float", TrainConfig(_rn20(), recipe="float", epochs=8, lr=0.02), "pretrained"),
     Entry("resnet20_w8a8", TrainConfig(_rn20(((8, 8),)), epochs=2, lr=0.005), "resnet20_float"),
     Entry("resnet20_w4a4", TrainConfig(_rn20(((4, 4),)), epochs=4, lr=0.01), "resnet20_float"),
-    Entry("resnet20_sw248", TrainConfig(_rn20(((2, 2), (4, 4), (8, 8)), per_bit_bn=True), epochs=2, lr=0.01),
-          "resnet20_float"),
-    Entry("resnet20_w2a2", TrainConfig(_rn20(((2, 2),)), epochs=6, lr=0.01), "resnet20_w4a4"),
+    # one bit width per step, in turn: each bit width gets one epoch of steps at a third of "all"'s cost
+    Entry("resnet20_sw248", TrainConfig(_rn20(((2, 2), (4, 4), (8, 8)), per_bit_bn=True), epochs=3, lr=0.01,
+                                        switch="cycle"), "resnet20_float"),
+    Entry("resnet20_w2a2", TrainConfig(_rn20(((2, 2),)), epochs=5, lr=0.01), "resnet20_w4a4"),
 )
 
 
@@ -67,12 +68,36 @@ def build(out: Path, *, data_dir: str | None, pretrained: str, only: list[str] |
         t = time.perf_counter()
         pt = train(cfg, run, data_dir=data_dir, resume=(run / "last.pt").is_file())
         ck = read_json(pt.with_suffix(".json"))["_data"]
-        summary[e.name] = {"test_acc": ck["metrics"]["test_acc"], "epochs": cfg.epochs, "lr": cfg.lr,
+        summary[e.name] = {"test_acc": ck["metrics"]["test_acc"],
+                           "test_acc_trained": ck["metrics"].get("test_acc_trained", {}),
+                           "epochs": cfg.epochs, "lr": cfg.lr,
                            "start": e.start, "wall_s_last_session": round(time.perf_counter() - t),
                            "history": read_json(run / "history.json")}
         write_json(out / "zoo.json", summary)
         (run / "last.pt").unlink(missing_ok=True)  # resume state: optimizer moments, not needed once done
     return summary
+
+
+def report(out: Path) -> str:
+    """The README's zoo table (Markdown) from OUT/zoo.json."""
+    from qadtr._config import read_json
+    from qadtr._errors import QadtrError
+
+    path = out / "zoo.json"
+    if not path.is_file():
+        raise QadtrError(f"{path} not found; build the zoo first: python -m qadtr.zoo --out {out}")
+    rows = ["| checkpoint | bits | top-1, deployable (BN folded) | top-1, as trained | epochs | start | wall time |",
+            "|---|---|---|---|---|---|---|"]
+    for name, s in read_json(path).items():
+        trained = read_json(out / name / "model.json")["_data"]["metrics"].get("test_acc_trained", {})
+        minutes = sum(h.get("elapsed_s", 0) for h in s["history"][-1:]) / 60
+        for key, acc in s["test_acc"].items():
+            lo, hi = acc["ci95"]
+            t = trained.get(key)
+            t_text = f"{100 * t['value']:.2f}%" if t else "n/a (float)"
+            rows.append(f"| {name} | {key} | {100 * acc['value']:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}] | {t_text} "
+                        f"| {s['epochs']} | {s['start']} | {minutes:.0f} min |")
+    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,9 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="zoo")
     p.add_argument("--pretrained", default=DEFAULT_FLOAT, help="float ResNet-20 weights to start from")
     p.add_argument("--only", default="", help="comma-separated entry names (default: all)")
+    p.add_argument("--report", action="store_true", help="print the Markdown table of OUT/zoo.json and exit")
     args = p.parse_args(argv)
 
     def body() -> None:
+        if args.report:
+            print(report(Path(args.out)))
+            return
         summary = build(Path(args.out), data_dir=args.data_dir, pretrained=args.pretrained,
                         only=[s for s in args.only.split(",") if s] or None)
         for name, s in summary.items():

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import sys
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import numpy as np
 from qadtr._errors import QadtrError
 from qadtr.data import _cache, cifar10, gtsrb
 
-__all__ = ["DATASETS", "DatasetInfo", "Split", "load_split", "resolve_data_dir"]
+__all__ = ["DATASETS", "DatasetInfo", "Split", "load_split", "resolve_data_dir", "subset"]
 
 SPLITS = ("train", "test")
 

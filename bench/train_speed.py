@@ -1,0 +1,81 @@
+"""Training step time of ResNet-20 at batch 128: Brevitas w4a4 and w8a8 vs float, as ratios in one run.
+
+    python bench/train_speed.py [--rounds 5] [--steps 5]
+
+The three models are timed in interleaved rounds (float, w8a8, w4a4, float, ...) so that machine
+noise hits all of them alike; each figure is the median step time over rounds. Results are printed
+and saved to bench/results/train_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qadtr.models import ModelConfig, create_model
+from qadtr.models._calibrate import calibrate_
+
+OUT = Path(__file__).parent / "results" / "train_speed.json"
+BATCH = 128  # the training batch size of every zoo run
+
+
+def make(bits):
+    model = create_model(ModelConfig("resnet20", bits=bits))
+    if bits:
+        calibrate_(model, np.random.default_rng(0).integers(0, 256, (256, 32, 32, 3), dtype=np.uint8))
+    return model.train()
+
+
+def step_time(model, opt, x, y, steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="optimizer steps per model per round")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    x = torch.rand(BATCH, 3, 32, 32)  # (B, 3, 32, 32)
+    y = torch.randint(0, 10, (BATCH,))
+    models = {"float": make(()), "w8a8": make(((8, 8),)), "w4a4": make(((4, 4),))}
+    opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
+    for k in models:  # warm-up: first calls allocate and pick kernels
+        step_time(models[k], opts[k], x, y, 1)
+    times = {k: [] for k in models}
+    for _ in range(args.rounds):
+        for k in models:
+            times[k].append(step_time(models[k], opts[k], x, y, args.steps))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    result = {
+        "what": "ResNet-20 training step (forward+backward+SGD), batch 128, CPU",
+        "median_step_s": med,
+        "ratio_to_float": {k: med[k] / med["float"] for k in med},
+        "rounds": args.rounds, "steps_per_round": args.steps, "all_step_s": times,
+        "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(),
+                    "torch": torch.__version__},
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    for k in med:
+        print(f"{k:6s} {med[k]:.3f} s/step  x{result['ratio_to_float'][k]:.2f} float")
+    print(f"saved {OUT}")
+
+
+if __name__ == "__main__":
+    main()

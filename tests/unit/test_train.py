@@ -1,0 +1,144 @@
+"""Training: config validation, determinism, exact resume after a crash, CLI errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qadtr import QadtrError
+from qadtr.data import DATASETS
+from qadtr.models import ModelConfig
+from qadtr.train import TrainConfig, parse_bits, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def fake_cifar(tmp_path, monkeypatch) -> Path:
+    """A CIFAR-10 image-folder layout with 6 train / 2 test 32x32 PNGs per class; the class is a colour."""
+    monkeypatch.setenv("QADTR_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 2)):
+        for label, name in enumerate(DATASETS["cifar10"].classes):
+            folder = tmp_path / "data" / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = rng.integers(0, 60, (32, 32, 3)) + 18 * label  # learnable: brightness = class
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i:04d}.png")
+    return tmp_path / "data"
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(model=ModelConfig("test_qnet", bits=((2, 2), (4, 4)), per_bit_bn=True), epochs=2, batch_size=16,
+                lr=0.05, save_every=3, switch="cycle")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(pt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(pt, weights_only=True)
+
+
+def test_training_is_deterministic_and_records_metrics(fake_cifar, tmp_path):
+    a = train(_cfg(), tmp_path / "a", data_dir=fake_cifar)
+    b = train(_cfg(), tmp_path / "b", data_dir=fake_cifar)
+    wa, wb = _weights(a), _weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    from qadtr.checkpoint import read_checkpoint_info
+    ck = read_checkpoint_info(a)
+    assert set(ck.metrics["test_acc"]) == {"w2a2", "w4a4"} and ck.metrics["test_acc"]["w4a4"]["n"] == 20
+    assert ck.train == _cfg() and ck.metrics["steps"] == 2 * (60 // 16)
+
+
+def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(fake_cifar, tmp_path, monkeypatch):
+    import qadtr.recipes as recipes
+
+    full = train(_cfg(), tmp_path / "full", data_dir=fake_cifar)
+    real = recipes.get_recipe("qat")
+
+    def crash_at_step_5(model, x, y, *, step, cfg):
+        if step == 5:
+            raise KeyboardInterrupt("simulated kill")
+        return real(model, x, y, step=step, cfg=cfg)
+
+    monkeypatch.setitem(recipes.RECIPES, "qat", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(), tmp_path / "crash", data_dir=fake_cifar)
+    assert (tmp_path / "crash" / "last.pt").is_file() and not (tmp_path / "crash" / "model.pt").exists()
+    assert torch.load(tmp_path / "crash" / "last.pt", weights_only=True)["step"] == 3  # save_every=3
+    monkeypatch.setitem(recipes.RECIPES, "qat", real)
+    with pytest.raises(QadtrError, match="holds an interrupted run; pass --resume"):
+        train(_cfg(), tmp_path / "crash", data_dir=fake_cifar)
+    with pytest.raises(QadtrError, match="started with other settings"):
+        train(_cfg(lr=0.01), tmp_path / "crash", data_dir=fake_cifar, resume=True)
+    resumed = train(_cfg(), tmp_path / "crash", data_dir=fake_cifar, resume=True)
+    wf, wr = _weights(full), _weights(resumed)
+    assert all(torch.equal(wf[k], wr[k]) for k in wf)
+    with pytest.raises(QadtrError, match="already holds a finished model"):
+        train(_cfg(), tmp_path / "crash", data_dir=fake_cifar)
+
+
+def test_float_training_from_a_checkpoint_init(fake_cifar, tmp_path):
+    cfg = _cfg(model=ModelConfig("test_qnet"), recipe="float", switch="all", epochs=1)
+    f = train(cfg, tmp_path / "f", data_dir=fake_cifar)
+    q = train(_cfg(init=str(f), epochs=1), tmp_path / "q", data_dir=fake_cifar)
+    assert _weights(q)["nets.w2a2.conv1.weight"].shape == _weights(f)["conv1.weight"].shape
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(recipe="magic"), "unknown recipe 'magic'"),
+    (dict(recipe="float"), "recipe 'float' trains a float model; drop --bits"),
+    (dict(model=ModelConfig("test_qnet")), "needs --bits; for a float model use --recipe float"),
+    (dict(data="mnist"), "unknown dataset 'mnist'"),
+    (dict(data="gtsrb"), "gtsrb has 43 classes but the model 10; pass --num-classes 43"),
+    (dict(epochs=0), "must be >= 1"),
+    (dict(lr=0.0), "must be positive"),
+    (dict(switch="sometimes"), "switch='sometimes'; choose one of"),
+    (dict(train_subset=-1), "must be >= 0"),
+])
+def test_train_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**kwargs)
+
+
+def test_parse_bits():
+    assert parse_bits("") == ()
+    assert parse_bits("4") == ((4, 4),)
+    assert parse_bits("2,4, 8") == ((2, 2), (4, 4), (8, 8))
+    assert parse_bits("w4a8") == ((4, 8),)
+    with pytest.raises(ValueError, match="bad bit width 'four'"):
+        parse_bits("four")
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["qadtr.train", "--bits", "7", "--out", "x"], "bits (w=7, a=7) not supported"),
+    (["qadtr.train", "--model", "vgg", "--out", "x"], "unknown model 'vgg'"),
+    (["qadtr.train", "--bits", "4", "--out", "x", "--data-dir", "/nonexistent"], "/nonexistent"),
+    (["qadtr.evaluate", "/nonexistent/model.pt"], "not found; train one"),
+])
+def test_cli_user_errors_are_one_line_and_exit_1(args, message, tmp_path):
+    r = _cli(*args)
+    assert r.returncode == 1, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("FAILED |")
+
+
+def test_train_and_evaluate_cli(fake_cifar, tmp_path):
+    out = tmp_path / "run"
+    r = _cli("qadtr.train", "--model", "test_qnet", "--bits", "4", "--epochs", "1", "--batch-size", "16",
+             "--data-dir", str(fake_cifar), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1].startswith("PASSED |")
+    r = _cli("qadtr.evaluate", str(out / "model.pt"), "--data-dir", str(fake_cifar))
+    assert r.returncode == 0, r.stderr
+    assert "w4a4 deploy" in r.stdout and "w4a4 trained" in r.stdout and "recorded" in r.stdout
