@@ -1,0 +1,496 @@
+"""Checkpoint -> QDQ ONNX for ONNX Runtime, proven bit-exact against the Brevitas fake-quant net.
+
+    python -m export.onnx zoo/resnet20_w4a4/model.pt --bits 4 --data-dir ../shared/data --out w4.onnx
+    python -m export.onnx zoo/resnet20_float/model.pt --float --out fp32.onnx
+
+The quantized path exports the deployable net (`export._common.deploy_model`: BN folded, int32 bias)
+with Brevitas' QCDQ exporter through TorchScript (../shared/NOTES.md: the dynamo exporter refuses
+quantized bias). Before returning it proves the file (P11): onnx.checker; graph structure (every
+Conv/Gemm weight comes through DequantizeLinear, no BatchNormalization, expected op counts); which
+convs ORT fuses into QLinearConv at ORT_ENABLE_ALL; and parity on real images: the integer value of
+every quantized activation (ORT node by node vs Brevitas `.int()`), logits in LSBs, argmax agreement.
+`<out>.json` beside the artifact records all of it with the versions and sha256s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qadtr._config import config_to_dict, register_config, sha256_file, write_json
+from qadtr._errors import QadtrError
+
+INPUT, OUTPUT = "input", "logits"
+PARITY_IMAGES = 1000  # CIFAR-10 test images for the parity check: ~1 min of Brevitas ResNet-20 at low priority
+# Pass criteria. NOTES.md measured 0 mismatches below 8 bits on its model; that is reported as `exact`.
+# A pass asks that ORT computes every layer as Brevitas does when both see the same upstream integers,
+# except rare one-step flips: Brevitas requantizes an fp32 float conv sum, ORT an exact int32 accumulator
+# times an fp32 multiplier, so a value within fp32 noise of a .5 boundary can round either way (both
+# disagree with a float64 integer reference there). End to end such a flip can grow downstream.
+MAX_INT_MISMATCH = 1e-4  # per-layer fraction of integer activation elements allowed to differ
+MAX_INT_STEP = 1  # per layer, no integer activation may differ by more than this
+MIN_ARGMAX_AGREE = 0.99  # over non-tie samples (TIE_RULE), end to end on the deployed kernels
+FLOAT_TOL = 1e-4  # fp32 export: logits compared in units of 1e-4 (ORT and torch sum in different orders)
+
+
+@register_config
+@dataclass(frozen=True)
+class ExportInfo:
+    """What an exported artifact is, where it came from and how well it matched the reference."""
+
+    VERSION = 1
+    exporter: str  # "export.onnx" | "export.trt"
+    artifact: str  # file name of the artifact, beside this JSON
+    artifact_sha256: str
+    artifact_bytes: int
+    source: str  # checkpoint path as given
+    source_sha256: str  # of model.pt
+    arch: str
+    bits: tuple = ()  # (w, a); () = fp32 export
+    opset: int = 13
+    versions: dict = field(default_factory=dict)  # exporter stack: torch, brevitas, onnx, onnxruntime
+    graph: dict = field(default_factory=dict)  # op counts of the artifact
+    fusion: dict = field(default_factory=dict)  # what ORT_ENABLE_ALL runs: fused vs float nodes by name
+    parity: dict = field(default_factory=dict)  # Parity.to_dict()
+    extra: dict = field(default_factory=dict)  # exporter-specific (e.g. the TensorRT build spec)
+    argv: tuple = ()
+
+
+@dataclass(frozen=True)
+class Parity:
+    """ORT vs the Brevitas fake-quant net on the same images; truthy when it meets the targets."""
+
+    passed: bool
+    images: int  # how many
+    image_source: str  # e.g. "cifar10/test subset 1000 (seed 0)"
+    int_tensors: int  # quantized activation tensors compared (0 for fp32)
+    int_elements: int  # their total elements over all images
+    int_mismatches: int  # end to end: elements differing, ORT node by node (ORT_DISABLE_ALL) vs Brevitas
+    int_mismatches_fused: int | None  # end to end with ORT's fused kernels (ORT_ENABLE_ALL)
+    int_mismatches_local: int | None  # per layer: Brevitas fed ORT's (fused) upstream integers, vs ORT
+    int_max_step: int  # largest end-to-end |ORT - Brevitas| (fused), in steps: one flip can grow downstream
+    int_max_step_local: int  # largest per-layer difference, in steps
+    exact: bool  # no integer activation differs end to end (the NOTES.md target below 8 bits)
+    per_tensor: dict  # module -> mismatches (only tensors that differ)
+    logits: dict  # CompareResult.to_dict() at ORT_ENABLE_ALL (the deployed kernels)
+    summary: str
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path  # the artifact
+    info_path: Path  # its JSON
+    info: ExportInfo
+    parity: Parity
+
+    def __bool__(self) -> bool:
+        return bool(self.parity)
+
+
+# -- export ------------------------------------------------------------------------------------------------
+def export_qcdq(net, path: str | Path, example, *, opset: int = 13) -> None:
+    """Brevitas QCDQ export through TorchScript with ORT-friendly settings (NOTES.md)."""
+    from brevitas.export import export_onnx_qcdq
+
+    export_onnx_qcdq(net, args=example, export_path=str(path), dynamo=False, opset_version=opset,
+                     keep_initializers_as_inputs=False,  # initializers as inputs stop ORT constant folding
+                     input_names=[INPUT], output_names=[OUTPUT],
+                     dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+
+
+def export_float(net, path: str | Path, example, *, opset: int = 13) -> None:
+    import warnings
+
+    import torch
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation and shape-inference chatter
+        torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT],
+                          output_names=[OUTPUT], dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+
+
+def _constant_tensors(graph) -> set[str]:
+    """Names computed from initializers alone (weights, their Clip, scales): everything but activations."""
+    const = {i.name for i in graph.initializer}
+    for node in graph.node:  # topological order
+        if node.op_type == "Constant" or (node.input and all(i in const or i == "" for i in node.input)):
+            const.update(node.output)
+    return const
+
+
+def activation_dq_inputs(model) -> dict[str, str]:
+    """Integer activation tensor name -> Brevitas module whose `.act_quant` produced it.
+
+    These are the inputs of every DequantizeLinear fed by an activation (Q, or Q -> Clip below 8 bits).
+    Node names carry the TorchScript scope: "/layers.0/layers.0.0/relu1/act_quant/export_handler/..."
+    is module "layers.0.0.relu1.act_quant".
+    """
+    const = _constant_tensors(model.graph)
+    out = {}
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] in const:
+            continue
+        module = ""
+        for part in node.name.strip("/").split("/export_handler")[0].split("/"):
+            module = part if (not module or part.startswith(module + ".")) else f"{module}.{part}"
+        out[node.input[0]] = module
+    return out
+
+
+def check_graph(model, net, *, quantized: bool) -> dict[str, int]:
+    """Structural proof of the export; returns op counts.
+
+    Raises:
+        QadtrError: a float Conv/Gemm weight, a BatchNormalization left, or op counts that do not match
+            the network's quant layers (each means the deployed model would differ from the trained one).
+    """
+    import brevitas.nn as qnn
+    import torch.nn as nn
+
+    ops = Counter(n.op_type for n in model.graph.node)
+    if ops["BatchNormalization"]:
+        raise QadtrError("the export has BatchNormalization nodes: BN was not folded (export the deploy net)")
+    if not quantized:
+        if ops["QuantizeLinear"] or ops["DequantizeLinear"]:
+            raise QadtrError("an fp32 export contains QuantizeLinear/DequantizeLinear: the model is not float")
+        return dict(sorted(ops.items()))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            for role, name in (("input", node.input[0]), ("weight", node.input[1])):
+                src = producer.get(name)
+                if src is None or src.op_type != "DequantizeLinear":
+                    raise QadtrError(f"{node.name}: {role} {name!r} is float (not from DequantizeLinear); "
+                                     "the layer would run unquantized")
+    convs = sum(isinstance(m, qnn.QuantConv2d) for m in net.modules())
+    linears = sum(isinstance(m, qnn.QuantLinear) for m in net.modules())
+    floats = [n for n, m in net.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
+    acts = sum(isinstance(m, (qnn.QuantReLU, qnn.QuantIdentity)) for m in net.modules())
+    expected = {"Conv": convs, "Gemm": linears, "QuantizeLinear": acts,
+                "DequantizeLinear": acts + 2 * (convs + linears)}  # activations, weights, int32 biases
+    wrong = {k: (ops[k], v) for k, v in expected.items() if ops[k] != v}
+    if floats or wrong:
+        raise QadtrError(f"export graph does not match the network: float layers {floats}, "
+                         f"op counts (found, expected) {wrong}; a quant layer had no export handler")
+    return dict(sorted(ops.items()))
+
+
+def fusion_report(model_path: str | Path) -> dict:
+    """Which nodes ORT_ENABLE_ALL runs on integer kernels (QLinearConv, QLinearAdd, ...) and which in float."""
+    from devices.onnxrt import OnnxrtRunner
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        with OnnxrtRunner(model_path, graph_optimization="all", intra_op_threads=1,
+                          optimized_model_path=optimized) as runner:
+            kernels = runner.kernels
+        import onnx
+
+        nodes = onnx.load(str(optimized)).graph.node
+    ops = Counter(n.op_type for n in nodes)
+    integer = [n.name for n in nodes if n.op_type.startswith(("QLinear", "QGemm", "ConvInteger", "MatMulInteger"))]
+    float_conv = [n.name for n in nodes if n.op_type in ("Conv", "FusedConv", "Gemm", "MatMul", "FusedGemm")]
+    return {"kernels": kernels, "ops": dict(sorted(ops.items())), "integer_nodes": integer,
+            "float_compute_nodes": float_conv,
+            "qlinearconv": ops["QLinearConv"], "float_conv": ops["Conv"] + ops["FusedConv"]}
+
+
+# -- parity ------------------------------------------------------------------------------------------------
+def _brevitas_run(net, images: np.ndarray, batch_size: int, feed: dict[str, np.ndarray] | None = None
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Fake-quant logits (N, K), integer activations per act_quant module, and the logit LSB (K,).
+
+    With `feed` (module -> (N, ...) integers, e.g. ORT's), each quantizer's output is replaced by the fed
+    integers after it is recorded, so every layer sees the fed upstream values: the recorded integers
+    then measure each layer on its own, without differences propagated from earlier layers.
+    """
+    import brevitas.nn as qnn
+    import torch
+
+    from qadtr.evaluate import to_tensor
+
+    ints: dict[str, list[np.ndarray]] = {}
+    hooks, lsb, at = [], {}, [0]
+
+    def record(name, o):
+        ints.setdefault(name, []).append(o.int().numpy())
+        if feed is None:
+            return None
+        fed = torch.from_numpy(feed[name][at[0]:at[0] + o.value.shape[0]].astype(np.float32))
+        return o._replace(value=((fed - o.zero_point) * o.scale).to(o.value.dtype))  # same grid, fed integers
+
+    for name, mod in net.named_modules():
+        if name.endswith(".act_quant"):
+            hooks.append(mod.register_forward_hook(lambda m, i, o, name=name: record(name, o)))
+    last = [m for m in net.modules() if isinstance(m, qnn.QuantLinear)][-1]
+    hooks.append(last.register_forward_pre_hook(lambda m, i: lsb.__setitem__("in", i[0].scale)))
+    logits = []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch_size):
+                at[0] = i
+                logits.append(net(to_tensor(images[i:i + batch_size])).numpy())  # (B, K)
+            w_scale = last.quant_weight().scale.flatten()  # (K,) per output channel
+    finally:
+        for h in hooks:
+            h.remove()
+    step = (lsb["in"].flatten() * w_scale).numpy().astype(np.float64)  # accumulator grid of each logit
+    return np.concatenate(logits), {k: np.concatenate(v) for k, v in ints.items()}, step
+
+
+def _ort_run(model_bytes: bytes, images: np.ndarray, batch_size: int, level: str) -> dict[str, np.ndarray]:
+    from devices.onnxrt import OnnxrtRunner
+    from qadtr.evaluate import to_tensor
+
+    outs: dict[str, list[np.ndarray]] = {}
+    with OnnxrtRunner(model_bytes, graph_optimization=level, intra_op_threads=1) as runner:
+        for i in range(0, len(images), batch_size):
+            for k, v in runner.infer({INPUT: to_tensor(images[i:i + batch_size]).numpy()}).items():
+                outs.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def _with_outputs(model, names: list[str]) -> bytes:
+    """The model with extra graph outputs (typed by shape inference), serialized."""
+    import onnx
+
+    m = onnx.shape_inference.infer_shapes(model)
+    known = {v.name: v for v in m.graph.value_info}
+    for name in names:
+        if name not in known:
+            raise QadtrError(f"shape inference gave no type for {name}; cannot read it back from ORT")
+        m.graph.output.append(known[name])
+    return m.SerializeToString()
+
+
+def check_parity(net, model_path: str | Path, images: np.ndarray, *, bits: int | None,
+                 image_source: str = "given images", batch_size: int = 250,
+                 tensors: dict[str, str] | None = None) -> Parity:
+    """Compare ORT with the Brevitas/torch network on `images` (N, H, W, 3) uint8.
+
+    Quantized (`bits` set): integer activations node by node (ORT_DISABLE_ALL and ORT_ENABLE_ALL with
+    every activation added as an output) and logits at ORT_ENABLE_ALL in LSBs of the accumulator grid.
+    fp32 (`bits=None`): logits only, in units of FLOAT_TOL. `tensors` (integer tensor -> act_quant module)
+    defaults to `activation_dq_inputs(model)`; a rewritten graph passes the original's.
+    """
+    import onnx
+    import torch
+
+    from export._compare import compare
+    from qadtr.evaluate import to_tensor
+
+    model = onnx.load(str(model_path))
+    if bits is None:
+        with torch.no_grad():
+            ref = np.concatenate([net(to_tensor(images[i:i + batch_size])).numpy()
+                                  for i in range(0, len(images), batch_size)])
+        out = _ort_run(model.SerializeToString(), images, batch_size, "all")[OUTPUT]
+        res = compare(ref, out, lsb=FLOAT_TOL, atol_lsb=1.0, min_argmax_agree=1.0, name="fp32 logits")
+        return Parity(bool(res), len(images), image_source, 0, 0, 0, None, None, 0, 0, res.mismatch_frac == 0, {},
+                      res.to_dict(), str(res))
+
+    ref_logits, ref_ints, step = _brevitas_run(net, images, batch_size)
+    tensors = activation_dq_inputs(model) if tensors is None else tensors
+    missing = sorted(set(tensors.values()) - set(ref_ints))
+    if missing or len(tensors) != len(ref_ints):
+        raise QadtrError(f"cannot pair ONNX activations with Brevitas quantizers (unpaired: {missing}); "
+                         "the export's node names do not follow the module names")
+    mismatches: dict[str, dict[str, int]] = {}
+    max_step = {}
+    fused_ints: dict[str, np.ndarray] = {}
+    for level in ("disable", "all"):  # node by node in float, then ORT's fused integer kernels
+        got = _ort_run(_with_outputs(model, list(tensors)), images, batch_size, level)
+        if level == "all":
+            fused_ints = {module: got[name] for name, module in tensors.items()}
+        mismatches[level], max_step[level] = _int_diff(ref_ints, {m: got[n] for n, m in tensors.items()})
+    del ref_ints
+    _, local_ints, _ = _brevitas_run(net, images, batch_size, feed=fused_ints)
+    mismatches["local"], max_step["local"] = _int_diff(local_ints, fused_ints)
+    deployed = _ort_run(model.SerializeToString(), images, batch_size, "all")[OUTPUT]
+    elements = sum(v.size for v in local_ints.values())
+    res = compare(ref_logits, deployed, lsb=step, atol_lsb=0.5, max_mismatch_frac=1.0,
+                  min_argmax_agree=MIN_ARGMAX_AGREE, name=f"w{bits} logits")
+    n_bad = {k: sum(v.values()) for k, v in mismatches.items()}
+    passed = bool(res) and n_bad["local"] <= MAX_INT_MISMATCH * elements and max_step["local"] <= MAX_INT_STEP
+    exact = n_bad["disable"] == 0 and n_bad["all"] == 0
+    summary = (f"{'PASSED' if passed else 'FAILED'} parity on {len(images)} images ({image_source}), "
+               f"{len(tensors)} integer tensors, {elements} elements: per layer {n_bad['local']} differ "
+               f"(max {max_step['local']} step); end to end {n_bad['all']} fused / {n_bad['disable']} node by node "
+               f"(max {max_step['all']} steps); logits max |d| {res.max_abs_lsb:.3g} LSB ({res.max_abs:.2g}), "
+               f"argmax agree {100 * res.argmax_agree:.2f}% ({res.ties} ties)" + ("; bit-exact" if exact else ""))
+    per_tensor = {m: {k: mismatches[k][m] for k in mismatches}
+                  for m in local_ints if any(mismatches[k][m] for k in mismatches)}
+    return Parity(passed, len(images), image_source, len(tensors), int(elements), n_bad["disable"], n_bad["all"],
+                  n_bad["local"], max_step["all"], max_step["local"], exact, per_tensor, res.to_dict(), summary)
+
+
+def _int_diff(ref: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> tuple[dict[str, int], int]:
+    """Per tensor: elements that differ; and the largest difference in steps."""
+    counts, worst = {}, 0
+    for module, r in ref.items():
+        diff = np.abs(out[module].astype(np.int32) - r.astype(np.int32))
+        counts[module] = int(np.count_nonzero(diff))
+        worst = max(worst, int(diff.max()) if diff.size else 0)
+    return counts, worst
+
+
+def parity_images(*, images: np.ndarray | None, data_dir: str | Path | None, dataset: str,
+                  limit: int = PARITY_IMAGES) -> tuple[np.ndarray, str]:
+    """Real test images when a data directory is given, else `images`, else fixed random pixels."""
+    if data_dir is not None:
+        from qadtr.data import load_split, subset
+
+        split = subset(load_split(dataset, "test", data_dir), limit)
+        return split.images, f"{dataset}/test subset of {len(split.images)} (seed 0)"
+    if images is not None:
+        return np.asarray(images, np.uint8), f"{len(images)} given images"
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), "64 random 32x32 images (no --data-dir)"
+
+
+# -- library entry point -----------------------------------------------------------------------------------
+def versions() -> dict[str, str]:
+    import brevitas
+    import onnx
+    import onnxruntime
+    import torch
+
+    from qadtr import __version__
+
+    return {"qadtr": __version__, "torch": torch.__version__, "brevitas": brevitas.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def load_for_export(checkpoint: str | Path, bits: int | None, float_model: bool):
+    """(network, Checkpoint) to export; refuses unsupported requests before anything is written."""
+    from export._common import deploy_model
+    from qadtr.checkpoint import load_checkpoint, read_checkpoint_info
+
+    info = read_checkpoint_info(checkpoint)
+    have = ", ".join(str(w) if w == a else f"w{w}a{a}" for w, a in info.model.bits)
+    if float_model:
+        if info.model.is_quant:
+            raise QadtrError(f"{checkpoint} is quantized ({have}); drop --float and pass --bits with one of those")
+        return load_checkpoint(checkpoint)
+    if not info.model.is_quant:
+        raise QadtrError(f"{checkpoint} is a float model; pass --float for an fp32 ONNX baseline, or export a "
+                         "quantized checkpoint (train one with `python -m qadtr.train --bits 8`)")
+    if bits is None:
+        raise QadtrError(f"pass --bits (the checkpoint has {have}) or --float for a float checkpoint")
+    return deploy_model(checkpoint, bits)
+
+
+def export_onnx(checkpoint: str | Path, out_path: str | Path, *, bits: int | None, opset: int = 13,
+                images: np.ndarray | None = None, data_dir: str | Path | None = None, limit: int = PARITY_IMAGES,
+                float_model: bool = False, exporter: str = "export.onnx") -> ExportResult:
+    """Export `checkpoint` at `bits` (w = a) to QDQ ONNX, prove it and write `<out>.json` beside it.
+
+    Args:
+        checkpoint: model.pt (with model.json) or its folder.
+        out_path: the .onnx to write.
+        bits: weight = activation bits of the hidden layers; must be one the checkpoint was trained at.
+        opset: ONNX opset (13: per-channel QDQ, the TensorRT and ORT baseline).
+        images: (N, H, W, 3) uint8 parity images when no `data_dir` is given.
+        data_dir: dataset folder; the parity check then runs on `limit` test images.
+        float_model: export a float checkpoint as an fp32 ONNX (the fp32 baseline); `bits` is ignored.
+
+    Returns:
+        ExportResult, truthy when parity passed.
+
+    Raises:
+        QadtrError: a float checkpoint without `float_model`, bits the checkpoint lacks, a graph that fails
+            the structural checks, or failed parity (the artifact and its JSON are still written).
+
+    Example:
+        >>> r = export_onnx("zoo/resnet20_w4a4/model.pt", "/tmp/w4.onnx", bits=4, data_dir="../shared/data")
+        >>> print(r.parity.summary)
+    """
+    import onnx
+
+    from qadtr.evaluate import to_tensor
+
+    net, ck = load_for_export(checkpoint, bits, float_model)
+    dataset = ck.train.data if getattr(ck.train, "data", None) else "cifar10"
+    imgs, source = parity_images(images=images, data_dir=data_dir, dataset=dataset, limit=limit)
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / out_path.name
+        example = to_tensor(imgs[:1])  # (1, 3, H, W)
+        (export_float if float_model else export_qcdq)(net, staged, example, opset=opset)
+        model = onnx.load(str(staged))
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise QadtrError(f"onnx.checker rejected the export: {str(e).splitlines()[0]}") from None
+        graph = check_graph(model, net, quantized=not float_model)
+        fusion = fusion_report(staged)
+        parity = check_parity(net, staged, imgs, bits=None if float_model else bits, image_source=source)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staged), out_path)
+    info = ExportInfo(exporter=exporter, artifact=out_path.name, artifact_sha256=sha256_file(out_path),
+                      artifact_bytes=out_path.stat().st_size, source=str(checkpoint), source_sha256=ck.sha256,
+                      arch=ck.model.arch, bits=() if float_model else (bits, bits), opset=opset, versions=versions(),
+                      graph=graph, fusion=fusion, parity=parity.to_dict(), argv=tuple(sys.argv))
+    info_path = out_path.with_suffix(".json")
+    write_json(info_path, config_to_dict(info))
+    if not parity:
+        raise QadtrError(f"{parity.summary}; see {info_path}")
+    return ExportResult(out_path, info_path, info, parity)
+
+
+def describe(result: ExportResult) -> str:
+    f = result.info.fusion
+    conv = f"{f['qlinearconv']} QLinearConv, {f['float_conv']} float Conv at ORT_ENABLE_ALL"
+    return (f"wrote {result.path} ({result.info.artifact_bytes / 1024:.1f} KiB; {conv})\n"
+            f"{result.parity.summary}\ninfo: {result.info_path}")
+
+
+def add_common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="model.pt (with model.json beside it) or its folder")
+    p.add_argument("--bits", type=int, default=None, help="weight = activation bits to export (one the model has)")
+    p.add_argument("--out", default=None, help="output .onnx (default: ./<arch>_w<bits>a<bits>.onnx)")
+    p.add_argument("--data-dir", default=None, help="dataset folder: parity on real test images (else random)")
+    p.add_argument("--limit", type=int, default=PARITY_IMAGES, help="parity images from the test split")
+    p.add_argument("--opset", type=int, default=13, help="ONNX opset (default 13)")
+
+
+def default_out(checkpoint: str, bits: int | None, float_model: bool, suffix: str = ".onnx") -> Path:
+    from qadtr.checkpoint import read_checkpoint_info
+
+    arch = read_checkpoint_info(checkpoint).model.arch
+    return Path(f"{arch}_{'fp32' if float_model else f'w{bits}a{bits}'}{suffix}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from qadtr._cli import run_cli
+
+    p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n")[0])
+    add_common_args(p)
+    p.add_argument("--float", dest="float_model", action="store_true", help="export a float checkpoint as fp32")
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        out = args.out or default_out(args.checkpoint, args.bits, args.float_model)
+        result = export_onnx(args.checkpoint, out, bits=args.bits, opset=args.opset, data_dir=args.data_dir,
+                             limit=args.limit, float_model=args.float_model)
+        print(describe(result))
+
+    return run_cli("export.onnx", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

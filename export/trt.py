@@ -1,0 +1,390 @@
+"""Checkpoint -> TensorRT-bound QDQ ONNX + the exact recipe for building the INT8 engine on the device.
+
+    python -m export.trt zoo/resnet20_w4a4/model.pt --bits 4 --data-dir ../shared/data --out trt_w4/
+
+Writes into OUT/: `model.onnx` (TensorRT-bound), `model.json` (ExportInfo: parity, fusion, versions),
+`trt_build.json` (optimization profile, trtexec flags, a Python builder snippet) and `build_engine.sh`.
+Engines are not portable across TensorRT versions or GPUs, so the device (e.g. a Jetson with JetPack's
+TensorRT) builds its own engine from these files. Here the file is checked without a GPU: by
+TensorRT-RTX's parser and ahead-of-time builder when `tensorrt_rtx` imports, and by real TensorRT (with
+an engine written) where `tensorrt` and a GPU exist.
+
+What `--bits 4` (or 2) means on TensorRT: TensorRT has no INT4 (or INT2) convolution kernels; INT4 is
+weight-only and only for GEMM/MatMul. The 4-bit network runs on int8 kernels carrying 4-bit values:
+weights are int8 initializers holding values in [-7, 7], activations int8/uint8 clamped to [0, 15]
+by a Clip after each QuantizeLinear. That is numerically exact (the same integers), just not faster
+than 8 bit. Weight-only INT4 for the final GEMM is possible and not done here.
+
+Changes from the ORT QDQ export (../shared/NOTES.md: the TensorRT parser rejects both originals):
+- DequantizeLinear of an INT32 bias -> a float initializer holding the dequantised int32 values;
+- int8 weight -> Clip -> DequantizeLinear -> the clip folded into the int8 initializer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from qadtr._errors import QadtrError
+
+INT4_NOTE = ("TensorRT has no INT4/INT2 convolution kernels (INT4 is weight-only, for GEMM/MatMul): a "
+             "sub-8-bit network runs on int8 kernels carrying the same clamped 4-/2-bit integers, which is "
+             "exact but no faster than 8 bit. Weight-only INT4 for the final GEMM is not done.")
+
+UINT8_NOTE = ("TensorRT has no uint8 activations (its parser imports uint8 Q/DQ as int8, saturating 128..255 at "
+              "127). Unsigned tensors of up to 7 bits are written as int8 (same integers, exact); 8-bit unsigned "
+              "ones (the pooled features; every ReLU output at a=8) as float Div/Round/Clip/Mul, exact but their "
+              "consumers run in float on TensorRT. For int8 kernels there, quantize those tensors to 7-bit "
+              "unsigned or signed 8-bit in the model.")
+
+
+# -- graph transformations ---------------------------------------------------------------------------------
+def _constant(graph, name: str) -> np.ndarray | None:
+    """The value of an initializer or Constant node output, else None."""
+    from onnx import numpy_helper
+
+    for init in graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def make_trt_bound(model):
+    """Return a copy of a Brevitas QCDQ ONNX model rewritten for the TensorRT ONNX parser.
+
+    int32-bias DequantizeLinear -> float bias initializer; int8 weight -> Clip -> DQ -> clamped int8 weight;
+    8-bit unsigned activations -> float (see `_emulate_wide_unsigned_`); other uint8 Q/DQ -> int8.
+
+    Returns:
+        (the new model, names of the unsigned 8-bit tensors now computed in float).
+
+    Raises:
+        QadtrError: a weight Clip or int32 DequantizeLinear whose other operands are not constants, or
+            unsigned quantization TensorRT cannot express (see `_uint8_to_int8_`).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    drop, new_inits, rename = [], [], {}
+    for node in graph.node:
+        operands = [_constant(graph, name) if name else None for name in node.input]
+        if node.op_type == "DequantizeLinear" and operands[0] is not None and operands[0].dtype == np.int32:
+            if any(v is None for v in operands[1:]):
+                raise QadtrError(f"{node.name}: int32 DequantizeLinear with a non-constant scale or zero point; "
+                                 "cannot fold the bias")
+            x, scale, zero = operands[0], operands[1], operands[2] if len(operands) > 2 else 0
+            value = ((x.astype(np.int64) - np.asarray(zero, np.int64)) * scale.astype(np.float64)).astype(np.float32)
+            rename[node.output[0]] = node.output[0] + "_float_bias"  # (Cout,) fp32 = int32 bias * s_in * s_w
+        elif node.op_type == "Clip" and operands[0] is not None and operands[0].dtype in (np.int8, np.uint8):
+            if len(operands) != 3 or operands[1] is None or operands[2] is None:
+                raise QadtrError(f"{node.name}: weight Clip without constant min and max; cannot fold it")
+            value = np.clip(operands[0], operands[1], operands[2]).astype(operands[0].dtype)  # clamped int8 weight
+            rename[node.output[0]] = node.output[0] + "_folded"
+        else:
+            continue  # activation Clips (Q -> Clip -> DQ below 8 bits) are fine for TensorRT
+        new_inits.append(numpy_helper.from_array(value, rename[node.output[0]]))
+        drop.append(node)
+    for node in drop:
+        graph.node.remove(node)
+    emulated = _emulate_wide_unsigned_(graph)
+    _uint8_to_int8_(graph)
+    graph.initializer.extend(new_inits)
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
+    for node in [n for n in graph.node if n.op_type == "Constant" and n.output[0] not in used]:
+        graph.node.remove(node)
+    onnx.checker.check_model(model, full_check=True)
+    return model, emulated
+
+
+def _emulate_wide_unsigned_(graph) -> list[str]:
+    """Rewrite unsigned 8-bit Q [-> Clip] -> DQ as float Div -> Round -> Clip(0, 255) -> Mul, in place.
+
+    TensorRT has no uint8 activations (its parser imports them as int8: 128..255 would saturate at 127),
+    and an 8-bit unsigned tensor has no exact int8 form with zero point 0. The float form computes the
+    same values (Round is half-to-even like QuantizeLinear); the consumers then run in float on TensorRT.
+    Returns the integer tensors rewritten (their names are kept, holding integers as float).
+    """
+    from onnx import helper, numpy_helper
+
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    replace: dict[int, list] = {}  # id(old node) -> new nodes ([] = delete)
+    new_inits, rewritten = [], []
+    for q in graph.node:
+        zero = _constant(graph, q.input[2]) if q.op_type == "QuantizeLinear" and len(q.input) > 2 else None
+        if zero is None or zero.dtype != np.uint8:
+            continue
+        after = consumers.get(q.output[0], [])
+        clip = after[0] if len(after) == 1 and after[0].op_type == "Clip" else None
+        hi = float(_constant(graph, clip.input[2])) if clip is not None else 255.0
+        if hi <= 127:
+            continue  # 1..7-bit unsigned: the same integers fit int8 exactly
+        if zero.any():
+            raise QadtrError(f"{q.name}: uint8 zero point {zero.max()} != 0; only zero point 0 is supported")
+        int_name = clip.output[0] if clip is not None else q.output[0]
+        dqs = consumers.get(int_name, [])
+        if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
+            raise QadtrError(f"{q.name}: unsigned 8-bit tensor feeds {[d.op_type for d in dqs]}, not only DequantizeLinear")
+        lo_name, hi_name = f"{int_name}_lo", f"{int_name}_hi"
+        new_inits += [numpy_helper.from_array(np.array(0.0, np.float32), lo_name),
+                      numpy_helper.from_array(np.array(hi, np.float32), hi_name)]
+        replace[id(q)] = [helper.make_node("Div", [q.input[0], q.input[1]], [f"{int_name}_div"], name=f"{q.name}_div"),
+                          helper.make_node("Round", [f"{int_name}_div"], [f"{int_name}_round"], name=f"{q.name}_round"),
+                          helper.make_node("Clip", [f"{int_name}_round", lo_name, hi_name], [int_name],
+                                           name=f"{q.name}_clip")]
+        if clip is not None:
+            replace[id(clip)] = []
+        for d in dqs:
+            replace[id(d)] = [helper.make_node("Mul", [int_name, d.input[1]], [d.output[0]], name=f"{d.name}_mul")]
+        rewritten.append(int_name)
+    nodes = [n for old in graph.node for n in replace.get(id(old), [old])]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(new_inits)
+    return rewritten
+
+
+def _uint8_to_int8_(graph) -> None:
+    """Write the remaining uint8 Q/DQ constants (zero points, clamp bounds of <= 7-bit tensors) as int8, in place.
+
+    TensorRT supports uint8 Q/DQ only on DLA and imports them as int8 with zero point 0; saying so in the
+    file keeps the ORT check of the TensorRT-bound ONNX faithful to what TensorRT computes.
+
+    Raises:
+        QadtrError: a nonzero uint8 zero point (TensorRT quantization is symmetric) or a uint8 value above
+            127 (it would saturate; `_emulate_wide_unsigned_` must have rewritten its tensor first).
+    """
+    from onnx import numpy_helper
+
+    for init in graph.initializer:
+        value = numpy_helper.to_array(init)
+        if value.dtype != np.uint8:
+            continue
+        if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] == init.name
+               for n in graph.node) and value.any():
+            raise QadtrError(f"{init.name}: uint8 zero point {value.max()} != 0; TensorRT needs symmetric "
+                             "quantization (zero point 0)")
+        if value.max() > 127:
+            raise QadtrError(f"{init.name}: uint8 value {value.max()} > 127 would saturate in TensorRT's int8")
+        init.CopyFrom(numpy_helper.from_array(value.astype(np.int8), init.name))
+
+
+def check_trt_bound(model) -> None:
+    """Raises QadtrError if a construct the TensorRT parser rejects is left."""
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            x = _constant(model.graph, node.input[0])
+            if x is not None and x.dtype == np.int32:
+                raise QadtrError(f"{node.name}: DequantizeLinear of an INT32 bias is left (TensorRT rejects it)")
+        if node.op_type == "Clip" and _constant(model.graph, node.input[0]) is not None:
+            raise QadtrError(f"{node.name}: Clip on a constant weight is left (TensorRT rejects it)")
+
+
+# -- build specification -----------------------------------------------------------------------------------
+def build_spec(onnx_name: str, chw: tuple[int, int, int], batch: tuple[int, int, int]) -> dict:
+    """How the device builds its INT8 engine: profile, trtexec flags and the equivalent Python."""
+    c, h, w = chw
+    shapes = {k: f"input:{b}x{c}x{h}x{w}" for k, b in zip(("min", "opt", "max"), batch)}
+    trtexec = ["trtexec", f"--onnx={onnx_name}", "--int8",  # explicit Q/DQ decides every int8 layer
+               f"--minShapes={shapes['min']}", f"--optShapes={shapes['opt']}", f"--maxShapes={shapes['max']}",
+               "--saveEngine=model.engine", "--skipInference"]
+    python = f"""import tensorrt as trt
+logger = trt.Logger(trt.Logger.INFO)
+builder = trt.Builder(logger)
+network = builder.create_network(0)  # explicit batch (TensorRT >= 10; on 8.x pass 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
+parser = trt.OnnxParser(network, logger)
+if not parser.parse_from_file("{onnx_name}"):
+    raise RuntimeError("; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)))
+config = builder.create_builder_config()
+config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ nodes fix every scale: no calibrator
+profile = builder.create_optimization_profile()
+profile.set_shape("input", ({batch[0]}, {c}, {h}, {w}), ({batch[1]}, {c}, {h}, {w}), ({batch[2]}, {c}, {h}, {w}))
+config.add_optimization_profile(profile)
+engine = builder.build_serialized_network(network, config)
+if engine is None:
+    raise RuntimeError("TensorRT returned no engine; see the log above")
+open("model.engine", "wb").write(engine)
+"""
+    return {"onnx": onnx_name, "input": "input", "output": "logits", "dtype": "float32 pixels in [0, 1], NCHW",
+            "profile": {"min": [batch[0], c, h, w], "opt": [batch[1], c, h, w], "max": [batch[2], c, h, w]},
+            "precision": "INT8 from explicit Q/DQ (no calibration); normalisation and logits stay fp32; do not add "
+                         "--fp16 (fp16 normalisation can move the quantized input by a step)",
+            "trtexec": " ".join(trtexec), "python": python, "bits_note": INT4_NOTE,
+            "portability": "build on the target device with its own TensorRT (engines are not portable)"}
+
+
+def _build(trt, onnx_path: Path, spec: dict, log: list[str], *, rtx: bool) -> bytes:
+    """Parse and build with a TensorRT(-RTX) module; logs the configuration first; raises on failure."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise QadtrError(f"the TensorRT{'-RTX' if rtx else ''} parser rejected {onnx_path.name}: {errors[:300]}")
+    config = builder.create_builder_config()
+    if not rtx:
+        config.set_flag(trt.BuilderFlag.INT8)  # TensorRT-RTX is strongly typed: Q/DQ types decide
+    profile = builder.create_optimization_profile()
+    profile.set_shape("input", *(tuple(spec["profile"][k]) for k in ("min", "opt", "max")))
+    config.add_optimization_profile(profile)
+    log.append(f"building with TensorRT{'-RTX' if rtx else ''} {trt.__version__}: {network.num_layers} layers, "
+               f"profile {spec['profile']}, flags {'strongly typed (RTX)' if rtx else 'INT8'}")
+    print(log[-1])
+    engine = builder.build_serialized_network(network, config)
+    if engine is None:
+        raise QadtrError(f"TensorRT{'-RTX' if rtx else ''} returned no engine for {onnx_path.name}; see its log above")
+    return bytes(engine)
+
+
+def offline_check(onnx_path: Path, spec: dict, out_dir: Path) -> dict:
+    """Build with real TensorRT (GPU) if present, else ahead-of-time with TensorRT-RTX, else say so."""
+    log: list[str] = []
+    try:
+        import tensorrt as trt  # noqa: F401  (real TensorRT: needs a GPU to build)
+    except ImportError:
+        trt = None
+    if trt is not None:
+        try:
+            engine = _build(trt, onnx_path, spec, log, rtx=False)
+            (out_dir / "model.engine").write_bytes(engine)
+            return {"tool": f"tensorrt {trt.__version__}", "built": True, "engine_bytes": len(engine), "log": log}
+        except (RuntimeError, TypeError) as e:  # no GPU / no CUDA driver: fall back to the offline check
+            log.append(f"tensorrt {trt.__version__} could not build here ({str(e)[:120]})")
+    try:
+        import tensorrt_rtx as rtx
+    except ImportError as e:
+        log.append(f"tensorrt_rtx not importable ({e}); `pip install tensorrt-rtx-cu12` for an offline check")
+        return {"tool": None, "built": False, "engine_bytes": 0, "log": log}
+    engine = _build(rtx, onnx_path, spec, log, rtx=True)
+    return {"tool": f"tensorrt_rtx {rtx.__version__}", "built": True, "engine_bytes": len(engine), "log": log,
+            "note": "ahead-of-time TensorRT-RTX build on a machine without a GPU: proves the file parses and "
+                    "builds; the device must still build its own engine"}
+
+
+BUILD_SH = """#!/bin/sh
+# Build the INT8 TensorRT engine on the target device (engines are not portable across devices or versions).
+set -e
+cd "$(dirname "$0")"
+{trtexec}
+echo "wrote $(pwd)/model.engine"
+"""
+
+
+def export_trt(checkpoint: str | Path, out_dir: str | Path, *, bits: int, batch: tuple[int, int, int] = (1, 32, 128),
+               opset: int = 13, images: np.ndarray | None = None, data_dir: str | Path | None = None,
+               limit: int = 1000):
+    """Write the TensorRT-bound ONNX, its ExportInfo JSON, trt_build.json and build_engine.sh into `out_dir`.
+
+    Returns:
+        (ExportResult of the TensorRT-bound ONNX, offline-check dict).
+
+    Raises:
+        QadtrError: unsupported request (float checkpoint, missing bits, bad batch range), failed parity,
+            or a TensorRT(-RTX) parser/builder failure.
+    """
+    import onnx
+
+    from export import onnx as onnx_export
+    from qadtr._config import config_to_dict, sha256_file, write_json
+    from qadtr.evaluate import to_tensor
+
+    if not 1 <= batch[0] <= batch[1] <= batch[2]:
+        raise QadtrError(f"batch range min/opt/max {batch} must satisfy 1 <= min <= opt <= max")
+    net, ck = onnx_export.load_for_export(checkpoint, bits, float_model=False)
+    dataset = ck.train.data if getattr(ck.train, "data", None) else "cifar10"
+    imgs, source = onnx_export.parity_images(images=images, data_dir=data_dir, dataset=dataset, limit=limit)
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        qdq = Path(tmp) / "qdq.onnx"
+        onnx_export.export_qcdq(net, qdq, to_tensor(imgs[:1]), opset=opset)
+        original = onnx.load(str(qdq))
+        tensors = onnx_export.activation_dq_inputs(original)  # names are kept by make_trt_bound
+        model, emulated = make_trt_bound(original)
+    check_trt_bound(model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "model.onnx"
+    onnx.save(model, str(path))
+    ops = dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+    fusion = onnx_export.fusion_report(path)
+    parity = onnx_export.check_parity(net, path, imgs, bits=bits, image_source=source, tensors=tensors)
+    spec = build_spec(path.name, (3, *imgs.shape[1:3]), batch)  # images are (N, H, W, 3)
+    trt = offline_check(path, spec, out_dir)
+    write_json(out_dir / "trt_build.json", {**spec, "offline_check": trt})
+    sh = out_dir / "build_engine.sh"
+    sh.write_text(BUILD_SH.format(trtexec=spec["trtexec"]))
+    sh.chmod(0o755)
+    info = onnx_export.ExportInfo(
+        exporter="export.trt", artifact=path.name, artifact_sha256=sha256_file(path),
+        artifact_bytes=path.stat().st_size, source=str(checkpoint), source_sha256=ck.sha256, arch=ck.model.arch,
+        bits=(bits, bits), opset=opset, versions=onnx_export.versions(), graph=ops, fusion=fusion,
+        parity=parity.to_dict(), extra={"trt_build": "trt_build.json", "offline_check": trt, "bits_note": INT4_NOTE,
+               "uint8_as_float": emulated, "uint8_note": UINT8_NOTE},
+        argv=tuple(sys.argv))
+    info_path = out_dir / "model.json"
+    write_json(info_path, config_to_dict(info))
+    if not parity:
+        raise QadtrError(f"TensorRT-bound ONNX under ORT: {parity.summary}; see {info_path}")
+    return onnx_export.ExportResult(path, info_path, info, parity), trt
+
+
+def main(argv: list[str] | None = None) -> int:
+    from qadtr._cli import run_cli
+
+    p = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__.split("\n")[0],
+                                epilog=INT4_NOTE)
+    p.add_argument("checkpoint", help="model.pt (with model.json beside it) or its folder")
+    p.add_argument("--bits", type=int, required=True, help="weight = activation bits (one the model has)")
+    p.add_argument("--out", default=None, help="output folder (default: ./<arch>_w<bits>a<bits>_trt)")
+    p.add_argument("--data-dir", default=None, help="dataset folder: parity on real test images (else random)")
+    p.add_argument("--limit", type=int, default=1000, help="parity images from the test split")
+    p.add_argument("--min-batch", type=int, default=1, help="optimization profile: smallest batch")
+    p.add_argument("--opt-batch", type=int, default=32, help="optimization profile: batch to tune for")
+    p.add_argument("--max-batch", type=int, default=128, help="optimization profile: largest batch")
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        from export.onnx import default_out
+
+        out = args.out or str(default_out(args.checkpoint, args.bits, False, suffix="_trt"))
+        if args.bits < 8:
+            print(f"note: --bits {args.bits}: {INT4_NOTE}")
+        result, trt = export_trt(args.checkpoint, out, bits=args.bits, data_dir=args.data_dir, limit=args.limit,
+                                 batch=(args.min_batch, args.opt_batch, args.max_batch))
+        f = result.info.fusion
+        print(f"wrote {result.path} ({result.info.artifact_bytes / 1024:.1f} KiB), {Path(out) / 'trt_build.json'}, "
+              f"{Path(out) / 'build_engine.sh'}")
+        print(f"ORT check of the TensorRT-bound file: {f['qlinearconv']} QLinearConv, {f['float_conv']} float Conv")
+        print(result.parity.summary)
+        emulated = result.info.extra["uint8_as_float"]
+        if emulated:
+            print(f"note: {len(emulated)} unsigned 8-bit tensor(s) written as float for TensorRT: {UINT8_NOTE}")
+        built = f"built with {trt['tool']} ({trt['engine_bytes'] / 1024:.1f} KiB engine)" if trt["built"] \
+            else "NOT checked: " + trt["log"][-1]
+        print(f"TensorRT offline check: {built}")
+        print(f"on the device: sh {Path(out) / 'build_engine.sh'}   # {json.dumps(trt['tool'])} here")
+
+    return run_cli("export.trt", body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
