@@ -41,7 +41,7 @@ PLAN = (
     # one bit width per step, in turn: each bit width gets one epoch of steps at a third of "all"'s cost
     Entry("resnet20_sw248", TrainConfig(_rn20(((2, 2), (4, 4), (8, 8)), per_bit_bn=True), epochs=3, lr=0.01,
                                         switch="cycle"), "resnet20_float"),
-    Entry("resnet20_w2a2", TrainConfig(_rn20(((2, 2),)), epochs=5, lr=0.01), "resnet20_w4a4"),
+    Entry("resnet20_w2a2", TrainConfig(_rn20(((2, 2),)), epochs=3, lr=0.01), "resnet20_w4a4"),
 )
 
 
