@@ -58,11 +58,9 @@ def make_runner(path: str | Path, kernels: str):
         from devices.litert import LiteRTRunner
 
         return LiteRTRunner(path, kernels=kernels)
-    if path.suffix == ".onnx":  # extension point: devices/onnxrt.py belongs to the ONNX Runtime backend
-        try:
-            from devices.onnxrt import OnnxrtRunner
-        except ImportError as e:
-            raise QadtrError(f"{path.name}: ONNX artifacts need devices.onnxrt ({e}); not available in this checkout") from None
+    if path.suffix == ".onnx":
+        from devices.onnxrt import OnnxrtRunner
+
         return OnnxrtRunner(path)
     raise QadtrError(f"{path.name}: unknown artifact type {path.suffix!r}; expected .tflite or .onnx")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -127,12 +126,12 @@ def test_make_runner_errors(tmp_path):
         A.make_runner(bad, "xnnpack")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("devices.onnxrt") is not None, reason="devices.onnxrt exists")
-def test_onnx_extension_point_without_backend(tmp_path):
+def test_onnx_artifacts_go_to_the_onnx_runtime_runner(tmp_path):
+    from devices.onnxrt import OnnxrtRunner
+
     path = tmp_path / "m.onnx"
     path.write_bytes(b"")
-    with pytest.raises(QadtrError, match="ONNX artifacts need devices.onnxrt"):
-        A.make_runner(path, "xnnpack")
+    assert isinstance(A.make_runner(path, "xnnpack"), OnnxrtRunner)
 
 
 def test_accuracy_cli_bad_input(tmp_path):
