@@ -1,7 +1,7 @@
 """Initialise every quantizer's clipping threshold from data before QAT (MSE-optimal, per bit width).
 
 Brevitas would collect activation percentiles during the first training steps, but its kthvalue is
-pathologically slow on ReLU outputs (mostly zeros: ~7 s per ResNet-20 forward here) and its weight
+pathologically slow on ReLU outputs (mostly zeros) and its weight
 scales start at max|w|, which zeroes most weights at 2 bits. Instead: run the float twin of the
 network (same module names) on a few hundred images, subsample each quantizer's input, and choose
 the threshold minimising the quantization MSE for that quantizer's bit width; weights get a

@@ -1,7 +1,7 @@
 """Fold BatchNorm into the preceding quantized conv: the deployable form every exporter takes.
 
 Quantized nets train with BatchNorm (at 2 bits, BN's batch statistics are what lets QAT recover
-from the quantization shock; BN-free QAT from folded weights stalled at ~11% here). Every consumer
+from the quantization shock; BN-free QAT from folded weights did not recover in development runs). Every consumer
 of a trained net (evaluation, attacks, exporters, replay) uses this folded form, so the fake-quant
 reference and the integer runtimes compute the same function.
 
