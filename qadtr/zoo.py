@@ -90,7 +90,7 @@ def report(out: Path) -> str:
             "|---|---|---|---|---|---|---|"]
     for name, s in read_json(path).items():
         trained = read_json(out / name / "model.json")["_data"]["metrics"].get("test_acc_trained", {})
-        minutes = sum(h.get("elapsed_s", 0) for h in s["history"][-1:]) / 60
+        minutes = s["history"][-1]["elapsed_s"] / 60 if s["history"] else 0.0  # cumulative at the last epoch
         for key, acc in s["test_acc"].items():
             lo, hi = acc["ci95"]
             t = trained.get(key)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from qadtr.checkpoint import load_checkpoint, read_checkpoint_info
-from qadtr.data import load_split, subset
+from qadtr.data import load_split
 from qadtr.evaluate import accuracy_per_bits
 from qadtr.models import ModelConfig
 from qadtr.train import TrainConfig, train
