@@ -50,7 +50,7 @@ def make_config(attack: str, args: argparse.Namespace, size: float, bits: tuple)
     try:
         if attack == "location":
             return cls(**common, batch_size=args.batch_size or 100)
-        common.update(batch_size=args.batch_size or 64, optimizer=args.optimizer)
+        common.update(batch_size=args.batch_size or 64, optimizer=args.optimizer, schedule=args.schedule)
         if attack == "lavan":
             return cls(**common)
         eot = EOTConfig(max_angle=args.max_angle, scale=_pair(args.scale, "scale"),
@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the attack's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="default: the attack's")
-    p.add_argument("--optimizer", default="adam", help="adam (sigmoid logits) | sign (projected sign-gradient)")
+    p.add_argument("--optimizer", default="sign", help="sign (projected sign-gradient) | adam (sigmoid logits; "
+                   "pass --lr 0.1)")
+    p.add_argument("--schedule", default="cosine", help="step size schedule: cosine (decays to 0) | constant")
     p.add_argument("--max-angle", type=float, default=0.0, help="EOT rotation range, degrees")
     p.add_argument("--scale", default="1,1", help="EOT scale range lo,hi")
     p.add_argument("--brightness", default="1,1", help="EOT brightness range lo,hi")

@@ -42,7 +42,7 @@ from qadtr.models import bits_of, deploy_net
 @register_config
 @dataclass(frozen=True)
 class AqapaConfig:
-    VERSION = 1
+    VERSION = 2  # 2: sign optimiser with a cosine schedule by default (see universal.py)
     size: float = 0.1  # fraction of the image area
     target: int | None = None  # None = untargeted
     bits: tuple[tuple[int, int], ...] = ()  # (w, a) pairs to attack together; () = all of the model's
@@ -50,8 +50,9 @@ class AqapaConfig:
     momentum: float = 0.9  # moving average of the per-bit-width losses that set the weights
     steps: int = 500
     batch_size: int = 64
-    optimizer: str = "adam"  # adam (sigmoid logits) | sign (projected sign-gradient)
-    lr: float = 0.1
+    optimizer: str = "sign"  # sign (projected sign-gradient) | adam (sigmoid logits)
+    lr: float = 0.01  # sign: pixel step; adam: logit step (~0.1)
+    schedule: str = "cosine"  # cosine decay of the step to 0 over `steps` | constant
     eot: EOTConfig = field(default_factory=EOTConfig)
     seed: int = 0
 
@@ -111,7 +112,7 @@ def aqapa_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: A
             stack.enter_context(attack_mode(net))
         values, log = optimise_patch(objective, images, labels, side=side, steps=cfg.steps,
                                      batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr, eot=cfg.eot,
-                                     seed=cfg.seed, progress=progress, desc="a-qapa")
+                                     seed=cfg.seed, schedule=cfg.schedule, progress=progress, desc="a-qapa")
     return Patch(values=values, attack="aqapa", config=cfg, size=cfg.size, side=side, target=cfg.target,
                  eot=cfg.eot, seed=cfg.seed, bits=tuple(bits), log=tuple(log))
 

@@ -31,14 +31,15 @@ CAP = 10.0  # nats: beyond p_true < e^-10 lowering the true class further is wor
 @register_config
 @dataclass(frozen=True)
 class LavanConfig:
-    VERSION = 1
+    VERSION = 2  # 2: sign optimiser with a cosine schedule by default (see universal.py)
     size: float = 0.02  # fraction of the image area (LaVAN's ~2%)
     target: int | None = None  # None = untargeted
     xy: tuple[int, int] | None = None  # fixed top-left (column, row); None = bottom-right corner
     steps: int = 500
     batch_size: int = 64
-    optimizer: str = "adam"  # adam (sigmoid logits) | sign (projected sign-gradient)
-    lr: float = 0.1
+    optimizer: str = "sign"  # sign (projected sign-gradient) | adam (sigmoid logits)
+    lr: float = 0.01  # sign: pixel step; adam: logit step (~0.1)
+    schedule: str = "cosine"  # cosine decay of the step to 0 over `steps` | constant
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,6 +76,6 @@ def lavan_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: L
     with attack_mode(model):
         values, log = optimise_patch(objective, images, labels, side=side, steps=cfg.steps,
                                      batch_size=cfg.batch_size, optimizer=cfg.optimizer, lr=cfg.lr, eot=eot,
-                                     seed=cfg.seed, progress=progress, desc="lavan")
+                                     seed=cfg.seed, schedule=cfg.schedule, progress=progress, desc="lavan")
     return Patch(values=values, attack="lavan", config=cfg, size=cfg.size, side=side, target=cfg.target, eot=eot,
                  seed=cfg.seed, log=tuple(log))

@@ -353,17 +353,21 @@ def test_cli_missing_checkpoint_exits_1(tmp_path):
     assert res.returncode == 1 and "Traceback" not in res.stderr and "not found" in res.stderr
 
 
+def _fake_split(name, split, data_dir=None, **kw):
+    """An in-memory 8x8 dataset standing in for `qadtr.data.load_split` in the CLI tests."""
+    import qadtr.data
+
+    n = 64 if split == "train" else 32
+    return qadtr.data.Split(_images(n, hw=8, seed=len(split)), np.arange(n) % 10, tuple("abcdefghij"),
+                            name, split, "memory")
+
+
 def test_cli_writes_patch_files(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     """The whole CLI path on the 8x8 test model, with an in-memory 8x8 dataset."""
     import qadtr.data
     from qadtr.attack import main
 
-    def fake_split(name, split, data_dir=None, **kw):
-        n = 64 if split == "train" else 32
-        return qadtr.data.Split(_images(n, hw=8, seed=len(split)), np.arange(n) % 10, tuple("abcdefghij"),
-                                name, split, "memory")
-
-    monkeypatch.setattr(qadtr.data, "load_split", fake_split)
+    monkeypatch.setattr(qadtr.data, "load_split", _fake_split)
     rc = main([str(tiny_checkpoint), "--attack", "universal", "--bits", "4", "--size", "0.05,0.1", "--target", "1",
                "--steps", "3", "--out", str(tmp_path)])
     assert rc == 0
@@ -382,12 +386,7 @@ def test_transfer_evaluates_every_patch_on_every_bit_width(tiny_checkpoint, tmp_
     from eval.transfer import main as transfer_main
     from qadtr.attack import main as attack_main
 
-    def fake_split(name, split, data_dir=None, **kw):
-        n = 64 if split == "train" else 32
-        return qadtr.data.Split(_images(n, hw=8, seed=len(split)), np.arange(n) % 10, tuple("abcdefghij"),
-                                name, split, "memory")
-
-    monkeypatch.setattr(qadtr.data, "load_split", fake_split)
+    monkeypatch.setattr(qadtr.data, "load_split", _fake_split)
     patches = tmp_path / "patches"
     for bits in ("2", "8"):
         assert attack_main([str(tiny_checkpoint), "--bits", bits, "--size", "0.1", "--target", "1", "--steps", "2",
@@ -405,3 +404,26 @@ def test_transfer_evaluates_every_patch_on_every_bit_width(tiny_checkpoint, tmp_
     assert len((out / "transfer.csv").read_text().splitlines()) == 1 + len(rows)
     assert sorted(p.name for p in out.glob("*.png")) == ["heatmap_location_s10_untargeted.png",
                                                         "heatmap_universal_s10_t1.png"]
+
+
+def test_strength_sweep_writes_rows_and_resumes(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    """eval.strength on the 8x8 test model: one row per (bits, eot, target); a re-run makes nothing new."""
+    import qadtr.data
+    from eval.strength import main as strength_main
+
+    monkeypatch.setattr(qadtr.data, "load_split", _fake_split)
+    args = ["--checkpoints", str(tiny_checkpoint), "--targets", "1,3", "--eot", "plain,rotscale", "--steps", "2",
+            "--batch-size", "8", "--out", str(tmp_path)]
+    assert strength_main(args) == 0
+    rows = json.loads((tmp_path / "strength.json").read_text())["rows"]
+    assert len(rows) == 3 * 2 * 2  # 3 bit widths x 2 EOT variants x 2 targets
+    assert {(r["bits"], r["eot"], r["target"]) for r in rows} == {
+        (b, e, t) for b in ("w2a2", "w4a4", "w8a8") for e in ("plain", "rotscale") for t in (1, 3)}
+    rot = load_patch(tmp_path / next(r["patch"] for r in rows if r["eot"] == "rotscale"))
+    assert rot.eot.max_angle == 22.5 and rot.eot.scale == (0.9, 1.1)
+    assert all(0 <= r["asr"]["value"] <= 1 and r["asr"]["n"] > 0 for r in rows)
+    assert len((tmp_path / "strength.md").read_text().splitlines()) == 2 + len(rows)
+    capsys.readouterr()
+    assert strength_main(args) == 0  # resumed: every row exists, nothing is redone
+    assert "12 row(s) already" in capsys.readouterr().out
+    assert strength_main(["--checkpoints", str(tiny_checkpoint), "--eot", "spin", "--out", str(tmp_path)]) == 1
