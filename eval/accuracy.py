@@ -50,19 +50,16 @@ def resolve_format(fmt: str, dtype: np.dtype, quant: tuple[float, int]) -> str:
 
 
 def make_runner(path: str | Path, kernels: str):
-    """The runner for an artifact, chosen by its suffix."""
+    """The runner for an artifact, chosen by its suffix (through the runtime registry, devices.runtimes)."""
+    from devices.runtimes import make_runner as registry_runner
+
     path = Path(path)
     if not path.is_file():
         raise QadtrError(f"{path} not found")
-    if path.suffix == ".tflite":
-        from devices.litert import LiteRTRunner
-
-        return LiteRTRunner(path, kernels=kernels)
-    if path.suffix == ".onnx":
-        from devices.onnxrt import OnnxrtRunner
-
-        return OnnxrtRunner(path)
-    raise QadtrError(f"{path.name}: unknown artifact type {path.suffix!r}; expected .tflite or .onnx")
+    runtimes = {".tflite": f"litert-{kernels}", ".onnx": "onnxrt"}
+    if path.suffix not in runtimes:
+        raise QadtrError(f"{path.name}: unknown artifact type {path.suffix!r}; expected .tflite or .onnx")
+    return registry_runner(runtimes[path.suffix], path)
 
 
 def accuracy(runner, images: np.ndarray, labels: np.ndarray, *, input_format: str = "auto",
