@@ -104,3 +104,21 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def read_versioned_npz(path, magic: bytes, version: int, kind: str, hint: str) -> dict:
+    """The arrays of a binary artifact that starts with `magic` and a format `version` (patch and replay
+    files); every refusal names what is wrong and ends with `hint` (what to re-run)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - any failure to parse means it is not our file
+        raise QadtrError(f"{path} is not a readable .npz ({type(e).__name__}); {hint}") from None
+    if "magic" not in arrays or arrays["magic"].tobytes() != magic:
+        raise QadtrError(f"{path} is not a qadtr {kind} file (bad magic); {hint}")
+    found = int(arrays.get("version", -1))
+    if found != version:
+        raise QadtrError(f"{path} has {kind} format version {found}, this code reads {version}; {hint}")
+    return arrays

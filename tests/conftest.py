@@ -57,3 +57,52 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_images() -> np.ndarray:
     """32 random (8, 8, 3) uint8 images."""
     return np.random.default_rng(1).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
+
+
+# --- replay fixtures (eval.replay, eval.on_device): an in-memory 8x8 "cifar10" and patches for test_qnet ---
+
+def tiny_split(name: str, split: str, data_dir=None, **kw):
+    """A stand-in for `qadtr.data.load_split`: 64 train / 40 test random 8x8 images, labels 0..9."""
+    import qadtr.data
+
+    n = 64 if split == "train" else 40
+    images = np.random.default_rng(10 + len(split)).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    return qadtr.data.Split(images, np.arange(n, dtype=np.int64) % 10, tuple("abcdefghij"), name, split, "memory")
+
+
+@pytest.fixture
+def tiny_dataset(monkeypatch):
+    """Every `qadtr.data.load_split` call in the test gets `tiny_split`'s 8x8 images."""
+    import qadtr.data
+
+    monkeypatch.setattr(qadtr.data, "load_split", tiny_split)
+    return tiny_split
+
+
+@pytest.fixture(scope="session")
+def tiny_patches(tiny_checkpoint, tmp_path_factory) -> Path:
+    """A folder with three patch files made on test_qnet in a few steps: a targeted universal patch (w4a4,
+    EOT with rotation and scale), an untargeted one (w8a8), and per-image location patches (w2a2) on test
+    images 0..5 (some inside, some outside a 16-image eval subset)."""
+    import dataclasses
+
+    from qadtr.attacks import EOTConfig, LocationConfig, UniversalConfig, location_patch, save_patch, \
+        universal_patch
+    from qadtr.checkpoint import load_checkpoint
+    from qadtr.models import deploy_net
+
+    model, ck = load_checkpoint(tiny_checkpoint)
+    train, test = tiny_split("cifar10", "train"), tiny_split("cifar10", "test")
+    out = tmp_path_factory.mktemp("patches")
+    eot = EOTConfig(max_angle=20.0, scale=(0.9, 1.1))
+    for (w, a), target, name in (((4, 4), 1, "w4a4_universal_t1"), ((8, 8), None, "w8a8_universal_untargeted")):
+        cfg = UniversalConfig(size=0.1, target=target, steps=3, batch_size=16, eot=eot)
+        patch = universal_patch(deploy_net(model, w, a), train.images, train.labels, cfg)
+        save_patch(patch.with_source(model_sha256=ck.sha256, bits=((w, a),), data="cifar10/train"), out / name)
+    idx = np.arange(6)
+    patch = location_patch(deploy_net(model, 2, 2), test.images[idx], test.labels[idx],
+                           LocationConfig(size=0.1, steps=2))
+    patch = dataclasses.replace(patch, indices=idx).with_source(model_sha256=ck.sha256, bits=((2, 2),),
+                                                                 data="cifar10/test")
+    save_patch(patch, out / "w2a2_location_untargeted")
+    return out

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from qadtr._config import atomic_write_bytes, config_from_dict, config_to_dict, write_json
+from qadtr._config import atomic_write_bytes, config_from_dict, config_to_dict, read_versioned_npz, write_json
 from qadtr._errors import QadtrError
 from qadtr.attacks._place import EOTConfig, Placement
 
@@ -125,16 +125,7 @@ def load_patch(path: str | Path) -> Patch:
     path = Path(path)
     if not path.is_file():
         raise QadtrError(f"patch file {path} not found; {HINT}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # noqa: BLE001 - any failure to parse means it is not our file
-        raise QadtrError(f"{path} is not a readable .npz ({type(e).__name__}); {HINT}") from None
-    if "magic" not in arrays or arrays["magic"].tobytes() != MAGIC:
-        raise QadtrError(f"{path} is not a qadtr patch file (bad magic); {HINT}")
-    version = int(arrays.get("version", -1))
-    if version != FORMAT_VERSION:
-        raise QadtrError(f"{path} has patch format version {version}, this code reads {FORMAT_VERSION}; {HINT}")
+    arrays = read_versioned_npz(path, MAGIC, FORMAT_VERSION, "patch", HINT)
     missing = {"values", "meta"} - set(arrays)
     if missing:
         raise QadtrError(f"{path} lacks {sorted(missing)}; {HINT}")

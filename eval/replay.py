@@ -1,0 +1,286 @@
+"""The replay file: every attacked input materialised once, so every runtime receives identical bytes (P9).
+
+`make_replay(patches, "cifar10", data_dir, out="results/replays")` -> `replay_cifar10_<key>.npz` + `.json`.
+
+The .npz (read with `allow_pickle=False`, written uncompressed: it is read far more often than written):
+    magic       "QADTR-REPLAY" (uint8 bytes)
+    version     int, `FORMAT_VERSION`
+    images      (M, H, W, 3) uint8: exactly the bytes every runtime is fed
+    labels      (M,) int64 true labels
+    test_index  (M,) int64 index of the clean image in the dataset's test split
+    patch       (M,) int32: -1 = clean, else an index into `ReplayInfo.patches`
+Row order: the clean block first (the eval subset `_indices(len(test), eval_subset, seed=1)`, then any
+other clean image a per-image patch needs), then one block per patch in file-name order. A universal
+patch is pasted on the subset at `eval_placements(patch, n, hw, eval_seed)`, a per-image patch on its
+own stored images at its own placements, both with `qadtr.attacks.rebuild`: the same images and
+placements `eval.transfer` evaluates, so ASRs computed from a replay equal its ASRs (tested).
+
+The .json beside it (`{"_type": "ReplayInfo", "_version": 1, "_data": {...}}`) holds the sha256 of the
+.npz, the dataset (and a sha256 of its test split), eval_subset, eval_seed and every patch file used
+with its sha256 and provenance. `key`, a sha256 of all inputs, names the file, so a replay is rebuilt
+exactly when an input changes and reused otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from qadtr._config import atomic_write_bytes, read_versioned_npz, sha256_file, write_json
+from qadtr._errors import QadtrError
+from qadtr._stats import Proportion
+
+if TYPE_CHECKING:
+    from qadtr.attacks import ASR
+
+MAGIC = b"QADTR-REPLAY"
+FORMAT_VERSION = 1
+HINT = "HINT: delete it and re-run `python -m eval.on_device ... --patches DIR` (or eval.replay.make_replay), " \
+       "which rebuilds it from the patch files"
+_CHUNK = 1000  # images per `rebuild` call: its index maps are (n, H, W) float64, ~8 MB per 1000 CIFAR images
+
+
+@dataclass(frozen=True)
+class PatchRef:
+    """One patch block of a replay: which file, where its rows are, and where the patch came from."""
+
+    file: str  # patch file name (.npz)
+    sha256: str  # of the patch file
+    attack: str
+    size: float  # fraction of the image area
+    side: int  # pixels
+    target: int | None  # None = untargeted
+    bits: tuple[tuple[int, int], ...]  # source bit widths; () = float model
+    model_sha256: str  # source model.pt
+    data: str  # what the patch was made on, e.g. "cifar10/train"
+    per_image: bool
+    first: int  # first row of the block
+    n: int  # rows in the block
+
+
+@dataclass(frozen=True)
+class ReplayInfo:
+    VERSION = 1
+    key: str  # sha256 of every input below (dataset bytes, subset, seed, patch files, format version)
+    npz_sha256: str
+    dataset: str
+    data_sha256: str  # of the test split's images and labels
+    eval_subset: int  # as requested (0 = the whole test split)
+    eval_seed: int  # seed of the universal patches' placements
+    n_subset: int  # rows [0, n_subset): the eval subset, clean (clean accuracy is measured on these)
+    n_clean: int  # rows [0, n_clean): clean (n_subset plus clean images only per-image patches need)
+    samples: int  # M, all rows
+    hw: tuple[int, int]
+    patches: tuple[PatchRef, ...]
+    created: str = ""
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["patches"] = [dataclasses.asdict(p) for p in self.patches]
+        return {"_type": "ReplayInfo", "_version": self.VERSION, "_data": data}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str) -> "ReplayInfo":
+        if not isinstance(d, dict) or d.get("_type") != "ReplayInfo":
+            raise QadtrError(f"{where} is not a replay description (no _type ReplayInfo); {HINT}")
+        if d.get("_version") != cls.VERSION:
+            raise QadtrError(f"{where} has replay format version {d.get('_version')}, this code reads "
+                             f"{cls.VERSION}; {HINT}")
+        try:
+            data = dict(d["_data"])
+            patches = tuple(PatchRef(**{**p, "bits": tuple(tuple(b) for b in p["bits"])}) for p in data.pop("patches"))
+            return cls(**{**data, "hw": tuple(data["hw"]), "patches": patches})
+        except (KeyError, TypeError) as e:
+            raise QadtrError(f"{where}: unreadable replay description ({type(e).__name__}: {e}); {HINT}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class Replay:
+    """A loaded, validated replay file."""
+
+    path: Path
+    info: ReplayInfo
+    images: np.ndarray  # (M, H, W, 3) uint8
+    labels: np.ndarray  # (M,) int64
+    test_index: np.ndarray  # (M,) int64
+    patch: np.ndarray  # (M,) int32, -1 = clean
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def sha256(self) -> str:
+        return self.info.npz_sha256
+
+    def clean_accuracy(self, pred: np.ndarray) -> Proportion:
+        """Top-1 on the eval subset (rows [0, n_subset)) from predictions (M,) for every row."""
+        n = self.info.n_subset
+        return Proportion(int((pred[:n] == self.labels[:n]).sum()), n)
+
+    def asr(self, pred: np.ndarray) -> list[tuple[PatchRef, ASR]]:
+        """Each patch's ASR (`qadtr.attacks.attack_success`) from predictions (M,) for every row: a patched
+        row's clean prediction is the clean row of the same test image."""
+        from qadtr.attacks import attack_success
+
+        clean_row = {int(t): i for i, t in enumerate(self.test_index[:self.info.n_clean])}
+        out = []
+        for ref in self.info.patches:
+            rows = slice(ref.first, ref.first + ref.n)
+            clean = pred[[clean_row[int(t)] for t in self.test_index[rows]]]  # (n,)
+            out.append((ref, attack_success(clean, pred[rows], self.labels[rows], ref.target)))
+        return out
+
+
+def _patch_files(patches: str | Path | list) -> list[Path]:
+    if isinstance(patches, (str, Path)):
+        root = Path(patches)
+        if not root.exists():
+            raise QadtrError(f"patch folder {root} not found; make patches with `python -m qadtr.attack ... --out DIR`")
+        files = sorted(root.glob("*.npz")) if root.is_dir() else [root]
+    else:
+        files = sorted(Path(p) for p in patches)
+    if not files:
+        raise QadtrError(f"no patch files (*.npz) in {patches}; make some with `python -m qadtr.attack`")
+    return files
+
+
+def _sha256(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path | None = None, *,
+                eval_subset: int = 2000, eval_seed: int = 1, out: str | Path = "results/replays",
+                progress: bool = False) -> Path:
+    """Build (or reuse) the replay file of `patches` on `dataset`'s test split; returns the .npz path.
+
+    Args:
+        patches: a folder of patch files (*.npz, from `qadtr.attack`), or a list of patch files.
+        dataset: the dataset the patches are evaluated on (its test split), e.g. "cifar10".
+        data_dir: dataset folder (None: $QADTR_DATA).
+        eval_subset: test images universal patches are pasted on (0 = all); the same subset as
+            `qadtr.attack` and `eval.transfer`.
+        eval_seed: seed of the universal patches' evaluation placements (`eval_placements`).
+        out: a folder (the file is named `replay_<dataset>_<key>.npz` after its inputs) or an .npz path.
+
+    Raises:
+        QadtrError: no patch files, a bad patch file, a patch made on another dataset, a per-image
+            patch whose images the test split lacks.
+
+    Example:
+        >>> path = make_replay("patches/", "cifar10", "../shared/data", eval_subset=2000)
+        >>> replay = load_replay(path)
+    """
+    from tqdm import tqdm
+
+    import qadtr.data  # attribute lookup at call time: tests swap in an in-memory dataset
+    from qadtr.attack import _indices
+    from qadtr.attacks import eval_placements, load_patch, rebuild
+
+    files = _patch_files(patches)
+    shas = [sha256_file(f) for f in files]
+    loaded = [load_patch(f) for f in files]
+    test = qadtr.data.load_split(dataset, "test", data_dir)
+    data_sha = _sha256(test.images, test.labels)
+    key = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "dataset": dataset, "data": data_sha,
+                                     "eval_subset": int(eval_subset), "eval_seed": int(eval_seed),
+                                     "patches": shas}).encode()).hexdigest()
+    out = Path(out)
+    path = out if out.suffix == ".npz" else out / f"replay_{dataset}_{key[:16]}.npz"
+    if path.is_file() and path.with_suffix(".json").is_file():
+        try:
+            if load_replay(path, verify=True).info.key == key:
+                return path  # cached: the same inputs made it
+        except QadtrError:
+            pass  # corrupt or another version: rebuilt below
+
+    for f, p in zip(files, loaded, strict=True):
+        source = p.data.split("/")[0]
+        if p.per_image and p.data != f"{dataset}/test":
+            raise QadtrError(f"{f.name} is a per-image patch made on {p.data or 'unknown images'}, not "
+                             f"{dataset}/test; re-run `python -m qadtr.attack --attack {p.attack} --data {dataset}` "
+                             f"or pass --data {source}")
+        if source and source != dataset:
+            raise QadtrError(f"{f.name} was made on {p.data}, not {dataset}; pass --data {source} or make patches "
+                             f"on {dataset} with `python -m qadtr.attack --data {dataset}`")
+        if p.per_image and int(p.indices.max(initial=-1)) >= len(test.labels):
+            raise QadtrError(f"{f.name} holds test indices up to {int(p.indices.max())} but {dataset}/test has "
+                             f"{len(test.labels)} images; re-run the attack on this copy of {dataset}")
+    subset_idx = _indices(len(test.labels), eval_subset, seed=1)
+    extra = sorted({int(i) for p in loaded if p.per_image for i in p.indices} - {int(i) for i in subset_idx})
+    clean_idx = np.concatenate([subset_idx, np.asarray(extra, dtype=np.int64)]).astype(np.int64)
+    hw = tuple(test.images.shape[1:3])
+
+    blocks = [(clean_idx, test.images[clean_idx], -1)]  # (test indices, images (n, H, W, 3), patch index)
+    refs, first = [], len(clean_idx)
+    inputs = list(zip(files, shas, loaded, strict=True))
+    for k, (f, sha, p) in enumerate(tqdm(inputs, disable=not progress, desc="replay")):
+        idx = np.asarray(p.indices, dtype=np.int64) if p.per_image else subset_idx
+        placement = eval_placements(p, len(idx), hw, eval_seed)  # all n at once: the draws transfer makes
+        adv = np.concatenate([rebuild(test.images[idx[i:i + _CHUNK]],
+                                      p.values[i:i + _CHUNK] if p.per_image else p.values,
+                                      placement[i:i + _CHUNK]) for i in range(0, len(idx), _CHUNK)])
+        blocks.append((idx, adv, k))
+        refs.append(PatchRef(file=f.name, sha256=sha, attack=p.attack, size=p.size, side=p.side, target=p.target,
+                             bits=tuple(tuple(b) for b in p.bits), model_sha256=p.model_sha256, data=p.data,
+                             per_image=p.per_image, first=first, n=len(idx)))
+        first += len(idx)
+
+    arrays = {"magic": np.frombuffer(MAGIC, dtype=np.uint8), "version": np.array(FORMAT_VERSION),
+              "images": np.concatenate([b[1] for b in blocks]),
+              "labels": np.concatenate([test.labels[b[0]] for b in blocks]).astype(np.int64),
+              "test_index": np.concatenate([b[0] for b in blocks]).astype(np.int64),
+              "patch": np.concatenate([np.full(len(b[0]), b[2], dtype=np.int32) for b in blocks])}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    info = ReplayInfo(key=key, npz_sha256=hashlib.sha256(data).hexdigest(), dataset=dataset, data_sha256=data_sha,
+                      eval_subset=int(eval_subset), eval_seed=int(eval_seed), n_subset=len(subset_idx),
+                      n_clean=len(clean_idx), samples=len(arrays["labels"]), hw=hw, patches=tuple(refs),
+                      created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    write_json(path.with_suffix(".json"), info.to_dict())
+    return path
+
+
+def load_replay(path: str | Path, *, verify: bool = True) -> Replay:
+    """Read a replay file and check it: description, sha256 of the .npz, magic, version, array shapes.
+
+    Raises:
+        QadtrError: a missing, corrupt, foreign or other-version file; the message says what to re-run.
+    """
+    path = Path(path)
+    js = path.with_suffix(".json")
+    if not path.is_file() or not js.is_file():
+        raise QadtrError(f"replay {path} (with {js.name} beside it) not found; {HINT}")
+    try:
+        info = ReplayInfo.from_dict(json.loads(js.read_text()), str(js))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise QadtrError(f"{js} is not valid JSON; {HINT}") from None
+    if verify and sha256_file(path) != info.npz_sha256:
+        raise QadtrError(f"{path} is corrupt or was changed: its sha256 differs from the one in {js.name}; {HINT}")
+    arrays = read_versioned_npz(path, MAGIC, FORMAT_VERSION, "replay", HINT)
+    want = {"images": np.uint8, "labels": np.int64, "test_index": np.int64, "patch": np.int32}
+    for name, dtype in want.items():
+        if name not in arrays or arrays[name].dtype != dtype:
+            raise QadtrError(f"{path}: array {name!r} missing or not {np.dtype(dtype)}; {HINT}")
+    m = info.samples
+    images = arrays["images"]
+    if images.shape != (m, *info.hw, 3) or any(len(arrays[k]) != m for k in want):
+        raise QadtrError(f"{path}: arrays do not hold the {m} rows of {info.hw} images its description says; {HINT}")
+    expected = np.full(m, -1, dtype=np.int32)
+    for k, ref in enumerate(info.patches):
+        expected[ref.first:ref.first + ref.n] = k
+    if not np.array_equal(arrays["patch"], expected) or (info.patches and info.patches[0].first != info.n_clean):
+        raise QadtrError(f"{path}: the patch column disagrees with the blocks in {js.name}; {HINT}")
+    return Replay(path, info, images, arrays["labels"], arrays["test_index"], arrays["patch"])
