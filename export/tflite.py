@@ -423,6 +423,31 @@ def build_tflite(net, height: int, width: int, *, debug: bool = False, headroom:
     return Built(data, counts, s_out, {name: t.q for name, t in g.named.items()})
 
 
+def with_outputs(data: bytes, names: list[str]) -> bytes:
+    """A .tflite's bytes with the tensors called `names` appended to its subgraph outputs.
+
+    XNNPACK materialises only partition outputs, so reading an intermediate activation of an existing
+    artifact (not a fresh `build_tflite(debug=True)`) needs it as an output; everything else is unchanged.
+
+    Raises:
+        QadtrError: a name no tensor of the first subgraph has.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as S
+
+    m = S.ModelT.InitFromObj(S.Model.GetRootAsModel(data, 0))
+    sg = m.subgraphs[0]
+    index = {(t.name.decode() if isinstance(t.name, bytes) else t.name): i for i, t in enumerate(sg.tensors)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise QadtrError(f"the .tflite has no tensors {missing[:5]}; it was not written by this export.tflite")
+    outputs = list(sg.outputs)
+    sg.outputs = outputs + [index[n] for n in names if index[n] not in outputs]
+    b = flatbuffers.Builder(len(data) + 4096)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
 # -- proof -------------------------------------------------------------------------------------------
 @torch.no_grad()
 def _reference(net, pixels: torch.Tensor, acts: dict[str, _Q]) -> tuple[np.ndarray, dict[str, np.ndarray]]:

@@ -1,0 +1,205 @@
+"""eval.compare on constructed logits whose answers are known: agreement, flips both ways, ties, LSBs, paired CI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from eval.compare import Gate, compare_outputs, ties
+from qadtr._errors import QadtrError
+from qadtr._stats import Z95, PairedDifference
+from qadtr.attacks import attack_success
+
+K = 10
+LSB = 0.25
+
+
+def onehot(pred, margin=4.0):
+    """(M, K) logits on the LSB grid whose argmax is `pred`, winning by `margin` LSBs."""
+    x = np.zeros((len(pred), K))
+    x[np.arange(len(pred)), pred] = margin * LSB
+    return x
+
+
+def scenario():
+    """8 clean images (test index 0..7, labels 0..7) and the same 8 with a patch targeting class 3.
+
+    Reference: clean all correct; patched -> 3 on images 0, 1, 2 (image 3 is class 3: not eligible).
+    Deployed: clean image 5 predicted 9 (a clean disagreement); patched -> 3 on images 1, 2, 6:
+    image 0 flips ref-only, image 6 flips deployed-only.
+    """
+    labels = np.r_[np.arange(8), np.arange(8)]
+    test_index = labels.copy()
+    patch = np.r_[np.full(8, -1), np.zeros(8, int)]
+    ref_pred = np.r_[np.arange(8), [3, 3, 3, 3, 4, 5, 6, 7]]
+    out_pred = np.r_[[0, 1, 2, 3, 4, 9, 6, 7], [0, 3, 3, 3, 4, 5, 3, 7]]
+    return onehot(ref_pred), onehot(out_pred), labels, patch, test_index
+
+
+def test_agreement_flips_and_asr():
+    ref, out, labels, patch, test_index = scenario()
+    res = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=LSB, patch_names=["p.npz"])
+    assert (res.clean.n, res.clean.agree, res.clean.n_nontie) == (8, 7, 8)
+    assert (res.patched.n, res.patched.agree) == (8, 6)  # rows 8 (image 0) and 14 (image 6) differ
+    (p,) = res.patches
+    assert p.ref_only == (8,) and p.out_only == (14,)
+    # ASR: 7 eligible (label != 3); reference hits images 0, 1, 2; deployed 1, 2, 6
+    assert (p.asr_ref["asr"]["k"], p.asr_ref["asr"]["n"]) == (3, 7) == (p.asr_out["asr"]["k"], p.asr_out["asr"]["n"])
+    assert (p.diff.b, p.diff.c, p.diff.n) == (1, 1, 7) and p.diff.value == 0.0
+    want = attack_success(out.argmax(1)[:8], out.argmax(1)[8:], labels[8:], 3)
+    assert p.asr_out == want.to_dict()
+    kinds = {d.sample: (d.attack, d.pred_ref, d.pred_out) for d in res.disagreements}
+    assert kinds == {5: ("", 5, 9), 8: ("ref-only", 3, 0), 14: ("deployed-only", 6, 3)}
+    assert not res and any("clean agreement" in r for r in res.reasons)  # 7/8 < 99%
+    assert Gate(min_agree=0.8, max_asr_diff=0.0)  # the config itself is valid
+    assert compare_outputs(ref, out, labels, patch, test_index, [3], lsb=LSB, gate=Gate(0.7, 0.0))
+    out[12] = onehot([3])[0]  # deployed also hits image 4: the difference is deployed - reference = +1/7
+    p = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=LSB).patches[0]
+    assert (p.diff.b, p.diff.c) == (2, 1) and p.diff.value == pytest.approx(1 / 7) and p.out_only == (12, 14)
+
+
+def test_untargeted_uses_each_sides_clean_prediction():
+    ref, out, labels, patch, test_index = scenario()
+    res = compare_outputs(ref, out, labels, patch, test_index, [None], lsb=LSB)
+    (p,) = res.patches
+    # reference: clean correct on all 8; patched changes images 0, 1, 2 (-> 3; image 3 stays 3) -> 3/8
+    assert (p.asr_ref["asr"]["k"], p.asr_ref["asr"]["n"]) == (3, 8)
+    # deployed: clean correct on 7 (not image 5); patched changes images 1, 2, 6 -> 3/7
+    assert (p.asr_out["asr"]["k"], p.asr_out["asr"]["n"]) == (3, 7)
+    assert p.diff.n == 7 and (p.diff.b, p.diff.c) == (1, 1)  # paired over images correct on both sides
+    assert p.asr_out["definition"].startswith("untargeted")
+
+
+def test_patched_rows_pair_with_their_clean_row_not_their_position():
+    ref, out, labels, patch, test_index = scenario()
+    order = np.r_[np.arange(8)[::-1], 8 + np.arange(8)]  # clean block reversed: pairing must use test_index
+    a = compare_outputs(ref, out, labels, patch, test_index, [None], lsb=LSB)
+    b = compare_outputs(ref[order], out[order], labels[order], patch[order], test_index[order], [None], lsb=LSB)
+    assert a.patches[0].asr_out == b.patches[0].asr_out and a.patches[0].diff == b.patches[0].diff
+
+
+def test_ties_counted_apart_and_excluded():
+    ref, out, labels, patch, test_index = scenario()
+    out = out.copy()
+    out[5, 5] = out[5, 9]  # deployed clean image 5: classes 5 and 9 now tie exactly; argmax = 5 (lowest index)
+    out[2, 4] = out[2, 2] - 0.4 * LSB  # within half an LSB: a tie too, argmax still 2
+    res = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=LSB)
+    assert (res.clean.ties_ref, res.clean.ties_out) == (0, 2)
+    assert res.clean.n_nontie == 6 and res.clean.agree_nontie == 6 and res.clean.agree == 8
+    assert ties(out, LSB)[[2, 5]].all() and not ties(out, None)[2] and ties(out, None)[5]
+    assert not any(d.sample == 5 for d in res.disagreements)  # argmax agrees once the tie resolves to 5
+
+
+def test_logit_delta_in_lsbs_per_class():
+    ref, out, labels, patch, test_index = scenario()
+    lsb = np.full(K, LSB)
+    lsb[7] = 0.1
+    out = ref.copy()
+    out[3, 7] += 3 * 0.1  # 3 steps of class 7's finer grid, no prediction changes
+    out[4, 1] += 2 * LSB
+    res = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=lsb)
+    assert res.logits["max_abs_lsb"] == pytest.approx(3.0) and tuple(res.logits["worst_index"]) == (3, 7)
+    assert res.logits["max_abs"] == pytest.approx(0.5) and res.logits["lsb"][7] == 0.1  # raw: the 2-LSB one
+    assert res and not res.disagreements and res.clean.agree == 8
+    raw = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=None)
+    assert raw.logits["max_abs_lsb"] is None and raw.logits["max_abs"] == pytest.approx(0.5)
+
+
+def test_result_json_and_text():
+    ref, out, labels, patch, test_index = scenario()
+    res = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=LSB, ref_name="fakequant",
+                          out_name="litert-builtin", patch_names=["w4_t3.npz"])
+    d = json.loads(json.dumps(res.to_dict()))
+    assert {"tie_rule", "asr_note", "paired_ci", "gate_rule"} <= set(d) and "Tango" in d["paired_ci"]
+    assert d["patches"][0]["diff"]["ci95"][0] < 0 < d["patches"][0]["diff"]["ci95"][1]
+    text = str(res)
+    assert text.startswith("FAILED litert-builtin vs fakequant") and "w4_t3.npz" in text and "gate:" in text
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(out=np.zeros((16, K + 1))), "must describe the same replay samples"),
+    (dict(labels=np.zeros(15, int)), "must describe the same replay samples"),
+    (dict(targets=[]), "only 0 patch targets"),
+    (dict(test_index=np.r_[np.arange(8), np.arange(8) + 1]), r"no clean sample of test images \[8\]"),
+])
+def test_bad_inputs(kwargs, match):
+    ref, out, labels, patch, test_index = scenario()
+    args = dict(ref=ref, out=out, labels=labels, patch=patch, test_index=test_index, targets=[3]) | kwargs
+    with pytest.raises(QadtrError, match=match):
+        compare_outputs(args.pop("ref"), args.pop("out"), args.pop("labels"), args.pop("patch"),
+                        args.pop("test_index"), args.pop("targets"), lsb=LSB)
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(min_agree=1.5), "min_agree"), (dict(max_asr_diff=-0.1), "max_asr"),
+                                           (dict(max_extra_ties=2.0), "max_extra_ties")])
+def test_gate_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Gate(**kwargs)
+
+
+def test_collapsed_logits_fail_the_gate():
+    """All-zero deployed logits tie everywhere: agreement has nothing left to judge, the tie criterion fails."""
+    ref, out, labels, patch, test_index = scenario()
+    res = compare_outputs(ref, np.zeros_like(out), labels, patch, test_index, [3], lsb=LSB)
+    assert res.clean.n_nontie == 0 and res.clean.ties_out == 8
+    assert not res and any("16 of 16 samples tie on the deployed side only" in r for r in res.reasons)
+    assert compare_outputs(ref, np.zeros_like(out), labels, patch, test_index, [3], lsb=LSB,
+                           gate=Gate(max_extra_ties=1.0, max_asr_diff=1.0))
+
+
+def test_divergence_rows_order_and_fill():
+    from eval.compare import _divergence_rows
+
+    ref, out, labels, patch, test_index = scenario()
+    res = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=LSB)
+    delta = np.zeros(16)
+    delta[[3, 9]] = [0.4, 2.0]  # sample 9: 2 LSB off without changing anything; sample 3: below half an LSB
+    why = _divergence_rows(res, delta, 10)
+    assert list(why) == [5, 8, 14, 9] and why[5] == "prediction differs" and why[9].startswith("logits differ by 2")
+    assert list(_divergence_rows(res, delta, 2)) == [5, 8]
+
+
+# -- paired difference (Tango score interval) -----------------------------------------------------------
+def _quartic(b, c, n, x):
+    """Yang, Sun & Hardin (2012): Tango's limits are roots of this quartic (their closed form), scaled."""
+    g = Z95 ** 2
+    m0 = n ** 2 * (n / g + 1) ** 2
+    m1 = -n * (b - c) * (n / g + 1) * (4 * n / g + 1)
+    m2 = 2 * n * (b - c) ** 2 * (3 * n / g + 2) / g - n ** 2 * ((b + c) / g + 1)
+    m3 = n * (b - c) * (2 * (b + c) / g + 1) - (b - c) ** 3 * (4 * n / g + 1) / g
+    m4 = (b - c) ** 2 * ((b - c) ** 2 / g - (b + c)) / g
+    return (m0 * x ** 4 + m1 * x ** 3 + m2 * x ** 2 + m3 * x + m4) / m0
+
+
+@pytest.mark.parametrize("b, c, n", [(1, 7, 21), (10, 3, 50), (5, 0, 100), (0, 0, 1000), (60, 40, 1000), (3, 2, 10)])
+def test_paired_ci_solves_tangos_equation(b, c, n):
+    d = PairedDifference(b, c, n)
+    lo, hi = d.ci95
+    assert lo <= d.value <= hi and -1 <= lo and hi <= 1
+    for x in (lo, hi):
+        assert abs(_quartic(b, c, n, x)) < 1e-12
+
+
+def test_paired_ci_known_values():
+    # Fagerland, Lydersen & Laake (2013), airway hyper-responsiveness example: Tango -0.517 to -0.026
+    lo, hi = PairedDifference(1, 7, 21).ci95
+    assert (round(lo, 3), round(hi, 3)) == (-0.517, -0.026)
+    # no discordant pair: +-z^2/(n+z^2), not a zero-width interval
+    lo, hi = PairedDifference(0, 0, 1000).ci95
+    assert hi == pytest.approx(Z95 ** 2 / (1000 + Z95 ** 2)) and lo == pytest.approx(-hi)
+    # large n: close to the Wald interval
+    b, c, n = 600, 400, 10000
+    half = Z95 * math.sqrt(b + c - (b - c) ** 2 / n) / n
+    lo, hi = PairedDifference(b, c, n).ci95
+    assert lo == pytest.approx(0.02 - half, abs=2e-4) and hi == pytest.approx(0.02 + half, abs=2e-4)
+    # all discordant one way: the interval reaches the bound
+    assert PairedDifference(100, 0, 100).ci95[1] == 1.0
+
+
+def test_paired_counts_validated():
+    with pytest.raises(ValueError, match="b \\+ c <= n"):
+        PairedDifference(5, 6, 10)
+    assert math.isnan(PairedDifference(0, 0, 0).value)
