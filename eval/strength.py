@@ -11,7 +11,7 @@ EOT variants:
     rotscale  random location, rotation in [-22.5, 22.5] degrees (Brown et al.'s range), side scale
               in [0.9, 1.1] (area 81-121% of the nominal size, 100% on average)
 Writes OUT/strength.json (rows + the command), OUT/strength.csv, OUT/strength.md (a table) and every
-patch file under OUT/patches/. Resumable: a (checkpoint, bits, eot, target) whose row exists is skipped.
+patch file under OUT/patches/. Resumable: a (checkpoint, bits, eot, target, steps) whose row exists is skipped.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _name(path: str) -> str:
 
 
 def _row_key(r: dict) -> tuple:
-    return r["checkpoint"], r["bits"], r["eot"], r["target"]
+    return r["checkpoint"], r["bits"], r["eot"], r["target"], r["steps"]
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         for bits in have:
             key = "float" if bits is None else f"w{bits[0]}a{bits[1]}"
             for (v, t), cfg in configs.items():
-                if (_name(path), key, v, t) not in done:
+                if (_name(path), key, v, t, cfg.steps) not in done:
                     jobs.append((path, model, ck, bits, key, v, cfg))
     print(f"{len(rows)} row(s) already in {result_path}; {len(jobs)} patch(es) to make")
     nets: dict = {}
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 def write_tables(rows: list[dict], out: Path) -> None:
     import csv
 
-    rows = sorted(rows, key=lambda r: (r["checkpoint"], r["bits"], r["eot"], r["target"]))
+    rows = sorted(rows, key=lambda r: (r["checkpoint"], r["bits"], r["eot"], r["target"], r["steps"]))
     with open(out / "strength.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["checkpoint", "bits", "eot", "target", "size", "side", "steps", "asr", "k", "n", "ci95_lo",
