@@ -372,6 +372,14 @@ def compare_store(store_path: str | Path, *, reference: str = "fakequant", runs:
                 for ref, run in pairs], skipped
 
 
+def document(results: list[Comparison], skipped: list[dict], *, store: str | Path, reference: str = "fakequant",
+             gate: Gate = Gate()) -> dict:
+    """compare.json: the comparisons, the runs left out and every rule they were judged by."""
+    return {"argv": sys.argv, "store": str(store), "reference": reference, "tie_rule": TIE_RULE, "asr_note": ASR_NOTE,
+            "paired_ci": PAIRED_METHOD, "gate": gate.describe(), "comparisons": [r.to_dict() for r in results],
+            "skipped": skipped}
+
+
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
@@ -404,10 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                                          divergence_images=args.divergence_images)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "compare.json", {"argv": sys.argv, "store": str(args.store), "reference": args.reference,
-                                          "tie_rule": TIE_RULE, "asr_note": ASR_NOTE, "paired_ci": PAIRED_METHOD,
-                                          "gate": gate.describe(), "comparisons": [r.to_dict() for r in results],
-                                          "skipped": skipped})
+        write_json(out / "compare.json", document(results, skipped, store=args.store, reference=args.reference,
+                                                  gate=gate))
         for r in results:
             print(r)
         for s in skipped:

@@ -1,6 +1,11 @@
 """Replay patched images on a device's runtimes: `python -m eval.on_device --model w4.onnx --patches DIR`.
 
+    python -m eval.on_device --device local                   # the main job (eval.pipeline): export, replay, report
     python -m eval.on_device --device local --model w4.onnx --model w4.tflite --patches DIR --data cifar10
+
+Without --model it runs the whole pipeline (`eval.pipeline`): --checkpoint (default zoo/resnet20_w4a4)
+exported to ONNX and TFLite, the patches (default: the committed transfer-matrix patches) replayed on
+every runtime, and the comparison report written to --out (default runs/main/report/report.html).
 
 Every --model artifact runs on each runtime of the device that takes its type and is available here
 (or on --runtimes): a checkpoint (folder or model.pt, `@w4a4` picks one bit width of a switchable one,
@@ -384,13 +389,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patches", default=None, help="folder of patch files (*.npz) from qadtr.attack")
     p.add_argument("--data", default="cifar10", help="dataset whose test split the patches are replayed on")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
-    p.add_argument("--eval-subset", type=int, default=2000, help="test images for universal patches (0 = all)")
+    p.add_argument("--eval-subset", type=int, default=None, help="test images for universal patches (0 = all; "
+                   "default 2000, pipeline 200)")
     p.add_argument("--eval-seed", type=int, default=1, help="seed of the evaluation placements")
     p.add_argument("--runtimes", default=None, help="comma-separated runtimes (default: every one of the device that "
                    "takes the artifact and runs here)")
     p.add_argument("--store", default="results/results.sqlite", help="SQLite result store (created if absent)")
     p.add_argument("--replay-dir", default=None, help="where replay files are cached (default: STORE's folder/replays)")
-    p.add_argument("--out", default=None, help="metrics JSON (default: STORE's folder/on_device.json)")
+    p.add_argument("--out", default=None, help="metrics JSON (default: STORE's folder/on_device.json); pipeline: its "
+                   "folder (default runs/main)")
+    p.add_argument("--checkpoint", nargs="+", default=None, help="pipeline: checkpoints to export and replay "
+                   "(default zoo/resnet20_w4a4)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--warmup", type=int, default=3, help="untimed inference calls before each session's batches")
     p.add_argument("--fresh", action="store_true", help="measure runs already in the store again from scratch")
@@ -407,11 +416,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.list_runs:
             print(list_runs(args.store))
             return
-        if not args.model or not args.patches:
-            raise QadtrError("give --model ARTIFACT (repeatable) and --patches DIR, or --list-devices / --list-runs")
         runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else None
+        if not args.model:
+            from eval.pipeline import DEFAULT_SUBSET, run_pipeline
+
+            res = run_pipeline(checkpoints=args.checkpoint, patches=args.patches, device=args.device,
+                               out=args.out or "runs/main", data_dir=args.data_dir, runtimes=runtimes,
+                               eval_subset=DEFAULT_SUBSET if args.eval_subset is None else args.eval_subset,
+                               inventory=args.inventory, progress=sys.stderr.isatty())
+            print(table(res["on_device"]))
+            print(f"report: {res['report']}")
+            return
+        if args.checkpoint:
+            raise QadtrError("--checkpoint is for the pipeline (no --model); with --model pass the artifacts themselves")
+        if not args.patches:
+            raise QadtrError("give --patches DIR with --model (or drop --model to run the whole pipeline)")
         result = evaluate(devices=args.device, models=args.model, patches=args.patches, data=args.data,
-                          data_dir=args.data_dir, eval_subset=args.eval_subset, eval_seed=args.eval_seed,
+                          data_dir=args.data_dir, eval_subset=2000 if args.eval_subset is None else args.eval_subset, eval_seed=args.eval_seed,
                           store_path=args.store, replay_dir=args.replay_dir, runtimes=runtimes,
                           batch_size=args.batch_size, warmup=args.warmup, inventory=args.inventory, fresh=args.fresh,
                           progress=sys.stderr.isatty())

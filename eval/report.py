@@ -143,6 +143,11 @@ def _mpl_text(s: str) -> str:
     return s.replace("$", r"\$")  # a file name is not mathtext
 
 
+def _num(v: float | None, sign: str = "") -> str:
+    """A rate as a percentage with one decimal; "n/a" where it is undefined (n = 0 is stored as null)."""
+    return "n/a" if v is None else f"{100 * v:{sign}.1f}"
+
+
 def fig_asr_vs_bits(runs: list[dict]) -> str | None:
     """One panel per patch: ASR (%) against the model's bit width, one line per runtime (and device)."""
     points: dict[str, dict[str, dict]] = {}  # patch -> series -> {bits w: asr %}
@@ -150,7 +155,8 @@ def fig_asr_vs_bits(runs: list[dict]) -> str | None:
         series = r["runtime"] if len({x["device"] for x in runs}) == 1 else f"{r['runtime']}@{r['device']}"
         for a in r["asr"]:
             w = 32 if r["bits"] is None else r["bits"][0]  # float plotted at 32
-            points.setdefault(a["patch"], {}).setdefault(series, {})[w] = 100 * a["asr"]["value"]
+            if a["asr"]["value"] is not None:  # n = 0: no eligible image, nothing to plot
+                points.setdefault(a["patch"], {}).setdefault(series, {})[w] = 100 * a["asr"]["value"]
     if not points:
         return None
     plt = _plt()
@@ -234,10 +240,9 @@ def thumbnail(values: np.ndarray, side: int = 128) -> str:
 def _summary(data: dict) -> str:
     rows = []
     for c in data["comparisons"]:
-        asr = "; ".join(f"{p['name']}: {100 * p['asr_ref']['asr']['value']:.1f}% -> "
-                        f"{100 * p['asr_out']['asr']['value']:.1f}% ({100 * p['diff']['value']:+.1f} pp "
-                        f"[{100 * p['diff']['ci95'][0]:+.1f}, {100 * p['diff']['ci95'][1]:+.1f}])"
-                        for p in c["patches"])
+        asr = "; ".join(f"{p['name']}: {_num(p['asr_ref']['asr']['value'])}% -> {_num(p['asr_out']['asr']['value'])}% "
+                        f"({_num(p['diff']['value'], '+')} pp [{_num(p['diff']['ci95'][0], '+')}, "
+                        f"{_num(p['diff']['ci95'][1], '+')}])" for p in c["patches"])
         ties = [c[g][f"ties_{side}"] for side in ("ref", "out") for g in ("clean", "patched")]
         lsb, step = c["logits"].get("max_abs_lsb"), c["logits"].get("out_step_lsb")
         rows.append([c["out"], c["info"].get("model", ""), c["info"].get("device", ""),

@@ -258,7 +258,8 @@ def test_user_errors_are_one_line(tiny_dataset, tiny_checkpoint, tiny_patches, t
          "not gtsrb/test; re-run `python -m qadtr.attack --attack location --data gtsrb` or pass --data cifar10"),
         (["--model", str(tiny_checkpoint), "--device", "jetson", "--inventory", str(ssh)], "arrives with issue 6"),
         (["--model", str(tiny_checkpoint), "--batch-size", "0"], "--batch-size 0"),
-        ([], "give --model ARTIFACT"),
+        (["--model", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint)], "--checkpoint is for the pipeline"),
+        (["--checkpoint", str(tmp_path / "nothing")], "nothing"),
     ]
     for args, match in cases:
         assert match in _cli_error(capsys, base + args), match

@@ -1,0 +1,121 @@
+"""The main job: checkpoint -> patches -> export -> replay on the device's runtimes -> comparison report.
+
+    python -m eval.on_device --device local                      # the embedded defaults below, a few minutes
+    python -m eval.on_device --device local --pipeline --checkpoint zoo/resnet20_w8a8 zoo/resnet20_w4a4 \\
+        zoo/resnet20_w2a2 --patches eval/results/transfer/patches --eval-subset 2000 --out eval/results/on_device
+
+Steps, each cached so a re-run (or an interrupted run) redoes nothing already done:
+1. patches: the given folder; by default the transfer-matrix patches committed in the repo
+   (eval/results/transfer/patches), else one quick targeted universal patch made on the first checkpoint.
+2. export: every checkpoint at every bit width to QDQ ONNX and full-integer TFLite (each exporter proves
+   itself); an artifact whose record names the same source sha256 is reused.
+3. replay: `eval.on_device.evaluate` on the device, fake-quant reference included, into OUT/results.sqlite.
+4. compare + report: `eval.compare.compare_store` and `eval.report.write_report` into OUT/report/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qadtr._errors import QadtrError
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CHECKPOINTS = ("zoo/resnet20_w4a4",)  # relative to the repository
+DEFAULT_PATCHES = "eval/results/transfer/patches"
+DEFAULT_TRANSFER = "eval/results/transfer/transfer.json"
+DEFAULT_SUBSET = 200  # test images per patch: with 12 patches ~2,600 replayed images, minutes on 2 cores
+
+
+def _default(rel: str) -> Path:
+    """A default path: as given if it exists from here, else inside the repository."""
+    return Path(rel) if Path(rel).exists() else REPO / rel
+
+
+PROOF_IMAGES = 250  # test images each export proves itself on (the zoo table uses 500)
+
+
+def _export(checkpoint: Path, bits: int, out: Path, images) -> list[Path]:
+    """ONNX QDQ and TFLite of one (checkpoint, bits), proven on `images` (N, H, W, 3) uint8 test images,
+    reused when their records name the same source checkpoint."""
+    from export.onnx import export_onnx
+    from export.tflite import export_tflite
+    from qadtr._config import read_json, sha256_file
+
+    src = sha256_file(checkpoint / "model.pt" if checkpoint.is_dir() else checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{checkpoint.name if checkpoint.is_dir() else checkpoint.parent.name}_w{bits}a{bits}"
+    onnx_path, tflite_path = Path(f"{stem}_qdq.onnx"), Path(f"{stem}_int8.tflite")
+    for path, make in ((onnx_path, lambda: export_onnx(checkpoint, onnx_path, bits=bits, images=images)),
+                       (tflite_path, lambda: export_tflite(checkpoint, tflite_path, bits=bits, images=images))):
+        record = path.with_suffix(".json")
+        if path.is_file() and record.is_file() and read_json(record)["_data"].get("source_sha256") == src:
+            print(f"reusing {path.name} (same source checkpoint)")
+            continue
+        make()
+        print(f"exported {path.name}")
+    return [onnx_path, tflite_path]
+
+
+def _patches(patches: str | None, checkpoint: Path, out: Path, data_dir: str | None) -> Path:
+    if patches is not None:
+        if not Path(patches).is_dir() or not any(Path(patches).glob("*.npz")):
+            raise QadtrError(f"--patches {patches}: no patch files (*.npz); make some with `python -m qadtr.attack`")
+        return Path(patches)
+    committed = _default(DEFAULT_PATCHES)
+    if committed.is_dir() and any(committed.glob("*.npz")):
+        return committed
+    from qadtr.attack import main as attack_main
+
+    made = out / "patches"
+    if not any(made.glob("*.npz")):  # a quick stand-in: one targeted 10% universal patch
+        args = [str(checkpoint), "--size", "0.1", "--target", "3", "--steps", "100", "--out", str(made)]
+        if data_dir:
+            args += ["--data-dir", data_dir]
+        if attack_main(args) != 0:
+            raise QadtrError("making the default patch failed; pass --patches DIR")
+    return made
+
+
+def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = None, device: str = "local",
+                 out: str | Path = "runs/main", data_dir: str | None = None, eval_subset: int = DEFAULT_SUBSET,
+                 runtimes: list[str] | None = None, inventory: str | None = None, transfer: str | None = None,
+                 progress: bool = False) -> dict:
+    """Run the main job; returns {"report": html path, "comparisons": [...], "on_device": metrics}."""
+    from eval.compare import compare_store, document
+    from eval.on_device import evaluate, json_safe
+    from eval.report import write_report
+    from qadtr._config import write_json
+    from qadtr.checkpoint import read_checkpoint_info
+    from qadtr.data import load_split, subset
+
+    out = Path(out)
+    ckpts = [Path(c) for c in checkpoints] if checkpoints else [_default(c) for c in DEFAULT_CHECKPOINTS]
+    models: list[str] = []
+    proof = None
+    for ck in ckpts:
+        info = read_checkpoint_info(ck)  # a one-line error for a missing or foreign checkpoint
+        if not info.model.is_quant:
+            raise QadtrError(f"{ck} is a float checkpoint; the pipeline replays quantized models (e.g. zoo/resnet20_w4a4)")
+        for w, a in info.model.bits:
+            if w != a:
+                raise QadtrError(f"{ck} has w{w}a{a}; the exporters take equal weight and activation bits")
+            if proof is None:
+                data = info.train.data if info.train is not None else "cifar10"
+                proof = subset(load_split(data, "test", data_dir), PROOF_IMAGES).images  # (N, H, W, 3) uint8
+            models += [str(p) for p in _export(ck, w, out / "artifacts", proof)]
+    patch_dir = _patches(patches, ckpts[0], out, data_dir)
+    print(f"patches: {patch_dir} ({len(list(patch_dir.glob('*.npz')))} files)")
+    store = out / "results.sqlite"
+    metrics = evaluate(devices=device, models=models, patches=str(patch_dir), data_dir=data_dir,
+                       eval_subset=eval_subset, store_path=store, runtimes=runtimes, inventory=inventory,
+                       progress=progress)
+    write_json(out / "on_device.json", metrics)
+    comparisons, skipped = compare_store(store)
+    compare = json_safe(document(comparisons, skipped, store=store))
+    write_json(out / "report" / "compare.json", compare)
+    transfer_json = Path(transfer) if transfer else _default(DEFAULT_TRANSFER)
+    html = write_report(store, out / "report", compare=out / "report" / "compare.json",
+                        transfer=transfer_json if transfer_json.is_file() else None, patches=patch_dir)
+    for c in comparisons:
+        print(c)
+    return {"report": str(html), "comparisons": compare["comparisons"], "on_device": metrics}
