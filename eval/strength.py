@@ -112,6 +112,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                      "patch": str(file.relative_to(out)), "eval_images": len(idx), "eval_seed": args.eval_seed,
                      "asr": asr.rate.to_dict(), "definition": asr.definition})
         print(f"{name} {key} {v} target {cfg.target}: {asr.rate} ({seconds:.0f} s)", flush=True)
+        if result_path.is_file():  # another sweep may write here concurrently: keep its rows too
+            mine = {_row_key(r) for r in rows}
+            rows += [r for r in read_json(result_path)["rows"] if _row_key(r) not in mine]
         write_json(result_path, {"argv": sys.argv, "rows": rows})  # after every patch: nothing is lost
     return rows
 
