@@ -1,6 +1,6 @@
 """Patch transfer across bit widths: `python -m eval.transfer --patches DIR --checkpoints zoo/a zoo/b --out results/transfer`.
 
-Every patch file in DIR (made on some source model and bit width) is evaluated on every target
+Every patch file in DIR and its sub-folders (made on some source model and bit width) is evaluated on every target
 (checkpoint, bit width), through `deploy_net` for quantized targets. A universal patch is placed at
 the same seeded placements on every target, and a per-image patch at its own, so each target sees
 identical patched bytes. Writes OUT/transfer.json, OUT/transfer.csv and one heatmap per
@@ -52,7 +52,7 @@ def transfer(patch_dir: str | Path, checkpoints: list[str], *, data_dir: str | N
     from qadtr.data import load_split
     from qadtr.evaluate import predict
 
-    files = sorted(Path(patch_dir).glob("*.npz"))
+    files = sorted(Path(patch_dir).rglob("*.npz"))  # sub-folders too (eval.strength writes per model)
     if not files:
         raise QadtrError(f"no patch files (*.npz) in {patch_dir}; make some with `python -m qadtr.attack`")
     patches = [(f, load_patch(f)) for f in files]
@@ -78,7 +78,7 @@ def transfer(patch_dir: str | Path, checkpoints: list[str], *, data_dir: str | N
             clean_cache[(label, key)] = predict(net, test.images[idx])
         asr = evaluate_patch(net, patch, test.images[idx], test.labels[idx], seed=eval_seed,
                              clean_pred=clean_cache[(label, key)])
-        rows.append({"patch": path.name, "attack": patch.attack, "size": patch.size, "side": patch.side,
+        rows.append({"patch": str(path.relative_to(patch_dir)), "attack": patch.attack, "size": patch.size, "side": patch.side,
                      "target_class": patch.target, "source": _source_label(patch, names_by_sha),
                      "evaluated_on": label, "eval_seed": eval_seed, "asr": asr.rate.to_dict(),
                      "definition": asr.definition})
