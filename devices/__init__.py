@@ -2,9 +2,10 @@
 
     runtimes.py   the registry: probe, make_runner, prepare_feed / feed_format, read_logits
     _runner.py    the Runner contract; fakequant.py, onnxrt.py, litert.py, tensorrt.py, null.py
-    _device.py    the Device contract (Batch, Availability, Replay); local.py (ssh/arm-emu: issue 6)
+    _device.py    the Device contract (Batch, Availability, Replay); local.py, ssh.py (+ _ssh.py, the
+                  transport; agent.py, what runs on the board), arm_emu.py (an ssh device on qemu-user)
     inventory.py  the TOML device inventory, open_device, describe_devices (--list-devices)
-    power/        power meters behind one contract (rapl.py)
+    power/        power meters behind one contract: rapl.py, tegrastats.py, hwmon_ina.py, nvml.py
 
 Importing this package loads no runtime: each backend imports its runtime in `activate()`.
 """

@@ -1,4 +1,4 @@
-"""The Device contract: where runners run. One file per kind (local now; ssh and arm-emu in issue 6).
+"""The Device contract: where runners run. One file per kind: local.py, ssh.py, arm_emu.py.
 
     device = open_device(load_inventory()["local"])
     device.status()          # [Availability("runtime", "onnxrt", True, ""), Availability("power", "rapl", False, why)]

@@ -10,7 +10,10 @@
     key = "~/.ssh/id_ed25519"
     known_hosts = "~/.ssh/known_hosts"
     runtimes = ["onnxrt", "tensorrt"]
-    power = "tegrastats"
+    power = "tegrastats"                 # or "ina" (INA2xx via hwmon), "nvml", "rapl", "auto", "none"
+    power_idle_s = 2                     # measure idle power first and subtract it (0 = raw energy)
+    python = "python3"                   # the board's interpreter (relative paths: from the login's home)
+    workdir = ".qadtr"                   # the agent's files on the board (blobs, jobs, TensorRT engines)
     groups = ["boards"]
 
     [devices.rpi4-emu]                   # issue 6: an emulated ARM board (qemu-user, pinned core)
@@ -20,8 +23,8 @@
 
 Which file: `--inventory PATH`, else $QADTR_DEVICES, else ~/.config/qadtr/devices.toml if present,
 else the built-in one. A user file adds devices to the built-in `local` (or redefines it).
-Every field is checked when the file is read; ssh and arm-emu entries are validated now and open
-with issue 6.
+Every field is checked when the file is read. ssh devices open with devices/ssh.py (arm-emu with
+devices/arm_emu.py, an ssh device on an emulated board).
 """
 
 from __future__ import annotations
@@ -41,18 +44,21 @@ else:  # pragma: no cover - Python 3.10
 
 BUILTIN = Path(__file__).with_name("devices.toml")
 USER = Path("~/.config/qadtr/devices.toml")
-KINDS = {"local": "devices.local:LocalDevice", "ssh": None, "arm-emu": None}  # None: arrives with issue 6
+KINDS = {"local": "devices.local:LocalDevice", "ssh": "devices.ssh:SshDevice",
+         "arm-emu": "devices.arm_emu:ArmEmuDevice"}  # kind -> "module:Class", imported on first use
 ARM_PROFILES = {"cortex-a72": "~ Raspberry Pi 4", "cortex-a76": "~ Raspberry Pi 5",
                 "neoverse-n1": "~ Jetson Orin CPU (closest to its Cortex-A78AE)"}
-REMOTE_FIELDS = ("host", "port", "user", "key", "known_hosts", "python")
+REMOTE_FIELDS = ("host", "port", "user", "key", "known_hosts", "python", "workdir")
 FIELDS = {  # the keys each kind takes; anything else is refused (a misspelt key must not fall back silently)
-    "local": ("kind", "runtimes", "power", "groups", "doc"),
-    "ssh": ("kind", "runtimes", "power", "groups", "doc", *REMOTE_FIELDS),
-    "arm-emu": ("kind", "runtimes", "power", "groups", "doc", *REMOTE_FIELDS, "profile"),
+    "local": ("kind", "runtimes", "power", "power_idle_s", "groups", "doc"),
+    "ssh": ("kind", "runtimes", "power", "power_idle_s", "groups", "doc", *REMOTE_FIELDS),
+    "arm-emu": ("kind", "runtimes", "power", "power_idle_s", "groups", "doc", *REMOTE_FIELDS, "profile"),
 }
 DEFAULT_PORT = {"ssh": 22, "arm-emu": 2222}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # device and group names; also safe in file names
 _HOST = re.compile(r"[A-Za-z0-9_.:\[\]-]+")  # a host name or address; never starts with "-" (checked)
+_PATH = re.compile(r"[A-Za-z0-9_./+-]+")  # remote paths and interpreters: nothing a shell would expand or split
+_LOCAL_PATH_BAD = re.compile(r"[\s%\"']")  # ssh splits -o values on spaces and expands %-tokens
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class DeviceSpec:
     kind: str = "local"  # a key of KINDS
     runtimes: tuple[str, ...] = ()  # runtimes to offer; () = every registered one
     power: str = "auto"  # "auto" (every meter the kind can read), "none", or a meter name (devices.power.METERS)
+    power_idle_s: int = 0  # seconds of idle power measured before each replay and subtracted (0 = raw energy)
     groups: tuple[str, ...] = ()  # --device GROUP selects every member
     doc: str = ""  # free text shown by --list-devices
     host: str = ""  # ssh/arm-emu: where sshd listens (arm-emu: 127.0.0.1)
@@ -69,6 +76,7 @@ class DeviceSpec:
     key: str = ""  # private key file ("" = ssh's default)
     known_hosts: str = ""  # host keys to verify against ("" = ~/.ssh/known_hosts); never auto-accepted
     python: str = "python3"  # the interpreter on the board that runs the agent
+    workdir: str = ".qadtr"  # where the agent keeps its files on the board (relative: to the login's home)
     profile: str = ""  # arm-emu: the pinned CPU core, a key of ARM_PROFILES
     source: str = ""  # the inventory file this came from
 
@@ -86,6 +94,8 @@ class DeviceSpec:
         object.__setattr__(self, "runtimes", tuple(self.runtimes) or tuple(list_runtimes()))
         if self.power not in ("auto", "none", *METERS):
             raise ValueError(f"power = {self.power!r}; use \"auto\", \"none\" or one of {', '.join(METERS)}")
+        if self.power_idle_s < 0:
+            raise ValueError(f"power_idle_s = {self.power_idle_s}; use 0 (raw energy) or the idle seconds to subtract")
         bad = [g for g in self.groups if not _NAME.fullmatch(g)]
         if bad:
             raise ValueError(f"group names {bad}: use letters, digits, '_', '.', '-'")
@@ -106,6 +116,14 @@ class DeviceSpec:
             raise ValueError(f"port = {self.port}; use 1..65535")
         if not self.python:
             raise ValueError("python = \"\"; name the board's interpreter, e.g. \"python3\"")
+        for key in ("python", "workdir"):
+            value = getattr(self, key)
+            if value.startswith("-") or not _PATH.fullmatch(value) or ".." in value.split("/"):
+                raise ValueError(f"{key} = {value!r}: use a plain path (letters, digits, _ . / + -; no spaces, no '~', no '..'; relative = from the login's home)")
+        for key in ("key", "known_hosts"):
+            if _LOCAL_PATH_BAD.search(getattr(self, key)):
+                raise ValueError(f"{key} = {getattr(self, key)!r}: ssh cannot take a path with spaces, quotes or '%'; "
+                                 "move the file to a plain path")
 
     @property
     def emulated(self) -> bool:
@@ -120,7 +138,8 @@ class DeviceSpec:
 
 
 _TYPES = {"kind": str, "runtimes": list, "power": str, "groups": list, "doc": str, "host": str, "port": int,
-          "user": str, "key": str, "known_hosts": str, "python": str, "profile": str}
+          "user": str, "key": str, "known_hosts": str, "python": str, "profile": str, "workdir": str,
+          "power_idle_s": int}
 
 
 def _spec(name: str, table: object, source: Path) -> DeviceSpec:
@@ -198,7 +217,8 @@ def select_devices(inventory: dict[str, DeviceSpec], names: str) -> list[DeviceS
             members = [inventory[name]]
         if not members:
             raise QadtrError(f"no device or group {name!r}; devices: {', '.join(inventory)}"
-                             + (f"; groups: {', '.join(groups)}" if groups else "") + " (see --list-devices)")
+                             + (f"; groups: {', '.join(groups)}" if groups else "") + " (see --list-devices; "
+                             "add a board to your inventory file as in devices/devices.toml)")
         chosen.update((d.name, d) for d in members)
     if not chosen:
         raise QadtrError("--device is empty; name a device, e.g. --device local")
@@ -206,14 +226,11 @@ def select_devices(inventory: dict[str, DeviceSpec], names: str) -> list[DeviceS
 
 
 def open_device(spec: DeviceSpec):
-    """The Device for a spec. Raises QadtrError for a kind that is declared but not implemented yet."""
+    """The Device for a spec (its kind's module is imported now). A board that can't be opened (an arm-emu
+    board not set up, a missing key) raises QadtrError naming the fix."""
     import importlib
 
-    target = KINDS[spec.kind]
-    if target is None:
-        raise QadtrError(f"device {spec.name!r}: device kind {spec.kind!r} arrives with issue 6 "
-                         "(hardware in the loop); use --device local for now")
-    module, cls = target.split(":")
+    module, cls = KINDS[spec.kind].split(":")
     return getattr(importlib.import_module(module), cls)(spec)
 
 

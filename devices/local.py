@@ -2,7 +2,8 @@
 
 Replay runs `make_runner` + `feed_format` here; each batch's `seconds` is the runner's own timed call
 (`last_inference_time`: inference only, no feed preparation), and `energy_j` is the power meter's
-reading over that call when the inventory's `power` gives one (RAPL on Linux), else None.
+reading over that call when the inventory's `power` gives one (RAPL on Linux), else None; with
+`power_idle_s` the idle power is measured first and subtracted.
 
 Example:
     >>> with LocalDevice(load_inventory()["local"]).replay("onnxrt", Path("w4.onnx"), images) as batches:
@@ -66,10 +67,14 @@ class LocalDevice(Device):
                 lines.append(Availability("power", name, False, str(e)))
                 continue
             lines.append(Availability("power", name, True, meter.scope))
-            chosen = chosen or meter
+            if chosen is None:
+                chosen = meter
+            else:
+                meter.close()
         return chosen, lines
 
     def power_meter(self) -> PowerMeter | None:
+        """An open meter (the caller closes it: a sampled meter runs a thread), or None."""
         return self._meters()[0]
 
     def status(self) -> list[Availability]:
@@ -77,7 +82,10 @@ class LocalDevice(Device):
         for name in self.spec.runtimes:
             reason = probe(name)
             rows.append(Availability("runtime", name, reason is None, reason or get_runtime(name).doc))
-        return rows + self._meters()[1]
+        meter, lines = self._meters()
+        if meter is not None:
+            meter.close()
+        return rows + lines
 
     def describe(self) -> dict:
         modules = tuple(dict.fromkeys(m for r in self.spec.runtimes for m in get_runtime(r).requires))
@@ -120,11 +128,17 @@ class LocalDevice(Device):
             for _ in range(warmup):  # caches, lazy allocations, XNNPACK packing: run, never yield
                 runner.infer(x)
             meter = self.power_meter()
-            for first in range(start, len(images), step):
-                x, real = feed(first)
+            try:
+                if meter is not None and self.spec.power_idle_s:
+                    meter.measure_idle(self.spec.power_idle_s)  # stop() then returns the joules above idle
+                for first in range(start, len(images), step):
+                    x, real = feed(first)
+                    if meter is not None:
+                        meter.start()
+                    out = runner.infer(x)
+                    energy = meter.stop()[0] if meter is not None else None
+                    yield Batch(first, read_logits(runner, out)[:real], runner.last_inference_time, energy)
+            finally:
                 if meter is not None:
-                    meter.start()
-                out = runner.infer(x)
-                energy = meter.stop()[0] if meter is not None else None
-                yield Batch(first, read_logits(runner, out)[:real], runner.last_inference_time, energy)
+                    meter.close()
 

@@ -2,6 +2,7 @@
 
     python -m eval.on_device --device local                   # the main job (eval.pipeline): export, replay, report
     python -m eval.on_device --device local --model w4.onnx --model w4.tflite --patches DIR --data cifar10
+    python -m eval.on_device --device local,jetson,boards --model w4.onnx --patches DIR  # a fleet, concurrently
 
 Without --model it runs the whole pipeline (`eval.pipeline`): --checkpoint (default zoo/resnet20_w4a4)
 exported to ONNX and TFLite, the patches (default: the committed transfer-matrix patches) replayed on
@@ -291,27 +292,61 @@ def evaluate(*, devices: str = "local", models: list[str], patches: str, data: s
         raise QadtrError(f"--batch-size {batch_size} / --warmup {warmup}: use a batch of 1 or more and 0 or more "
                          "warm-up calls")
     specs = select_devices(load_inventory(inventory), devices)
-    opened = [open_device(s) for s in specs]  # unimplemented kinds fail before any work
-    planned = [(d, *plan(d, models, runtimes, data)) for d in opened]
-    replay_dir = Path(replay_dir) if replay_dir else Path(store_path).parent / "replays"
-    replay = load_replay(make_replay(patches, data, data_dir, eval_subset=eval_subset, eval_seed=eval_seed,
-                                     out=replay_dir, progress=progress))
+    opened = [open_device(s) for s in specs]  # unimplemented kinds and unreachable boards fail before any work
+    try:
+        planned = [(d, *plan(d, models, runtimes, data)) for d in opened]
+        replay_dir = Path(replay_dir) if replay_dir else Path(store_path).parent / "replays"
+        replay = load_replay(make_replay(patches, data, data_dir, eval_subset=eval_subset, eval_seed=eval_seed,
+                                         out=replay_dir, progress=progress))
+    except BaseException:
+        for d in opened:  # a remote device holds a scratch folder; each device is closed once its jobs ran
+            d.close()
+        raise
     result = {"argv": sys.argv, "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
               "store": str(store_path), "replay": {"path": str(replay.path), **replay.info.to_dict()["_data"]},
               "devices": {}, "runs": [], "skipped": []}
-    with Store(store_path) as store:
-        for device, jobs, skipped in planned:
-            with device:
-                info = result["devices"][device.name] = device.describe()
-                result["skipped"] += [{"device": device.name, **s} for s in skipped]
-                reason = energy_note(device)
-                for job in jobs:
-                    out = replay_run(store, device, job, replay, batch_size=batch_size, warmup=warmup,
-                                     progress=progress, fresh=fresh, device_info=info)
-                    metrics = run_metrics(store, out.run.run_id, replay, energy_reason=reason)
-                    result["runs"].append({**metrics, "model": job.label, "replayed_now": out.replayed,
-                                           "wall_s_now": out.wall_s})
+
+    def on_device(device, jobs: list[Job], skipped: list[dict]) -> tuple[dict, list[dict], list[dict]]:
+        """Every job of one device, in its own Store connection (a fleet runs one of these per thread)."""
+        runs = []
+        with Store(store_path) as store, device:
+            info = device.describe()
+            reason = energy_note(device)
+            for job in jobs:
+                out = replay_run(store, device, job, replay, batch_size=batch_size, warmup=warmup,
+                                 progress=progress, fresh=fresh, device_info=info)
+                metrics = run_metrics(store, out.run.run_id, replay, energy_reason=reason)
+                runs.append({**metrics, "model": job.label, "replayed_now": out.replayed, "wall_s_now": out.wall_s})
+        return info, [{"device": device.name, **s} for s in skipped], runs
+
+    Store(store_path).close()  # the schema exists before any thread writes (WAL: one writer at a time, readers free)
+    for device, (info, skipped, runs) in zip([p[0] for p in planned], run_fleet(on_device, planned)):
+        result["devices"][device.name] = info
+        result["skipped"] += skipped
+        result["runs"] += runs
     return json_safe(result)
+
+
+def run_fleet(fn, tasks: list[tuple]) -> list:
+    """`fn(*task)` for every task, one thread per task when there are several (`--device a,b,c`: the
+    boards replay concurrently); results in task order. Every task runs to its end; then the first
+    bug is raised as is, or the devices' user errors as one QadtrError (their partial runs stay stored)."""
+    if len(tasks) == 1:
+        return [fn(*tasks[0])]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="device") as pool:
+        futures = [pool.submit(fn, *t) for t in tasks]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    bugs = [e for e in errors if not isinstance(e, QadtrError)]
+    if bugs:
+        raise bugs[0]
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise QadtrError(f"{len(errors)} devices failed (the others finished; re-run to resume): "
+                         + " | ".join(str(e) for e in errors))
+    return [f.result() for f in futures]
 
 
 def json_safe(obj):
@@ -381,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list-devices", action="store_true",
                    help="show each device's runtimes and power meters, then exit")
     p.add_argument("--list-runs", action="store_true", help="list the runs in --store, then exit")
-    p.add_argument("--device", default="local", help="device or group names from the inventory, comma-separated")
+    p.add_argument("--device", default="local", help="device or group names from the inventory, comma-separated; "
+                   "several devices replay concurrently, one thread each")
     p.add_argument("--inventory", default=None, help="device inventory TOML (default: $QADTR_DEVICES, "
                    "~/.config/qadtr/devices.toml, else the built-in one)")
     p.add_argument("--model", action="append", default=[], help="an artifact (.onnx, .tflite, checkpoint folder or "

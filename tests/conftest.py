@@ -14,6 +14,7 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "data: needs the real datasets in ../shared/data (skipped when absent)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds (real data or real models)")
+    config.addinivalue_line("markers", "ssh: tests/ssh, against a real sshd on 127.0.0.1 (skipped without OpenSSH)")
 
 
 def make_tiny_checkpoint(out: Path, bits=((2, 2), (4, 4), (8, 8)), steps: int = 5, seed: int = 0) -> Path:
@@ -106,3 +107,21 @@ def tiny_patches(tiny_checkpoint, tmp_path_factory) -> Path:
                                                                  data="cifar10/test")
     save_patch(patch, out / "w2a2_location_untargeted")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tiny_checkpoint, tiny_images, tmp_path_factory) -> dict[str, Path]:
+    """{"onnx": w8.onnx (QDQ), "tflite": w8.tflite (full integer)} of the tiny checkpoint at w8a8, built the fast
+    way (no exporter proofs); skips when onnx or ai_edge_litert is missing."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("ai_edge_litert")
+    from export._common import deploy_model
+    from export.onnx import export_qcdq
+    from export.tflite import build_tflite
+    from qadtr.evaluate import to_tensor
+
+    out = tmp_path_factory.mktemp("tiny_exports")
+    net = deploy_model(tiny_checkpoint, 8)[0]
+    export_qcdq(net, out / "w8.onnx", to_tensor(tiny_images[:1]))
+    (out / "w8.tflite").write_bytes(build_tflite(net, 8, 8).data)
+    return {"onnx": out / "w8.onnx", "tflite": out / "w8.tflite"}

@@ -21,7 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from devices.power._meter import MeterUnavailable, PowerMeter
+try:
+    from devices.power._meter import MeterUnavailable, PowerMeter
+except ImportError:  # on a board, pushed beside devices/agent.py (see _meter.py)
+    from _meter import MeterUnavailable, PowerMeter
 
 POWERCAP = Path("/sys/class/powercap")  # tests point this at a fake tree
 
@@ -74,19 +77,19 @@ class RaplMeter(PowerMeter):
     def __init__(self, root: str | Path | None = None):
         self.zones = find_zones(Path(POWERCAP if root is None else root))
         self.scope = f"CPU package energy (all processes), RAPL {', '.join(z.name for z in self.zones)}"
-        self._start: tuple[float, list[int]] | None = None
+        self._begun: tuple[float, list[int]] | None = None  # (perf_counter, counters) at start()
 
     def _read(self) -> list[int]:
         return [_read_int(z.energy) for z in self.zones]
 
-    def start(self) -> None:
-        self._start = (time.perf_counter(), self._read())
+    def _start(self) -> None:
+        self._begun = (time.perf_counter(), self._read())
 
-    def stop(self) -> tuple[float, float]:
-        if self._start is None:
+    def _stop(self) -> tuple[float, float]:
+        if self._begun is None:
             raise RuntimeError("RaplMeter.stop() before start()")
         after, end = self._read(), time.perf_counter()
-        t0, before = self._start
-        self._start = None
+        t0, before = self._begun
+        self._begun = None
         uj = sum(delta_uj(b, a, z.max_range_uj) for b, a, z in zip(before, after, self.zones))
         return uj * 1e-6, end - t0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -282,9 +283,9 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_builtin_inventory_is_local():
+def test_builtin_inventory_is_local_and_the_emulated_boards():
     devices = load_inventory(inv.BUILTIN)
-    assert list(devices) == ["local"]
+    assert list(devices) == ["local", "rpi4-emu", "orin-cpu-emu"]  # the boards: tests/unit/test_arm_emu.py
     local = devices["local"]
     assert local.kind == "local" and local.runtimes == tuple(list_runtimes()) and local.power == "auto"
     assert not local.emulated
@@ -292,20 +293,24 @@ def test_builtin_inventory_is_local():
 
 def test_inventory_parses_boards(tmp_path):
     devices = load_inventory(_write(tmp_path, BOARDS))
-    assert list(devices) == ["local", "jetson", "rpi4-emu"]  # the built-in local stays
+    assert list(devices) == ["local", "rpi4-emu", "orin-cpu-emu", "jetson"]  # built-ins stay; rpi4-emu redefined
     j, e = devices["jetson"], devices["rpi4-emu"]
     assert (j.port, j.runtimes, j.power, j.python) == (22, ("onnxrt", "tensorrt"), "tegrastats", "python3")
     assert j.key == str(Path("~/.ssh/id_ed25519").expanduser()) and j.source == str(tmp_path / "devices.toml")
     assert (e.host, e.port, e.emulated, e.profile) == ("127.0.0.1", 2222, True, "cortex-a72")
-    assert [d.name for d in select_devices(devices, "boards")] == ["jetson", "rpi4-emu"]
-    assert [d.name for d in select_devices(devices, "local, emulated,local")] == ["local", "rpi4-emu"]
-    with pytest.raises(QadtrError, match="no device or group 'pi'; devices: local, jetson, rpi4-emu; groups: boards"):
+    assert [d.name for d in select_devices(devices, "boards")] == ["rpi4-emu", "jetson"]  # inventory order
+    assert [d.name for d in select_devices(devices, "local, emulated,local")] == ["local", "rpi4-emu", "orin-cpu-emu"]
+    with pytest.raises(QadtrError, match="no device or group 'pi'; devices: local, rpi4-emu, orin-cpu-emu, jetson; "
+                       "groups: boards, emulated"):
         select_devices(devices, "pi")
     with pytest.raises(QadtrError, match="--device is empty"):
         select_devices(devices, " , ")
-    for name in ("jetson", "rpi4-emu"):
-        with pytest.raises(QadtrError, match=f"device kind '{devices[name].kind}' arrives with issue 6"):
-            open_device(devices[name])
+    from devices.ssh import SshDevice
+
+    board = open_device(dataclasses.replace(j, key=""))  # opening connects to nothing yet
+    assert isinstance(board, SshDevice) and board.kind == "ssh" and not board.emulated
+    with pytest.raises(QadtrError, match=r"device 'jetson': key .*nokey not found; fix `key` in .*`ssh-keygen -t ed25519"):
+        open_device(dataclasses.replace(j, key=str(tmp_path / "nokey")))
 
 
 @pytest.mark.parametrize("text, match", [
@@ -356,7 +361,14 @@ def test_inventory_file_order(tmp_path, monkeypatch):
 
 
 def test_describe_devices(tmp_path, monkeypatch):
+    from devices._ssh import SshError
+    from devices.ssh import SshDevice
+
     monkeypatch.setattr(rapl, "POWERCAP", tmp_path / "no-powercap")
+    monkeypatch.setenv("HOME", str(tmp_path))  # the jetson's key = ~/.ssh/id_ed25519 exists; the board does not
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "id_ed25519").write_text("")
+    monkeypatch.setattr(SshDevice, "board_info", lambda self: (_ for _ in ()).throw(SshError("jetson is unreachable")))
     text = describe_devices(load_inventory(_write(tmp_path, BOARDS + "\n[devices.local]\npower = \"rapl\"\n")))
     lines = text.splitlines()
     assert lines[0] == f"inventory: {tmp_path / 'devices.toml'}"
@@ -367,7 +379,7 @@ def test_describe_devices(tmp_path, monkeypatch):
     assert f"  ✗ power   rapl            no {tmp_path / 'no-powercap'}" in text
     assert "jetson  (ssh nvidia@192.168.1.20:22)  [groups: boards]" in text
     assert "rpi4-emu  (arm-emu 127.0.0.1:2222, cortex-a72 (~ Raspberry Pi 4))" in text
-    assert text.count("arrives with issue 6") == 2
+    assert "jetson  (ssh nvidia@192.168.1.20:22)  [groups: boards]\n  ✗ jetson is unreachable" in text
 
 
 def test_availability_and_batch_checks():
@@ -474,7 +486,7 @@ def test_local_status_and_describe(tmp_path, monkeypatch):
     assert rows[-1].available is False and "no " in rows[-1].reason
     assert _local(runtimes=["null", "tensorrt"]).runtimes() == [n for n in ("null", "tensorrt") if probe(n) is None]
     assert _local(power="none").status()[-1].reason == "disabled in the inventory (power = \"none\")"
-    assert _local(power="nvml").status()[-1].reason == "power meter 'nvml' arrives with issue 6 (hardware in the loop)"
+    assert _local(power="nvml").status()[-1].reason.startswith(("pynvml not installed", "NVML"))
     d = _local(runtimes=["onnxrt", "fakequant"]).describe()
     assert {"cpu", "os", "python", "cores", "machine", "runtimes"} <= set(d) and d["emulated"] is False
     assert list(d["runtimes"]) == ["onnxruntime", "torch", "brevitas"] and d["runtimes"]["brevitas"] == "0.13.4"

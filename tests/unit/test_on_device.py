@@ -246,7 +246,7 @@ def test_user_errors_are_one_line(tiny_dataset, tiny_checkpoint, tiny_patches, t
     tflite = tmp_path / "m.tflite"
     tflite.write_bytes(b"not a model")
     ssh = tmp_path / "devices.toml"
-    ssh.write_text('[devices.jetson]\nkind = "ssh"\nhost = "10.0.0.2"\n')
+    ssh.write_text('[devices.jetson]\nkind = "ssh"\nhost = "127.0.0.1"\nport = 1\n')  # nothing listens: refused
     cases = [
         (["--model", str(tmp_path / "nope.onnx")], "nope.onnx not found; export one"),
         (["--model", str(tiny_checkpoint), "--device", "jetson"], "no device or group 'jetson'"),
@@ -256,7 +256,8 @@ def test_user_errors_are_one_line(tiny_dataset, tiny_checkpoint, tiny_patches, t
         (["--model", f"{tiny_checkpoint}@w3a3"], "has no w3a3; it was trained at w2a2, w4a4, w8a8"),
         (["--model", str(tiny_checkpoint), "--data", "gtsrb"],
          "not gtsrb/test; re-run `python -m qadtr.attack --attack location --data gtsrb` or pass --data cifar10"),
-        (["--model", str(tiny_checkpoint), "--device", "jetson", "--inventory", str(ssh)], "arrives with issue 6"),
+        (["--model", str(tiny_checkpoint), "--device", "jetson", "--inventory", str(ssh)],
+         "device 'jetson' is unreachable at 127.0.0.1:1"),
         (["--model", str(tiny_checkpoint), "--batch-size", "0"], "--batch-size 0"),
         (["--model", str(tiny_checkpoint), "--checkpoint", str(tiny_checkpoint)], "--checkpoint is for the pipeline"),
         (["--checkpoint", str(tmp_path / "nothing")], "nothing"),

@@ -1,0 +1,360 @@
+"""SSH devices: a Linux board (Jetson, Raspberry Pi, any aarch64/x86 box) replaying through devices/agent.py.
+
+    board = open_device(load_inventory()["jetson"])        # [devices.jetson] kind = "ssh", see inventory.py
+    board.status()      # the board's runtimes and power meters, from `agent.py info` on the board
+    with board.replay("onnxrt", Path("w8.onnx"), images, batch_size=100, start=0) as batches:
+        for b in batches: ...                               # the same Batch objects as devices/local.py
+
+For devices built on this one (devices/arm_emu.py):
+  * The Device contract is unchanged: `replay(runtime, artifact, images, ...)` takes the in-memory uint8
+    images; the device saves them as `<sha256>.npy` and pushes that (once per board: blobs are cached).
+  * Subclass `SshDevice`, set `kind`, and pass a spec with host/port/user/key/known_hosts/python filled
+    (`dataclasses.replace(spec, ...)` before `super().__init__`). `emulated` follows `spec.emulated`
+    (kind "arm-emu"): energy is then null and status() says why. A slow board sets the class attribute
+    `limits = Limits(first=..., line=...)` (devices/_ssh.py).
+  * The board needs sshd with the sftp subsystem (scp speaks SFTP), and a Python 3 with numpy and the runtimes.
+
+A replay: (1) once per device: `mkdir -p` the workdir and push the agent folder (agent.py + power/*.py,
+named by their hash); (2) push the job file (runtime, options, batch size, warm-up, meter, and the
+sha256 of the artifact and the images); (3) run `agent.py run JOB START`: the agent checks every
+file's sha256 before loading anything; what is missing or corrupt it names (and deletes), the host
+pushes it and runs the agent again, and a file that fails its check right after being pushed is
+refused; (4) stream one JSON line per batch back, each checked (order, size, base64 length,
+finite numbers) before it becomes a Batch. Board layout under `workdir` (default ~/.qadtr):
+agent-<hash>/, blobs/<sha256>.onnx|.tflite|.npy, jobs/<key>.json, engines/ (TensorRT, by version and GPU).
+
+Faults: a dropped connection is retried `limits.retries` times, resuming after the last batch
+received (nothing lost, nothing twice); then the error says to re-run, and the run loop resumes from
+the store. A board silent for `limits.line` seconds is a hang: the stream is cut (the agent exits when
+its stdin closes) and what arrived stays stored. Malformed or short results are refused with the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from devices._device import Availability, Batch, Device, Replay, check_replay_args
+from devices._ssh import ConnectionLost, Limits, RemoteFailed, SshError, Stream, Transport
+from devices.runtimes import accepts, get_runtime
+from qadtr._errors import QadtrError
+
+AGENT_VERSION = 1  # devices/agent.py VERSION: the job file and line protocol
+BOARD_RUNTIMES = {"onnxrt": "onnxruntime", "litert-xnnpack": "ai_edge_litert", "litert-builtin": "ai_edge_litert",
+                  "tensorrt": "tensorrt", "null": None}  # runtime -> module on the board
+BOARD_OPTIONS = {"onnxrt": ("graph_optimization", "intra_op_threads"), "litert-xnnpack": ("num_threads",),
+                 "litert-builtin": ("num_threads",), "tensorrt": ("batch",), "null": ("num_classes",)}
+AUTO_METERS = ("tegrastats", "ina", "nvml", "rapl")  # power = "auto" on a board: the first one that reads
+
+
+def agent_files(agent: Path) -> list[tuple[Path, str]]:
+    """(local file, path inside the agent folder) of everything pushed as the agent."""
+    power = Path(__file__).with_name("power")
+    return [(agent, "agent.py")] + [(p, f"power/{p.name}") for p in sorted(power.glob("*.py")) if p.name != "__init__.py"]
+
+
+def trt_batch(artifact: Path) -> tuple[int, int, int] | None:
+    """(min, opt, max) batch of the optimization profile in trt_build.json beside a TensorRT-bound ONNX."""
+    spec = artifact.with_name("trt_build.json")
+    try:
+        profile = json.loads(spec.read_text())["profile"]
+        return tuple(int(profile[k][0]) for k in ("min", "opt", "max"))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+class SshDevice(Device):
+    kind = "ssh"
+    limits = Limits()
+    agent_source = Path(__file__).with_name("agent.py")  # tests push a stub agent instead
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self.emulated = spec.emulated
+        if spec.key and not Path(spec.key).is_file():
+            raise QadtrError(f"device {spec.name!r}: key {spec.key} not found; fix `key` in {spec.source} or make "
+                             f"one with `ssh-keygen -t ed25519 -f {spec.key}`")
+        self.link = Transport(spec, lambda: self.limits)
+        self._info: dict | None = None
+        self._agent: str | None = None  # the agent folder on the board, once pushed
+        self._jobs: set[str] = set()  # job files pushed in this session
+        self._tmp: Path | None = None
+
+    def _work(self, *parts: str) -> str:
+        return "/".join([self.spec.workdir.rstrip("/"), *parts])
+
+    def _scratch(self) -> Path:
+        if self._tmp is None:
+            self._tmp = Path(tempfile.mkdtemp(prefix=f"qadtr-{self.name}-"))
+        return self._tmp
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
+    # -- the board --------------------------------------------------------------------------------------
+    def _ensure_agent(self) -> str:
+        if self._agent is None:
+            files = agent_files(self.agent_source)
+            digest = hashlib.sha256(b"".join(name.encode() + path.read_bytes() for path, name in files)).hexdigest()
+            local = self._scratch() / f"agent-{digest[:16]}"
+            for path, name in files:
+                (local / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, local / name)
+            self.link.run(["mkdir", "-p", "--", self._work("blobs"), self._work("jobs"), self._work("engines")],
+                          what="creating the work folder")
+            self.link.push(local, self._work() + "/", what="pushing the agent", recursive=True)
+            self._agent = self._work(local.name)
+        return self._agent
+
+    def board_info(self) -> dict:
+        """`agent.py info` from the board (cached for the device's lifetime)."""
+        if self._info is None:
+            try:
+                out = self.link.run([self.spec.python, f"{self._ensure_agent()}/agent.py", "info"], what="agent info",
+                                    timeout=self.limits.first)
+            except ConnectionLost as e:
+                raise SshError(f"device {self.name!r} is unreachable at {self.link.where} ({e.reason}); check that the "
+                               f"board is on and that `ssh -p {self.spec.port} {self.link.where.rsplit(':', 1)[0]} true` "
+                               "works") from None
+            except RemoteFailed as e:
+                raise SshError(f"{e}; is python = {self.spec.python!r} a Python 3 with numpy on the board?") from None
+            try:
+                info = json.loads(out.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                info = None
+            if not isinstance(info, dict) or info.get("type") != "info" or info.get("agent") != AGENT_VERSION:
+                raise SshError(f"device {self.name!r}: the agent answered {out.strip()[:200]!r}, not its info line; "
+                               f"is python = {self.spec.python!r} a Python 3 on the board?")
+            self._info = info
+        return self._info
+
+    def status(self) -> list[Availability]:
+        info, rows = self.board_info(), []
+        for name in self.spec.runtimes:
+            board = info["runtimes"].get(name)
+            if name not in BOARD_RUNTIMES or board is None:
+                rows.append(Availability("runtime", name, False, "runs on the host only (needs torch); its reference "
+                                         "runs on --device local"))
+            elif info.get("numpy") is None and name != "null":
+                rows.append(Availability("runtime", name, False, "numpy not installed on the board: "
+                                         f"`{self.spec.python} -m pip install numpy`"))
+            else:
+                module = BOARD_RUNTIMES[name]
+                detail = f"{module} {board.get('version')} on the board" if module else "zeros, on the board"
+                rows.append(Availability("runtime", name, board["available"], board.get("reason") or detail))
+        return rows + self._power_rows(info)
+
+    def _power_rows(self, info: dict) -> list[Availability]:
+        if self.emulated:
+            return [Availability("power", "none", False, "emulated board: its energy cannot be observed")]
+        if self.spec.power == "none":
+            return [Availability("power", "none", False, "disabled in the inventory (power = \"none\")")]
+        names = AUTO_METERS if self.spec.power == "auto" else (self.spec.power,)
+        meters = info.get("meters", {})
+        return [Availability("power", n, bool(meters.get(n, {}).get("available")),
+                             meters.get(n, {}).get("scope") or meters.get(n, {}).get("reason") or "unknown to the agent")
+                for n in names]
+
+    def _meter_job(self) -> dict | None:
+        """The job's power entry: the first readable meter the spec allows, or None (energy null)."""
+        chosen = [a.name for a in self._power_rows(self.board_info()) if a.available]
+        return {"meter": chosen[0], "idle_s": self.spec.power_idle_s} if chosen else None
+
+    def power_meter(self):
+        return None  # a board's meter is read on the board, by the agent, around each batch
+
+    def describe(self) -> dict:
+        info = self.board_info()
+        versions = {BOARD_RUNTIMES[r]: info["runtimes"].get(r, {}).get("version") for r in self.spec.runtimes
+                    if BOARD_RUNTIMES.get(r)}
+        return {"name": self.name, "kind": self.kind, "emulated": self.emulated, "where": self.spec.where(),
+                "cpu": info.get("cpu"), "board": info.get("board"), "machine": info.get("machine"),
+                "cores": info.get("cores"), "os": info.get("os"), "python": info.get("python"),
+                "numpy": info.get("numpy"), "runtimes": versions, "power": self._meter_job()}
+
+    # -- replay -----------------------------------------------------------------------------------------
+    def replay(self, runtime: str, artifact: Path, images: np.ndarray, *, batch_size: int = 100, warmup: int = 3,
+               start: int = 0, options: dict | None = None) -> Replay:
+        """Batches of `images[start:]` through `runtime` on the board; see `devices._device.Device.replay`."""
+        check_replay_args(images, batch_size, warmup, start)
+        get_runtime(runtime)
+        if runtime not in self.spec.runtimes:
+            raise QadtrError(f"device {self.name!r} does not offer runtime {runtime!r} (its inventory entry lists "
+                             f"{', '.join(self.spec.runtimes)}); add it to `runtimes` or pick one of those")
+        if runtime not in BOARD_RUNTIMES:
+            raise QadtrError(f"runtime {runtime!r} runs on the host only (torch + Brevitas); use --device local for it")
+        artifact = Path(artifact)
+        problem = accepts(runtime, artifact) or (f"{artifact.name}: a board builds its own TensorRT engine; pass the "
+                                                 "TensorRT-bound .onnx" if artifact.suffix == ".engine" else None)
+        if problem:
+            raise QadtrError(problem)
+        options = dict(options or {})
+        unknown = sorted(set(options) - set(BOARD_OPTIONS[runtime]))
+        if unknown:
+            raise QadtrError(f"runtime {runtime!r} on a board has no option {', '.join(unknown)}; it takes "
+                             f"{', '.join(BOARD_OPTIONS[runtime]) or 'none'}")
+        if runtime == "tensorrt":
+            batch = tuple(options.get("batch") or trt_batch(artifact) or (1, 32, 128))  # export.trt's default
+            if batch_size > batch[2]:
+                raise QadtrError(f"--batch-size {batch_size} exceeds the engine profile's maximum {batch[2]} "
+                                 f"(trt_build.json); pass --batch-size {batch[2]} or re-export with a larger --max-batch")
+            options["batch"] = list(batch)
+        return Replay(lambda rep: self._batches(rep, runtime, artifact, images, batch_size, warmup, start, options))
+
+    def _images_file(self, images: np.ndarray) -> tuple[Path, str]:
+        """The images as a .npy in the scratch folder, named by its sha256 (the board caches it by that name)."""
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(images), allow_pickle=False)
+        sha = hashlib.sha256(buf.getbuffer()).hexdigest()
+        path = self._scratch() / f"{sha}.npy"
+        if not path.is_file():
+            path.write_bytes(buf.getbuffer())
+        return path, sha
+
+    def _batches(self, rep: Replay, runtime: str, artifact: Path, images: np.ndarray, batch_size: int, warmup: int,
+                 start: int, options: dict) -> Iterator[Batch]:
+        if start == len(images):
+            return
+        from qadtr._config import sha256_file
+
+        art_sha = sha256_file(artifact)
+        images_path, images_sha = self._images_file(images)
+        job = {"version": AGENT_VERSION, "runtime": runtime, "options": options, "batch_size": batch_size,
+               "warmup": warmup, "artifact": {"path": f"../blobs/{art_sha}{artifact.suffix}", "sha256": art_sha},
+               "images": {"path": f"../blobs/{images_sha}.npy", "sha256": images_sha},
+               "power": None if self.emulated else self._meter_job(), "engines": "../engines"}
+        local = {"artifact": artifact, "images": images_path}
+        expected, attempt, pushed = start, 0, set()  # pushed: blobs sent in this replay (a second need = corrupt)
+        while True:
+            try:
+                for batch in self._session(rep, job, local, expected, len(images), pushed):
+                    yield batch
+                    expected += len(batch.logits)
+                return
+            except ConnectionLost as e:
+                attempt += 1
+                if attempt > self.limits.retries:
+                    raise SshError(f"{e}; gave up after {attempt} attempt(s): the samples received so far are kept, "
+                                   "re-run the same command to resume") from None
+                time.sleep(self.limits.backoff * 2 ** (attempt - 1))
+
+    def _session(self, rep: Replay, job: dict, local: dict, first: int, total: int, pushed: set) -> Iterator[Batch]:
+        """One connection: push what is missing, run the agent from `first`, yield its checked batches."""
+        agent = self._ensure_agent()
+        text = json.dumps(job, sort_keys=True)
+        key = hashlib.sha256(text.encode()).hexdigest()[:24]
+        if key not in self._jobs:
+            (self._scratch() / f"{key}.json").write_text(text)
+            self.link.push(self._scratch() / f"{key}.json", self._work("jobs", f"{key}.json"), what="pushing the job")
+            self._jobs.add(key)
+        words = [self.spec.python, f"{agent}/agent.py", "run", self._work("jobs", f"{key}.json"), str(first),
+                 "--watch-stdin"]
+        while True:
+            with self.link.stream(words) as stream:
+                need = yield from self._read(stream, rep, job["runtime"], first, total)
+            if need is None:
+                return
+            again = sorted(set(need) & pushed)
+            if again:
+                raise SshError(f"device {self.name!r}: the {' and '.join(again)} failed the sha256 check on the board "
+                               "right after being pushed (corrupted in transfer or on the board's storage), so nothing "
+                               "ran; the board deleted it: re-run to push it again, and check the board's disk if it "
+                               "repeats")
+            for name in need:
+                self.link.push(local[name], self._work("blobs", Path(job[name]["path"]).name), what=f"pushing the {name}")
+                pushed.add(name)
+
+    def _read(self, stream: Stream, rep: Replay, runtime: str, first: int, total: int):
+        """Yield the stream's batches; return the files the agent needs (a list) or None when it is done."""
+        expected, k, hello = first, None, False
+        timeout = self.limits.build if runtime == "tensorrt" else self.limits.first
+        while True:
+            try:
+                raw = stream.line(timeout)
+            except TimeoutError:
+                raise SshError(f"device {self.name!r}: no answer from the agent for {timeout:g} s ({runtime}, "
+                               f"{expected} of {total} samples done): the board hangs or is overloaded; the samples "
+                               "received are kept, re-run the same command to resume") from None
+            if raw is None:
+                break
+            msg = self._message(raw, expected)
+            if msg["type"] == "need" and not hello:
+                return [f for f in msg.get("files", []) if f in ("artifact", "images")] or self._bad("a need line "
+                                                                                                    "naming no file", raw)
+            if msg["type"] == "error":
+                raise SshError(f"device {self.name!r}: the agent on the board stopped {runtime}: {msg.get('message')}")
+            if msg["type"] == "hello" and not hello:
+                if msg.get("agent") != AGENT_VERSION or not all(isinstance(msg.get(f), str)
+                                                                for f in ("runner", "kernels", "feed")):
+                    self._bad("a hello line of another agent version", raw)
+                rep.runner, rep.kernels, rep.feed = msg["runner"], msg["kernels"], msg["feed"]
+                hello, timeout = True, self.limits.line
+            elif msg["type"] == "batch" and hello:
+                batch = self._batch(msg, raw, expected, total, k)
+                k = batch.logits.shape[1]
+                yield batch
+                expected += len(batch.logits)
+            elif msg["type"] == "done" and hello:
+                if expected != total:
+                    self._bad(f"'done' after {expected} of {total} samples (short results)", raw)
+                return None
+            else:
+                self._bad(f"an unexpected {msg['type']!r} line", raw)
+        rc, err = stream.finish(), stream.stderr()
+        if rc == 255:
+            raise self.link.error(f"the replay ({expected} of {total} samples done)", rc, err)
+        raise SshError(f"device {self.name!r}: the agent stopped after {expected} of {total} samples without finishing "
+                       f"(exit {rc}: {(err.strip().splitlines() or ['no message'])[-1][:300]}); the samples received "
+                       "are kept, re-run the same command to resume")
+
+    def _bad(self, what: str, raw: bytes):
+        raise SshError(f"device {self.name!r}: the board sent {what}: {raw[:120]!r}...; nothing of it was stored "
+                       "(an agent of another version, or output corrupted on the way); re-run to resume")
+
+    def _message(self, raw: bytes, expected: int) -> dict:
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            msg = None
+        if not isinstance(msg, dict) or msg.get("type") not in ("need", "hello", "batch", "done", "error"):
+            self._bad(f"a malformed line (expected the batch from sample {expected})", raw)
+        return msg
+
+    def _batch(self, msg: dict, raw: bytes, expected: int, total: int, k: int | None) -> Batch:
+        """A result line -> Batch, refused unless every field is right (order, size, bytes, numbers)."""
+        ints = [msg.get(f) for f in ("first", "n", "k")]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints) or not isinstance(msg.get("logits"), str):
+            self._bad("a batch line without integer first/n/k and base64 logits", raw)
+        first, n, width = ints
+        if first != expected:
+            self._bad(f"rows from {first}, expected {expected} (a skipped or repeated batch)", raw)
+        if n < 1 or width < 1 or first + n > total or (k is not None and width != k):
+            self._bad(f"a batch of {n}x{width} logits at row {first} (the replay has {total} rows"
+                      + (f", {k} logits per image" if k else "") + ")", raw)
+        try:
+            data = base64.b64decode(msg["logits"], validate=True)
+        except (binascii.Error, ValueError):
+            data = None
+        if data is None or len(data) != 4 * n * width:
+            self._bad(f"{'undecodable' if data is None else f'{len(data)} bytes of'} logits for {n}x{width} float32 "
+                      "(short results)", raw)
+        seconds, energy = msg.get("seconds"), msg.get("energy_j")
+        numbers = [seconds] + ([] if energy is None else [energy])
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers) \
+                or seconds < 0:
+            self._bad(f"inference time {seconds!r} / energy {energy!r} (need finite numbers, time >= 0)", raw)
+        logits = np.frombuffer(data, dtype="<f4").reshape(n, width).astype(np.float32)  # (n, K), native order
+        return Batch(first, logits, float(seconds), None if energy is None else float(energy))

@@ -1,0 +1,260 @@
+"""The SSH device against a real sshd on 127.0.0.1 (tests/ssh/conftest.py): the tiny model replayed end to end
+into a store, equal to the local run byte for byte, concurrently with it (a fleet); then the faults: a killed
+sshd mid-run, a corrupted artifact, malformed and short results, a hung agent, and host keys."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _sshd import SKIP, descendants
+
+from devices._ssh import Limits, SshError
+from devices.inventory import load_inventory, open_device
+from devices.ssh import SshDevice
+from eval import on_device as od
+from eval.replay import load_replay, make_replay
+from eval.store import Store
+from qadtr import QadtrError
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("ai_edge_litert")
+pytestmark = [pytest.mark.ssh, SKIP]
+
+AGENT = Path(__file__).resolve().parents[2] / "devices" / "agent.py"
+RUNTIMES = ["onnxrt", "litert-xnnpack", "litert-builtin"]
+FAST = Limits(connect=10, step=30, first=120, line=60, retries=0, backoff=0.2)
+
+
+def board(sshd, tmp_path: Path, name: str = "board", **fields) -> SshDevice:
+    inv = tmp_path / f"{name}.toml"
+    inv.write_text(sshd.inventory(name, **fields))
+    device = open_device(load_inventory(inv)[name])
+    device.limits = FAST
+    return device
+
+
+def stub_agent(tmp_path: Path, patch: str) -> Path:
+    """The real agent with `emit` wrapped by `patch` (which sees `obj` and the real `_emit`): a misbehaving board."""
+    source = AGENT.read_text()
+    wrapper = "_emit = emit\n\n\ndef emit(obj):\n" + "".join(f"    {ln}\n" for ln in patch.splitlines()) + "\n\n"
+    path = tmp_path / "stub_agent.py"
+    path.write_text(source.replace('if __name__ == "__main__":', wrapper + 'if __name__ == "__main__":'))
+    return path
+
+
+@pytest.fixture
+def replay(tiny_dataset, tiny_patches, tmp_path):
+    return load_replay(make_replay(tiny_patches, "cifar10", eval_subset=16, out=tmp_path / "replays"))
+
+
+def _job(artifact: Path, runtime: str = "onnxrt") -> od.Job:
+    return od.Job(runtime, artifact, artifact.name, "a" * 64, (8, 8), "")
+
+
+def _local_logits(runtime: str, artifact: Path, images: np.ndarray) -> np.ndarray:
+    from devices import DeviceSpec
+    from devices.local import LocalDevice
+
+    with LocalDevice(DeviceSpec("local", power="none")).replay(runtime, artifact, images, batch_size=7) as rep:
+        return np.concatenate([b.logits for b in rep])
+
+
+# -- end to end ------------------------------------------------------------------------------------------------
+def test_fleet_replay_over_ssh_equals_local(sshd, tiny_exports, tiny_dataset, tiny_patches, tmp_path):
+    inv = tmp_path / "devices.toml"
+    inv.write_text(sshd.inventory("board", runtimes=RUNTIMES + ["fakequant"]))
+    kw = dict(devices="local,board", models=[str(tiny_exports["onnx"]), str(tiny_exports["tflite"])],
+              patches=str(tiny_patches), eval_subset=16, store_path=tmp_path / "s.sqlite", runtimes=RUNTIMES,
+              batch_size=7, warmup=1, inventory=str(inv))
+    result = od.evaluate(**kw)  # both devices at once, one thread and one store connection each
+    runs = {(r["device"], r["runtime"]): r for r in result["runs"]}
+    assert set(runs) == {(d, r) for d in ("local", "board") for r in RUNTIMES}
+    info = result["devices"]["board"]
+    assert info["kind"] == "ssh" and info["where"] == f"ssh 127.0.0.1:{sshd.port}" and info["power"] is None
+    with Store(tmp_path / "s.sqlite") as s:
+        for r in RUNTIMES:
+            remote, local = runs[("board", r)], runs[("local", r)]
+            assert s.logits(remote["run_id"]).tobytes() == s.logits(local["run_id"]).tobytes()
+            assert remote["kernels"].startswith(local["kernels"]) and remote["energy_per_inference_j"] is None
+            assert remote["clean_accuracy"] == local["clean_accuracy"] and remote["asr"] == local["asr"]
+    again = od.evaluate(**kw)  # everything is stored: nothing runs twice
+    assert [r["replayed_now"] for r in again["runs"]] == [0] * 6
+
+    from eval.report import write_report
+
+    page = write_report(tmp_path / "s.sqlite", tmp_path / "report").read_text()
+    for r in RUNTIMES:  # the latency table: one row per runtime and device, side by side
+        assert page.count(f"<tr><td>{r}</td>") == 2
+    assert "<h3>board</h3>" in page and "<h3>local</h3>" in page
+
+
+def test_status_and_a_tensorrt_job_without_tensorrt(sshd, tiny_exports, tiny_dataset, tiny_patches, tmp_path):
+    device = board(sshd, tmp_path, runtimes=["onnxrt", "tensorrt", "fakequant"], power="auto")
+    rows = {(a.kind, a.name): a for a in device.status()}
+    assert rows[("runtime", "onnxrt")].available and "on the board" in rows[("runtime", "onnxrt")].reason
+    assert rows[("runtime", "fakequant")].reason.startswith("runs on the host only")
+    assert not rows[("runtime", "tensorrt")].available and "tensorrt not installed on the board" in \
+        rows[("runtime", "tensorrt")].reason
+    assert [n for k, n in rows if k == "power"] == ["tegrastats", "ina", "nvml", "rapl"]
+    inv = tmp_path / "jetson.toml"
+    inv.write_text(sshd.inventory("jetson", runtimes=["onnxrt", "tensorrt"]))
+    with pytest.raises(QadtrError, match=r"nothing can run on jetson: tensorrt for .*w8.onnx: not available on "
+                                         r"jetson: tensorrt not installed on the board; install JetPack"):
+        od.evaluate(devices="jetson", models=[str(tiny_exports["onnx"])], patches=str(tiny_patches),
+                    eval_subset=16, store_path=tmp_path / "s.sqlite", runtimes=["tensorrt"], inventory=str(inv))
+
+
+# -- faults ------------------------------------------------------------------------------------------------------
+class KillAfter(Store):
+    """A store that runs `action` after its `n`-th batch write (in the replay loop's thread: deterministic)."""
+
+    def __init__(self, path, n: int, action):
+        super().__init__(path)
+        self.n, self.action, self.writes = n, action, 0
+
+    def write_batch(self, run_id, **kw):
+        super().write_batch(run_id, **kw)
+        self.writes += 1
+        if self.writes == self.n:
+            self.action()
+
+
+SLOW = "if obj.get('type') == 'batch':\n    time.sleep(0.3)\n_emit(obj)"
+
+
+@pytest.mark.parametrize("retries", [0, 3], ids=["rerun-resumes", "reconnects"])
+def test_sshd_killed_mid_run(retries, sshd, replay, tiny_exports, tmp_path):
+    device = board(sshd, tmp_path)
+    device.agent_source = stub_agent(tmp_path, SLOW)
+    device.limits = Limits(connect=5, step=30, first=120, line=60, retries=retries, backoff=1.0)
+    job = _job(tiny_exports["onnx"])
+    if retries == 0:  # the run stops; the same command run again resumes it
+        with KillAfter(tmp_path / "s.sqlite", 2, sshd.kill) as s:
+            with pytest.raises(SshError, match=r"lost or cannot reach 127\.0\.0\.1.*re-run the same command to resume"):
+                od.replay_run(s, device, job, replay, batch_size=7, warmup=0)
+            assert len(s.done_samples(s.runs()[0].run_id)) == 14  # what arrived stays
+        sshd.start()
+        with Store(tmp_path / "s.sqlite") as s:
+            out = od.replay_run(s, device, job, replay, batch_size=7, warmup=0)
+    else:  # the device reconnects by itself once sshd is back (its retries wait 1 s, 2 s, 4 s)
+        import threading
+
+        def bounce():
+            sshd.kill()
+            threading.Timer(0.5, sshd.start).start()
+
+        with KillAfter(tmp_path / "s.sqlite", 2, bounce) as s:
+            out = od.replay_run(s, device, job, replay, batch_size=7, warmup=0)
+        assert out.replayed == len(replay)
+    with Store(tmp_path / "s.sqlite") as s:
+        rows = s.batches(out.run.run_id)
+        assert out.run.complete and [b.first for b in rows] == list(range(0, len(replay), 7))  # none lost or twice
+        assert s.logits(out.run.run_id).tobytes() == _local_logits("onnxrt", tiny_exports["onnx"], replay.images).tobytes()
+
+
+def test_corrupted_artifact_is_refused_by_checksum(sshd, replay, tiny_exports, tmp_path):
+    device = board(sshd, tmp_path)
+    real_push = device.link.push
+
+    def push_corrupting(local, remote, **kw):  # the artifact arrives with one byte flipped
+        real_push(local, remote, **kw)
+        if remote.endswith(".onnx"):
+            path = Path(remote)
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+
+    device.link.push = push_corrupting
+    with Store(tmp_path / "s.sqlite") as s:
+        with pytest.raises(SshError, match=r"the artifact failed the sha256 check on the board right after being "
+                                           r"pushed .* so nothing ran; the board deleted it: re-run"):
+            od.replay_run(s, device, _job(tiny_exports["onnx"]), replay, batch_size=7, warmup=0)
+        assert s.done_samples(s.runs()[0].run_id) == set()
+        assert not list((Path(device.spec.workdir) / "blobs").glob("*.onnx"))
+        device.link.push = real_push
+        out = od.replay_run(s, device, _job(tiny_exports["onnx"]), replay, batch_size=7, warmup=0)
+        assert out.run.complete
+
+
+@pytest.mark.parametrize("patch, match, kept", [
+    ("if obj.get('type') == 'batch' and obj['first'] == 7:\n    print('{not json', flush=True)\nelse:\n    _emit(obj)",
+     r"a malformed line \(expected the batch from sample 7\)", 7),
+    ("if obj.get('type') == 'batch' and obj['first'] == 7:\n    obj['logits'] = obj['logits'][:16]\n_emit(obj)",
+     r"12 bytes of logits for 7x10 float32 \(short results\)", 7),
+    ("_emit(obj)\nif obj.get('type') == 'batch' and obj['first'] == 0:\n    _emit(obj)",
+     r"rows from 0, expected 7 \(a skipped or repeated batch\)", 7),
+    ("if obj.get('type') == 'batch' and obj['first'] == 14:\n    obj['n'] = 999\n_emit(obj)",
+     r"a batch of 999x10 logits at row 14", 14),
+    ("if obj.get('type') == 'batch' and obj['first'] == 7:\n    obj['seconds'] = float('nan')\n_emit(obj)",
+     r"inference time nan", 7),
+    ("if obj.get('type') == 'batch' and obj['first'] == 14:\n    sys.exit(0)\n_emit(obj)",
+     r"the agent stopped after 14 of \d+ samples without finishing \(exit 0", 14),
+    ("if obj.get('type') == 'done':\n    obj['type'] = 'finished'\n_emit(obj)", r"a malformed line", None),
+], ids=["not-json", "short-logits", "duplicate", "out-of-range", "nan-time", "stops-early", "unknown-type"])
+def test_malformed_or_short_results_are_refused(patch, match, kept, sshd, replay, tiny_exports, tmp_path):
+    device = board(sshd, tmp_path)
+    device.agent_source = stub_agent(tmp_path, patch)
+    with Store(tmp_path / "s.sqlite") as s:
+        with pytest.raises(SshError, match=match):  # the null runtime: the protocol without a runtime's start-up
+            od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay, batch_size=7, warmup=0)
+        done = len(s.done_samples(s.runs()[0].run_id))
+        assert done == (kept if kept is not None else len(replay))  # the good batches before it are kept
+
+
+def _agents_running(sshd) -> list[int]:
+    found = []
+    for pid in descendants(sshd.proc.pid):
+        try:
+            if b"agent.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:  # it just exited
+            pass
+    return found
+
+
+def test_hung_agent_times_out_and_keeps_partial_results(sshd, replay, tiny_exports, tmp_path):
+    device = board(sshd, tmp_path)
+    device.agent_source = stub_agent(tmp_path, "if obj.get('type') == 'batch' and obj['first'] == 14:\n"
+                                               "    time.sleep(3600)\n_emit(obj)")
+    device.limits = Limits(connect=5, step=30, first=120, line=2.0, retries=0)
+    with Store(tmp_path / "s.sqlite") as s:
+        t0 = time.monotonic()
+        with pytest.raises(SshError, match=r"no answer from the agent for 2 s \(null, 14 of \d+ samples done\): the "
+                                           r"board hangs .* the samples received are kept"):
+            od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay, batch_size=7, warmup=0)
+        assert time.monotonic() - t0 < 30 and len(s.done_samples(s.runs()[0].run_id)) == 14
+    deadline = time.monotonic() + 10
+    while _agents_running(sshd) and time.monotonic() < deadline:  # its stdin closed: the board agent exits
+        time.sleep(0.1)
+    assert _agents_running(sshd) == []
+
+
+def test_host_keys_are_verified_never_trusted(sshd, tmp_path):
+    kh = tmp_path / "empty_known_hosts"
+    kh.write_text("")
+    with pytest.raises(SshError, match=rf"the host key of 127\.0\.0\.1:{sshd.port} is not in .*empty_known_hosts, and a "
+                                       rf"new key is never trusted automatically; check its fingerprint .*then trust "
+                                       rf"it: `ssh-keyscan -p {sshd.port} 127\.0\.0\.1 >> .*empty_known_hosts`"):
+        board(sshd, tmp_path, known_hosts=str(kh)).status()
+    assert kh.read_text() == ""  # nothing was added behind the user's back
+    other = tmp_path / "other_key"
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kh.write_text(f"[127.0.0.1]:{sshd.port} {' '.join(Path(str(other) + '.pub').read_text().split()[:2])}\n")
+    with pytest.raises(SshError, match=r"CHANGED since it was trusted .*ssh-keygen -R '\[127\.0\.0\.1\]:\d+'"):
+        board(sshd, tmp_path, known_hosts=str(kh)).status()
+    with pytest.raises(SshError, match=r"refused the login with .*other_key; install the public key on the board "
+                                       r"\(`ssh-copy-id -i .*other_key\.pub"):
+        board(sshd, tmp_path, key=str(other)).status()
+
+
+def test_unreachable_board_is_one_line(tmp_path, capsys):
+    inv = tmp_path / "devices.toml"
+    inv.write_text('[devices.jetson]\nkind = "ssh"\nhost = "127.0.0.1"\nport = 1\nruntimes = ["tensorrt"]\n')
+    assert od.main(["--device", "jetson", "--inventory", str(inv), "--model", __file__, "--patches", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[0].startswith("error: device 'jetson' is unreachable at 127.0.0.1:1 (")

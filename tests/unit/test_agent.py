@@ -1,0 +1,155 @@
+"""devices/agent.py as the board runs it (a subprocess on a job folder): logits byte-identical to the local
+runners on the tiny model's ONNX and TFLite, checksums before anything runs, standalone (no torch, no qadtr),
+a board power meter around each batch, and its refusals."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devices import DeviceSpec
+from devices.local import LocalDevice
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("ai_edge_litert")
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = ROOT / "devices" / "agent.py"
+ORIN = next(ln.split("\t", 1)[1] for ln in (Path(__file__).with_name("fixtures") / "tegrastats.txt").read_text()
+            .splitlines() if ln.startswith("orin-nano-jp6\t"))
+
+
+def make_job(board: Path, runtime: str, artifact: Path, images: np.ndarray, **fields) -> Path:
+    """A board folder as devices/ssh.py leaves it: blobs/<sha256>.<suffix>, jobs/<key>.json."""
+    (board / "blobs").mkdir(parents=True, exist_ok=True)
+    (board / "jobs").mkdir(exist_ok=True)
+    art_sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    shutil.copyfile(artifact, board / "blobs" / f"{art_sha}{artifact.suffix}")
+    np.save(board / "blobs" / "images.npy", images)
+    img_sha = hashlib.sha256((board / "blobs" / "images.npy").read_bytes()).hexdigest()
+    (board / "blobs" / "images.npy").rename(board / "blobs" / f"{img_sha}.npy")
+    job = {"version": 1, "runtime": runtime, "options": {}, "batch_size": 7, "warmup": 1, "power": None,
+           "artifact": {"path": f"../blobs/{art_sha}{artifact.suffix}", "sha256": art_sha},
+           "images": {"path": f"../blobs/{img_sha}.npy", "sha256": img_sha}, "engines": "../engines", **fields}
+    path = board / "jobs" / "job.json"
+    path.write_text(json.dumps(job))
+    return path
+
+
+def run_agent(*args: str, env: dict | None = None, blocked: tuple[str, ...] = ()) -> tuple[int, list[dict], str]:
+    """(exit code, JSON lines, stderr) of `python agent.py ARGS`; `blocked` top-level modules fail to import."""
+    code = ("import runpy, sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {blocked!r}: raise ImportError(name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            f"sys.argv = [{str(AGENT)!r}, *{list(args)!r}]\n"
+            f"runpy.run_path({str(AGENT)!r}, run_name='__main__')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/",
+                       env={**os.environ, **(env or {})})
+    return r.returncode, [json.loads(line) for line in r.stdout.splitlines()], r.stderr
+
+
+def logits(msg: dict) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(msg["logits"]), "<f4").reshape(msg["n"], msg["k"])
+
+
+@pytest.mark.parametrize("runtime, kind", [("onnxrt", "onnx"), ("litert-xnnpack", "tflite"),
+                                           ("litert-builtin", "tflite"), ("null", "onnx")])
+def test_agent_logits_equal_local_runners(runtime, kind, tiny_exports, tiny_images, tmp_path):
+    artifact = tiny_exports[kind]
+    job = make_job(tmp_path / "board", runtime, artifact, tiny_images)
+    local = LocalDevice(DeviceSpec("local", power="none"))
+    for start in (0, 14):  # from the top, and resumed after two batches
+        with local.replay(runtime, artifact, tiny_images, batch_size=7, warmup=1, start=start) as rep:
+            want = list(rep)
+        rc, lines, err = run_agent("run", str(job), str(start))
+        assert rc == 0, err
+        hello, *batches, done = lines
+        assert (hello["type"], done) == ("hello", {"type": "done", "batches": len(want)})
+        assert hello["runner"] == rep.runner and hello["feed"] == rep.feed  # NCHW for .onnx, NHWC for .tflite
+        assert hello["kernels"].startswith(rep.kernels) and hello["power"] is None
+        assert [(b["first"], b["n"]) for b in batches] == [(w.first, len(w.logits)) for w in want]
+        for b, w in zip(batches, want):
+            assert logits(b).tobytes() == w.logits.tobytes()  # byte for byte
+            assert b["seconds"] > 0 and b["energy_j"] is None
+
+
+def test_checksums_before_anything_runs(tiny_exports, tiny_images, tmp_path):
+    job = make_job(tmp_path, "onnxrt", tiny_exports["onnx"], tiny_images)
+    spec = json.loads(job.read_text())
+    artifact, images = job.parent / spec["artifact"]["path"], job.parent / spec["images"]["path"]
+    images.unlink()
+    assert run_agent("run", str(job), "0")[:2] == (3, [{"type": "need", "files": ["images"], "corrupt": []}])
+    np.save(images.with_suffix(""), tiny_images)  # np.save appends .npy: the same bytes again
+    artifact.write_bytes(artifact.read_bytes() + b"\0")  # one byte more: corrupt
+    rc, lines, _ = run_agent("run", str(job), "0")
+    assert (rc, lines) == (3, [{"type": "need", "files": ["artifact"], "corrupt": ["artifact"]}])
+    assert not artifact.exists() and images.exists()  # the corrupt file is deleted, so it is pushed again
+
+
+@pytest.mark.parametrize("fields, args, match", [
+    ({"runtime": "tensorrt"}, ("0",), (r"runtime 'tensorrt' is not available on this board: tensorrt not installed "
+                                       r"on the board; install JetPack")),
+    ({"options": {"threads": 2}}, ("0",), r"runtime 'onnxrt' on a board takes no option threads"),
+    ({"runtime": "fakequant"}, ("0",), ("this agent runs onnxrt, litert-xnnpack, litert-builtin, tensorrt, null, "
+                                        "not 'fakequant'")),
+    ({"version": 2}, ("0",), r"job version 2, this agent speaks 1"),
+    ({}, ("99",), r"start 99 is outside the 32 images"),
+    ({}, ("0", "--bogus"), r"usage: agent.py info \| agent.py run JOB.json START"),
+], ids=["tensorrt-absent", "unknown-option", "host-only-runtime", "job-version", "start", "usage"])
+def test_agent_refusals(fields, args, match, tiny_exports, tiny_images, tmp_path):
+    if fields.get("runtime") == "tensorrt" and shutil.which("nvidia-smi"):
+        pytest.skip("TensorRT may be installed here")
+    fields = dict(fields)
+    job = make_job(tmp_path, fields.pop("runtime", "onnxrt"), tiny_exports["onnx"], tiny_images, **fields)
+    rc, lines, _ = run_agent("run", str(job), *args)
+    assert rc == 2 and len(lines) == 1 and lines[0]["type"] == "error"
+    assert re.search(match, lines[0]["message"]), lines[0]["message"]
+
+
+def test_agent_is_standalone_and_reads_a_board_meter(tiny_exports, tiny_images, tmp_path):
+    """No torch, Brevitas or project package on the board; a Jetson's tegrastats (here: a recorded line played
+    back) is read around every batch, above an idle baseline measured first."""
+    for source in [AGENT, *sorted((AGENT.parent / "power").glob("*.py"))]:  # JetPack 5 ships Python 3.8
+        ast.parse(source.read_text(), feature_version=(3, 8))
+    tree = ast.parse(AGENT.read_text())
+    imported = {n.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for n in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "ai_edge_litert", "tensorrt"}
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "tegrastats").write_text(f"#!{sys.executable}\nimport sys, time\nwhile True:\n"
+                                       f"    print({ORIN!r}, flush=True)\n    time.sleep(0.01)\n")
+    (bindir / "tegrastats").chmod(0o755)
+    env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    blocked = ("torch", "brevitas", "qadtr", "devices", "export", "eval")
+    rc, (info,), err = run_agent("info", env=env, blocked=blocked)
+    assert rc == 0, err
+    assert info["runtimes"]["onnxrt"] == {"available": True, "version": __import__("onnxruntime").__version__}
+    assert info["meters"]["tegrastats"]["available"] and "VDD_IN" in info["meters"]["tegrastats"]["scope"]
+    assert set(info["meters"]) == {"rapl", "tegrastats", "ina", "nvml"} and info["numpy"] == np.__version__
+    for idle, rel in ((0, None), (0.05, 0.0)):
+        job = make_job(tmp_path / f"b{idle}", "onnxrt", tiny_exports["onnx"], tiny_images,
+                       power={"meter": "tegrastats", "idle_s": idle})
+        rc, lines, err = run_agent("run", str(job), "0", env=env, blocked=blocked)
+        assert rc == 0, err
+        hello, batches = lines[0], lines[1:-1]
+        assert hello["power"]["meter"] == "tegrastats" and hello["power"]["scope"].startswith("Jetson module input")
+        for b in batches:
+            if idle:  # a constant 5.704 W: nothing above the idle baseline
+                assert hello["power"]["idle_w"] == pytest.approx(5.704) and b["energy_j"] == pytest.approx(0, abs=1e-9)
+            else:  # the meter's window holds the timed call
+                assert 5.704 * b["seconds"] <= b["energy_j"] + 1e-12 < 5.704 * (b["seconds"] + 0.05)
