@@ -24,7 +24,7 @@ from qadtr._errors import QadtrError
 from qadtr.evaluate import accuracy_per_bits, to_tensor
 from qadtr.models import bits_of
 from qadtr.models._calibrate import calibrate_
-from qadtr.recipes import get_recipe
+from qadtr.recipes import STATEFUL, get_recipe
 
 CALIB_IMAGES = 512  # enough for stable per-layer percentiles; calibration takes seconds
 PAD = 4  # random-crop padding: the standard CIFAR augmentation (He et al. 2016)
@@ -63,9 +63,11 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def fit(model: nn.Module, cfg, train, test, out: Path, *, resume: bool, hflip: bool) -> dict:
     """Train `model` per `cfg` (a TrainConfig) on `train`, evaluating on `test` after each epoch.
 
-    Writes `out/last.pt` every `cfg.save_every` steps and at each epoch end; returns the final metrics.
+    Writes `out/last.pt` every `cfg.save_every` steps and at each epoch end (with the recipe's state, e.g.
+    QADT-R's patch pool); returns the final metrics.
     """
     recipe = get_recipe(cfg.recipe)
+    recipe_state: dict = {}  # filled by a stateful recipe; saved and restored with the weights
     n = len(train.images)
     steps_per_epoch = n // cfg.batch_size  # drop the last partial batch: every step has the same size
     if steps_per_epoch == 0:
@@ -82,6 +84,7 @@ def fit(model: nn.Module, cfg, train, test, out: Path, *, resume: bool, hflip: b
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         step, history = state["step"], json.loads(state["history"])
+        recipe_state = state.get("recipe_state", {})
         print(f"resuming {out} at step {step}/{total}", file=sys.stderr)
     elif bits_of(model):  # thresholds from CALIB_IMAGES fixed pseudo-random training images
         pick = np.random.default_rng(cfg.seed).permutation(n)[:CALIB_IMAGES]
@@ -90,7 +93,7 @@ def fit(model: nn.Module, cfg, train, test, out: Path, *, resume: bool, hflip: b
     def save_state() -> None:
         buf = io.BytesIO()
         torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
-                    "config": cfg_json, "history": json.dumps(history)}, buf)
+                    "config": cfg_json, "history": json.dumps(history), "recipe_state": recipe_state}, buf)
         atomic_write_bytes(state_path, buf.getvalue())
 
     model.train()
@@ -105,7 +108,10 @@ def fit(model: nn.Module, cfg, train, test, out: Path, *, resume: bool, hflip: b
         y = torch.from_numpy(train.labels[idx])
         for g in opt.param_groups:  # cosine decay to zero over the whole run
             g["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
-        loss, logs = recipe(model, x, y, step=step, cfg=cfg)
+        if cfg.recipe in STATEFUL:
+            loss, logs = recipe(model, x, y, step=step, cfg=cfg, state=recipe_state)
+        else:
+            loss, logs = recipe(model, x, y, step=step, cfg=cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

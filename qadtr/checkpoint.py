@@ -73,6 +73,9 @@ def read_checkpoint_info(path: str | Path) -> Checkpoint:
         raise QadtrError(f"checkpoint {pt} not found; train one with `python -m qadtr.train` or use the zoo/")
     if not js.is_file():
         raise QadtrError(f"{js} is missing: a checkpoint is model.pt plus its model.json; copy both")
+    from qadtr.recipes import load_recipes
+
+    load_recipes()  # registers the recipe configs (DqConfig, ...) a model.json may hold
     ck = config_from_dict(read_json(js))
     if not isinstance(ck, Checkpoint):
         raise QadtrError(f"{js} describes a {type(ck).__name__}, not a Checkpoint")

@@ -97,6 +97,13 @@ def main(argv: list[str] | None = None) -> int:
                     note = f"  (recorded {100 * recorded[key]['value']:.2f}%, delta {delta:+.2f} pt)"
                 label = key if not ck.model.is_quant else f"{key} {form}"
                 print(f"{ck.model.arch} {label:15s} {data}/{args.split} top-1 {p_}{note}")
+        from qadtr.recipes.dwq import RandomPrecision, random_inference
+
+        if random_inference(ck):  # DWQ: the checkpoint asks for a random precision per batch at inference
+            p_ = Proportion(int((predict(RandomPrecision(model, seed=0), images) == labels).sum()), len(labels))
+            results["random"] = {"per_batch_of": 500, "seed": 0, **p_.to_dict()}
+            print(f"{ck.model.arch} {'random deploy':15s} {data}/{args.split} top-1 {p_}  (a random precision "
+                  f"per batch of 500, seed 0)")
         if args.json:
             from qadtr._config import write_json
             write_json(args.json, results)

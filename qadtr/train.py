@@ -10,6 +10,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qadtr._config import register_config
 from qadtr.models import SUPPORTED_BITS, ModelConfig
@@ -24,7 +25,7 @@ class TrainConfig:
 
     VERSION = 1
     model: ModelConfig
-    recipe: str = "qat"  # a name from qadtr.recipes: float, qat (later: dq, pbat, dwq, qadtr)
+    recipe: str = "qat"  # a name from qadtr.recipes: float, qat, dq, pbat, dwq, qadtr
     data: str = "cifar10"  # dataset name from qadtr.data
     epochs: int = 1
     batch_size: int = 128
@@ -37,6 +38,7 @@ class TrainConfig:
     train_subset: int = 0  # use only the first N training images (0 = all): for tests and smoke runs
     eval_subset: int = 0  # evaluate on the first N test images (0 = all)
     save_every: int = 100  # optimizer steps between resume states (and at every epoch end)
+    recipe_config: Any = None  # the recipe's own frozen config (DqConfig, ...); filled with defaults if None
 
     def __post_init__(self) -> None:
         from qadtr.data import DATASETS
@@ -45,6 +47,7 @@ class TrainConfig:
         get_recipe("qat")  # fills RECIPES
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; known: {sorted(RECIPES)}")
+        self._check_recipe_config()
         if self.recipe == "float" and self.model.is_quant:
             raise ValueError("recipe 'float' trains a float model; drop --bits or use --recipe qat")
         if self.recipe != "float" and not self.model.is_quant:
@@ -62,6 +65,19 @@ class TrainConfig:
             raise ValueError(f"switch={self.switch!r}; choose one of {SWITCH_MODES}")
         if self.train_subset < 0 or self.eval_subset < 0:
             raise ValueError("train_subset and eval_subset must be >= 0 (0 = all)")
+        if self.recipe_config is not None:
+            self.recipe_config.check(self)  # combinations with the model (bit widths, per-bit BN)
+
+    def _check_recipe_config(self) -> None:
+        from qadtr.recipes import RECIPE_CONFIGS
+
+        cls = RECIPE_CONFIGS.get(self.recipe)
+        if cls is None and self.recipe_config is not None:
+            raise ValueError(f"recipe {self.recipe!r} takes no recipe config; drop --recipe-arg")
+        if cls is not None and self.recipe_config is None:
+            object.__setattr__(self, "recipe_config", cls())  # defaults, written out in model.json
+        if cls is not None and not isinstance(self.recipe_config, cls):
+            raise ValueError(f"recipe {self.recipe!r} takes a {cls.__name__}, got {type(self.recipe_config).__name__}")
 
 
 def parse_bits(text: str) -> tuple[tuple[int, int], ...]:
@@ -119,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="resnet20", help=f"architecture: {', '.join(list_models())}")
     p.add_argument("--bits", default="", help=f"bit widths, w=a from {SUPPORTED_BITS}: '4', '2,4,8' "
                    "(one switchable model) or 'w4a8'; omit for float")
-    p.add_argument("--recipe", default=None, help="float | qat (default: float without --bits, qat with)")
+    p.add_argument("--recipe", default=None, help="float | qat | dq | pbat | dwq | qadtr (default: float without "
+                   "--bits, qat with); see qadtr/recipes/")
+    p.add_argument("--recipe-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the recipe's config, repeatable: e.g. --recipe-arg beta=3e-4 "
+                   "(the fields of DqConfig, PbatConfig, DwqConfig, QadtrConfig)")
     p.add_argument("--per-bit-bn", action="store_true", help="separate BatchNorm per bit width")
     p.add_argument("--data", default="cifar10")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
@@ -142,16 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from qadtr._errors import QadtrError
         from qadtr.data import DATASETS
+        from qadtr.recipes import recipe_config
 
         try:
             bits = parse_bits(args.bits)
             num_classes = args.num_classes or (DATASETS[args.data].num_classes if args.data in DATASETS else 10)
+            recipe = args.recipe or ("qat" if bits else "float")
             cfg = TrainConfig(
                 model=ModelConfig(args.model, num_classes=num_classes, bits=bits, per_bit_bn=args.per_bit_bn),
-                recipe=args.recipe or ("qat" if bits else "float"), data=args.data, epochs=args.epochs,
+                recipe=recipe, data=args.data, epochs=args.epochs,
                 batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
                 init=args.init, switch=args.switch, train_subset=args.train_subset,
-                eval_subset=args.eval_subset, save_every=args.save_every)
+                eval_subset=args.eval_subset, save_every=args.save_every,
+                recipe_config=recipe_config(recipe, args.recipe_arg))
         except ValueError as e:
             raise QadtrError(str(e)) from None
         pt = train(cfg, args.out, data_dir=args.data_dir, resume=args.resume, download=args.download)

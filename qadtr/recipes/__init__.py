@@ -1,7 +1,16 @@
 """Training recipes by name: one file each, each a loss over one batch.
 
 A recipe is `loss_fn(model, x, y, *, step, cfg) -> (loss, logs)`; the trainer owns the loop,
-the optimizer, checkpoints and resumption.
+the optimizer, checkpoints and resumption. A recipe may have its own frozen config (`config=`), which
+lives in `TrainConfig.recipe_config` and so in model.json and last.pt; a recipe that keeps state across
+steps (QADT-R's patch pool) is registered `stateful=True` and is also passed `state=`, a dict of
+tensors the trainer saves in last.pt and restores on --resume.
+
+    float, qat   plain training (qat.py)
+    dq           Defensive Quantization: QAT + orthogonality regulariser (dq.py)
+    pbat         patch adversarial training against location-optimised patches (pbat.py)
+    dwq          Double-Win Quant: random precision per step, per-precision BN (dwq.py)
+    qadtr        QADT-R: A-QAPA patch pool + DBWT + GIR (qadtr.py)
 """
 
 from __future__ import annotations
@@ -11,18 +20,46 @@ from typing import Callable
 from qadtr._errors import QadtrError
 
 RECIPES: dict[str, Callable] = {}
+RECIPE_CONFIGS: dict[str, type] = {}  # recipe name -> its frozen config class (absent: no options)
+STATEFUL: set[str] = set()  # recipes that take and fill `state=`
 
 
-def register_recipe(name: str):
+def register_recipe(name: str, *, config: type | None = None, stateful: bool = False):
     def wrap(fn: Callable) -> Callable:
         RECIPES[name] = fn
+        if config is not None:
+            RECIPE_CONFIGS[name] = config
+        if stateful:
+            STATEFUL.add(name)
         return fn
     return wrap
 
 
-def get_recipe(name: str) -> Callable:
-    from qadtr.recipes import qat  # noqa: F401  (fills RECIPES)
+def load_recipes() -> None:
+    """Import every recipe module: fills RECIPES and registers the recipe configs model.json may name."""
+    from qadtr.recipes import dq, dwq, pbat, qadtr, qat  # noqa: F401
 
+
+def get_recipe(name: str) -> Callable:
+    load_recipes()
     if name not in RECIPES:
         raise QadtrError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
     return RECIPES[name]
+
+
+def recipe_config(name: str, items: list[str] | tuple[str, ...] = ()):
+    """The config of recipe `name` with `KEY=VALUE` overrides (the CLI's `--recipe-arg`), or None.
+
+    Values are parsed by the field's declared type (bool: true/false; `int | None`: a number or none;
+    bit-width tuples: "2,4,8"). Raises ValueError naming the valid keys for an unknown one.
+    """
+    from qadtr.recipes._options import parse_overrides
+
+    get_recipe(name)  # an unknown name: QadtrError listing the known ones
+    cls = RECIPE_CONFIGS.get(name)
+    if cls is None:
+        if items:
+            raise ValueError(f"recipe {name!r} takes no --recipe-arg options; recipes with options: "
+                             f"{sorted(RECIPE_CONFIGS)}")
+        return None
+    return cls(**parse_overrides(cls, items))
