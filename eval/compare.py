@@ -372,12 +372,43 @@ def compare_store(store_path: str | Path, *, reference: str = "fakequant", runs:
                 for ref, run in pairs], skipped
 
 
+def across_devices(store_path: str | Path, reference_device: str = "local") -> list[dict]:
+    """The same runtime and artifact on other devices vs `reference_device`, logit by logit (identical bytes
+    in, so identical integer kernels give identical logits): one row per (runtime, artifact, device)."""
+    from eval.store import Store
+
+    rows = []
+    with Store(store_path) as store:
+        runs = [r for r in store.runs() if r.runtime != "fakequant"]
+        ref = {(r.runtime, r.artifact_sha256, r.replay_sha256): r for r in runs if r.device == reference_device}
+        for r in runs:
+            base = ref.get((r.runtime, r.artifact_sha256, r.replay_sha256))
+            if r.device == reference_device or base is None:
+                continue
+            try:
+                a, b = store.logits(base.run_id), store.logits(r.run_id)  # (M, K) each
+            except QadtrError:
+                continue  # an incomplete run: nothing to compare yet
+            rows.append({"runtime": r.runtime, "artifact": Path(r.artifact).name, "device": r.device,
+                         "reference_device": reference_device, "kernels": r.kernels, "logits": int(a.size),
+                         "identical": bool(np.array_equal(a, b)), "differing": int((a != b).sum()),
+                         "max_abs": float(np.abs(a - b).max()), "argmax_agree": float(np.mean(a.argmax(1) == b.argmax(1)))})
+    return rows
+
+
+def across_line(a: dict) -> str:
+    """One line of `across_devices`: e.g. `onnxrt w4.onnx on rpi4-emu vs local: bit-identical`."""
+    same = "bit-identical" if a["identical"] else (f"{a['differing']} of {a['logits']} logits differ (max "
+                                                   f"{a['max_abs']:.3g}), argmax agree {100 * a['argmax_agree']:.2f}%")
+    return f"{a['runtime']} {a['artifact']} on {a['device']} vs {a['reference_device']}: {same}"
+
+
 def document(results: list[Comparison], skipped: list[dict], *, store: str | Path, reference: str = "fakequant",
              gate: Gate = Gate()) -> dict:
-    """compare.json: the comparisons, the runs left out and every rule they were judged by."""
+    """compare.json: the comparisons, the runs left out, the same runtime across devices, and every rule."""
     return {"argv": sys.argv, "store": str(store), "reference": reference, "tie_rule": TIE_RULE, "asr_note": ASR_NOTE,
             "paired_ci": PAIRED_METHOD, "gate": gate.describe(), "comparisons": [r.to_dict() for r in results],
-            "skipped": skipped}
+            "skipped": skipped, "across_devices": across_devices(store)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -418,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             print(r)
         for s in skipped:
             print(f"skipped {s['runtime']} run {s['run'][:12]}: {s['reason']}")
+        for a in across_devices(args.store):
+            print(across_line(a))
         print(f"wrote {out / 'compare.json'} ({len(results)} comparisons)")
         if not args.no_report:
             from eval.report import write_report

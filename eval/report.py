@@ -25,8 +25,8 @@ from qadtr._errors import QadtrError
 
 SECTIONS = (("summary", "Fake-quant vs deployed"), ("definitions", "Definitions"), ("asr-vs-bits", "ASR vs bit width"),
             ("transfer", "Patch transfer"), ("latency", "Latency"), ("patches", "Patches"),
-            ("disagreements", "Disagreements"), ("divergence", "First divergent layer"), ("kernels", "Kernel sets"),
-            ("devices", "Devices"))
+            ("disagreements", "Disagreements"), ("divergence", "First divergent layer"),
+            ("across", "Same runtime, other devices"), ("kernels", "Kernel sets"), ("devices", "Devices"))
 MAX_ROWS = 200  # disagreement rows shown per comparison (all of them are in compare.json)
 LSB_NOTE = ("one step of the fake-quant logit grid, per class: the input scale of the last QuantLinear times its "
             "weight scale, the step of its int32 accumulator (computed once per checkpoint and bit width; each "
@@ -123,6 +123,7 @@ def collect(store_path: str | Path, *, compare: str | Path | dict | None = None,
     rows = read_json(transfer).get("rows", []) if transfer else []
     return {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "store": str(store_path),
             "runs": runs, "comparisons": cmp.get("comparisons", []), "skipped": cmp.get("skipped", []),
+            "across": cmp.get("across_devices", []),
             "transfer": rows, "transfer_source": str(transfer) if transfer else None, "patches": thumbs,
             "definitions": {"untargeted": UNTARGETED, "targeted": TARGETED, "tie_rule": cmp.get("tie_rule"),
                             "paired_ci": cmp.get("paired_ci"), "gate": cmp.get("gate"), "asr_note": cmp.get("asr_note"),
@@ -351,6 +352,10 @@ def render(data: dict) -> str:
         "patches": "".join(thumbs) or "<p>No patches.</p>",
         "disagreements": _disagreements(data),
         "divergence": _divergence(data),
+        "across": _table(["runtime", "artifact", "device", "vs", "logits", "differing", "max |d|", "argmax agree"],
+                         [[a["runtime"], a["artifact"], a["device"], a["reference_device"], a["logits"], a["differing"],
+                           f"{a['max_abs']:.3g}", f"{100 * a['argmax_agree']:.2f}%"] for a in data["across"]])
+        if data["across"] else "<p>One device only (or no runtime ran on two devices).</p>",
         "kernels": _table(["run", "runtime", "device", "model", "kernels", "artifact"],
                           [[r["run_id"][:12], r["runtime"], r["device"], r["model"], r["kernels"], r["artifact"]]
                            for r in runs]),

@@ -203,3 +203,30 @@ def test_paired_counts_validated():
     with pytest.raises(ValueError, match="b \\+ c <= n"):
         PairedDifference(5, 6, 10)
     assert math.isnan(PairedDifference(0, 0, 0).value)
+
+
+def test_across_devices_compares_the_same_runtime_logit_by_logit(tmp_path):
+    """Same artifact and replay on two devices: identical logits are reported bit-identical, others counted."""
+    from eval.compare import across_devices, across_line
+    from eval.store import Store
+
+    base = np.arange(12, dtype=np.float32).reshape(4, 3)  # (M, K)
+    other = base.copy()
+    other[2] = [5.0, 9.0, 0.0]  # one sample changes its argmax and 3 logits
+
+    def run(store, device, runtime, logits):
+        r = store.open_run(device=device, runtime=runtime, artifact="m.tflite", artifact_sha256="a" * 64,
+                           replay="r.npz", replay_sha256="b" * 64, samples=4, options={}, emulated=device != "local")
+        store.write_batch(r.run_id, first=0, logits=logits, seconds=0.1)
+
+    with Store(tmp_path / "s.sqlite") as s:
+        for runtime, off in (("onnxrt", base), ("litert-builtin", other)):
+            run(s, "local", runtime, base)
+            run(s, "board", runtime, off)
+        run(s, "local", "fakequant", base)  # the reference runtime is never compared across devices
+    rows = {r["runtime"]: r for r in across_devices(tmp_path / "s.sqlite")}
+    assert set(rows) == {"onnxrt", "litert-builtin"}
+    assert rows["onnxrt"]["identical"] and rows["onnxrt"]["differing"] == 0
+    b = rows["litert-builtin"]
+    assert not b["identical"] and b["differing"] == 3 and b["argmax_agree"] == 0.75 and b["max_abs"] == 8.0
+    assert "bit-identical" in across_line(rows["onnxrt"]) and "3 of 12 logits differ" in across_line(b)
