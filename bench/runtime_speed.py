@@ -42,24 +42,22 @@ def _export_all(args, tmp: Path, images: np.ndarray) -> dict[str, Path]:
 
 
 def _runners(paths: dict[str, Path], threads: int):
-    """name -> (runner, how the uint8 NHWC batch becomes its feed)."""
+    """name -> runner (each fed by `devices.runtimes.feed_format`, the bytes every replay uses)."""
     from devices.litert import LiteRTRunner
     from devices.onnxrt import OnnxrtRunner
-    from qadtr.evaluate import to_tensor
 
-    nchw = lambda x: {"input": to_tensor(x).numpy()}  # noqa: E731  (B, 3, H, W) float32 in [0, 1]
-    nhwc = lambda x: {"pixels": x.astype(np.float32) / np.float32(255.0)}  # noqa: E731  (B, H, W, 3)
     return {
-        "ort-int8": (OnnxrtRunner(paths["onnx_int8"], intra_op_threads=threads), nchw),
-        "ort-fp32": (OnnxrtRunner(paths["onnx_fp32"], intra_op_threads=threads), nchw),
-        "litert-xnnpack-int8": (LiteRTRunner(paths["tflite_int8"], kernels="xnnpack", num_threads=threads), nhwc),
-        "litert-builtin-int8": (LiteRTRunner(paths["tflite_int8"], kernels="builtin", num_threads=threads), nhwc),
+        "ort-int8": OnnxrtRunner(paths["onnx_int8"], intra_op_threads=threads),
+        "ort-fp32": OnnxrtRunner(paths["onnx_fp32"], intra_op_threads=threads),
+        "litert-xnnpack-int8": LiteRTRunner(paths["tflite_int8"], kernels="xnnpack", num_threads=threads),
+        "litert-builtin-int8": LiteRTRunner(paths["tflite_int8"], kernels="builtin", num_threads=threads),
     }
 
 
 def run(args: argparse.Namespace) -> dict:
     import torch
 
+    from devices.runtimes import feed_format
     from export._common import deploy_model
     from qadtr.data import load_split, subset
     from qadtr.evaluate import to_tensor
@@ -72,14 +70,14 @@ def run(args: argparse.Namespace) -> dict:
         paths = _export_all(args, Path(tmp), images)
         sizes = {k: p.stat().st_size for k, p in paths.items()}
         runners = _runners(paths, args.threads)
-        for r, _ in runners.values():
+        for r in runners.values():
             r.activate()
         try:
             def fake_quant(x):
                 with torch.no_grad():
                     return net(to_tensor(x))
 
-            passes = {name: (lambda b, r=r, f=f: r.infer(f(b))) for name, (r, f) in runners.items()}
+            passes = {name: (lambda b, r=r, f=feed_format(r).feed: r.infer(f(b))) for name, r in runners.items()}
             passes["fakequant"] = fake_quant
             for fn in passes.values():  # warm-up: sessions allocate and pack weights on first use
                 fn(batches[0])
@@ -98,7 +96,7 @@ def run(args: argparse.Namespace) -> dict:
                     passes[name](one)
                     latency[name].append(time.perf_counter() - t0)
         finally:
-            for r, _ in runners.values():
+            for r in runners.values():
                 r.deactivate()
     ips = {k: float(np.median(v)) for k, v in rounds.items()}
     lat = {k: float(np.median(v)) for k, v in latency.items()}
