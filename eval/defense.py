@@ -50,9 +50,27 @@ def row_key(r: dict) -> tuple:
     return r["checkpoint"], r["evaluated_on"], r["category"], r["attack"], r["size"], r["source"], r.get("eps255")
 
 
+def parse_scope(text: str) -> tuple[str, ...]:
+    """`--bits` tokens as network keys: '2,4' -> ('w2a2', 'w4a4'); 'w4a8', 'float' and 'random' pass as given."""
+    keys = []
+    for tok in (t.strip().lower() for t in text.split(",") if t.strip()):
+        if tok.isdigit():
+            tok = f"w{tok}a{tok}"
+        if tok not in ("float", "random") and not (tok.startswith("w") and "a" in tok
+                                                   and all(s.isdigit() for s in tok[1:].split("a"))):
+            raise QadtrError(f"--bits {text!r}: use bit widths like 2,4 or w4a8 (plus 'random' or 'float')")
+        keys.append(tok)
+    return tuple(keys)
+
+
 def run(checkpoints: list[str], surrogate: str, budget: Budget, out: Path, *, kinds=KINDS,
-        data_dir: str | None = None) -> list[dict]:
-    """Evaluate every checkpoint per the module docstring; returns all rows (old ones of a resumed run too)."""
+        data_dir: str | None = None, scope: tuple[str, ...] = ()) -> list[dict]:
+    """Evaluate every checkpoint per the module docstring; returns all rows (old ones of a resumed run too).
+
+    `scope` (network keys from `parse_scope`) limits which networks are attacked and measured, and the
+    unseen source bit widths to those; the adaptive attack still spans every bit width the model has
+    (that is the deployed defence). Empty: every network.
+    """
     from qadtr._config import config_to_dict, read_json, write_json
     from qadtr.attack import _indices
     from qadtr.attacks import attack_success, evaluate_patch
@@ -103,6 +121,11 @@ def run(checkpoints: list[str], surrogate: str, budget: Budget, out: Path, *, ki
         nets = [(f"w{w}a{a}", (w, a), deploy_net(model, w, a)) for w, a in have] or [("float", None, model)]
         if random_inference(ck):
             nets.append(("random", None, RandomPrecision(model, seed=budget.eval_seed)))
+        if scope:
+            nets = [n for n in nets if n[0] in scope]
+            if not nets:
+                raise QadtrError(f"{name} has none of --bits {','.join(scope)} (it has "
+                                 f"{', '.join(bits_key((b,)) for b in have) or 'float'}); pick among those")
         own_nets = {bits: net for _, bits, net in nets if bits is not None}
         other_size = budget.other_size if abs(budget.other_size - prof.size) > 1e-9 else 0.05
 
@@ -123,7 +146,8 @@ def run(checkpoints: list[str], surrogate: str, budget: Budget, out: Path, *, ki
                           ("unseen-size", prof.attack, other_size, (bits,), {}),
                           ("unseen-location", "lavan", LAVAN_SIZE, (bits,), {})]
             if "unseen" in kinds:
-                specs += [("unseen-source-bits", prof.attack, prof.size, (b,), {}) for b in have if b != bits]
+                specs += [("unseen-source-bits", prof.attack, prof.size, (b,), {}) for b in have
+                          if b != bits and (not scope or bits_key((b,)) in scope)]
             if "adaptive" in kinds:
                 if have:
                     specs.append(("adaptive", "aqapa", prof.size, tuple(have),
@@ -221,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="an undefended checkpoint for transfer attacks (e.g. zoo/resnet20_float)")
     p.add_argument("--out", required=True, help="results folder (resumable)")
     p.add_argument("--kinds", default=",".join(KINDS), help=f"threats to run: {','.join(KINDS)}")
+    p.add_argument("--bits", default="", help="networks to evaluate, e.g. 2,4 or w4a4,random (default: all); "
+                   "the adaptive attack still spans all of a model's bit widths")
     p.add_argument("--size", type=float, default=0.0625, help="patch size of recipes that trained on none")
     p.add_argument("--other-size", type=float, default=0.1, help="the unseen patch size")
     p.add_argument("--target", default="none", help="patch target class, or none (untargeted)")
@@ -256,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-        rows = run(args.checkpoints, args.surrogate, budget, out, kinds=kinds, data_dir=args.data_dir)
+        rows = run(args.checkpoints, args.surrogate, budget, out, kinds=kinds, data_dir=args.data_dir,
+                   scope=parse_scope(args.bits))
         (out / "defense.md").write_text(markdown(rows, budget))
         print(f"wrote {out / 'defense.json'} and defense.md ({len(rows)} rows)")
 

@@ -86,8 +86,26 @@ def test_defense_random_precision_gets_an_expectation_attack(tiny_dataset, surro
     assert {r["evaluated_on"] for r in rows} == {"w2a2", "w4a4", "random"}
 
 
+def test_defense_scope_limits_networks_and_source_bits(tiny_dataset, surrogate, tmp_path):
+    from eval._threats import Budget
+    from eval.defense import parse_scope, run
+
+    assert parse_scope("2, w4a8,random") == ("w2a2", "w4a8", "random") and parse_scope("") == ()
+    ck = _checkpoint(tmp_path / "qat", "qat", bits=((2, 2), (4, 4), (8, 8)))
+    rows = run([str(ck)], str(surrogate), Budget(**TINY), tmp_path / "out", kinds=("seen", "unseen", "adaptive"),
+               scope=("w2a2", "w8a8"))
+    assert {r["evaluated_on"] for r in rows} == {"w2a2", "w8a8"}
+    src = {r["source"] for r in rows if r["category"] == "unseen-source-bits" and r["evaluated_on"] == "w2a2"}
+    assert src == {"self:w8a8"}  # w4a4 is out of scope: no patch is made there
+    assert {r["source"] for r in rows if r["category"] == "adaptive"} == {"self:w2a2+w4a4+w8a8"}  # the whole defence
+    assert not (tmp_path / "out" / "patches" / "qat" / "w4a4_universal_s062.npz").exists()
+    with pytest.raises(QadtrError, match="has none of --bits w5a5"):
+        run([str(ck)], str(surrogate), Budget(**TINY), tmp_path / "out2", scope=("w5a5",))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--kinds", "seen,magic"], "--kinds ['magic']: choose from"),
+    (["--bits", "four"], "--bits 'four': use bit widths like 2,4"),
     (["--eps", "two"], "--eps 'two': uint8 levels"),
     (["--patch-steps", "0"], "--patch-steps"),
 ])
