@@ -41,8 +41,10 @@ FORMS = ("deploy", "trained")
 
 
 def accuracy_per_bits(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, form: str = "deploy",
-                      progress: bool = False) -> dict[str, Proportion]:
+                      progress: bool = False, keys: tuple[str, ...] | None = None) -> dict[str, Proportion]:
     """{"float": p} for a float model, {"w4a4": p, ...} for a quantized one; leaves the active bits as found.
+
+    `keys` ("w4a4", ...) limits a quantized model to those bit widths (default: all it has).
 
     form="deploy" evaluates the BN-folded int32-bias network that exporters ship (the default, and the
     number to quote); form="trained" the network as trained, with BatchNorm.
@@ -55,6 +57,8 @@ def accuracy_per_bits(model: nn.Module, images: np.ndarray, labels: np.ndarray, 
     try:
         result = {}
         for w, a in bits_of(model):
+            if keys is not None and f"w{w}a{a}" not in keys:
+                continue
             net = deploy_net(model, w, a) if form == "deploy" else at_bits(model, w, a)
             correct = int((predict(net, images, progress=progress) == labels).sum())
             result[f"w{w}a{a}"] = Proportion(correct, len(labels))

@@ -16,9 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qadtr.models import ModelConfig
+from qadtr.recipes.qadtr import QadtrConfig
 from qadtr.train import TrainConfig
 
 DEFAULT_FLOAT = "../shared/models/resnet20-cifar10-akamaster.th"
+
+
+_DEF_BITS = ((2, 2), (4, 4), (5, 5), (8, 8))  # QADT-R's DBWT set
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,19 @@ PLAN = (
     Entry("resnet20_sw248", TrainConfig(_rn20(((2, 2), (4, 4), (8, 8)), per_bit_bn=True), epochs=3, lr=0.01,
                                         switch="cycle"), "resnet20_float"),
     Entry("resnet20_w2a2", TrainConfig(_rn20(((2, 2),)), epochs=3, lr=0.01), "resnet20_w4a4"),
+    # Defences (issue 7): one switchable model over QADT-R's bit widths {2, 4, 5, 8} per recipe, each
+    # fine-tuned for the same one epoch (390 steps) from the float entry, so the recipes differ only
+    # in their loss; QAT is the undefended baseline of the same shape. PBAT and DWQ cost ~3x a QAT
+    # step (bench/defense_cost.py) and get the same steps, not the same wall time.
+    *(Entry(f"resnet20_def_{r}", TrainConfig(_rn20(_DEF_BITS, per_bit_bn=True), recipe=r, epochs=1, lr=0.01,
+                                             switch=sw), "resnet20_float")
+      for r, sw in (("qat", "cycle"), ("dq", "cycle"), ("pbat", "cycle"), ("dwq", "all"), ("qadtr", "all"))),
+    # QADT-R minus one component each (the ablation). Without DBWT every bit width trains every step
+    # ("all", the static multi-precision alternative): 4x the forward passes of the full recipe, so the
+    # ablation is conservative (more compute than QADT-R, not less).
+    *(Entry(f"resnet20_abl_no_{c}", TrainConfig(_rn20(_DEF_BITS, per_bit_bn=True), recipe="qadtr", epochs=1,
+                                                lr=0.01, recipe_config=QadtrConfig(**{c: False})), "resnet20_float")
+      for c in ("aqapa", "dbwt", "gir")),
 )
 
 
@@ -60,6 +77,8 @@ def build(out: Path, *, data_dir: str | None, pretrained: str, only: list[str] |
         run = out / e.name
         if (run / "model.pt").is_file():
             print(f"{e.name}: done, skipping")
+            if e.name not in summary:  # trained elsewhere (python -m qadtr.train) and moved in: record it
+                summary = _record(out, e.name, _summary(e, run, wall_s=None))
             continue
         init = pretrained if e.start == "pretrained" else str(out / e.start / "model.pt")
         if not Path(init).is_file():
@@ -67,15 +86,37 @@ def build(out: Path, *, data_dir: str | None, pretrained: str, only: list[str] |
         cfg = dataclasses.replace(e.cfg, init=init)
         t = time.perf_counter()
         pt = train(cfg, run, data_dir=data_dir, resume=(run / "last.pt").is_file())
-        ck = read_json(pt.with_suffix(".json"))["_data"]
-        summary[e.name] = {"test_acc": ck["metrics"]["test_acc"],
-                           "test_acc_trained": ck["metrics"].get("test_acc_trained", {}),
-                           "epochs": cfg.epochs, "lr": cfg.lr,
-                           "start": e.start, "wall_s_last_session": round(time.perf_counter() - t),
-                           "history": read_json(run / "history.json")}
-        write_json(out / "zoo.json", summary)
+        summary = _record(out, e.name, _summary(e, run, wall_s=round(time.perf_counter() - t)))
         (run / "last.pt").unlink(missing_ok=True)  # resume state: optimizer moments, not needed once done
     return summary
+
+
+def _record(out: Path, name: str, entry: dict) -> dict:
+    """Add one entry to OUT/zoo.json, re-read just before writing: two builds (--only) can run side by side."""
+    from qadtr._config import read_json, write_json
+
+    path = out / "zoo.json"
+    summary = read_json(path) if path.is_file() else {}
+    summary[name] = entry
+    write_json(path, summary)
+    return summary
+
+
+def _summary(e: Entry, run: Path, *, wall_s: int | None) -> dict:
+    """zoo.json's record of a finished entry, checked against the PLAN so a moved-in run is the planned one."""
+    from qadtr._config import config_to_dict, read_json
+    from qadtr._errors import QadtrError
+
+    ck = read_json(run / "model.json")["_data"]
+    planned = {k: v for k, v in config_to_dict(e.cfg)["_data"].items() if k != "init"}
+    trained = {k: v for k, v in ck["train"]["_data"].items() if k != "init"}
+    if planned != trained:
+        diff = sorted(k for k in planned if planned[k] != trained.get(k))
+        raise QadtrError(f"{run} was trained with other settings than zoo entry {e.name} ({', '.join(diff)}); "
+                         "retrain it with python -m qadtr.zoo --only " + e.name)
+    return {"test_acc": ck["metrics"]["test_acc"], "test_acc_trained": ck["metrics"].get("test_acc_trained", {}),
+            "epochs": e.cfg.epochs, "lr": e.cfg.lr, "start": e.start, "wall_s_last_session": wall_s,
+            "history": read_json(run / "history.json")}
 
 
 def report(out: Path) -> str:
