@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="metrics JSON (default: STORE's folder/on_device.json); pipeline: its "
                    "folder (default runs/main)")
     p.add_argument("--checkpoint", nargs="+", default=None, help="pipeline: checkpoints to export and replay "
-                   "(default zoo/resnet20_w4a4)")
+                   "(default zoo/resnet20_w4a4); CKPT@2,4 picks bit widths of a switchable one")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--warmup", type=int, default=3, help="untimed inference calls before each session's batches")
     p.add_argument("--fresh", action="store_true", help="measure runs already in the store again from scratch")

@@ -56,6 +56,18 @@ def _export(checkpoint: Path, bits: int, out: Path, images) -> list[Path]:
     return [onnx_path, tflite_path]
 
 
+def _pick(text: str) -> tuple[Path, tuple[tuple[int, int], ...] | None]:
+    """`zoo/x@w2a2,w4a4` (or `@2,4`) -> (zoo/x, ((2, 2), (4, 4))): the bit widths of a switchable checkpoint to
+    export and replay; without `@`: every bit width it has (None)."""
+    from qadtr.train import parse_bits
+
+    path, sep, bits = text.rpartition("@") if "@" in text else (text, "", "")
+    try:
+        return Path(path), (parse_bits(bits) or None) if sep else None
+    except ValueError as e:
+        raise QadtrError(f"--checkpoint {text}: {e}") from None
+
+
 def _patches(patches: str | None, checkpoint: Path, out: Path, data_dir: str | None) -> Path:
     if patches is not None:
         if not Path(patches).is_dir() or not any(Path(patches).glob("*.npz")):
@@ -89,14 +101,19 @@ def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = 
     from qadtr.data import load_split, subset
 
     out = Path(out)
-    ckpts = [Path(c) for c in checkpoints] if checkpoints else [_default(c) for c in DEFAULT_CHECKPOINTS]
+    picks = [_pick(c) for c in checkpoints] if checkpoints else [(_default(c), None) for c in DEFAULT_CHECKPOINTS]
+    ckpts = [ck for ck, _ in picks]
     models: list[str] = []
     proof = None
-    for ck in ckpts:
+    for ck, wanted in picks:
         info = read_checkpoint_info(ck)  # a one-line error for a missing or foreign checkpoint
         if not info.model.is_quant:
             raise QadtrError(f"{ck} is a float checkpoint; the pipeline replays quantized models (e.g. zoo/resnet20_w4a4)")
-        for w, a in info.model.bits:
+        missing = sorted(set(wanted or ()) - set(info.model.bits))
+        if missing:
+            raise QadtrError(f"{ck} has no {', '.join(f'w{w}a{a}' for w, a in missing)}; it has "
+                             f"{', '.join(f'w{w}a{a}' for w, a in info.model.bits)}")
+        for w, a in (b for b in info.model.bits if wanted is None or b in wanted):
             if w != a:
                 raise QadtrError(f"{ck} has w{w}a{a}; the exporters take equal weight and activation bits")
             if proof is None:

@@ -34,3 +34,22 @@ def test_pipeline_exports_replays_compares_and_reports(tiny_dataset, tiny_patche
     assert main(args) == 0  # a re-run reuses every artifact and every stored run
     text = capsys.readouterr().out
     assert text.count("reusing") == 6 and "exported" not in text
+
+
+def test_pipeline_picks_bit_widths_of_a_switchable_checkpoint(tiny_dataset, tiny_patches, tiny_checkpoint, tmp_path,
+                                                             capsys):
+    from eval.on_device import main
+    from eval.pipeline import _pick
+
+    assert _pick("zoo/x@2,w4a4") == (tiny_checkpoint.__class__("zoo/x"), ((2, 2), (4, 4)))
+    assert _pick("zoo/x")[1] is None
+    out = tmp_path / "main"
+    args = ["--checkpoint", f"{tiny_checkpoint}@4", "--patches", str(tiny_patches), "--out", str(out),
+            "--eval-subset", "16", "--runtimes", "fakequant,onnxrt"]
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "artifacts").glob("*.onnx")) == [f"{tiny_checkpoint.parent.name}_w4a4_qdq.onnx"]
+    metrics = json.loads((out / "on_device.json").read_text())
+    assert {r["model"] for r in metrics["runs"] if r["runtime"] == "fakequant"} == {"model.pt@w4a4"}
+    capsys.readouterr()
+    assert main(["--checkpoint", f"{tiny_checkpoint}@5", "--out", str(out)]) == 1
+    assert "has no w5a5; it has w2a2, w4a4, w8a8" in capsys.readouterr().err
