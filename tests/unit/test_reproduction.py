@@ -1,0 +1,87 @@
+"""eval.reproduction: verdicts follow their stated rules on synthetic eval.defense rows."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+THREATS = [("universal", 0.0625, "self:{k}", "white-box"), ("location", 0.0625, "self:{k}", "unseen-attack"),
+           ("aqapa", 0.0625, "self:w2a2+w4a4", "adaptive"), ("universal", 0.0625, "surrogate:f:float", "transfer")]
+
+
+def _rows(asr: dict, lp: dict | None = None) -> list[dict]:
+    """asr: {recipe: [ASR per THREATS entry]} at w2a2 and w4a4; lp: {checkpoint: robust acc} for PGD 8/255."""
+    rows = []
+    for recipe, values in asr.items():
+        for key in ("w2a2", "w4a4"):
+            for (attack, size, src, cat), v in zip(THREATS, values):
+                rows.append({"checkpoint": f"resnet20_def_{recipe}", "recipe": recipe, "evaluated_on": key,
+                             "category": "seen" if (recipe, attack) in (("qadtr", "universal"), ("pbat", "location"))
+                             and src == "self:{k}" else cat, "attack": attack, "size": size, "source": src.format(k=key), "eps255": None,
+                             "asr": {"value": v, "k": 0, "n": 100, "ci95": [0, 1]}})
+    for (ck, key), acc in (lp or {}).items():
+        rows.append({"checkpoint": ck, "recipe": "", "evaluated_on": key, "category": "pgd", "attack": "pgd",
+                     "size": None, "source": "self", "eps255": 8.0, "asr": {"value": 0.5, "k": 0, "n": 1, "ci95": [0, 1]},
+                     "robust_acc": {"value": acc, "k": 0, "n": 1, "ci95": [0, 1]}})
+    return rows
+
+
+def _write(tmp_path, rows):
+    d = tmp_path / "defense" / "a"
+    d.mkdir(parents=True)
+    (d / "defense.json").write_text(json.dumps({"argv": [], "budget": {"_data": {"eval_images": 100}}, "rows": rows}))
+    return tmp_path / "defense"
+
+
+def _verdicts(tmp_path, rows) -> dict:
+    from eval.reproduction import build
+
+    rep = build(defense=[_write(tmp_path, rows)], amplification=None, transfer=[], zoo=tmp_path / "zoo", cost=None,
+                deployed=[])
+    return {c["claim"].split()[0] + " " + c["claim"].split()[1]: c["verdict"] for c in rep["claims"]}
+
+
+def test_verdicts_follow_the_numbers(tmp_path):
+    lp = {("resnet20_float", "float"): 0.01, ("resnet20_def_qat", "w2a2"): 0.02, ("resnet20_def_qat", "w4a4"): 0.02,
+          ("resnet20_def_dq", "w2a2"): 0.05, ("resnet20_def_dq", "w4a4"): 0.01}
+    v = _verdicts(tmp_path, _rows({"qat": [.3, .8, .3, .3], "qadtr": [.1, .5, .1, .2], "pbat": [.3, .4, .3, .3],
+                                   "dwq": [.3, .7, .3, .3], "dq": [.3, .8, .3, .3]}, lp))
+    assert v["adversarial patches"] == "holds"  # QAT's location patch: 80% at 2 bit
+    assert v["QADT-R lowers"] == "holds"  # 22.5 vs 32.5 (PBAT) and 40 (DWQ)
+    assert v["PBAT is"] == "holds"  # 40 pp better than QAT on location, 0 on the rest
+    assert v["DQ is"] == "partly"  # beats both at w2a2, not at w4a4
+    assert v["DQ's Lipschitz"] == "not measured" and v["QADT-R's training"] == "not measured"
+
+
+def test_a_recipe_beating_qadtr_breaks_the_claim(tmp_path):
+    v = _verdicts(tmp_path, _rows({"qat": [.3, .6, .3, .3], "qadtr": [.2, .5, .2, .2], "pbat": [.0, .5, .0, .0],
+                                   "dwq": [.3, .7, .3, .3]}))
+    assert v["QADT-R lowers"] == "does not hold" and v["adversarial patches"] == "does not hold"
+    assert v["PBAT is"] == "does not hold"  # PBAT gains as much or more on the unseen patches
+
+
+def test_mixed_budgets_and_missing_results_are_refused(tmp_path):
+    from eval.reproduction import main
+
+    d = _write(tmp_path, _rows({"qat": [.3, .6, .3, .3]}))
+    (d / "b").mkdir()
+    (d / "b" / "defense.json").write_text(json.dumps({"argv": [], "budget": {"_data": {"eval_images": 5}}, "rows": []}))
+    assert main(["--defense", str(d), "--out", str(tmp_path / "o")]) == 1
+    assert main(["--defense", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 1
+
+
+def test_masking_flag_when_transfer_beats_white_box():
+    from eval.reproduction import masking_flags
+
+    rows = _rows({"qadtr": [.1, .5, .1, .4]})
+    assert any("universal: transfer 40.0% > white-box 10.0%" in f for f in masking_flags(rows))
+    assert masking_flags(_rows({"qadtr": [.4, .5, .1, .1]})) == []
+
+
+@pytest.mark.parametrize("bad", ["--nope"])
+def test_cli_usage_error(bad, capsys):
+    from eval.reproduction import main
+
+    with pytest.raises(SystemExit):
+        main([bad])
