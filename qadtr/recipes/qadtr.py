@@ -36,7 +36,7 @@ Cost (ResNet-20, batch 128, bits 2,4,5,8; bench/defense_cost.py --threads 1, CPU
 (5 steps x 4 nets x 32 images) costs ~4.5 QAT steps, i.e. +0.22x every 20 steps; one GIR evaluation
 (2 double-backward passes on 16 images) ~0.7 of a QAT step. With GIR every 2nd step QADT-R measured
 1.57x QAT (one 20-step run on a busy machine), at the issue's 1.6x bound; every 3rd step (the
-default) should give ~1.45x by the same accounting (not measured yet).
+default) measured 1.42x (bench/results/defense_cost_20261122T115025Z.json).
 The pool is recipe state: saved in last.pt, so --resume is exact.
 
 Example:
