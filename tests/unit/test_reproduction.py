@@ -85,3 +85,16 @@ def test_cli_usage_error(bad, capsys):
 
     with pytest.raises(SystemExit):
         main([bad])
+
+
+def test_ablation_rows_compare_each_variant_with_full_qadtr():
+    from eval.reproduction import ablation, patch_table
+
+    rows = _rows({"qadtr": [.1, .5, .1, .1]})
+    rows += [{**r, "checkpoint": "resnet20_abl_no_gir", "asr": {**r["asr"], "value": r["asr"]["value"] + .2}}
+             for r in _rows({"qadtr": [.1, .5, .1, .1]})]
+    zoo = [{"checkpoint": "resnet20_abl_no_gir", "test_acc": {"w2a2": 0.7}}]
+    out = {(a["checkpoint"], a["bits"]): a for a in ablation(patch_table(rows), zoo)}
+    assert out[("resnet20_abl_no_gir", "w2a2")]["delta_vs_full"] == pytest.approx(0.2)
+    assert out[("resnet20_abl_no_gir", "w2a2")]["clean"] == 0.7 and out[("resnet20_def_qadtr", "w4a4")]["clean"] is None
+    assert out[("resnet20_def_qadtr", "w2a2")]["delta_vs_full"] is None
