@@ -201,17 +201,25 @@ def claims(rows: list[dict], amp: list[dict], transfer: list[dict], cost: dict |
     return out
 
 
-def masking_flags(rows: list[dict]) -> list[str]:
-    """Networks where a transfer patch from the float surrogate beats the white-box patch of the same kind."""
+def masking_flags(rows: list[dict]) -> list[dict]:
+    """Networks where a transfer patch from the float surrogate beats the white-box patch of the same kind.
+
+    `significant`: the Wilson 95% intervals do not overlap (transfer above); otherwise within noise.
+    """
     flags = []
-    table = patch_table(rows)
-    for (ck, key), t in sorted(table.items()):
-        for attack in ("universal", "location"):
-            wb = [v for k, v in t.items() if k.startswith(f"{attack} ") and k.endswith("white-box")]
-            tr = [v for k, v in t.items() if k.startswith(f"{attack} ") and "transfer" in k]
-            if wb and tr and np.mean(tr[0]) > np.mean(wb[0]):
-                flags.append(f"{ck}:{key} {attack}: transfer {_pp(float(np.mean(tr[0])))}% > white-box "
-                             f"{_pp(float(np.mean(wb[0])))}%")
+    for r in rows:
+        if r["category"] != "transfer":
+            continue
+        wb = [w for w in rows if (w["checkpoint"], w["evaluated_on"], w["attack"], w["size"]) ==
+              (r["checkpoint"], r["evaluated_on"], r["attack"], r["size"]) and w["source"] == f"self:{r['evaluated_on']}"
+              and w["category"] not in ("transfer",) and "asr" in w]
+        if wb and r["asr"]["value"] > wb[0]["asr"]["value"]:
+            t, w = r["asr"], wb[0]["asr"]
+            flags.append({"network": f"{r['checkpoint']}:{r['evaluated_on']}", "attack": r["attack"],
+                          "transfer": t["value"], "white_box": w["value"], "significant": t["ci95"][0] > w["ci95"][1],
+                          "text": f"{r['checkpoint']}:{r['evaluated_on']} {r['attack']}: transfer {_pp(t['value'])}% "
+                                  f"[{_pp(t['ci95'][0])}, {_pp(t['ci95'][1])}] > white-box {_pp(w['value'])}% "
+                                  f"[{_pp(w['ci95'][0])}, {_pp(w['ci95'][1])}]"})
     return flags
 
 
@@ -343,8 +351,12 @@ def markdown(rep: dict) -> str:
     lines += ["", "## Gradient masking check", "",
               "A defence that only hides gradients lets a transfer patch from the float surrogate beat the "
               "white-box patch of the same kind:", ""]
-    lines += [f"- {f}" for f in rep["masking_flags"]] or ["- none: every white-box patch is at least as strong as "
-                                                          "the transferred one"]
+    sig = [f for f in rep["masking_flags"] if f["significant"]]
+    noise = [f for f in rep["masking_flags"] if not f["significant"]]
+    lines += [f"- **significant**: {f['text']}" for f in sig] or ["- none significant (Wilson 95% intervals "
+                                                                   "overlap wherever a transfer patch scores higher)"]
+    if noise:
+        lines += ["", f"Within noise ({len(noise)}): " + "; ".join(f["text"] for f in noise)]
     if rep["deployed"]:
         lines += ["", "## Does the defence survive deployment?", "",
                   "Mean patch ASR on the fake-quant reference vs the deployed integer runtime, same images "

@@ -75,7 +75,14 @@ def test_masking_flag_when_transfer_beats_white_box():
     from eval.reproduction import masking_flags
 
     rows = _rows({"qadtr": [.1, .5, .1, .4]})
-    assert any("universal: transfer 40.0% > white-box 10.0%" in f for f in masking_flags(rows))
+    for r in rows:  # n = 100 each: [3.9, 17.7] vs [31.0, 50.1]
+        r["asr"]["ci95"] = [0.039, 0.177] if r["asr"]["value"] == .1 else [0.31, 0.501]
+    flags = masking_flags(rows)
+    assert flags and all(f["significant"] and "universal: transfer 40.0% [31.0, 50.1] > white-box 10.0%" in f["text"]
+                         for f in flags)
+    for r in rows:
+        r["asr"]["ci95"] = [0.0, 1.0]
+    assert not any(f["significant"] for f in masking_flags(rows))
     assert masking_flags(_rows({"qadtr": [.4, .5, .1, .1]})) == []
 
 
