@@ -129,7 +129,9 @@ def report(out: Path) -> str:
         raise QadtrError(f"{path} not found; build the zoo first: python -m qadtr.zoo --out {out}")
     rows = ["| checkpoint | bits | top-1, deployable (BN folded) | top-1, as trained | epochs | start | wall time |",
             "|---|---|---|---|---|---|---|"]
-    for name, s in read_json(path).items():
+    summary = read_json(path)
+    order = [e.name for e in PLAN if e.name in summary] + sorted(set(summary) - {e.name for e in PLAN})
+    for name, s in ((n, summary[n]) for n in order):  # the plan's order, not zoo.json's sorted keys
         trained = read_json(out / name / "model.json")["_data"]["metrics"].get("test_acc_trained", {})
         minutes = s["history"][-1]["elapsed_s"] / 60 if s["history"] else 0.0  # cumulative at the last epoch
         for key, acc in s["test_acc"].items():
