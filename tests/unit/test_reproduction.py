@@ -54,6 +54,19 @@ def test_verdicts_follow_the_numbers(tmp_path):
     assert v["DQ's Lipschitz"] == "not measured" and v["QADT-R's training"] == "not measured"
 
 
+def test_summary_means_over_the_common_threats(tmp_path):
+    from eval.reproduction import build
+
+    rows = _rows({"qat": [.3, .8, .3, .3], "qadtr": [.1, .5, .1, .2]})
+    rows = [r for r in rows if not (r["checkpoint"] == "resnet20_def_qat" and r["category"] == "adaptive")]
+    rep = build(defense=[_write(tmp_path, rows)], amplification=None, transfer=[], zoo=tmp_path / "zoo", cost=None,
+                deployed=[])
+    got = {(r["checkpoint"], r["bits"]): r for r in rep["summary"]}
+    qadtr = got[("resnet20_def_qadtr", "w2a2")]
+    assert qadtr["threats"] == 3 and qadtr["mean_asr"] == pytest.approx((.1 + .5 + .2) / 3)  # QAT has no adaptive row
+    assert qadtr["universal_wb"] == .1 and qadtr["location_wb"] == .5 and qadtr["clean"] is None
+
+
 def test_a_recipe_beating_qadtr_breaks_the_claim(tmp_path):
     v = _verdicts(tmp_path, _rows({"qat": [.3, .6, .3, .3], "qadtr": [.2, .5, .2, .2], "pbat": [.0, .5, .0, .0],
                                    "dwq": [.3, .7, .3, .3]}))
