@@ -118,3 +118,19 @@ def test_ablation_rows_compare_each_variant_with_full_qadtr():
     assert out[("resnet20_abl_no_gir", "w2a2")]["delta_vs_full"] == pytest.approx(0.2)
     assert out[("resnet20_abl_no_gir", "w2a2")]["clean"] == 0.7 and out[("resnet20_def_qadtr", "w4a4")]["clean"] is None
     assert out[("resnet20_def_qadtr", "w2a2")]["delta_vs_full"] is None
+
+
+def test_amplification_claims_read_the_logit_layer_not_the_last_key():
+    from eval.reproduction import claims
+
+    def amp(ck, bits, logit, relu):  # key-sorted like amplification.json: "relu" comes after "linear"
+        return {"checkpoint": ck, "bits": bits, "kind": "random", "eps255": 2, "images": 8,
+                "layers": {"layers.0.0": {"ratio": 5.0}, "linear": {"ratio": logit}, "relu": {"ratio": relu}}}
+
+    rows = [amp("resnet20_float", "float", 2.0, 1.0), amp("resnet20_def_qat", "w2a2", 6.0, 1.0),
+            amp("resnet20_def_dq", "w2a2", 5.0, 9.0)]
+    dq_rows = _rows({"dq": [.3, .8, .3, .3]})  # tells claims() which checkpoint is DQ
+    got = {c["claim"].split()[0]: c["verdict"] for c in claims(dq_rows, rows, [], None)}
+    assert got["vanilla"] == "holds" and got["DQ's"] == "holds"  # by the logits, though DQ's relu gain is larger
+    rows[2]["layers"]["linear"]["ratio"] = 7.0
+    assert {c["claim"].split()[0]: c["verdict"] for c in claims(dq_rows, rows, [], None)}["DQ's"] == "does not hold"
