@@ -193,7 +193,7 @@ def claims(rows: list[dict], amp: list[dict], transfer: list[dict], cost: dict |
             detail.append(f"{ck}:{key} {ratio:.2f} vs float {fl:.2f}")
     out.append({"claim": "vanilla low-bit quantization amplifies small perturbations more than float (the error "
                          "amplification effect)", "paper": "larger gain when quantized",
-                "ours": ("logit gain ||df||/||d||, random 2/255: " + "; ".join(detail)) if detail else "-",
+                "ours": ("logit gain ‖df‖/‖d‖, random 2/255: " + "; ".join(detail)) if detail else "-",
                 "rule": "holds if every vanilla network at <= 4 bits has a larger logit gain than float for every "
                         "perturbation and eps (partly: for some)",
                 "verdict": _verdict(all(verdicts) if verdicts else None, any(verdicts))})
@@ -207,7 +207,7 @@ def claims(rows: list[dict], amp: list[dict], transfer: list[dict], cost: dict |
             detail.append(f"{key} {kind}: DQ {ratio:.2f} vs QAT {base:.2f} (inner blocks {inner[(ck, key, kind, eps)]:.1f} "
                           f"vs {inner[(BASELINE, key, kind, eps)]:.1f})")
     out.append({"claim": "DQ's Lipschitz control shrinks the error amplification of quantized models",
-                "paper": "smaller ||f(x+d)-f(x)|| / ||d||",
+                "paper": "smaller ‖f(x+d) − f(x)‖ / ‖d‖",
                 "ours": ("logit gain at 2/255 (mean over residual blocks in brackets): " + "; ".join(detail))
                         if detail else "-",
                 "rule": "holds if DQ's gain at the logits is below QAT's for every bit width, perturbation and eps "
