@@ -125,7 +125,7 @@ def claims(rows: list[dict], amp: list[dict], transfer: list[dict], cost: dict |
         threats = common_threats(table, nets)
         q, p, d = (mean_asr(table, n, threats) for n in nets)
         gaps = [float(np.mean(table[other][t]) - np.mean(table[nets[0]][t])) for other in nets[1:] for t in threats]
-        best_gap = max([best_gap or -1.0, *gaps])
+        best_gap = max(gaps + ([] if best_gap is None else [best_gap]))
         detail.append(f"{key}: QADT-R {_pp(q)}, PBAT {_pp(p)}, DWQ {_pp(d)}")
         ok_all = ok_all and q < p and q < d
         ok_any = ok_any or (q < p and q < d)
@@ -318,8 +318,9 @@ def summary(rows: list[dict], table: dict, zoo: list[dict]) -> list[dict]:
     """One row per recipe (and ablation) and bit width: clean top-1, mean patch ASR over the threats every
     network at that bit width was measured on, the two white-box patch kinds and PGD-8 robust accuracy."""
     acc = {z["checkpoint"]: z["test_acc"] for z in zoo}
+    top_eps = max((r.get("eps255") or 0) for r in rows)
     pgd = {(r["checkpoint"], r["evaluated_on"]): r["robust_acc"]["value"] for r in rows
-           if r["category"] == "pgd" and r.get("eps255") == max((x.get("eps255") or 0) for x in rows)}
+           if r["category"] == "pgd" and r.get("eps255") == top_eps}
     out = []
     for key in sorted({k for _, k in table}, key=lambda k: (k == "random", k)):  # DWQ's random precision last
         nets = sorted((n for n in table if n[1] == key), key=lambda n: _order(n[0]))
