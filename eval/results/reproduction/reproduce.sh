@@ -20,6 +20,18 @@ $D $P --bits 2,4 --checkpoints zoo/resnet20_abl_no_dbwt --out eval/results/defen
 $D --kinds fgsm,pgd --bits float,2,4,random --checkpoints zoo/resnet20_float zoo/resnet20_def_qat zoo/resnet20_def_dq \
   zoo/resnet20_def_pbat zoo/resnet20_def_dwq zoo/resnet20_def_qadtr --out eval/results/defense/linf
 
+# 2b. A stronger attack at w4a4 (4x the patch steps, 2x the batch, 4x the location steps) on the recipes'
+#     own threats and the transferred patches: does the small budget above change the picture?
+S="--patch-steps 200 --patch-batch 64 --location-steps 20 --train-images 2000 --eval-images 500 --pgd-steps 5 --eps 2,4,8 --bits 4"
+python -m eval.defense --surrogate zoo/resnet20_float $S --data-dir "$QADTR_DATA" --kinds seen,transfer \
+  --checkpoints zoo/resnet20_def_qat zoo/resnet20_def_qadtr --out eval/results/defense_strong/a
+python -m eval.defense --surrogate zoo/resnet20_float $S --data-dir "$QADTR_DATA" --kinds seen,transfer \
+  --checkpoints zoo/resnet20_def_pbat zoo/resnet20_def_dwq --out eval/results/defense_strong/b
+python -m eval.defense --surrogate zoo/resnet20_float $S --data-dir "$QADTR_DATA" --kinds unseen \
+  --checkpoints zoo/resnet20_def_qat --out eval/results/defense_strong/a
+python -m eval.defense --surrogate zoo/resnet20_float $S --data-dir "$QADTR_DATA" --kinds unseen \
+  --checkpoints zoo/resnet20_def_qadtr --out eval/results/defense_strong/c
+
 # 3. DQ's error amplification
 python -m eval.amplification --checkpoints zoo/resnet20_float zoo/resnet20_w4a4 zoo/resnet20_def_qat zoo/resnet20_def_dq \
   --eps 1,2,4,8 --images 500 --data-dir "$QADTR_DATA" --out eval/results/amplification
