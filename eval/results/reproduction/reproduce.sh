@@ -29,6 +29,8 @@ python -m eval.defense --surrogate zoo/resnet20_float $S --data-dir "$QADTR_DATA
   --checkpoints zoo/resnet20_def_pbat zoo/resnet20_def_dwq --out eval/results/defense_strong/b
 python -m eval.defense --surrogate zoo/resnet20_float $S --data-dir "$QADTR_DATA" --kinds unseen \
   --checkpoints zoo/resnet20_def_qat --out eval/results/defense_strong/a
+python -m eval.defense --surrogate zoo/resnet20_float ${S/--bits 4/--bits 2} --data-dir "$QADTR_DATA" --kinds unseen \
+  --checkpoints zoo/resnet20_def_qat --out eval/results/defense_strong/a
 python -m eval.defense --surrogate zoo/resnet20_float $S --data-dir "$QADTR_DATA" --kinds unseen \
   --checkpoints zoo/resnet20_def_qadtr --out eval/results/defense_strong/c
 
