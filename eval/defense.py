@@ -52,14 +52,17 @@ def row_key(r: dict) -> tuple:
 
 def parse_scope(text: str) -> tuple[str, ...]:
     """`--bits` tokens as network keys: '2,4' -> ('w2a2', 'w4a4'); 'w4a8', 'float' and 'random' pass as given."""
+    from qadtr.train import parse_bits
+
     keys = []
     for tok in (t.strip().lower() for t in text.split(",") if t.strip()):
-        if tok.isdigit():
-            tok = f"w{tok}a{tok}"
-        if tok not in ("float", "random") and not (tok.startswith("w") and "a" in tok
-                                                   and all(s.isdigit() for s in tok[1:].split("a"))):
-            raise QadtrError(f"--bits {text!r}: use bit widths like 2,4 or w4a8 (plus 'random' or 'float')")
-        keys.append(tok)
+        if tok in ("float", "random"):
+            keys.append(tok)
+            continue
+        try:
+            keys += [bits_key((b,)) for b in parse_bits(tok)]
+        except ValueError:
+            raise QadtrError(f"--bits {text!r}: use bit widths like 2,4 or w4a8 (plus 'random' or 'float')") from None
     return tuple(keys)
 
 
