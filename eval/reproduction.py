@@ -227,15 +227,17 @@ def masking_flags(rows: list[dict]) -> list[dict]:
 
     `significant`: the Wilson 95% intervals do not overlap (transfer above); otherwise within noise.
     """
+    def key(r: dict, threat: str | None) -> tuple:
+        return r["checkpoint"], r["evaluated_on"], threat
+
+    white = {key(r, threat_id(r)): r for r in rows if (threat_id(r) or "").endswith(" white-box")}
     flags = []
     for r in rows:
         if r["category"] != "transfer":
             continue
-        wb = [w for w in rows if (w["checkpoint"], w["evaluated_on"], w["attack"], w["size"]) ==
-              (r["checkpoint"], r["evaluated_on"], r["attack"], r["size"]) and w["source"] == f"self:{r['evaluated_on']}"
-              and w["category"] not in ("transfer",) and "asr" in w]
-        if wb and r["asr"]["value"] > wb[0]["asr"]["value"]:
-            t, w = r["asr"], wb[0]["asr"]
+        wb = white.get(key(r, f"{r['attack']} {100 * r['size']:.1f}% white-box"))  # same kind and size
+        if wb and r["asr"]["value"] > wb["asr"]["value"]:
+            t, w = r["asr"], wb["asr"]
             flags.append({"network": f"{r['checkpoint']}:{r['evaluated_on']}", "attack": r["attack"],
                           "transfer": t["value"], "white_box": w["value"], "significant": t["ci95"][0] > w["ci95"][1],
                           "text": f"{r['checkpoint']}:{r['evaluated_on']} {r['attack']}: transfer {_pp(t['value'])}% "
