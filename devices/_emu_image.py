@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qadtr._errors import QadtrError
+from qadtr._pins import BOARD, pinned
 
 SUITE, ARCH = "bookworm", "arm64"  # Debian 12, as on Raspberry Pi OS 12 and close to JetPack 6's Ubuntu 22.04
 PACKAGES = ("python3", "openssh-server", "libstdc++6")  # libstdc++6: the runtime wheels' C++ code needs it
 MIRRORS = ("deb http://deb.debian.org/debian bookworm main", "deb http://deb.debian.org/debian bookworm-updates main",
            "deb http://deb.debian.org/debian-security bookworm-security main")
-# The x86 host's versions, so that any difference between the two is the CPU's, not a version's.
-WHEELS = ("onnxruntime==1.31.1", "ai-edge-litert==2.3.0", "numpy==2.4.6")
+# The host's pinned versions (pyproject.toml via qadtr._pins), so that any difference between the two is the CPU's,
+# not a version's.
+WHEELS = pinned(BOARD)
 SITE = "usr/local/lib/python3.11/dist-packages"  # bookworm's python3 is 3.11: cp311 wheels
 # pip resolves for the board's platform on the host (fast, native TLS, the host's pip config); wheels only.
 PIP_PLATFORM = ("--only-binary=:all:", "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux_2_27_aarch64",
