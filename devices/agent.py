@@ -42,22 +42,32 @@ from importlib import metadata
 
 VERSION = 1  # of the job file and the line protocol; the host refuses an agent speaking another
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _load_beside(name: str):
+    """A stdlib-only module shipped beside this file (devices/ in the checkout), loaded by path: putting this
+    folder on sys.path would let devices/tensorrt.py shadow the real `tensorrt` in the host process."""
+    spec = importlib.util.spec_from_file_location(f"_qadtr_agent_{name}", os.path.join(HERE, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_host = _load_beside("_host")  # the fingerprint every result carries: CPU, ISA flags, versions
+ARM_PARTS, cpu_model, fingerprint = _host.ARM_PARTS, _host.cpu_model, _host.fingerprint
 # runtime -> (module, distribution, install hint on a board)
 RUNTIMES = {
     "onnxrt": ("onnxruntime", "onnxruntime", "python3 -m pip install onnxruntime numpy"),
     "litert-xnnpack": ("ai_edge_litert", "ai-edge-litert", "python3 -m pip install ai-edge-litert numpy"),
     "litert-builtin": ("ai_edge_litert", "ai-edge-litert", "python3 -m pip install ai-edge-litert numpy"),
+    "litert-ref": ("ai_edge_litert", "ai-edge-litert", "python3 -m pip install ai-edge-litert numpy"),
     "tensorrt": ("tensorrt", "tensorrt", "install JetPack (it ships TensorRT: `sudo apt install python3-libnvinfer`)"),
     "null": (None, None, ""),
 }
 OPTIONS = {"onnxrt": {"graph_optimization", "intra_op_threads"}, "litert-xnnpack": {"num_threads"},
-           "litert-builtin": {"num_threads"}, "tensorrt": {"batch"}, "null": {"num_classes"}}
+           "litert-builtin": {"num_threads"}, "litert-ref": {"num_threads"}, "tensorrt": {"batch"}, "null": {"num_classes"}}
 ENCODINGS = {"float01": "float32 = pixel / 255", "int8-minus-128": "int8 = pixel - 128"}
 GPU_NODES = ("/dev/nvidia0", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu/igpu0/ctrl")
-ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72",
-             "0xd09": "Cortex-A73", "0xd0b": "Cortex-A76", "0xd0c": "Neoverse-N1", "0xd41": "Cortex-A78",
-             "0xd42": "Cortex-A78AE", "0xd4b": "Cortex-A78C", "0x004": "NVIDIA Carmel"}
-
 
 class AgentError(Exception):
     """A job the agent refuses or cannot run; printed as {"type": "error"} and exit 2."""
@@ -69,21 +79,6 @@ def emit(obj: dict) -> None:
 
 
 # -- the board ----------------------------------------------------------------------------------------------
-def _cpu() -> str:
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
-    if "model name" in fields:
-        return fields["model name"]
-    part = fields.get("CPU part", "")
-    return ARM_PARTS.get(part, f"ARM part {part}" if part else platform.processor() or platform.machine())
-
-
 def _version(dist: str | None) -> str | None:
     try:
         return metadata.version(dist) if dist else None
@@ -133,10 +128,10 @@ def info() -> dict:
             model = f.read().strip("\x00\n ")
     except OSError:
         model = ""
-    return {"type": "info", "agent": VERSION, "machine": platform.machine(), "cpu": _cpu(), "board": model,
+    return {"type": "info", "agent": VERSION, "machine": platform.machine(), "cpu": cpu_model(), "board": model,
             "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
             "numpy": _version("numpy"), "runtimes": {r: runtime_status(r) for r in RUNTIMES},
-            "meters": {m: meter_status(m) for m in _meters().METERS}}
+            "meters": {m: meter_status(m) for m in _meters().METERS}, "host": fingerprint()}
 
 
 # -- the job ------------------------------------------------------------------------------------------------
@@ -248,7 +243,7 @@ class OrtRunner:
 
 
 class LiteRunner:
-    RESOLVERS = {"xnnpack": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}
+    RESOLVERS = {"xnnpack": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "ref": "BUILTIN_REF"}
 
     def __init__(self, path: str, *, kernels: str, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -261,7 +256,13 @@ class LiteRunner:
         except (ValueError, RuntimeError) as e:
             raise AgentError(f"LiteRT cannot load the model: {str(e).strip()[:300]}") from None
         version = _version("ai-edge-litert")
-        self.runner, self.kernels = f"litert-{kernels}", f"{kernels} (ai-edge-litert {version})"
+        ops = self.interp._get_ops_details()  # the execution plan: a DELEGATE node is an XNNPACK partition
+        delegated = sum(o["op_name"] == "DELEGATE" for o in ops)
+        if kernels != "xnnpack" and delegated:
+            raise AgentError(f"{delegated} nodes ran in a delegate where LiteRT's {kernels} kernels were asked for")
+        self.runner = f"litert-{kernels}"
+        # devices.litert.kernels_line: the host writes the same line
+        self.kernels = f"{kernels} (ai-edge-litert {version}; {delegated} of {len(ops)} nodes delegated to XNNPACK)"
         self.versions = {"ai-edge-litert": version}
         self.ins, self.outs = self.interp.get_input_details(), self.interp.get_output_details()
         self.shapes = {d["index"]: tuple(d["shape"]) for d in self.ins}

@@ -20,22 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from devices._host import cpu_model, fingerprint
 from devices._device import Availability, Batch, Device, Replay, check_replay_args
 from devices.power import MeterUnavailable, PowerMeter, open_meter
 from devices.runtimes import feed_format, get_runtime, make_runner, probe, read_logits
 from qadtr._errors import QadtrError
 
 AUTO_METERS = ("rapl",)  # what power = "auto" tries on this kind of device
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def module_versions(modules: tuple[str, ...]) -> dict[str, str | None]:
@@ -91,7 +82,8 @@ class LocalDevice(Device):
         modules = tuple(dict.fromkeys(m for r in self.spec.runtimes for m in get_runtime(r).requires))
         return {"name": self.name, "kind": self.kind, "emulated": self.emulated, "cpu": cpu_model(),
                 "machine": platform.machine(), "cores": os.cpu_count(), "os": platform.platform(),
-                "python": platform.python_version(), "numpy": np.__version__, "runtimes": module_versions(modules)}
+                "python": platform.python_version(), "numpy": np.__version__, "runtimes": module_versions(modules),
+                "host": fingerprint()}
 
     def replay(self, runtime: str, artifact: Path, images: np.ndarray, *, batch_size: int = 100, warmup: int = 3,
                start: int = 0, options: dict | None = None) -> Replay:

@@ -51,17 +51,18 @@ from devices.runtimes import accepts, get_runtime
 from qadtr._errors import QadtrError
 
 AGENT_VERSION = 1  # devices/agent.py VERSION: the job file and line protocol
-BOARD_RUNTIMES = {"onnxrt": "onnxruntime", "litert-xnnpack": "ai_edge_litert", "litert-builtin": "ai_edge_litert",
+BOARD_RUNTIMES = {"onnxrt": "onnxruntime", "litert-xnnpack": "ai_edge_litert", "litert-builtin": "ai_edge_litert", "litert-ref": "ai_edge_litert",
                   "tensorrt": "tensorrt", "null": None}  # runtime -> module on the board
 BOARD_OPTIONS = {"onnxrt": ("graph_optimization", "intra_op_threads"), "litert-xnnpack": ("num_threads",),
-                 "litert-builtin": ("num_threads",), "tensorrt": ("batch",), "null": ("num_classes",)}
+                 "litert-builtin": ("num_threads",), "litert-ref": ("num_threads",), "tensorrt": ("batch",), "null": ("num_classes",)}
 AUTO_METERS = ("tegrastats", "ina", "nvml", "rapl")  # power = "auto" on a board: the first one that reads
 
 
 def agent_files(agent: Path) -> list[tuple[Path, str]]:
     """(local file, path inside the agent folder) of everything pushed as the agent."""
     power = Path(__file__).with_name("power")
-    return [(agent, "agent.py")] + [(p, f"power/{p.name}") for p in sorted(power.glob("*.py")) if p.name != "__init__.py"]
+    meters = [(p, f"power/{p.name}") for p in sorted(power.glob("*.py")) if p.name != "__init__.py"]
+    return [(agent, "agent.py"), (Path(__file__).with_name("_host.py"), "_host.py"), *meters]
 
 
 def trt_batch(artifact: Path) -> tuple[int, int, int] | None:
@@ -183,7 +184,8 @@ class SshDevice(Device):
         return {"name": self.name, "kind": self.kind, "emulated": self.emulated, "where": self.spec.where(),
                 "cpu": info.get("cpu"), "board": info.get("board"), "machine": info.get("machine"),
                 "cores": info.get("cores"), "os": info.get("os"), "python": info.get("python"),
-                "numpy": info.get("numpy"), "runtimes": versions, "power": self._meter_job()}
+                "numpy": info.get("numpy"), "runtimes": versions, "power": self._meter_job(),
+                "host": info.get("host")}  # the board's fingerprint (devices/_host.py, run there by the agent)
 
     # -- replay -----------------------------------------------------------------------------------------
     def replay(self, runtime: str, artifact: Path, images: np.ndarray, *, batch_size: int = 100, warmup: int = 3,

@@ -1,0 +1,99 @@
+"""The host fingerprint stored with every result: CPU, the ISA features integer kernels dispatch on, versions.
+
+Standard library only, Python >= 3.8: devices/ssh.py ships this file to every board beside agent.py, so a
+board describes itself with the same code as the host.
+
+    >>> fingerprint()["isa"]
+    ['avx2', 'avx512bw', 'avx512f', 'avx512_vnni']
+    >>> int8_dot(fingerprint())
+    'vnni'
+
+Why the flags matter (NOTES.md, "Hosts differ"): ONNX Runtime's u8s8 integer kernels (MLAS QGEMM) use
+VPDPBUSD where the CPU has AVX-512 VNNI or AVX-VNNI (exact int32 sums), and VPMADDUBSW where it has only
+AVX2 / AVX-512BW, which sums each pair of u8 x s8 products into int16 with saturation. On ARM the int8
+kernels differ by `asimddp` (SDOT), `i8mm` (SMMLA) and `sve`.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+# /proc/cpuinfo flags that select integer kernels, per architecture (everything else is left out: the
+# fingerprint names what decides the arithmetic, not the whole flag list)
+ISA_FLAGS = {
+    "x86_64": ("sse4_1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
+               "avx512_bf16", "amx_tile", "amx_int8"),
+    "aarch64": ("asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve", "sve2", "sme"),
+}
+ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72",
+             "0xd09": "Cortex-A73", "0xd0b": "Cortex-A76", "0xd0c": "Neoverse-N1", "0xd41": "Cortex-A78",
+             "0xd42": "Cortex-A78AE", "0xd4b": "Cortex-A78C", "0x004": "NVIDIA Carmel"}
+# distributions whose version decides an integer result (the runtimes and what feeds them)
+VERSIONED = ("onnxruntime", "ai-edge-litert", "numpy", "brevitas", "onnx", "torch", "tensorrt")
+
+
+def cpuinfo(path: str = "/proc/cpuinfo") -> dict:
+    """The first processor block of /proc/cpuinfo as {key: value} (empty where the file is unreadable)."""
+    fields = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                if not line.strip() and fields:
+                    break  # one block is enough: every core of these machines reports the same features
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_model(fields: dict | None = None) -> str:
+    fields = cpuinfo() if fields is None else fields
+    if "model name" in fields:
+        return fields["model name"]
+    part = fields.get("CPU part", "")
+    return ARM_PARTS.get(part, f"ARM part {part}" if part else platform.processor() or platform.machine())
+
+
+def isa_flags(fields: dict | None = None, machine: str | None = None) -> list:
+    """The kernel-deciding ISA features this CPU reports, sorted (x86 `flags`, ARM `Features`)."""
+    fields = cpuinfo() if fields is None else fields
+    have = set((fields.get("flags") or fields.get("Features") or "").split())
+    return sorted(f for f in ISA_FLAGS.get(machine or platform.machine(), ()) if f in have)
+
+
+def versions(dists: tuple = VERSIONED) -> dict:
+    out = {}
+    for d in dists:
+        try:
+            out[d] = metadata.version(d)
+        except metadata.PackageNotFoundError:
+            pass  # absent: not part of this host's stack
+    return out
+
+
+def fingerprint(path: str = "/proc/cpuinfo") -> dict:
+    """{machine, cpu, isa, int8_dot, cores, os, python, versions}: JSON-able, stored with every result."""
+    fields = cpuinfo(path)
+    fp = {"machine": platform.machine(), "cpu": cpu_model(fields), "isa": isa_flags(fields),
+          "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
+          "versions": versions()}
+    fp["int8_dot"] = int8_dot(fp)
+    return fp
+
+
+def int8_dot(fp: dict) -> str:
+    """How this CPU's fastest u8 x s8 dot product sums, as MLAS / XNNPACK choose kernels by it:
+    "vnni" (exact int32), "pairs-int16-saturating" (x86 without VNNI: VPMADDUBSW), "sdot" / "i8mm" (ARM,
+    exact), "neon" (ARM without dot product: widening multiplies, exact), or "unknown"."""
+    isa = set(fp.get("isa") or ())
+    machine = fp.get("machine", "")
+    if machine in ("x86_64", "AMD64"):
+        if isa & {"avx512_vnni", "avx_vnni", "amx_int8"}:
+            return "vnni"
+        return "pairs-int16-saturating" if isa & {"avx2", "avx512bw"} else "unknown"
+    if machine in ("aarch64", "arm64"):
+        return "i8mm" if "i8mm" in isa else "sdot" if "asimddp" in isa else "neon" if "asimd" in isa else "unknown"
+    return "unknown"
