@@ -68,10 +68,21 @@ register_runtime(RuntimeInfo("litert-xnnpack", **_LITERT, kwargs={"kernels": "xn
                              doc="LiteRT with its default XNNPACK delegate"))
 register_runtime(RuntimeInfo("litert-builtin", **_LITERT, kwargs={"kernels": "builtin"},
                              doc="LiteRT's own optimized integer kernels (BUILTIN_WITHOUT_DEFAULT_DELEGATES)"))
+register_runtime(RuntimeInfo("litert-ref", **_LITERT, kwargs={"kernels": "ref"}, in_defaults=False,
+                             doc="LiteRT's reference kernels (BUILTIN_REF): TFLite's arithmetic, the same on every CPU"))
 register_runtime(RuntimeInfo(
     "tensorrt", "devices.tensorrt:TensorRTRunner", (".onnx", ".engine"), requires=("tensorrt",),
     install="use JetPack's TensorRT on a Jetson, or `pip install tensorrt` on a machine with an NVIDIA GPU",
     gpu=True, doc="TensorRT INT8 engine built on this GPU from a TensorRT-bound ONNX (python -m export.trt)"))
+_INTEXEC = {"runner": "devices.intexec:IntExecRunner", "requires": ("numpy",), "in_defaults": False,
+            "install": "pip install numpy (and onnx for .onnx graphs; ai-edge-litert's schema for .tflite)"}
+for _name, _art, _doc in (("single", ".onnx", "ORT fused kernels with VNNI"),
+                          ("single-u8s8sat", ".onnx", "ORT fused kernels on AVX2 without VNNI (int16 pair saturation)"),
+                          ("xnnpack", ".tflite", "LiteRT XNNPACK (one rounding in float)"),
+                          ("double", ".tflite", "LiteRT reference kernels (double rounding)"),
+                          ("double-ruy", ".tflite", "LiteRT builtin optimized kernels on x86")):
+    register_runtime(RuntimeInfo(f"intexec-{_name}", artifacts=(_art,), kwargs={"semantics": _name},
+                                 doc=f"numpy integer executor modelling {_doc}", **_INTEXEC))
 register_runtime(RuntimeInfo("null", "devices.null:NullRunner", (), in_defaults=False,
                              doc="zeros of the right shape, for plumbing tests"))
 

@@ -1,0 +1,419 @@
+"""A numpy-only integer executor for the project's QDQ .onnx exports, replaying ONNX Runtime's CPU kernels.
+
+    g = OnnxIntGraph("w8.onnx")
+    outs, ints = g.run(x, "single", keep_ints=True)   # x: (B, 3, H, W) float32 in [0, 1]
+
+The graph is parsed once (with `onnx`, imported lazily); QDQ groups are fused as ORT_ENABLE_ALL fuses them
+(core/optimizer/qdq_transformer/selectors_actions: DQ->Conv[->Relu]->Q => QLinearConv, DQ+DQ->Add[->Relu]->Q
+=> QLinearAdd, DQ->Gemm => QGemm with float output); everything else runs as ORT runs it unfused, in float32
+(DequantizeLinear -> float op -> QuantizeLinear). Signed activations are handled in ORT's u8 domain
+(qdq_s8_to_u8 transformer: int8 with zero point z becomes uint8 with z + 128; results are shifted back).
+
+SEMANTICS
+- "single": x86 with AVX512-VNNI / AVX-VNNI (VPDPBUSD, exact int32 dot products).
+  QLinearConv: core/providers/cpu/quantization/qlinearconv.cc (output scale = x_scale * w_scale[m] / y_scale in
+  float32, int32 bias added to the accumulator) -> core/mlas/lib/quantize.cpp MlasRequantizeOutput and the
+  ConvSym kernels' post-processing (float(acc) * scale, round-half-even, + zero point, saturate).
+  QGemm (float out): contrib_ops/cpu/quantization/quant_gemm.cc, float(acc + bias) * (alpha * a_scale * b_scale).
+  QLinearAdd: core/mlas/lib/intrinsics/avx2/qladd_avx2.cpp (two float32 FMAs with ScaleA/ScaleC, ScaleB/ScaleC and
+  a fixed part, round-half-even, saturate), in the u8 domain.
+  GlobalAveragePool (float): core/mlas/lib/pooling.cpp MlasPoolGlobalKernel (4 float lanes, (l0+l2)+(l1+l3),
+  tail, / size). QuantizeLinear: core/mlas/lib/quantize.cpp (x / scale, round-half-even, + zero point, saturate).
+- "single-u8s8sat": the same on x86 AVX2 without VNNI: the MLAS u8s8 kernels (qgemm_kernel_avx2.cpp /
+  QgemmU8S8KernelAvx2.S, ConvSymKernelAvx2) multiply u8 activations by s8 weights with VPMADDUBSW, which adds
+  each adjacent pair of products (K indices 2j, 2j+1) into int16 WITH SATURATION, then VPMADDWD/VPADDD into int32.
+  K order is the NHWC im2col order (kh, kw, c) of qlinearconv.cc (ReorderFilter / MlasConvSymPackW; ConvSym packs
+  4 input channels per kernel position and needs C % 4 == 0, so both paths pair the same indices); padding
+  positions hold the input zero point and take part in the pairs; K is padded with zero weights. The zero point
+  is removed afterwards with exact int32 column sums (column_sums_ / MlasGemmU8S8 zero-point fixup).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+SEMANTICS = ("single", "single-u8s8sat")
+I16 = (-32768, 32767)  # VPMADDUBSW saturates each pair sum to int16
+U8_SHIFT = 128  # qdq_s8_to_u8: an int8 tensor with zero point z runs as uint8 with zero point z + 128
+_QRANGE = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
+
+
+def _err(msg: str):
+    from devices._runner import RunnerError
+
+    return RunnerError(msg)
+
+
+def pair_dot_sat(a: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """VPMADDUBSW + VPMADDWD: a (..., K) u8 times w (K, M) s8 -> (..., M) int64, pairs (2j, 2j+1) saturated to int16."""
+    a = a.astype(np.int32)
+    w = w.astype(np.int32)
+    if a.shape[-1] % 2:  # odd K: MLAS pads K with zero weights
+        a = np.concatenate([a, np.zeros(a.shape[:-1] + (1,), np.int32)], -1)
+        w = np.concatenate([w, np.zeros((1,) + w.shape[1:], np.int32)], 0)
+    pairs = a[..., 0::2, None] * w[0::2] + a[..., 1::2, None] * w[1::2]  # (..., K/2, M)
+    return np.clip(pairs, *I16).sum(-2, dtype=np.int64)
+
+
+def _saturation_error(col, w: np.ndarray, amax: np.ndarray, n: int) -> np.ndarray:
+    """pair_dot_sat minus the exact product, (n, M) int64, for u8 inputs whose K-th column is `col(k)` (n,).
+
+    `amax` (K,) bounds each column's inputs; only the (pair, output) cells whose bound
+    amax[2j] |w[2j]| + amax[2j+1] |w[2j+1]| can leave int16 are evaluated, so layers of small weights (every
+    layer below 8 bits but the stem) cost nothing and the rest of the sum stays exact in BLAS.
+    """
+    k = w.shape[0]
+    if k % 2:  # odd K: MLAS pads K with zero weights
+        w, amax = np.concatenate([w, np.zeros((1, w.shape[1]), w.dtype)]), np.append(amax, 0)
+    w = w.astype(np.int64)
+    bound = amax[0::2, None] * np.abs(w[0::2]) + amax[1::2, None] * np.abs(w[1::2])  # (K/2, M)
+    err = np.zeros((n, w.shape[1]), np.int64)
+    cache: dict[int, np.ndarray] = {}
+    get = lambda i: cache.setdefault(i, col(i).astype(np.int64) if i < k else np.zeros(n, np.int64))  # noqa: E731
+    for j, m in zip(*np.nonzero(bound > I16[1])):  # the cells that can saturate
+        pair = get(2 * j) * w[2 * j, m] + get(2 * j + 1) * w[2 * j + 1, m]  # (n,)
+        err[:, m] += np.clip(pair, *I16) - pair
+    return err
+
+
+def _fma32(x: np.ndarray, y: np.float32, z) -> np.ndarray:
+    """float32 fused multiply-add: x*y+z rounded once (x small integers, so the float64 sum is exact)."""
+    return (x.astype(np.float64) * np.float64(y) + np.asarray(z, np.float64)).astype(np.float32)
+
+
+def _quantize(v: np.ndarray, scale, zp, dtype) -> np.ndarray:
+    """MlasQuantizeLinear: v / scale in float32, round-half-even, + zero point, saturate."""
+    lo, hi = _QRANGE[np.dtype(dtype)]
+    q = np.rint(v.astype(np.float32) / np.float32(scale)).astype(np.int64) + int(zp)
+    return np.clip(q, lo, hi).astype(dtype)
+
+
+def _dequantize(q: np.ndarray, scale, zp, axis: int = 1) -> np.ndarray:
+    scale, zp = np.asarray(scale, np.float32), np.asarray(zp).astype(np.int32)
+    if scale.ndim == 1 and q.ndim > 1:  # per-axis
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return (q.astype(np.int32) - zp).astype(np.float32) * scale
+
+
+def _requant(acc: np.ndarray, scale: np.ndarray, zp: int, dtype, relu: bool) -> np.ndarray:
+    """MlasRequantizeOutput / ConvSym post-process: float32(acc) * scale, round-half-even, + zp, saturate."""
+    lo, hi = _QRANGE[np.dtype(dtype)]
+    q = np.rint(acc.astype(np.int32).astype(np.float32) * scale).astype(np.int64) + zp
+    return np.clip(q, max(lo, zp) if relu else lo, hi).astype(dtype)
+
+
+def _gap(x: np.ndarray) -> np.ndarray:
+    """MlasPoolGlobalKernel average: (B, C, H, W) float32 -> (B, C, 1, 1), 4-lane sums as MLAS does them."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1).astype(np.float32)
+    n = flat.shape[-1]
+    lanes = np.zeros((b, c, 4), np.float32)
+    for i in range(0, n - n % 4, 4):  # MLAS_FLOAT32X4 accumulation, one vector at a time
+        lanes = lanes + flat[..., i:i + 4]
+    total = (lanes[..., 0] + lanes[..., 2]) + (lanes[..., 1] + lanes[..., 3])  # MlasReduceAddFloat32x4
+    for i in range(n - n % 4, n):
+        total = total + flat[..., i]
+    return (total / np.float32(n)).reshape(b, c, 1, 1)
+
+
+F32_EXACT = 2 ** 24  # float32 holds every integer below this exactly, so a GEMM whose partial sums stay below it is exact
+
+
+def _conv_acc(xp: np.ndarray, zp: int, w: np.ndarray, stride, dil, out_hw, saturate: bool) -> np.ndarray:
+    """QLinearConv's int32 accumulator: xp (B, H', W', C) padded u8-domain ints (pads hold zp), w (M, C, KH, KW)
+    int8 -> (B*OH*OW, M) int64 of sum((x - zp) * w), plus, with `saturate`, the AVX2 pair-saturation error.
+
+    K runs in the NHWC im2col order (kh, kw, c). It is cut into chunks short enough that no float32 partial sum
+    can reach 2^24 (max|x - zp| * max|w| * chunk < 2^24): each chunk is one exact float32 GEMM whatever order BLAS
+    adds in, and the chunks are summed in float64 (exact below 2^53). At 4 bits one chunk covers every K.
+    """
+    b, _, _, c = xp.shape
+    m, _, kh, kw = w.shape
+    (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dil
+    centred = (xp - zp).astype(np.float32)  # (B, H', W', C): exact small integers
+    w2 = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, m)  # (K, M) in (kh, kw, c) order
+    bound = max(1, int(np.abs(centred).max(initial=0)) * int(np.abs(w2.astype(np.int32)).max(initial=0)))
+    chunk = max(1, (F32_EXACT - 1) // bound)  # K per exact GEMM
+
+    def tap(i: int, j: int, x: np.ndarray) -> np.ndarray:  # (B, OH, OW, C): what tap (i, j) sees
+        return x[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+
+    sb, sy, sx, sc = centred.strides
+    windows = np.lib.stride_tricks.as_strided(  # (B, OH, OW, KH, KW, C) view, no copy
+        centred, (b, oh, ow, kh, kw, c), (sb, sy * sh, sx * sw, sy * dh, sx * dw, sc), writeable=False)
+    cols = windows.reshape(b * oh * ow, kh * kw * c)  # (N, K): the one im2col copy
+    wf = w2.astype(np.float32)
+    acc = None
+    for k0 in range(0, len(w2), chunk):
+        part = cols[:, k0:k0 + chunk] @ wf[k0:k0 + chunk]  # (N, M), exact
+        acc = part.astype(np.float64) if acc is None else acc + part
+    acc = acc.astype(np.int64)
+    if saturate:
+        amax = np.broadcast_to(xp.max(axis=(0, 1, 2)), (kh, kw, c)).reshape(-1).astype(np.int64)  # (K,)
+        col = lambda k: tap(k // (kw * c), (k // c) % kw, xp)[..., k % c].reshape(-1)  # noqa: E731 - (N,) column k
+        acc += _saturation_error(col, w2, amax, len(acc))
+    return acc
+
+
+class _Group:
+    """One fused integer node: QLinearConv / QLinearAdd / QGemm (float out)."""
+
+    def __init__(self, kind: str, **kw):
+        self.kind = kind
+        self.__dict__.update(kw)
+
+
+class OnnxIntGraph:
+    """The exported QDQ graph, executed with numpy as ORT's CPU EP executes it at ORT_ENABLE_ALL."""
+
+    FLOAT_OPS = {"Sub", "Div", "Add", "Mul", "Relu", "Clip", "Slice", "Pad", "Concat", "Reshape", "Transpose",
+                 "Cast", "ConstantOfShape", "Flatten", "GlobalAveragePool", "Shape", "Gather", "Unsqueeze",
+                 "Squeeze", "Identity", "Constant", "QuantizeLinear", "DequantizeLinear"}
+
+    def __init__(self, model: str | Path | bytes):
+        import onnx
+        from onnx import numpy_helper
+
+        m = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+        g = m.graph
+        self._attr = lambda n: {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        self.const = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        inits = set(self.const)
+        graph_in = next(i for i in g.input if i.name not in inits)
+        self.input_name = graph_in.name
+        self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None  # (None, 3, H, W): None = dynamic
+                                 for d in graph_in.type.tensor_type.shape.dim)
+        self.output_names = [o.name for o in g.output]
+        self.nodes = list(g.node)
+        for n in self.nodes:  # fold the constant subgraph (weights' Clip, shape arithmetic of the Pad)
+            if n.op_type == "Constant" or (n.input and all(i in self.const or i == "" for i in n.input)):
+                outs = self._float_op(n, [self.const.get(i) for i in n.input])
+                self.const.update(zip(n.output, outs))
+        self.producer = {o: n for n in self.nodes for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in self.nodes:
+            for i in n.input:
+                self.consumers.setdefault(i, []).append(n)
+        self.int_names = [n.input[0] for n in self.nodes
+                          if n.op_type == "DequantizeLinear" and n.input[0] not in self.const]
+        self._plan()
+
+    # -- fusion ------------------------------------------------------------------------------------------
+    def _act_dq(self, name: str):
+        n = self.producer.get(name)
+        return n if n is not None and n.op_type == "DequantizeLinear" and n.input[0] not in self.const else None
+
+    def _const_dq(self, name: str):
+        n = self.producer.get(name)
+        return n if n is not None and n.op_type == "DequantizeLinear" and n.input[0] in self.const else None
+
+    def _tail(self, out: str):
+        """[Relu ->] QuantizeLinear after a fused op's float output: (relu?, Q node) or (False, None)."""
+        cons = self.consumers.get(out, [])
+        relu = len(cons) == 1 and cons[0].op_type == "Relu"
+        if relu:
+            cons = self.consumers.get(cons[0].output[0], [])
+        if len(cons) == 1 and cons[0].op_type == "QuantizeLinear" and out not in self.output_names:
+            return relu, cons[0]
+        return False, None
+
+    def _qparams(self, n):
+        return (np.float32(self.const[n.input[1]]), self.const[n.input[2]])
+
+    def _plan(self) -> None:
+        self.groups, skip = {}, set()
+        for n in self.nodes:
+            if n.op_type in ("Conv", "Gemm"):
+                self._plan_mm(n, skip)
+            elif n.op_type == "Add" and all(self._act_dq(i) for i in n.input):
+                relu, q = self._tail(n.output[0])
+                if q is not None:
+                    a, b = (self._act_dq(i) for i in n.input)
+                    self.groups[q.output[0]] = _Group("add", a=a, b=b, q=q, relu=relu)
+                    skip.update(id(x) for x in self._chain(n, q))
+        self.skip = skip
+        for n in self.nodes:
+            if id(n) not in skip and n.op_type not in self.FLOAT_OPS and not n.output[0] in self.const:
+                raise _err(f"{n.name}: op {n.op_type} is not supported by the integer executor; add it to "
+                           "devices/_intexec_onnx.py (as ORT executes it) or re-export without it")
+
+    def _chain(self, start, end) -> list:
+        chain, n = [start], start
+        while n is not end:
+            n = self.consumers[n.output[0]][0]
+            chain.append(n)
+        return chain
+
+    def _plan_mm(self, n, skip: set) -> None:
+        x, w = self._act_dq(n.input[0]), self._const_dq(n.input[1])
+        b = self._const_dq(n.input[2]) if len(n.input) > 2 and n.input[2] else None
+        if x is None or w is None:
+            raise _err(f"{n.name}: {n.op_type} without DequantizeLinear input and weight would run in float; "
+                       "only QDQ exports (export.onnx.export_qcdq) are supported")
+        wq = self.const[w.input[0]]
+        if wq.dtype != np.int8 or np.any(self.const[w.input[2]] != 0):
+            raise _err(f"{n.name}: weights must be int8 with zero point 0 (symmetric), as export.onnx makes them")
+        bias = None if b is None else self.const[b.input[0]].astype(np.int64)
+        common = dict(x=x, w=wq, w_scale=np.asarray(self.const[w.input[1]], np.float32).reshape(-1), bias=bias,
+                      attrs=self._attr(n))
+        if n.op_type == "Gemm":
+            if n.output[0] not in self.output_names:
+                raise _err(f"{n.name}: a Gemm feeding a QuantizeLinear (QGemm with int output) is not supported")
+            self.groups[n.output[0]] = _Group("gemm", **common)
+            skip.add(id(n))
+            return
+        relu, q = self._tail(n.output[0])
+        if q is None:
+            raise _err(f"{n.name}: Conv output is not quantized (no [Relu ->] QuantizeLinear); ORT would not fuse it")
+        self.groups[q.output[0]] = _Group("conv", q=q, relu=relu, **common)
+        skip.update(id(x) for x in self._chain(n, q))
+
+    # -- execution -----------------------------------------------------------------------------------------
+    def run(self, x: np.ndarray, semantics: str = "single", *, keep_ints: bool = False
+            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """x: float32 (B, 3, H, W) in [0,1], the graph input. Returns ({output name: array},
+        {integer activation tensor name: integer array} if keep_ints else {})."""
+        if semantics not in SEMANTICS:
+            raise _err(f"unknown semantics {semantics!r}; choose one of {SEMANTICS}")
+        env = dict(self.const)
+        env[self.input_name] = np.asarray(x, np.float32)
+        for n in self.nodes:
+            if n.output[0] in self.const:
+                continue
+            grp = self.groups.get(n.output[0])
+            if grp is not None:
+                env[n.output[0]] = getattr(self, f"_run_{grp.kind}")(grp, env, semantics)
+            elif id(n) not in self.skip:
+                env.update(zip(n.output, self._float_op(n, [env.get(i) for i in n.input])))
+        outs = {k: env[k] for k in self.output_names}
+        return outs, ({k: env[k] for k in self.int_names} if keep_ints else {})
+
+    @staticmethod
+    def _u8(q: np.ndarray, zp) -> tuple[np.ndarray, int]:
+        """ORT's u8 domain: int8 (q, z) -> (q + 128, z + 128); uint8 unchanged."""
+        if q.dtype == np.int8:
+            return q.astype(np.int32) + U8_SHIFT, int(zp) + U8_SHIFT
+        return q.astype(np.int32), int(zp)
+
+    def _acc(self, a: np.ndarray, zp_a: int, w2: np.ndarray, semantics: str) -> np.ndarray:
+        """a (B, K) u8-domain ints, w2 (K, M) int8 -> int32-exact (B, M) accumulator minus zero-point term."""
+        acc = np.matmul((a - zp_a).astype(np.float64), w2.astype(np.float64)).astype(np.int64)  # exact < 2^53
+        if semantics == "single-u8s8sat":
+            acc += _saturation_error(lambda k: a[:, k], w2, a.max(0).astype(np.int64), len(a))
+        return acc
+
+    def _run_conv(self, g: _Group, env: dict, semantics: str) -> np.ndarray:
+        at = g.attrs
+        if at.get("group", 1) != 1:
+            raise _err("grouped/depthwise QLinearConv is not supported by the integer executor")
+        xs, xz = self._qparams(g.x)
+        ys, yz = self._qparams(g.q)
+        a, za = self._u8(env[g.x.input[0]], xz)  # (B, C, H, W)
+        m, c, kh, kw = g.w.shape
+        (sh, sw), (dh, dw) = at.get("strides", [1, 1]), at.get("dilations", [1, 1])
+        pt, pl, pb, pr = at.get("pads", [0, 0, 0, 0])
+        b, _, h, w = a.shape
+        xp = np.full((b, h + pt + pb, w + pl + pr, c), za, np.int32)  # NHWC, pads hold the zero point
+        xp[:, pt:pt + h, pl:pl + w] = a.transpose(0, 2, 3, 1)
+        oh, ow = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+        acc = _conv_acc(xp, za, g.w, (sh, sw), (dh, dw), (oh, ow), semantics == "single-u8s8sat")  # (B*OH*OW, M)
+        acc += 0 if g.bias is None else g.bias
+        scale = (xs * g.w_scale) / ys  # float32, qlinearconv.cc ComputeOutputScale
+        q = _requant(acc, scale, int(yz), yz.dtype, g.relu)
+        return q.reshape(b, oh, ow, m).transpose(0, 3, 1, 2)
+
+    def _run_gemm(self, g: _Group, env: dict, semantics: str) -> np.ndarray:
+        xs, xz = self._qparams(g.x)
+        a, za = self._u8(env[g.x.input[0]], xz)  # (B, K)
+        w2 = g.w.T if g.attrs.get("transB", 0) else g.w  # (K, N)
+        acc = self._acc(a, za, w2, semantics) + (0 if g.bias is None else g.bias)
+        scale = (np.float32(g.attrs.get("alpha", 1.0)) * xs) * g.w_scale  # quant_gemm.cc ComputeOutputScale
+        return acc.astype(np.int32).astype(np.float32) * scale
+
+    def _run_add(self, g: _Group, env: dict, semantics: str) -> np.ndarray:
+        (sa, za0), (sb, zb0), (sc, zc0) = self._qparams(g.a), self._qparams(g.b), self._qparams(g.q)
+        a, za = self._u8(env[g.a.input[0]], za0)
+        b, zb = self._u8(env[g.b.input[0]], zb0)
+        signed_out = zc0.dtype == np.int8
+        zc = int(zc0) + (U8_SHIFT if signed_out else 0)
+        r_ac, r_bc = np.float32(sa / sc), np.float32(sb / sc)
+        fixed = np.float32(np.float32(zc) - (np.float32(r_ac * np.float32(za)) + np.float32(r_bc * np.float32(zb))))
+        v = _fma32(a, r_ac, _fma32(b, r_bc, fixed))  # qladd_avx2.cpp: fmadd(b, BC, fixed) then fmadd(a, AC, .)
+        q = np.clip(np.rint(v).astype(np.int64), zc if g.relu else 0, 255)
+        return (q - U8_SHIFT).astype(np.int8) if signed_out else q.astype(np.uint8)
+
+    def _float_op(self, n, ins: list) -> list:
+        """One unfused node as ORT's CPU EP runs it (float32 elementwise, integer Clip, data movement)."""
+        op, at = n.op_type, self._attr(n)
+        x = ins[0] if ins else None
+        if op == "Constant":
+            from onnx import numpy_helper
+            return [numpy_helper.to_array(at["value"]) if "value" in at else np.asarray(next(iter(at.values())))]
+        if op in ("Sub", "Div", "Add", "Mul"):
+            f = {"Sub": np.subtract, "Div": np.divide, "Add": np.add, "Mul": np.multiply}[op]
+            return [f(x, ins[1]).astype(np.result_type(x, ins[1]))]
+        if op == "Relu":
+            return [np.maximum(x, np.zeros((), x.dtype))]
+        if op == "Clip":
+            lo = ins[1] if len(ins) > 1 and ins[1] is not None else None
+            hi = ins[2] if len(ins) > 2 and ins[2] is not None else None
+            return [np.clip(x, lo, hi).astype(x.dtype)]
+        if op == "QuantizeLinear":
+            return [_quantize(x, ins[1], ins[2], ins[2].dtype)]
+        if op == "DequantizeLinear":
+            return [_dequantize(x, ins[1], ins[2], at.get("axis", 1))]
+        if op == "GlobalAveragePool":
+            return [_gap(x)]
+        if op == "Flatten":
+            ax = at.get("axis", 1)
+            return [x.reshape(int(np.prod(x.shape[:ax])), -1)]
+        if op == "Reshape":
+            shape = [x.shape[i] if s == 0 else s for i, s in enumerate(ins[1].tolist())]
+            return [x.reshape(shape)]
+        if op == "Transpose":
+            return [x.transpose(at.get("perm"))]
+        if op == "Cast":
+            from onnx import helper
+            return [x.astype(helper.tensor_dtype_to_np_dtype(at["to"]))]
+        if op == "ConstantOfShape":
+            from onnx import numpy_helper
+            v = numpy_helper.to_array(at["value"]) if "value" in at else np.zeros(1, np.float32)
+            return [np.full(tuple(x.tolist()), v.ravel()[0], v.dtype)]
+        if op == "Concat":
+            return [np.concatenate(ins, at["axis"])]
+        if op == "Shape":
+            return [np.asarray(x.shape, np.int64)]
+        if op == "Gather":
+            return [np.take(x, ins[1], axis=at.get("axis", 0))]
+        if op == "Unsqueeze":
+            return [np.expand_dims(x, tuple(ins[1].tolist() if len(ins) > 1 else at["axes"]))]
+        if op == "Squeeze":
+            return [np.squeeze(x, tuple(ins[1].tolist() if len(ins) > 1 else at["axes"]))]
+        if op == "Identity":
+            return [x]
+        if op == "Slice":
+            return [self._slice(x, *ins[1:])]
+        if op == "Pad":
+            p = ins[1].tolist()
+            r = x.ndim
+            val = ins[2] if len(ins) > 2 and ins[2] is not None else 0
+            if at.get("mode", b"constant") not in (b"constant", "constant"):
+                raise _err(f"{n.name}: Pad mode {at['mode']} is not supported")
+            return [np.pad(x, [(p[i], p[i + r]) for i in range(r)], constant_values=val)]
+        raise _err(f"{n.name}: op {op} is not supported by the integer executor")
+
+    @staticmethod
+    def _slice(x, starts, ends, axes=None, steps=None):
+        axes = range(len(starts)) if axes is None else axes.tolist()
+        steps = [1] * len(starts) if steps is None else steps.tolist()
+        idx = [slice(None)] * x.ndim
+        for s, e, a, st in zip(starts.tolist(), ends.tolist(), axes, steps):
+            dim = x.shape[a]
+            s = max(-1 if st < 0 else 0, min(dim - (st < 0), s + dim if s < 0 else s))
+            e = max(-1, min(dim, e + dim if e < 0 else e))
+            idx[a] = slice(s, None if e < 0 else e, st)
+        return x[tuple(idx)]

@@ -1,0 +1,398 @@
+"""A numpy-only integer executor for the full-integer .tflite graphs of export.tflite, with named semantics.
+
+    g = TfliteIntGraph("r20.tflite")
+    outs, ints = g.run(pixels, "double", keep_ints=True)   # pixels: float32 (B, H, W, 3) in [0, 1]
+
+Every integer op accumulates exactly (int64 / exact float64 dot products) and then requantizes the way
+one LiteRT kernel set does:
+
+"double"  TFLite's builtin kernels (tensorflow/lite/kernels/internal/reference/integer_ops/conv.h,
+          depthwise_conv.h, fully_connected.h, add.h; reference/reduce.h QuantizedMeanOrSum;
+          reference/quantize.h AffineQuantize, requantize.h, dequantize.h). Scales become an int32
+          multiplier and a shift (quantization_util.cc QuantizeMultiplier, computed in double), applied
+          by common.h MultiplyByQuantizedMultiplier = SaturatingRoundingDoublingHighMul then
+          RoundingDivideByPOT (gemmlowp fixedpoint.h: two roundings, halves away from zero). ADD
+          rescales both inputs by 2^20 and per-input multipliers (add.cc PrepareInt8AddSub); the 16x8
+          FULLY_CONNECTED takes the int64 MultiplyByQuantizedMultiplier (15-bit multiplier, one rounding).
+"single"  XNNPACK, LiteRT's default delegate. Convolutions requantize once in fp32: scale =
+          input_scale * kernel_scale[c] / output_scale in float (src/operators/convolution-nhwc.c),
+          y = rint(float(acc) * scale) + zp, round half to even (the qs8-qc8w "fp32" microkernels,
+          src/xnnpack/requantization.h). QUANTIZE: rint(x * (1.0f / scale)) + zp
+          (f32-qs8-vcvt). ADD: 20-bit fixed-point multipliers of a_scale / out_scale, floor shift
+          (microparams-init.c xnn_init_qs8_add_minmax_scalar_params, qs8-vadd). MEAN: int32 sum, then
+          rint(sum * s + zp') in float (operators/reduce-nd.c, reference/unary-elementwise.cc).
+          Ops XNNPACK does not take on int8/int16 (MINIMUM/MAXIMUM, the int16 QUANTIZE,
+          FULLY_CONNECTED, DEQUANTIZE) run on the builtin kernels under LiteRT's AUTO resolver, so
+          "single" runs them as "double" does.
+
+"double-ruy" (BUILTIN_X86, not in SEMANTICS) models the builtin *optimized* kernels on x86
+          (BUILTIN_WITHOUT_DEFAULT_DELEGATES): "double" except CONV_2D's final shift, which ruy rounds
+          halves toward +inf. Their int8 ADD also departs from add.h on rare near-ties (4 of 3.3M outputs
+          of one resnet20 w8a8 layer, 200 CIFAR-10 images); that is not modelled.
+
+Float ops (SUB, DIV of the normalisation) are float32 element-wise, as every kernel set computes them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from devices._runner import RunnerError
+
+SEMANTICS = ("single", "double")
+# Private extra: TFLite's builtin *optimized* kernels on x86 (BUILTIN_WITHOUT_DEFAULT_DELEGATES). Their
+# CONV_2D runs on ruy, whose rounding right shift rounds halves toward +inf, not away from zero, so it
+# departs from "double" on negative ties (measured: 1.6% of an unclamped 4-bit conv output).
+BUILTIN_X86 = "double-ruy"
+_I32_MIN, _I32_MAX = -(2 ** 31), 2 ** 31 - 1  # int32 saturation bounds (gemmlowp)
+_QMIN = {"INT8": -128, "INT16": -32768, "INT32": _I32_MIN}  # storage ranges of quantized tensors
+_QMAX = {"INT8": 127, "INT16": 32767, "INT32": _I32_MAX}
+_NP = {"INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FLOAT32": np.float32,
+       "UINT8": np.uint8}
+_FIX = ("run the artifact under LiteRT instead (devices.litert.LiteRTRunner), or export it with "
+        "export.tflite, whose graphs use only the ops this executor implements")
+
+
+# -- rounding primitives (double) ---------------------------------------------------------------------
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """QuantizeMultiplier (quantization_util.cc): m = q * 2^shift, q an int32 in [2^30, 2^31)."""
+    if m == 0.0:
+        return 0, 0
+    frac, shift = math.frexp(m)  # frac in [0.5, 1)
+    q = math.floor(frac * 2.0 ** 31 + 0.5)  # TfLiteRound: half away from zero (frac > 0)
+    if q == 2 ** 31:  # frac rounded up to 1.0
+        q, shift = q // 2, shift + 1
+    if shift < -31:  # too small for the shift range: flush to zero (as TFLite does)
+        q, shift = 0, 0
+    return int(q), int(shift)
+
+
+def srdhm(a, b) -> np.ndarray:
+    """SaturatingRoundingDoublingHighMul (gemmlowp fixedpoint.h): round(a*b / 2^31), halves away from 0."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    ab = a * b  # |ab| <= 2^62: exact in int64
+    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    v = ab + nudge
+    q = np.where(v >= 0, v >> 31, -((-v) >> 31))  # C++ '/' truncates toward zero
+    return np.where((a == _I32_MIN) & (b == _I32_MIN), _I32_MAX, q).astype(np.int64)  # the one overflow
+
+
+def rdbpot(x, exponent) -> np.ndarray:
+    """RoundingDivideByPOT (gemmlowp): x / 2^exponent, round to nearest, halves away from zero."""
+    x, e = np.asarray(x, np.int64), np.asarray(exponent, np.int64)
+    mask = (np.int64(1) << e) - 1
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> e) + ((x & mask) > threshold)
+
+
+def mbqm(x, q, shift) -> np.ndarray:
+    """MultiplyByQuantizedMultiplier(int32 x, ...) (common.h): left shift, SRDHM, RoundingDivideByPOT."""
+    q, shift = np.asarray(q, np.int64), np.asarray(shift, np.int64)
+    x = np.asarray(x, np.int64)
+    if (shift > 0).any():  # left shift: the int32 product wraps as in C++ (never for in-range scales)
+        x = (((x << np.maximum(shift, 0)) - _I32_MIN) % 2 ** 32) + _I32_MIN
+    return rdbpot(srdhm(x, q), np.maximum(-shift, 0))
+
+
+def mbqm64(x, q, shift) -> np.ndarray:
+    """MultiplyByQuantizedMultiplier(int64 x, ...) (common.cc, 16x8 kernels): one rounding, half up.
+
+    round(x * q / 2^(31 - shift)) with the full int32 multiplier; measured bit-exact on LiteRT 2.3.0 (the
+    older 15-bit `reduced_multiplier` form flips ~5% of the int16 logits). |x| < 2^32 keeps x * q in int64.
+    """
+    x, q, shift = np.asarray(x, np.int64), np.asarray(q, np.int64), np.asarray(shift, np.int64)
+    if x.size and np.abs(x).max() >= 2 ** 32:
+        raise RunnerError(f"16x8 accumulator {int(np.abs(x).max())} >= 2^32 would overflow int64 here; {_FIX}")
+    total = 31 - shift
+    return (x * q + (np.int64(1) << (total - 1))) >> total
+
+
+def rdbpot_half_up(x, exponent) -> np.ndarray:
+    """ruy's rounding right shift (x86 kernels behind the builtin optimized CONV_2D): halves toward +inf."""
+    e = np.asarray(exponent, np.int64)
+    return (np.asarray(x, np.int64) + ((np.int64(1) << e) >> 1)) >> e
+
+
+def rint_f32(v) -> np.ndarray:
+    """float32 -> integer, round half to even (XNNPACK's magic bias / cvtps / nearbyint)."""
+    return np.rint(np.asarray(v, np.float32)).astype(np.int64)
+
+
+def round_away(v) -> np.ndarray:
+    """std::round (TfLiteRound): to nearest, halves away from zero; exact for any float."""
+    a = np.abs(v)
+    f = np.floor(a)
+    return (np.sign(v) * (f + (a - f >= 0.5))).astype(np.int64)
+
+
+# -- graph ----------------------------------------------------------------------------------------------
+class _Tensor:
+    def __init__(self, t, buffers, types):
+        self.name = t.name.decode() if isinstance(t.name, bytes) else str(t.name)
+        self.type = types[t.type]
+        qp = t.quantization
+        self.scale = np.asarray(qp.scale if qp is not None and qp.scale is not None else [], np.float32)
+        self.zp = np.asarray(qp.zeroPoint if qp is not None and qp.zeroPoint is not None else [], np.int64)
+        self.quantized = self.scale.size > 0 and self.type in _QMIN
+        buf = buffers[t.buffer] if t.buffer else None
+        self.data = None
+        if buf is not None and buf.data is not None and len(buf.data):
+            shape = [int(d) for d in t.shape] if t.shape is not None else []
+            self.data = np.frombuffer(np.asarray(buf.data, np.uint8).tobytes(), _NP[self.type]).reshape(shape)
+        elif buf is not None and (buf.offset or 0) > 1:
+            raise RunnerError(f"tensor {self.name}: external (offset) buffers are not supported; {_FIX}")
+
+    @property
+    def zp0(self) -> int:
+        return int(self.zp[0]) if self.zp.size else 0
+
+
+class TfliteIntGraph:
+    """A parsed full-integer .tflite (first subgraph), replayed in numpy under a named semantics."""
+
+    def __init__(self, model: str | Path | bytes):
+        from ai_edge_litert import schema_py_generated as S
+
+        data = model if isinstance(model, (bytes, bytearray)) else Path(model).read_bytes()
+        m = S.ModelT.InitFromObj(S.Model.GetRootAsModel(bytes(data), 0))
+        sg = m.subgraphs[0]
+        opnames = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
+        self._act = {v: k for k, v in vars(S.ActivationFunctionType).items() if not k.startswith("_")}
+        self._pad = {v: k for k, v in vars(S.Padding).items() if not k.startswith("_")}
+        types = {v: k for k, v in vars(S.TensorType).items() if not k.startswith("_")}
+        self.tensors = [_Tensor(t, m.buffers, types) for t in sg.tensors]
+        self.ops = []  # (kind, inputs, outputs, options)
+        for o in sg.operators:
+            oc = m.operatorCodes[o.opcodeIndex]
+            kind = opnames.get(max(oc.builtinCode, oc.deprecatedBuiltinCode), "CUSTOM")
+            if kind not in _OPS:
+                raise RunnerError(f"op {kind} is not implemented by the numpy integer executor "
+                                  f"(it runs {sorted(_OPS)}); {_FIX}")
+            self.ops.append((kind, list(o.inputs), list(o.outputs), o.builtinOptions))
+        self._in, self._out = int(sg.inputs[0]), [int(i) for i in sg.outputs]
+        if len(sg.inputs) != 1:
+            raise RunnerError(f"the graph has {len(sg.inputs)} inputs; the executor takes one; {_FIX}")
+        self.input_name = self.tensors[self._in].name
+        sig = sg.tensors[self._in].shapeSignature
+        dims = sig if sig is not None and len(sig) else sg.tensors[self._in].shape
+        self.input_shape = tuple(None if int(d) < 0 else int(d) for d in dims)  # (None, H, W, 3): None = dynamic
+        self.output_names = [self.tensors[i].name for i in self._out]
+
+    def run(self, x: np.ndarray, semantics: str = "double", *, keep_ints: bool = False
+            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """x: the model's input as LiteRT takes it (export.tflite artifacts: float32 NHWC in [0,1]).
+
+        Returns ({output name: array}, {tensor name: int8/int16/int32 array of every quantized
+        intermediate tensor} if keep_ints else {}).
+        """
+        if semantics not in SEMANTICS + (BUILTIN_X86,):
+            raise RunnerError(f"semantics {semantics!r}: choose from {SEMANTICS}")
+        t_in = self.tensors[self._in]
+        x = np.asarray(x)
+        if x.dtype != _NP[t_in.type]:
+            raise RunnerError(f"input {t_in.name!r} has dtype {x.dtype}, expected {np.dtype(_NP[t_in.type])}")
+        vals: dict[int, np.ndarray] = {self._in: x}
+        for kind, ins, outs, opt in self.ops:
+            args = [vals[i] if i in vals else self.tensors[i].data if i >= 0 else None for i in ins]
+            tin = [self.tensors[i] if i >= 0 else None for i in ins]
+            y = _OPS[kind](self, semantics, args, tin, self.tensors[outs[0]], opt)
+            vals[outs[0]] = y.astype(_NP[self.tensors[outs[0]].type])
+        outputs = {self.tensors[i].name: vals[i] for i in self._out}
+        ints = {self.tensors[i].name: v for i, v in vals.items()
+                if keep_ints and i != self._in and self.tensors[i].quantized} if keep_ints else {}
+        return outputs, ints
+
+    def _clamp_range(self, out: _Tensor, act: int) -> tuple[int, int]:
+        """CalculateActivationRangeQuantized (kernel_util.cc): fused activation bounds in stored integers."""
+        lo, hi = _QMIN[out.type], _QMAX[out.type]
+        q = lambda f: out.zp0 + int(round_away(np.float32(f) / out.scale[0]))  # noqa: E731
+        name = self._act.get(act or 0, "NONE")
+        if name == "RELU":
+            return max(lo, q(0.0)), hi
+        if name == "RELU6":
+            return max(lo, q(0.0)), min(hi, q(6.0))
+        if name == "RELU_N1_TO_1":
+            return max(lo, q(-1.0)), min(hi, q(1.0))
+        if name != "NONE":
+            raise RunnerError(f"fused activation {name} is not implemented; {_FIX}")
+        return lo, hi
+
+
+# -- ops: each (graph, semantics, args, input tensors, output tensor, options) -> array ------------------
+def _requant(sem: str, acc: np.ndarray, s_in: np.float32, s_w: np.ndarray, out: _Tensor, lo: int, hi: int,
+             ruy: bool = False):
+    """Per-channel requantization of an int accumulator (..., C) into out's integers."""
+    if sem != "single":  # conv.cc PopulateConvolutionQuantizationParams: double effective scale
+        qs = [quantize_multiplier(float(s_in) * float(w) / float(out.scale[0])) for w in s_w]
+        q, shift = np.array([q for q, _ in qs], np.int64), np.array([s for _, s in qs], np.int64)
+        if ruy and sem == BUILTIN_X86:  # ruy: same high mul, then halves toward +inf
+            y = rdbpot_half_up(srdhm(acc << np.maximum(shift, 0), q), np.maximum(-shift, 0))
+        else:
+            y = mbqm(acc, q, shift)
+    else:  # convolution-nhwc.c: float input_scale * kernel_scale / output_scale
+        scale = (np.float32(s_in) * s_w.astype(np.float32)) / np.float32(out.scale[0])
+        y = rint_f32(acc.astype(np.float32) * scale)
+    return np.clip(y + out.zp0, lo, hi)
+
+
+def _pad_same(x: np.ndarray, k: tuple[int, int], s: int, fill: int) -> np.ndarray:
+    """SAME padding (TFLite: the extra row/column on the far side), filled with the input zero point."""
+    _, h, w, _ = x.shape  # (N, H, W, C)
+    ph = max((-(-h // s) - 1) * s + k[0] - h, 0)
+    pw = max((-(-w // s) - 1) * s + k[1] - w, 0)
+    return np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), constant_values=fill)
+
+
+def _windows(g, x: np.ndarray, xt: _Tensor, kh: int, kw: int, opt):
+    """(N, Ho, Wo, C) views of x - zp, one per kernel tap (kh, kw), after SAME/VALID padding."""
+    if (opt.dilationHFactor or 1) != 1 or (opt.dilationWFactor or 1) != 1 or opt.strideH != opt.strideW:
+        raise RunnerError(f"dilated or anisotropic-stride convolution is not implemented; {_FIX}")
+    s = opt.strideH
+    x = x.astype(np.int64) - xt.zp0  # input offset (conv.h: input_offset = -zero_point)
+    if g._pad[opt.padding] == "SAME":
+        x = _pad_same(x, (kh, kw), s, 0)
+    ho, wo = (x.shape[1] - kh) // s + 1, (x.shape[2] - kw) // s + 1
+    return {(i, j): x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] for i in range(kh) for j in range(kw)}
+
+
+def _conv2d(g, sem, args, tin, out, opt):
+    x, w, b = args[0], args[1].astype(np.float64), args[2]  # w: (Cout, KH, KW, Cin)
+    taps = _windows(g, x, tin[0], w.shape[1], w.shape[2], opt)
+    # float64 dot products of int8 integers are exact (|acc| << 2^53) and use BLAS
+    acc = sum(t.astype(np.float64) @ w[:, i, j, :].T for (i, j), t in taps.items())  # (N, Ho, Wo, Cout)
+    acc = acc.astype(np.int64) + (b.astype(np.int64) if b is not None else 0)
+    return _requant(sem, acc, tin[0].scale[0], tin[1].scale, out, *g._clamp_range(out, opt.fusedActivationFunction),
+                    ruy=True)
+
+
+def _depthwise(g, sem, args, tin, out, opt):
+    x, w, b = args[0], args[1].astype(np.int64), args[2]  # w: (1, KH, KW, C * multiplier)
+    if (opt.depthMultiplier or 1) != 1 and w.shape[3] != x.shape[3]:
+        raise RunnerError(f"depthwise multiplier {opt.depthMultiplier} is not implemented; {_FIX}")
+    taps = _windows(g, x, tin[0], w.shape[1], w.shape[2], opt)
+    acc = sum(t * w[0, i, j, :] for (i, j), t in taps.items()) + (b.astype(np.int64) if b is not None else 0)
+    return _requant(sem, acc, tin[0].scale[0], tin[1].scale, out, *g._clamp_range(out, opt.fusedActivationFunction))
+
+
+def _fully_connected(g, sem, args, tin, out, opt):
+    """fully_connected.h (int8 or 16x8, per-channel): exact accumulate; XNNPACK leaves int16 to builtin."""
+    x, w, b = args[0].astype(np.int64) - tin[0].zp0, args[1].astype(np.float64), args[2]  # w: (Cout, Cin)
+    acc = (x.reshape(-1, w.shape[1]).astype(np.float64) @ w.T).astype(np.int64)  # (N, Cout), exact
+    acc = acc + (b.astype(np.int64) if b is not None else 0)
+    s_w = tin[1].scale if tin[1].scale.size > 1 else np.repeat(tin[1].scale, w.shape[0])
+    qs = [quantize_multiplier(float(tin[0].scale[0]) * float(s) / float(out.scale[0])) for s in s_w]
+    q, sh = np.array([v for v, _ in qs]), np.array([v for _, v in qs])
+    if tin[0].type == "INT16":
+        y = mbqm64(acc, q, sh)
+    elif sem != "single":
+        y = mbqm(acc, q, sh)
+    else:
+        return _requant(sem, acc, tin[0].scale[0], s_w, out, *g._clamp_range(out, opt.fusedActivationFunction))
+    lo, hi = g._clamp_range(out, opt.fusedActivationFunction)
+    return np.clip(y + out.zp0, lo, hi)
+
+
+def _add(g, sem, args, tin, out, opt):
+    a, b = (v.astype(np.int64) for v in args)
+    lo, hi = g._clamp_range(out, opt.fusedActivationFunction if opt is not None else 0)
+    if sem != "single":
+        return np.clip(_add_tflite(a, b, tin[0], tin[1], out), lo, hi)
+    return np.clip(_add_xnnpack(a, b, tin[0], tin[1], out), lo, hi)
+
+
+def _add_tflite(a, b, ta: _Tensor, tb: _Tensor, out: _Tensor) -> np.ndarray:
+    """add.cc PrepareInt8AddSub + integer_ops/add.h: inputs << 20, per-input multipliers, output multiplier."""
+    left_shift = 20 if out.type == "INT8" else 15  # add.cc: headroom bits for int8 (15 for int16)
+    twice_max = 2.0 * max(float(ta.scale[0]), float(tb.scale[0]))
+    qa, sa = quantize_multiplier(float(ta.scale[0]) / twice_max)
+    qb, sb = quantize_multiplier(float(tb.scale[0]) / twice_max)
+    qo, so = quantize_multiplier(twice_max / ((1 << left_shift) * float(out.scale[0])))
+    scaled = lambda v, t, q, s: rdbpot(srdhm((v - t.zp0) << left_shift, q), -s)  # noqa: E731 (s <= 0)
+    raw = scaled(a, ta, qa, sa) + scaled(b, tb, qb, sb)
+    return rdbpot(srdhm(raw, qo), -so) + out.zp0
+
+
+def _add_xnnpack(a, b, ta: _Tensor, tb: _Tensor, out: _Tensor) -> np.ndarray:
+    """microparams-init.c xnn_init_qs8_add_minmax_scalar_params + qs8-vadd: 20-bit multipliers, floor shift."""
+    sa = np.float32(ta.scale[0]) / np.float32(out.scale[0])  # float, as XNNPACK divides
+    sb = np.float32(tb.scale[0]) / np.float32(out.scale[0])
+    exp = int((np.float32(max(sa, sb)).view(np.uint32) >> 23) & 0xFF) - 127
+    shift = 20 - exp  # the larger multiplier lands in [2^20, 2^21)
+    mult = lambda s: int(np.rint(np.float32(s) * np.float32(2.0 ** shift)))  # noqa: E731 (exponent add = exact scale)
+    ma, mb = mult(sa), mult(sb)
+    bias = (1 << (shift - 1)) - ma * ta.zp0 - mb * tb.zp0  # rounding constant folded with the zero points
+    return ((bias + a * ma + b * mb) >> shift) + out.zp0  # math_asr_s32: floor
+
+
+def _mean(g, sem, args, tin, out, opt):
+    x, axes = args[0].astype(np.int64), tuple(int(v) for v in np.atleast_1d(args[1]))
+    n = int(np.prod([x.shape[a] for a in axes]))
+    total = x.sum(axis=axes, keepdims=bool(opt.keepDims))  # (N, C): exact int sum
+    s_in, s_out = tin[0].scale[0], out.scale[0]
+    if sem != "single":  # reference/reduce.h QuantizedMeanOrSum, multiplier from reduce.cc (double)
+        q, shift = quantize_multiplier(float(s_in) / float(s_out))
+        k = min(n.bit_length() - 1, 32, 31 + shift)  # fold 1/n into the multiplier, keep precision
+        q, shift = int((q << k) // n), shift - k
+        y = mbqm(total - tin[0].zp0 * n, q, shift)
+    else:  # reduce-nd.c: scale = (in/out) * (1/n) in float; zp' = zp - n * in_zp * scale
+        scale = np.float32(np.float32(s_in) / np.float32(s_out)) * np.float32(np.float32(1.0) / np.float32(n))
+        zp = np.float32(out.zp0) - np.float32(n * tin[0].zp0) * scale
+        y = rint_f32(total.astype(np.float32) * scale + zp)
+    return np.clip(y + (out.zp0 if sem != "single" else 0), _QMIN[out.type], _QMAX[out.type])
+
+
+def _quantize(g, sem, args, tin, out, opt):
+    x, lo, hi = args[0], _QMIN[out.type], _QMAX[out.type]
+    if tin[0].type == "FLOAT32":
+        s = np.float32(out.scale[0])
+        if sem != "single":  # reference/quantize.h AffineQuantize: round(x / scale) + zp, half away
+            y = round_away(x.astype(np.float32) / s)
+        else:  # f32-qs8-vcvt: x * (1/scale) in float, round half to even
+            y = rint_f32(x.astype(np.float32) * (np.float32(1.0) / s))
+        return np.clip(y + out.zp0, lo, hi)
+    # requantize.h (quantize.cc int -> int): MultiplyByQuantizedMultiplier of the double scale ratio
+    q, shift = quantize_multiplier(float(tin[0].scale[0]) / float(out.scale[0]))
+    return np.clip(mbqm(x.astype(np.int64) - tin[0].zp0, q, shift) + out.zp0, lo, hi)
+
+
+def _dequantize(g, sem, args, tin, out, opt):
+    """dequantize.h: float(double(scale) * (x - zp))."""
+    return (np.float64(tin[0].scale[0]) * (args[0].astype(np.int64) - tin[0].zp0)).astype(np.float32)
+
+
+def _pad(g, sem, args, tin, out, opt):
+    pads = args[1].astype(np.int64)  # (rank, 2)
+    fill = out.zp0 if out.quantized else 0  # quantized PAD fills with the output zero point
+    return np.pad(args[0], [tuple(p) for p in pads], constant_values=fill)
+
+
+def _strided_slice(g, sem, args, tin, out, opt):
+    if opt.ellipsisMask or opt.newAxisMask or opt.shrinkAxisMask or getattr(opt, "offset", False):
+        raise RunnerError(f"STRIDED_SLICE with ellipsis/new-axis/shrink/offset masks is not implemented; {_FIX}")
+    x, begin, end, strides = args
+    idx = tuple(slice(None if opt.beginMask >> d & 1 else int(begin[d]), None if opt.endMask >> d & 1 else int(end[d]),
+                      int(strides[d])) for d in range(x.ndim))
+    return x[idx]
+
+
+def _binary_float(fn):
+    def op(g, sem, args, tin, out, opt):
+        if out.quantized or tin[0].type != "FLOAT32":
+            raise RunnerError(f"quantized {fn.__name__} is not implemented; {_FIX}")
+        return fn(args[0].astype(np.float32), args[1].astype(np.float32))
+    return op
+
+
+def _minmax(fn):
+    def op(g, sem, args, tin, out, opt):  # same scale and zero point on both sides (export.tflite clamps)
+        return fn(args[0], args[1].astype(args[0].dtype))
+    return op
+
+
+_OPS = {"CONV_2D": _conv2d, "DEPTHWISE_CONV_2D": _depthwise, "FULLY_CONNECTED": _fully_connected, "ADD": _add,
+        "MEAN": _mean, "QUANTIZE": _quantize, "DEQUANTIZE": _dequantize, "PAD": _pad,
+        "STRIDED_SLICE": _strided_slice, "SUB": _binary_float(np.subtract), "DIV": _binary_float(np.divide),
+        "MAXIMUM": _minmax(np.maximum), "MINIMUM": _minmax(np.minimum)}

@@ -1,0 +1,176 @@
+"""The integer executor as a runner: an exported .onnx or .tflite run in numpy with named requantization semantics.
+
+    with IntExecRunner("w4.onnx", semantics="single-u8s8sat") as r:
+        logits = r.infer({"input": x})["logits"]      # x: (B, 3, 32, 32) float32 in [0, 1]
+    expected_semantics("onnxrt", fingerprint())       # what this host's ONNX Runtime computes: "single" with VNNI
+
+Numpy only (no runtime, no torch), so the same file runs on a board. Each semantics models one kernel set
+bit for bit; `SEMANTICS` says which and where it comes from (the runtimes' own sources, read and cited in
+devices/_intexec_onnx.py and devices/_intexec_tflite.py). `attribute` runs every candidate on a deployed run's
+images and says which one reproduces it, image by image (`eval.compare` and `export.onnx` report it):
+
+    att = attribute(Path("w4.onnx"), images, deployed_logits, runtime="onnxrt", host=fingerprint())
+    att["summary"]   # 'onnxrt = single-u8s8sat (ONNX Runtime ... AVX2 and no VNNI): 2600 of 2600 images bit-exact'
+
+A semantics reproduces an image when every logit it computes equals the deployed run's bit for bit: the
+executor models integer kernels exactly, so a single differing integer anywhere upstream shows in the logits.
+Each candidate first runs on an evenly spread probe of the images; one that is exact on all of it runs on the
+rest too, so the explaining semantics is counted on every image and the others on the probe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from devices._runner import Runner, RunnerError, TensorSpec
+
+
+@dataclass(frozen=True)
+class Semantics:
+    name: str  # what --runtimes and compare.json call it: intexec-<name>
+    artifact: str  # ".onnx" | ".tflite"
+    graph_name: str  # the name the graph executor takes
+    models: str  # the kernel set it is bit-exact with
+    rounding: str  # how it requantizes, in words
+
+
+SEMANTICS = {s.name: s for s in (
+    Semantics("single", ".onnx", "single", "ONNX Runtime CPU, ORT_ENABLE_ALL, x86 with AVX-512 VNNI / AVX-VNNI "
+              "(QLinearConv, QLinearAdd, QGemm)", "exact int32 sums, one rounding in float32 (round half to even)"),
+    Semantics("single-u8s8sat", ".onnx", "single-u8s8sat", "ONNX Runtime CPU, ORT_ENABLE_ALL, x86 with AVX2 and no "
+              "VNNI (MLAS VPMADDUBSW kernels)", "u8 x s8 products summed in pairs into int16 with saturation, "
+              "then one rounding in float32"),
+    Semantics("xnnpack", ".tflite", "single", "LiteRT with its default XNNPACK delegate",
+              "exact int32 sums, one rounding in float32 (round half to even), as Brevitas"),
+    Semantics("double", ".tflite", "double", "LiteRT reference kernels (BUILTIN_REF), on every CPU",
+              "int32 multiplier + shift: SaturatingRoundingDoublingHighMul then RoundingDivideByPOT (two roundings)"),
+    Semantics("double-ruy", ".tflite", "double-ruy", "LiteRT builtin optimized kernels on x86 "
+              "(BUILTIN_WITHOUT_DEFAULT_DELEGATES; CONV_2D through ruy)", "as double, but ruy's final shift rounds "
+              "halves toward +inf"),
+)}
+
+
+def candidates(artifact: str | Path) -> list[str]:
+    """The semantics that can run `artifact`, by its suffix."""
+    suffix = Path(artifact).suffix
+    return [s.name for s in SEMANTICS.values() if s.artifact == suffix]
+
+
+def expected_semantics(runtime: str, host: dict) -> str | None:
+    """The semantics a runtime computes on a host (devices._host.fingerprint()), where one is known."""
+    x86 = host.get("machine") in ("x86_64", "AMD64")
+    if runtime == "onnxrt" and x86:
+        return "single-u8s8sat" if host.get("int8_dot") == "pairs-int16-saturating" else "single"
+    return {"litert-xnnpack": "xnnpack", "litert-ref": "double"}.get(runtime) or (
+        "double-ruy" if runtime == "litert-builtin" and x86 else None)
+
+
+def load_graph(artifact: str | Path | bytes, suffix: str | None = None):
+    """The graph executor of an .onnx (OnnxIntGraph) or .tflite (TfliteIntGraph)."""
+    suffix = suffix or Path(artifact).suffix
+    if suffix == ".onnx":
+        from devices._intexec_onnx import OnnxIntGraph
+
+        return OnnxIntGraph(artifact)
+    if suffix == ".tflite":
+        from devices._intexec_tflite import TfliteIntGraph
+
+        return TfliteIntGraph(artifact)
+    raise RunnerError(f"the integer executor runs .onnx and .tflite exports, not {suffix!r}")
+
+
+class IntExecRunner(Runner):
+    """One exported graph under one semantics (a key of SEMANTICS)."""
+
+    def __init__(self, path: str | Path, *, semantics: str):
+        super().__init__()
+        if semantics not in SEMANTICS:
+            raise RunnerError(f"unknown semantics {semantics!r}; choose one of {', '.join(SEMANTICS)}")
+        self.path, self.semantics = Path(path), SEMANTICS[semantics]
+        if self.path.suffix != self.semantics.artifact:
+            raise RunnerError(f"semantics {semantics!r} runs {self.semantics.artifact} files, not {self.path.name}; "
+                              f"for it use one of {', '.join(candidates(self.path)) or 'none'}")
+        self.name = f"intexec-{semantics}"
+        self.kernels = f"numpy integer executor, {semantics}: models {self.semantics.models}"
+        self._graph = None
+
+    def _activate(self) -> None:
+        if not self.path.is_file():
+            raise RunnerError(f"{self.name}: {self.path} not found")
+        self._graph = load_graph(self.path)
+
+    def _input_spec(self) -> list[TensorSpec]:
+        shape = self._graph.input_shape  # e.g. (None, 3, 32, 32) or (None, 32, 32, 3)
+        return [TensorSpec(self._graph.input_name, np.dtype(np.float32), shape)]
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs, _ = self._graph.run(feed[self._graph.input_name], self.semantics.graph_name)
+        return outs
+
+    def integers(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(outputs, every integer activation by tensor name) for one input batch."""
+        self._require_active("integers")
+        return self._graph.run(x, self.semantics.graph_name, keep_ints=True)
+
+    def _deactivate(self) -> None:
+        self._graph = None
+
+
+# -- attribution ---------------------------------------------------------------------------------------
+PROBE_IMAGES = 200  # replay rows every candidate runs on: enough to refute a wrong one (they miss most images)
+BATCH = 100  # images per executor call: bounds the im2col buffers (~120 MB at 32x32, 16 channels)
+METHOD = ("the numpy integer executor (devices.intexec) runs the same artifact on the same replay bytes under each "
+          "candidate semantics; an image is reproduced when all its logits are bit-identical to the deployed run's. "
+          f"Candidates run on {PROBE_IMAGES} evenly spread rows; one exact on all of them runs on every row")
+
+
+def _logits(graph, semantics: str, images: np.ndarray, rows: np.ndarray, nhwc: bool) -> np.ndarray:
+    """(len(rows), K) executor logits for replay `images` (M, H, W, 3) uint8 at `rows`, canonical feed."""
+    out = []
+    for i in range(0, len(rows), BATCH):
+        x = images[rows[i:i + BATCH]].astype(np.float32) / np.float32(255)  # (B, H, W, 3): to_tensor's bytes
+        x = x if nhwc else np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (B, 3, H, W)
+        out.append(graph.run(x, semantics)[0][graph.output_names[0]])
+    return np.concatenate(out)
+
+
+def attribute(artifact: Path, images: np.ndarray, deployed: np.ndarray, *, runtime: str, host: dict | None,
+              probe: int = PROBE_IMAGES) -> dict:
+    """Each candidate semantics' count of bit-identical images against `deployed` (M, K) logits.
+
+    Returns {"method", "expected", "candidates": [{semantics, models, rounding, images, exact, argmax_agree}],
+    "explained_by": the semantics exact on every image (or None), "summary"}.
+    """
+    graph = load_graph(artifact)
+    expected = expected_semantics(runtime, host or {})
+    names = sorted(candidates(artifact), key=lambda s: s != expected)  # the expected one first
+    m = len(deployed)
+    spread = np.unique(np.linspace(0, m - 1, min(probe, m)).astype(np.int64))  # (P,) evenly spread rows
+    rows = []
+    for name in names:
+        sem = SEMANTICS[name]
+        got = _logits(graph, sem.graph_name, images, spread, artifact.suffix == ".tflite")
+        exact = np.all(got == deployed[spread], axis=1)  # (P,)
+        used = spread
+        if exact.all() and len(spread) < m:  # exact on the probe: count every image
+            used = np.arange(m)
+            got = _logits(graph, sem.graph_name, images, used, artifact.suffix == ".tflite")
+            exact = np.all(got == deployed, axis=1)
+        rows.append({"semantics": name, "models": sem.models, "rounding": sem.rounding, "images": int(len(used)),
+                     "exact": int(exact.sum()), "argmax_agree": float(np.mean(got.argmax(1) == deployed[used].argmax(1))),
+                     "first_unexplained": [int(i) for i in used[~exact][:10]]})
+    full = [r for r in rows if r["images"] == m and r["exact"] == m]
+    best = max(rows, key=lambda r: r["exact"] / max(r["images"], 1)) if rows else None
+    if full:
+        r = full[0]
+        summary = f"{runtime} = {r['semantics']} ({r['models']}): {r['exact']} of {m} images bit-exact"
+    elif best is not None:
+        summary = (f"{runtime}: no modelled semantics reproduces every image; closest {best['semantics']} "
+                   f"({best['exact']} of {best['images']} bit-exact)")
+    else:
+        summary = f"{runtime}: no executor semantics for {artifact.suffix} files"
+    return {"method": METHOD, "expected": expected, "candidates": rows,
+            "explained_by": full[0]["semantics"] if full else None, "summary": summary}

@@ -1,0 +1,186 @@
+"""devices._intexec_onnx: the numpy integer executor against ONNX Runtime on the tiny model (2, 4, 8 bits).
+
+"single" must equal ORT_ENABLE_ALL on a VNNI host, "single-u8s8sat" ORT's AVX2 kernels (run under
+qemu-x86_64-static -cpu Haswell, which makes MLAS dispatch them). The deployed graph (logits only) is the
+reference: adding integer tensors as graph outputs changes what ORT fuses (a graph-output int8 tensor is not
+converted to uint8, so its Conv/Add stay unfused in float), so integer tensors are compared where that graph's
+kernels are exact and equal (the VNNI host).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+
+from devices._intexec_onnx import SEMANTICS, OnnxIntGraph, pair_dot_sat  # noqa: E402
+from devices._runner import RunnerError  # noqa: E402
+
+ORT_SCRIPT = """
+import sys, numpy as np, onnxruntime as ort
+so = ort.SessionOptions(); so.intra_op_num_threads = 1
+so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+s = ort.InferenceSession(open(sys.argv[1], "rb").read(), so, providers=["CPUExecutionProvider"])
+feed = {s.get_inputs()[0].name: np.load(sys.argv[2])}
+np.savez(sys.argv[3], *s.run(None, feed))
+"""
+
+
+def host_has_vnni() -> bool:
+    try:
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+NATIVE = "single" if host_has_vnni() else "single-u8s8sat"  # what ORT on this host computes
+
+
+def ort_run(model, x: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    s = ort.InferenceSession(model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, {s.get_inputs()[0].name: x})))
+
+
+def haswell_run(model_bytes: bytes, x: np.ndarray, tmp: Path) -> list[np.ndarray]:
+    qemu = shutil.which("qemu-x86_64-static")
+    if qemu is None:
+        pytest.skip("qemu-x86_64-static is not installed (apt-get install qemu-user-static)")
+    (tmp / "m.onnx").write_bytes(model_bytes)
+    np.save(tmp / "x.npy", x)
+    (tmp / "run.py").write_text(ORT_SCRIPT)
+    py = os.path.realpath(sys.executable)
+    subprocess.run([qemu, "-cpu", "Haswell", py, str(tmp / "run.py"), str(tmp / "m.onnx"), str(tmp / "x.npy"),
+                    str(tmp / "out.npz")], check=True, stderr=subprocess.DEVNULL, timeout=600)
+    with np.load(tmp / "out.npz") as z:
+        return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_checkpoint, tmp_path_factory):
+    """bits -> QDQ .onnx of the tiny checkpoint (built the fast way, no exporter proofs)."""
+    from export._common import deploy_model
+    from export.onnx import export_qcdq
+    from qadtr.evaluate import to_tensor
+
+    out = tmp_path_factory.mktemp("intexec")
+    example = to_tensor(np.zeros((1, 8, 8, 3), np.uint8))
+    paths = {}
+    for b in (2, 4, 8):
+        paths[b] = out / f"w{b}.onnx"
+        export_qcdq(deploy_model(tiny_checkpoint, b)[0], paths[b], example)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def feed(tiny_images) -> np.ndarray:
+    return tiny_images.transpose(0, 3, 1, 2).astype(np.float32) / 255  # (32, 3, 8, 8)
+
+
+# -- the saturating pair-dot primitive ---------------------------------------------------------------------
+def test_pair_dot_saturates_each_pair():
+    a = np.full((1, 64), 255, np.uint8)
+    w = np.full((64, 1), 127, np.int8)
+    assert pair_dot_sat(a, w)[0, 0] == 32 * 32767 == 1048544  # 32 pairs of 64770, each clamped to int16
+    assert (a.astype(np.int64) @ w)[0, 0] == 2072640  # exact (VNNI) value
+
+
+def test_pair_dot_pairs_adjacent_k_and_pads_odd_k():
+    a = np.array([[255, 255, 255, 0, 255]], np.uint8)  # pairs (0,1), (2,3), (4, pad)
+    w = np.array([[127], [127], [127], [-128], [127]], np.int8)
+    assert pair_dot_sat(a, w)[0, 0] == 32767 + 255 * 127 + 255 * 127
+    rng = np.random.default_rng(0)
+    a, w = rng.integers(0, 16, (3, 7, 27)), rng.integers(-7, 8, (27, 5))
+    assert np.array_equal(pair_dot_sat(a, w), a @ w)  # no saturation possible: exact
+
+
+# -- against ORT on this host --------------------------------------------------------------------------------
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_logits_bit_exact_with_native_ort(exports, feed, bits):
+    g = OnnxIntGraph(exports[bits])
+    assert g.output_names == ["logits"] and g.input_name == "input"
+    ours = g.run(feed, NATIVE)[0]["logits"]
+    assert ours.dtype == np.float32 and np.array_equal(ours, ort_run(exports[bits], feed)["logits"])
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_integer_tensors_bit_exact_with_native_ort(exports, feed, bits):
+    from export.onnx import _with_outputs, activation_dq_inputs
+
+    if not host_has_vnni():
+        pytest.skip("with integer graph outputs ORT fuses differently; exact per tensor only on VNNI kernels")
+    m = onnx.load(str(exports[bits]))
+    names = list(activation_dq_inputs(m))
+    ref = ort_run(_with_outputs(m, names), feed)
+    outs, ints = OnnxIntGraph(exports[bits]).run(feed, "single", keep_ints=True)
+    assert list(ints) == names
+    for k in names:
+        assert ints[k].dtype == ref[k].dtype and np.array_equal(ints[k], ref[k]), k
+    assert np.array_equal(outs["logits"], ref["logits"])
+    assert OnnxIntGraph(exports[bits]).run(feed)[1] == {}  # keep_ints=False
+
+
+# -- against ORT's AVX2 (no VNNI) kernels under emulation --------------------------------------------------
+def one_gemm(k: int = 64, n: int = 4) -> bytes:
+    """DQ(u8 x) -> Gemm(DQ(int8 w = 127), int32 bias) -> logits: every adjacent u8*s8 pair saturates at x=255."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    init = [numpy_helper.from_array(np.float32(1 / 255), "xs"), numpy_helper.from_array(np.uint8(0), "xz"),
+            numpy_helper.from_array(np.full((n, k), 127, np.int8), "w"),
+            numpy_helper.from_array(np.full(n, 0.01, np.float32), "ws"),
+            numpy_helper.from_array(np.zeros(n, np.int8), "wz"),
+            numpy_helper.from_array(np.arange(n, dtype=np.int32), "b"),
+            numpy_helper.from_array(np.full(n, 0.01 / 255, np.float32), "bs"),
+            numpy_helper.from_array(np.zeros(n, np.int32), "bz")]
+    nodes = [helper.make_node("QuantizeLinear", ["input", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bd"], axis=0),
+             helper.make_node("Gemm", ["xd", "wd", "bd"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, k])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [None, n])], init)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+def test_saturation_under_haswell(tmp_path):
+    x = np.concatenate([np.ones((1, 64)), np.random.default_rng(0).random((3, 64))]).astype(np.float32)
+    g = OnnxIntGraph(one_gemm())
+    (ref,) = haswell_run(one_gemm(), x, tmp_path)
+    sat, exact = g.run(x, "single-u8s8sat")[0]["logits"], g.run(x, "single")[0]["logits"]
+    assert np.array_equal(sat, ref)
+    assert not np.array_equal(exact[0], ref[0])  # x = 1.0 -> u8 255: saturation must occur
+    assert np.array_equal(exact, ort_run(one_gemm(), x)["logits"]) == host_has_vnni()
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_tiny_logits_bit_exact_under_haswell(exports, feed, bits, tmp_path):
+    (ref,) = haswell_run(exports[bits].read_bytes(), feed, tmp_path)
+    g = OnnxIntGraph(exports[bits])
+    assert np.array_equal(g.run(feed, "single-u8s8sat")[0]["logits"], ref)
+    if bits == 8:  # 8-bit first conv on u8 (x + 128) inputs: pairs saturate, so the VNNI semantics differs
+        assert not np.array_equal(g.run(feed, "single")[0]["logits"], ref)
+
+
+def test_refusals(exports):
+    from onnx import TensorProto, helper
+
+    with pytest.raises(RunnerError, match="unknown semantics"):
+        OnnxIntGraph(exports[8]).run(np.zeros((1, 3, 8, 8), np.float32), "double")
+    graph = helper.make_graph([helper.make_node("Sin", ["input"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+    with pytest.raises(RunnerError, match="Sin is not supported"):
+        OnnxIntGraph(model)
+    assert SEMANTICS == ("single", "single-u8s8sat")
