@@ -8,7 +8,11 @@ Both sides rerun the (few) images with every quantized activation exposed:
 - LiteRT: the artifact with every activation tensor added as a subgraph output (`export.tflite.with_outputs`:
   XNNPACK materialises only partition outputs), under the run's kernel set.
 The instrumented artifact's logits are checked against the plain artifact's (`outputs_identical`):
-extra outputs must not change what the kernels compute. Layers are compared in network (forward) order.
+extra outputs must not change what the kernels compute (they can: ORT fuses less around a tensor that is
+also a graph output). So where a semantics of the integer executor reproduces the run (devices.intexec.attribute),
+the deployed side is that executor's integers instead, checked against the run's own logits: the divergence
+of a run made on another CPU or board is then shown as that CPU computed it. Layers are compared in network
+(forward) order.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("onnxrt", "litert-xnnpack", "litert-builtin")  # the runtimes whose intermediates we can read
+RUNTIMES = ("onnxrt", "litert-xnnpack", "litert-builtin", "litert-ref")  # the runtimes whose intermediates we can read
 
 
 @dataclass(frozen=True)
@@ -78,46 +82,56 @@ def layer_divergence(layers: list[str], ref: dict[str, np.ndarray], out: dict[st
     return tuple(result)
 
 
-def _onnx(net, artifact: Path, images: np.ndarray, level: str) -> tuple[list[str], dict, dict, bool]:
+def _onnx_reference(net, artifact: Path, images: np.ndarray) -> tuple[list[str], dict, dict]:
+    """(layers, Brevitas integers by layer, ONNX tensor name by layer) for an .onnx export."""
     import onnx
 
-    from export.onnx import (
-        OUTPUT,
-        _brevitas_run,
-        _ort_run,
-        _with_outputs,
-        activation_dq_inputs,
-    )
+    from export.onnx import _brevitas_run, activation_dq_inputs
 
     _, ref_ints, _ = _brevitas_run(net, images, len(images))  # module.act_quant -> (N, C, H, W), forward order
-    model = onnx.load(str(artifact))
-    tensors = activation_dq_inputs(model)  # ONNX tensor -> module.act_quant
+    tensors = activation_dq_inputs(onnx.load(str(artifact)))  # ONNX tensor -> module.act_quant
     by_module = {m: t for t, m in tensors.items()}
     unpaired = sorted(set(ref_ints) ^ set(by_module))
     if unpaired:
         raise ValueError(f"{artifact.name}: activations not paired with Brevitas quantizers: {unpaired[:5]}")
-    got = _ort_run(_with_outputs(model, list(tensors)), images, len(images), level)
-    plain = _ort_run(model.SerializeToString(), images, len(images), level)[OUTPUT]
     layers = [m.removesuffix(".act_quant") for m in ref_ints]
     ref = {m.removesuffix(".act_quant"): v for m, v in ref_ints.items()}
-    out = {m.removesuffix(".act_quant"): got[by_module[m]] for m in ref_ints}
-    return layers, ref, out, bool(np.array_equal(got[OUTPUT], plain))
+    return layers, ref, {m.removesuffix(".act_quant"): by_module[m] for m in ref_ints}
+
+
+def _onnx(net, artifact: Path, images: np.ndarray, level: str) -> tuple[list[str], dict, dict, bool]:
+    import onnx
+
+    from export.onnx import OUTPUT, _ort_run, _with_outputs
+
+    layers, ref, names = _onnx_reference(net, artifact, images)
+    model = onnx.load(str(artifact))
+    got = _ort_run(_with_outputs(model, list(names.values())), images, len(images), level)
+    plain = _ort_run(model.SerializeToString(), images, len(images), level)[OUTPUT]
+    return layers, ref, {layer: got[names[layer]] for layer in layers}, bool(np.array_equal(got[OUTPUT], plain))
+
+
+def _tflite_reference(net, artifact: Path, images: np.ndarray) -> tuple[list[str], dict]:
+    """(layers, Brevitas integers in the .tflite's int8 storage by tensor name) for a .tflite export."""
+    from devices.runtimes import export_record
+    from export.tflite import _reference, build_tflite
+    from qadtr.evaluate import to_tensor
+
+    record = export_record(artifact) or {}
+    built = build_tflite(net, *images.shape[1:3], headroom=bool(record.get("headroom", True)))
+    _, ref = _reference(net, to_tensor(images), built.activations)  # name -> (N, H, W, C) int8 storage integers
+    return list(built.activations), ref  # forward order: the order build_tflite emits them
 
 
 def _tflite(net, artifact: Path, images: np.ndarray, kernels: str) -> tuple[list[str], dict, dict, bool]:
     import tempfile
 
     from devices.litert import LiteRTRunner
-    from devices.runtimes import export_record
-    from export.tflite import _reference, build_tflite, with_outputs
+    from export.tflite import with_outputs
     from qadtr.evaluate import to_tensor
 
-    record = export_record(artifact) or {}
-    built = build_tflite(net, *images.shape[1:3], headroom=bool(record.get("headroom", True)))
-    layers = list(built.activations)  # forward order: the order build_tflite emits them
-    pixels = to_tensor(images)  # (N, 3, H, W) float32
-    _, ref = _reference(net, pixels, built.activations)  # name -> (N, H, W, C) int8 storage integers
-    feed = {"pixels": np.ascontiguousarray(pixels.permute(0, 2, 3, 1).numpy())}  # (N, H, W, 3)
+    layers, ref = _tflite_reference(net, artifact, images)
+    feed = {"pixels": np.ascontiguousarray(to_tensor(images).permute(0, 2, 3, 1).numpy())}  # (N, H, W, 3)
     with tempfile.TemporaryDirectory(prefix="qadtr-divergence-") as tmp:
         debug = Path(tmp) / "debug.tflite"
         debug.write_bytes(with_outputs(artifact.read_bytes(), layers))
@@ -128,14 +142,38 @@ def _tflite(net, artifact: Path, images: np.ndarray, kernels: str) -> tuple[list
     return layers, ref, {n: got[n] for n in layers}, bool(np.array_equal(got["logits"], plain))
 
 
+def _executor(net, artifact: Path, images: np.ndarray, semantics: str,
+              deployed: np.ndarray | None) -> tuple[list[str], dict, dict, bool | None]:
+    """The deployed side modelled by the integer executor under `semantics` (the one that reproduces the run):
+    every integer it computes, on any host. `same`: its logits equal the run's stored ones (`deployed`)."""
+    from devices.intexec import SEMANTICS, load_graph
+    from qadtr.evaluate import to_tensor
+
+    x = to_tensor(images).numpy()  # (N, 3, H, W)
+    if artifact.suffix == ".onnx":
+        layers, ref, names = _onnx_reference(net, artifact, images)
+    else:
+        layers, ref = _tflite_reference(net, artifact, images)
+        names = {n: n for n in layers}
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # (N, H, W, 3)
+    graph = load_graph(artifact)
+    outs, ints = graph.run(x, SEMANTICS[semantics].graph_name, keep_ints=True)
+    same = None if deployed is None else bool(np.array_equal(outs[graph.output_names[0]], deployed))
+    return layers, ref, {layer: ints[names[layer]] for layer in layers}, same
+
+
 def first_divergence(net, runtime: str, artifact: str | Path, images: np.ndarray, samples: list[int], *,
-                     onnx_level: str = "all") -> Divergence:
+                     onnx_level: str = "all", semantics: str | None = None,
+                     deployed: np.ndarray | None = None) -> Divergence:
     """Integer activations of `net` (the fake-quant deploy net) vs `runtime` running `artifact`, per image.
 
     Args:
         net: the deploy net the artifact was exported from (`export._common.deploy_model`).
         runtime: a devices.runtimes name; those outside RUNTIMES are skipped with the reason.
         images: (N, H, W, 3) uint8, the replay rows `samples`.
+        semantics: a devices.intexec semantics that reproduces the run (devices.intexec.attribute): the deployed side is
+            then the executor's integers, so a run made on another CPU or board is explained on this host.
+        deployed: (N, K) the run's logits of those rows; `outputs_identical` then checks the executor against them.
 
     Example:
         >>> d = first_divergence(net, "litert-builtin", "w2.tflite", replay.images[rows], rows)
@@ -149,7 +187,11 @@ def first_divergence(net, runtime: str, artifact: str | Path, images: np.ndarray
     if not len(samples):
         return Divergence(runtime, "", (), (), None, "nothing to rerun: no disagreement and no logit off by more "
                           "than half an LSB")
-    if runtime == "onnxrt":
+    if semantics is not None:
+        layers, ref, out, same = _executor(net, artifact, images, semantics, deployed)
+        method = (f"Brevitas quantizer integers vs the integer executor under {semantics!r}, the semantics that "
+                  "reproduces this run bit for bit (devices.intexec.attribute); every integer of the deployed computation")
+    elif runtime == "onnxrt":
         layers, ref, out, same = _onnx(net, artifact, images, onnx_level)
         method = (f"Brevitas act_quant integers vs ONNX Runtime DequantizeLinear inputs at graph optimisation "
                   f"{onnx_level!r}, every activation added as a graph output")

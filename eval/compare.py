@@ -131,6 +131,7 @@ class Comparison:
     runs: dict = field(default_factory=dict)  # side -> run id in the store
     info: dict = field(default_factory=dict)  # model, bits, device, replay
     divergence: dict | None = None  # eval._divergence.Divergence.to_dict(), when computed
+    attribution: dict = field(default_factory=dict)  # devices.intexec.attribute(): the semantics that reproduces it
 
     def __bool__(self) -> bool:
         return self.passed
@@ -157,6 +158,8 @@ class Comparison:
             lines.append(f"  {p.name}: ASR {before:.2f}% -> {after:.2f}%"
                          f", diff {p.diff}; attack succeeds only on {self.ref}: {len(p.ref_only)}, only on {self.out}: "
                          f"{len(p.out_only)}")
+        if self.attribution:
+            lines.append(f"  reproduced by: {self.attribution.get('summary', '')}")
         if self.divergence is not None:
             lines.append(f"  first divergent layers: {self.divergence.get('summary', '')}")
         lines += [f"  gate: {r}" for r in self.reasons]
@@ -336,6 +339,8 @@ def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images:
     delta = None if lsb is None else (np.abs(out_logits.astype(np.float64) - ref_logits) / lsb).max(1)  # (M,)
     why = _divergence_rows(res, delta, divergence_images)
     rows = list(why)
+    attribution = _attribute(run, replay, out_logits)
+    semantics = attribution.get("explained_by")
     if not divergence_images:
         div = Divergence(run.runtime, "", (), (), None, "not requested (divergence_images=0)")
     elif key.bits is None or not key.checkpoint:
@@ -344,9 +349,10 @@ def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images:
         div = Divergence(run.runtime, "", (), (), None, f"artifact {run.artifact} not found here")
     else:
         net = deploy_cached(key.checkpoint, key.bits)
-        div = first_divergence(net, run.runtime, run.artifact, replay.images[rows], rows)
+        div = first_divergence(net, run.runtime, run.artifact, replay.images[rows], rows, semantics=semantics,
+                               deployed=out_logits[rows] if semantics else None)
     divergence = div.to_dict()
-    if run.device != "local" and not div.skipped:  # the rerun uses this host's runtime, not the board's kernels
+    if run.device != "local" and not div.skipped and not semantics:  # the rerun uses this host's runtime, not the board's kernels
         divergence["method"] += f"; rerun on this host ({platform.machine()}), the run was on device {run.device!r}"
     for image in divergence["images"]:
         image["why"] = why[image["sample"]]
@@ -355,7 +361,25 @@ def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images:
             "device": run.device, "ref_device": ref_run.device, "emulated": run.emulated, "replay": run.replay,
             "replay_sha256": run.replay_sha256, "divergence_images": len(rows)}
     return dataclasses.replace(res, kernels={"ref": ref_run.kernels, "out": run.kernels},
-                               runs={"ref": ref_run.run_id, "out": run.run_id}, info=info, divergence=divergence)
+                               runs={"ref": ref_run.run_id, "out": run.run_id}, info=info, divergence=divergence,
+                               attribution=attribution)
+
+
+ATTRIBUTED = ("onnxrt", "litert-xnnpack", "litert-builtin", "litert-ref")  # runtimes the executor has semantics for
+
+
+def _attribute(run, replay, logits: np.ndarray) -> dict:
+    """devices.intexec.attribute for a deployed run, or {"skipped": why} (no model of it, or no artifact here)."""
+    from devices.intexec import attribute
+    from qadtr._config import sha256_file
+
+    artifact = Path(run.artifact)
+    if run.runtime not in ATTRIBUTED:
+        return {"skipped": f"no executor semantics models runtime {run.runtime!r}", "summary": ""}
+    if not artifact.is_file() or sha256_file(artifact) != run.artifact_sha256:
+        return {"skipped": f"{artifact} is not here or is not the file the run used (sha256)",
+                "summary": f"not attributed: {artifact.name} missing or changed since the run"}
+    return attribute(artifact, replay.images, logits, runtime=run.runtime, host=(run.device_info or {}).get("host"))
 
 
 def compare_store(store_path: str | Path, *, reference: str = "fakequant", runs: Sequence[str] = (),
@@ -405,10 +429,21 @@ def across_line(a: dict) -> str:
 
 def document(results: list[Comparison], skipped: list[dict], *, store: str | Path, reference: str = "fakequant",
              gate: Gate = Gate()) -> dict:
-    """compare.json: the comparisons, the runs left out, the same runtime across devices, and every rule."""
+    """compare.json: the comparisons, the runs left out, the same runtime across devices, and every rule.
+
+    Every patch's ASR difference also gets its place in the family of all differences of this document
+    (`qadtr._stats.family`: Holm-adjusted McNemar p, `significant`, Bonferroni-simultaneous CI)."""
+    from devices._host import fingerprint
+    from qadtr._stats import FAMILY_METHOD, family
+
+    comparisons = [r.to_dict() for r in results]
+    flat = [(c, i) for c, r in zip(comparisons, results) for i in range(len(r.patches))]
+    for (c, i), fam in zip(flat, family([r.patches[i].diff for r in results for i in range(len(r.patches))])):
+        c["patches"][i]["family"] = fam
     return {"argv": sys.argv, "store": str(store), "reference": reference, "tie_rule": TIE_RULE, "asr_note": ASR_NOTE,
-            "paired_ci": PAIRED_METHOD, "gate": gate.describe(), "comparisons": [r.to_dict() for r in results],
-            "skipped": skipped, "across_devices": across_devices(store)}
+            "paired_ci": PAIRED_METHOD, "family_method": FAMILY_METHOD, "gate": gate.describe(),
+            "comparisons": comparisons, "skipped": skipped, "across_devices": across_devices(store),
+            "host": fingerprint()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,8 @@ Steps, each cached so a re-run (or an interrupted run) redoes nothing already do
 1. patches: the given folder; by default the transfer-matrix patches committed in the repo
    (eval/results/transfer/patches), else one quick targeted universal patch made on the first checkpoint.
 2. export: every checkpoint at every bit width to QDQ ONNX and full-integer TFLite (each exporter proves
-   itself); an artifact whose record names the same source sha256 is reused.
+   itself); an artifact is reused only when its record names the same source sha256, exporter version and
+   artifact sha256 and its proof passed (`export._common.reusable`).
 3. replay: `eval.on_device.evaluate` on the device, fake-quant reference included, into OUT/results.sqlite.
 4. compare + report: `eval.compare.compare_store` and `eval.report.write_report` into OUT/report/.
 """
@@ -37,20 +38,25 @@ PROOF_IMAGES = 250  # test images each export proves itself on (the zoo table us
 def _export(checkpoint: Path, bits: int, out: Path, images) -> list[Path]:
     """ONNX QDQ and TFLite of one (checkpoint, bits), proven on `images` (N, H, W, 3) uint8 test images,
     reused when their records name the same source checkpoint."""
-    from export.onnx import export_onnx
-    from export.tflite import export_tflite
-    from qadtr._config import read_json, sha256_file
+    from export import onnx as onnx_export, tflite as tflite_export
+    from export._common import reusable
+    from qadtr._config import sha256_file
 
     src = sha256_file(checkpoint / "model.pt" if checkpoint.is_dir() else checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{checkpoint.name if checkpoint.is_dir() else checkpoint.parent.name}_w{bits}a{bits}"
     onnx_path, tflite_path = Path(f"{stem}_qdq.onnx"), Path(f"{stem}_int8.tflite")
-    for path, make in ((onnx_path, lambda: export_onnx(checkpoint, onnx_path, bits=bits, images=images)),
-                       (tflite_path, lambda: export_tflite(checkpoint, tflite_path, bits=bits, images=images))):
-        record = path.with_suffix(".json")
-        if path.is_file() and record.is_file() and read_json(record)["_data"].get("source_sha256") == src:
-            print(f"reusing {path.name} (same source checkpoint)")
+    jobs = ((onnx_path, onnx_export.EXPORTER_VERSION,
+             lambda: onnx_export.export_onnx(checkpoint, onnx_path, bits=bits, images=images)),
+            (tflite_path, tflite_export.EXPORTER_VERSION,
+             lambda: tflite_export.export_tflite(checkpoint, tflite_path, bits=bits, images=images)))
+    for path, version, make in jobs:
+        why = reusable(path, src, version)
+        if why is None:
+            print(f"reusing {path.name} (same source checkpoint, exporter version and file; its proof passed)")
             continue
+        if path.is_file():
+            print(f"re-exporting {path.name}: {why}")
         make()
         print(f"exported {path.name}")
     return [onnx_path, tflite_path]

@@ -127,6 +127,7 @@ def collect(store_path: str | Path, *, compare: str | Path | dict | None = None,
             "transfer": rows, "transfer_source": str(transfer) if transfer else None, "patches": thumbs,
             "definitions": {"untargeted": UNTARGETED, "targeted": TARGETED, "tie_rule": cmp.get("tie_rule"),
                             "paired_ci": cmp.get("paired_ci"), "gate": cmp.get("gate"), "asr_note": cmp.get("asr_note"),
+                            "family": cmp.get("family_method"),
                             "latency": LATENCY_NOTE}}
 
 
@@ -243,7 +244,7 @@ def _summary(data: dict) -> str:
     for c in data["comparisons"]:
         asr = "; ".join(f"{p['name']}: {_num(p['asr_ref']['asr']['value'])}% -> {_num(p['asr_out']['asr']['value'])}% "
                         f"({_num(p['diff']['value'], '+')} pp [{_num(p['diff']['ci95'][0], '+')}, "
-                        f"{_num(p['diff']['ci95'][1], '+')}])" for p in c["patches"])
+                        f"{_num(p['diff']['ci95'][1], '+')}]{_family(p)})" for p in c["patches"])
         ties = [c[g][f"ties_{side}"] for side in ("ref", "out") for g in ("clean", "patched")]
         lsb, step = c["logits"].get("max_abs_lsb"), c["logits"].get("out_step_lsb")
         rows.append([c["out"], c["info"].get("model", ""), c["info"].get("device", ""),
@@ -257,15 +258,26 @@ def _summary(data: dict) -> str:
     skipped = "".join(f"<li>{esc(s['runtime'])} run {esc(s['run'][:12])}: {esc(s['reason'])}</li>"
                       for s in data["skipped"])
     return (_table(["runtime", "model", "device", "gate", "clean agree (non-tie)", "patched agree (non-tie)",
-                    "ties ref / deployed", "max |dlogit| LSB", "ASR ref -> deployed (diff, 95% CI)",
+                    "ties ref / deployed", "max |dlogit| LSB", "ASR ref -> deployed (diff, 95% CI; family CI, Holm)",
                     "first divergent layer", "gate failures"], rows)
             + (f"<p>Not compared:</p><ul>{skipped}</ul>" if skipped else ""))
+
+
+def _family(p: dict) -> str:
+    """The difference's place in its family (eval.compare.document): simultaneous CI and Holm's verdict."""
+    f = p.get("family")
+    if not f:
+        return ""
+    lo, hi = f["ci_family"]
+    verdict = "significant" if f["significant"] else "not significant"
+    return f"; family of {f['family_size']}: [{_num(lo, '+')}, {_num(hi, '+')}], Holm p {f['p_holm']:.3g}, {verdict}"
 
 
 def _definitions(data: dict) -> str:
     d = data["definitions"]
     items = [("Untargeted ASR", d["untargeted"]), ("Targeted ASR", d["targeted"]), ("Per side", d.get("asr_note")),
-             ("Tie rule", d.get("tie_rule")), ("ASR difference CI", d.get("paired_ci")), ("Gate", d.get("gate")),
+             ("Tie rule", d.get("tie_rule")), ("ASR difference CI", d.get("paired_ci")),
+             ("Many comparisons", d.get("family")), ("Gate", d.get("gate")),
              ("Latency", d["latency"])]
     if data["comparisons"]:
         items.append(("Logit LSB", LSB_NOTE))

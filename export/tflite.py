@@ -47,7 +47,7 @@ import torch
 from qadtr._config import atomic_write_bytes, config_to_dict, register_config, sha256_file, write_json
 from qadtr._errors import QadtrError
 
-EXPORTER_VERSION = 1
+EXPORTER_VERSION = 2  # 2: the record saves the proof's verdict and the host fingerprint (older ones are redone)
 KERNEL_SETS = ("xnnpack", "builtin")
 _ARCH_INPUT = {"test_qnet": 8}  # input side when no images are given; every dataset here is 32x32
 # Self-check thresholds. XNNPACK requantizes in fp32 with round-half-even, like Brevitas: bit-exact on
@@ -69,7 +69,7 @@ _MIN_ARGMAX = {"xnnpack": 0.98, "builtin": 0.50}  # over non-tie samples (export
 class TfliteExport:
     """What `<artifact>.json` records beside a .tflite."""
 
-    VERSION = 1
+    VERSION = 2
     artifact: str  # path of the .tflite
     artifact_sha256: str
     source: str  # checkpoint path
@@ -83,6 +83,8 @@ class TfliteExport:
     parity: dict = field(default_factory=dict)  # kernel set -> figures (see `_prove`)
     versions: dict = field(default_factory=dict)
     exporter_version: int = EXPORTER_VERSION
+    proof: dict = field(default_factory=dict)  # {"passed", "on", "summary"}: the verdict `export._common.reusable` reads
+    host: dict = field(default_factory=dict)  # devices._host.fingerprint() of the machine that proved it
 
     def summary(self) -> str:
         lines = [f"{self.artifact} ({Path(self.artifact).stat().st_size / 1024:.1f} KiB) w{self.bits[0]}a{self.bits[1]}"]
@@ -559,6 +561,7 @@ def export_tflite(checkpoint: str | Path, out_path: str | Path, *, bits: int, ac
         >>> export_tflite("zoo/resnet20_w4a4/model.pt", "/tmp/r20_w4a4.tflite", bits=4, data_dir="../shared/data")
     """
     from export._common import deploy_model
+    from export._common import host_fingerprint
 
     act_bits = bits if act_bits is None else act_bits
     if bits > 8 or act_bits > 8:
@@ -593,7 +596,14 @@ def export_tflite(checkpoint: str | Path, out_path: str | Path, *, bits: int, ac
     atomic_write_bytes(out_path, built.data)
     record = TfliteExport(artifact=str(out_path), artifact_sha256=sha256_file(out_path), source=str(checkpoint),
                           source_sha256=ck.sha256, arch=ck.model.arch, bits=(bits, act_bits), headroom=headroom,
-                          op_counts=built.op_counts, parity=parity, versions=_versions())
+                          op_counts=built.op_counts, parity=parity, versions=_versions(),
+                          proof={"passed": True, "on": ", ".join(f"LiteRT {k}" for k in parity),
+                                 "reference": "Brevitas fake-quant deploy net",
+                                 "summary": "; ".join(f"{k}: {p['act_mismatch']} of {p['act_elements']} integer "
+                                                      f"activations off, argmax agree "
+                                                      f"{100 * p['logits']['argmax_agree']:.2f}%"
+                                                      for k, p in parity.items())},
+                          host=host_fingerprint())
     write_json(out_path.with_suffix(".json"), config_to_dict(record))
     return record
 

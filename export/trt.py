@@ -339,7 +339,7 @@ def export_trt(checkpoint: str | Path, out_dir: str | Path, *, bits: int, batch:
         bits=(bits, bits), opset=opset, versions=onnx_export.versions(), graph=ops, fusion=fusion,
         parity=parity.to_dict(), extra={"trt_build": "trt_build.json", "offline_check": trt, "bits_note": INT4_NOTE,
                "uint8_as_float": emulated, "uint8_note": UINT8_NOTE},
-        argv=tuple(sys.argv))
+        argv=tuple(sys.argv), proof=onnx_export.proof_record(parity), host=onnx_export.host_fingerprint())
     info_path = out_dir / "model.json"
     write_json(info_path, config_to_dict(info))
     if not parity:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
 Z95 = 1.959964  # two-sided 95% normal quantile
+ALPHA = 0.05  # family-wise error rate of every "significant" label (Holm) and of the simultaneous intervals
+FAMILY_METHOD = ("significance: exact two-sided McNemar test on the discordant pairs of each paired ASR difference, "
+                 "Holm's step-down over the whole family (every patch x runtime x bit width x device compared in one "
+                 "run), family-wise error rate 5%; intervals: Bonferroni-simultaneous (each at 1 - 0.05/m), so all m "
+                 "cover together with probability >= 95%")
 
 
 @dataclass(frozen=True)
@@ -76,23 +82,32 @@ class PairedDifference:
     @property
     def ci95(self) -> tuple[float, float]:
         """PAIRED_METHOD at 95%: every delta whose |score| <= Z95."""
+        return self.ci(Z95)
+
+    def ci(self, z: float) -> tuple[float, float]:
+        """PAIRED_METHOD at the two-sided level of normal quantile `z` (e.g. `z_for(0.05 / m)`)."""
         if self.n == 0:
             return (float("nan"), float("nan"))
         est = self.value
 
         def root(lo: float, hi: float, sign: float) -> float:
-            # score(lo) and score(hi) straddle sign * Z95; 60 halvings: below 1e-17
+            # score(lo) and score(hi) straddle sign * z; 60 halvings: below 1e-17
             for _ in range(60):
                 mid = (lo + hi) / 2
-                if (self._score(mid) - sign * Z95) * sign > 0:
+                if (self._score(mid) - sign * z) * sign > 0:
                     lo, hi = (mid, hi) if sign > 0 else (lo, mid)
                 else:
                     lo, hi = (lo, mid) if sign > 0 else (mid, hi)
             return (lo + hi) / 2
 
-        lower = -1.0 if self._score(-1.0) <= Z95 else root(-1.0, est, 1.0)
-        upper = 1.0 if self._score(1.0) >= -Z95 else root(est, 1.0, -1.0)
+        lower = -1.0 if self._score(-1.0) <= z else root(-1.0, est, 1.0)
+        upper = 1.0 if self._score(1.0) >= -z else root(est, 1.0, -1.0)
         return (lower, upper)
+
+    @property
+    def p_value(self) -> float:
+        """Exact two-sided McNemar test of "no difference": the discordant pairs split b / c as Binomial(b + c, 1/2)."""
+        return mcnemar_p(self.b, self.c)
 
     def to_dict(self) -> dict:
         lo, hi = self.ci95
@@ -102,3 +117,41 @@ class PairedDifference:
         lo, hi = self.ci95
         return (f"{100 * self.value:+.2f} pp [{100 * lo:+.2f}, {100 * hi:+.2f}] "
                 f"(n={self.n}, discordant {self.b}/{self.c})")
+
+
+def z_for(alpha: float) -> float:
+    """Two-sided normal quantile for error rate `alpha` (0.05 -> 1.96)."""
+    return NormalDist().inv_cdf(1 - alpha / 2)
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value: 2 * P(X <= min(b, c)), X ~ Binomial(b + c, 1/2), capped at 1."""
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)  # exact big integers, one rounded division
+    return min(1.0, 2 * tail)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error rate), in the order given.
+
+    Sorted ascending, p_(i) becomes max over j <= i of min(1, (m - j + 1) p_(j)); reject where adjusted <= alpha.
+    """
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted, running = [1.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def family(diffs: list[PairedDifference], alpha: float = ALPHA) -> list[dict]:
+    """For a family of paired differences: raw and Holm-adjusted p, `significant`, and the simultaneous CI."""
+    m = max(len(diffs), 1)
+    raw = [d.p_value for d in diffs]
+    adj = holm(raw)
+    z = z_for(alpha / m)
+    return [{"p": p, "p_holm": q, "significant": q <= alpha, "ci_family": list(d.ci(z)), "family_size": len(diffs),
+             "method": FAMILY_METHOD} for d, p, q in zip(diffs, raw, adj)]

@@ -57,17 +57,44 @@ def test_layer_divergence_pure():
     assert layer_divergence(["a"], ref, ref, [0])[0].first_layer is None
 
 
+def _host_semantics() -> str:
+    from devices._host import fingerprint
+    from devices.intexec import expected_semantics
+
+    return expected_semantics("onnxrt", fingerprint())
+
+
+def _ort_logits(path, images):
+    from export.onnx import OUTPUT, _ort_run
+
+    return _ort_run(onnx.load(str(path)).SerializeToString(), images, len(images), "all")[OUTPUT]
+
+
 def test_faithful_export_has_no_divergence(w4, tiny_checkpoint, tiny_images):
+    """Single rounding (the simulation's arithmetic) leaves no integer of the faithful export off, on every host;
+    this host's ORT is reproduced by its own semantics, and diverges exactly where that semantics departs."""
     net, _ = deploy_model(tiny_checkpoint, 4)
-    d = first_divergence(net, "onnxrt", w4[0], tiny_images[:8], list(range(8)))
-    assert list(d.layers) == LAYERS and d.outputs_identical and not d.skipped
-    assert all(i.first_layer is None and i.layers_differing == 0 for i in d.images)  # ORT is bit-exact here
+    single = first_divergence(net, "onnxrt", w4[0], tiny_images[:8], list(range(8)), semantics="single")
+    assert list(single.layers) == LAYERS and not single.skipped
+    assert all(i.first_layer is None and i.layers_differing == 0 for i in single.images)
+    host = _host_semantics()
+    d = first_divergence(net, "onnxrt", w4[0], tiny_images[:8], list(range(8)), semantics=host,
+                         deployed=_ort_logits(w4[0], tiny_images[:8]))
+    assert d.outputs_identical, f"ORT on this host is not {host}"
+    if host == "single":
+        assert d.images == single.images
+    else:  # no VNNI: wherever it differs, the first divergent layer is a conv output (saturated pair sums)
+        assert all(i.first_layer in (None, "relu", "layers.0.0.relu1", "layers.0.0.q_main") for i in d.images)
+    if host == "single":  # ORT's own kernels with every activation exposed (fuses less; VNNI: nothing saturates)
+        plain = first_divergence(net, "onnxrt", w4[0], tiny_images[:8], list(range(8)))
+        assert plain.outputs_identical and all(i.first_layer is None for i in plain.images)
 
 
 def test_tampered_layer_is_found(w4, tiny_checkpoint, tiny_images):
     net, _ = deploy_model(tiny_checkpoint, 4)
-    d = first_divergence(net, "onnxrt", w4[1], tiny_images[:8], list(range(100, 108)))
-    assert [i.sample for i in d.images] == list(range(100, 108)) and d.outputs_identical
+    d = first_divergence(net, "onnxrt", w4[1], tiny_images[:8], list(range(100, 108)), semantics="single",
+                         deployed=None)
+    assert [i.sample for i in d.images] == list(range(100, 108)) and d.outputs_identical is None
     for i in d.images:
         assert i.first_layer == "layers.0.0.q_main" and 0 < i.differing <= i.elements and i.max_step >= 1
     assert "layers.0.0.q_main: 8" in d.summary
@@ -82,6 +109,7 @@ def test_unsupported_runtime_is_skipped_with_reason(tiny_checkpoint, tiny_images
 # -- end to end through a result store ---------------------------------------------------------------------
 def replay_into(store, runtime: str, artifact, replay_path, options: dict) -> None:
     """One complete run of `artifact` on `runtime` over the replay, written as eval.on_device would."""
+    from devices._host import fingerprint
     from devices.runtimes import feed_format, make_runner, read_logits
     from eval.replay import load_replay
     from qadtr._config import sha256_file
@@ -91,7 +119,7 @@ def replay_into(store, runtime: str, artifact, replay_path, options: dict) -> No
     with make_runner(runtime, artifact, **({"bits": tuple(options["bits"])} if runtime == "fakequant" else {})) as r:
         run = store.open_run(device="local", runtime=runtime, artifact=str(artifact), artifact_sha256=sha,
                              replay=str(replay_path), replay_sha256=replay.sha256, samples=len(replay),
-                             options=options, kernels="", device_info={"cpu": "test"})
+                             options=options, kernels="", device_info={"cpu": "test", "host": fingerprint()})
         fmt = feed_format(r)
         for first in range(0, len(replay), 16):
             logits = read_logits(r, r.infer(fmt.feed(replay.images[first:first + 16])))
@@ -118,16 +146,27 @@ def test_compare_store_and_cli(w4, tiny_checkpoint, tiny_dataset, tiny_patches, 
     assert skipped == [] and len(results) == 3
     null = next(r for r in results if r.out == "null")
     faithful, tampered = sorted((r for r in results if r.out == "onnxrt"), key=lambda r: r.info["artifact"])
-    assert faithful and faithful.clean.rate.value == 1.0 and faithful.patched.rate.value == 1.0
-    assert faithful.logits["max_abs_lsb"] < 0.5 and not faithful.disagreements  # ORT: bit-exact accumulators
-    assert faithful.divergence["skipped"].startswith("nothing to rerun")
+    host = _host_semantics()
+    for r in (faithful, tampered):  # each run is reproduced, every image bit for bit, by this host's semantics
+        att = r.attribution
+        assert att["explained_by"] == host and att["expected"] == host, att["summary"]
+        assert att["summary"] == f"onnxrt = {host} ({att['candidates'][0]['models']}): {r.n} of {r.n} images bit-exact"
+    if host == "single":  # VNNI: ORT rounds once, as the simulation does
+        assert faithful and faithful.clean.rate.value == 1.0 and faithful.patched.rate.value == 1.0
+        assert faithful.logits["max_abs_lsb"] < 0.5 and not faithful.disagreements  # bit-exact accumulators
+        assert faithful.divergence["skipped"].startswith("nothing to rerun")
+    else:  # the other candidate, single rounding, does not reproduce the saturated run
+        other = next(c for c in faithful.attribution["candidates"] if c["semantics"] == "single")
+        assert other["exact"] < other["images"]
     assert faithful.kernels["out"].startswith("ORT ") and "deploy_net w4a4" in faithful.kernels["ref"]
     assert "step of its int32 accumulator" in faithful.logits["lsb_source"] and faithful.info["bits"] == (4, 4)
     # the tiny model predicts the same class either way: no disagreement, but logits off by many LSBs, so the
     # samples with the largest deltas are rerun and every one diverges first at the tampered layer
     assert tampered.logits["max_abs_lsb"] > 1
     images = tampered.divergence["images"]
-    assert len(images) == 4 and all(i["first_layer"] == "layers.0.0.q_main" for i in images)
+    first = {"layers.0.0.q_main"} if host == "single" else {"relu", "layers.0.0.relu1", "layers.0.0.q_main"}
+    assert len(images) == 4 and all(i["first_layer"] in first for i in images)  # the tampered conv, or saturation
+    assert tampered.divergence["outputs_identical"] and "integer executor" in tampered.divergence["method"]
     assert all(i["why"].startswith(("prediction", "attack", "logits differ by")) for i in images)
     assert not null and any("tie on the deployed side only" in r for r in null.reasons)  # zeros: all ties
     assert null.divergence["skipped"].startswith("no intermediate outputs for runtime 'null'")
@@ -135,10 +174,12 @@ def test_compare_store_and_cli(w4, tiny_checkpoint, tiny_dataset, tiny_patches, 
     out = tmp_path / "cmp"
     assert main(["--store", str(db), "--out", str(out), "--divergence-images", "2"]) == 0
     text = capsys.readouterr().out
-    assert "PASSED onnxrt vs fakequant" in text and "FAILED null vs fakequant" in text and "report:" in text
+    assert ("PASSED onnxrt vs fakequant" in text or host != "single") and "FAILED null vs fakequant" in text
+    assert f"reproduced by: onnxrt = {host}" in text and "report:" in text
     saved = json.loads((out / "compare.json").read_text())
     assert len(saved["comparisons"]) == 3 and "Tango" in saved["paired_ci"]
     page = (out / "report.html").read_text()
     assert "layers.0.0.q_main" in page and "ORT " in page
+    assert saved["comparisons"][0]["attribution"]["candidates"] and saved["host"]["isa"] is not None
     assert main(["--store", str(db), "--out", str(out), "--strict", "--no-report"]) == 1
     assert "outside the gate" in capsys.readouterr().err

@@ -102,87 +102,48 @@ def test_parity_failure_raises_after_writing_json(tiny_checkpoint, tiny_images, 
     monkeypatch.setattr(exp, "MAX_INT_STEP", -1)  # any comparison now fails
     with pytest.raises(QadtrError, match=r"FAILED parity .*see .*x\.json"):
         exp.export_onnx(tiny_checkpoint, tmp_path / "x.onnx", bits=2, images=tiny_images)
-    assert json.loads((tmp_path / "x.json").read_text())["_data"]["parity"]["passed"] is False
+    saved = json.loads((tmp_path / "x.json").read_text())["_data"]
+    assert saved["parity"]["passed"] is False and saved["proof"]["passed"] is False
+    from export._common import reusable
+
+    assert reusable(tmp_path / "x.onnx", saved["source_sha256"], exp.EXPORTER_VERSION) == \
+        "its proof failed (or was never run)"  # a refused artifact is never reused
 
 
-def test_checker_rejection_is_a_user_error(tiny_checkpoint, tiny_images, tmp_path, monkeypatch):
-    def reject(*a, **k):
-        raise onnx.checker.ValidationError("bad node\nmore")
+def test_reuse_needs_same_source_version_file_and_a_passed_proof(exported, tiny_checkpoint, tmp_path):
+    import shutil
 
-    monkeypatch.setattr(onnx.checker, "check_model", reject)
-    with pytest.raises(QadtrError, match=r"onnx.checker rejected the export: bad node$"):
-        exp.export_onnx(tiny_checkpoint, tmp_path / "x.onnx", bits=2, images=tiny_images)
-    assert not (tmp_path / "x.onnx").exists()
+    from export._common import reusable
+    from qadtr._config import sha256_file
 
-
-def _deploy(checkpoint, bits):
-    from export._common import deploy_model
-
-    return deploy_model(checkpoint, bits)[0]
-
-
-def test_check_graph_rejects_float_layers(exported, tiny_checkpoint):
-    from onnx import helper
-
-    model = onnx.load(str(exported[4].path))
-    net = _deploy(tiny_checkpoint, 4)
-    bad = onnx.ModelProto.FromString(model.SerializeToString())
-    conv = next(n for n in bad.graph.node if n.op_type == "Conv")
-    conv.input[1] = "float_weight"
-    with pytest.raises(QadtrError, match=r"weight 'float_weight' is float"):
-        exp.check_graph(bad, net, quantized=True)
-    bn = onnx.ModelProto.FromString(model.SerializeToString())
-    bn.graph.node.append(helper.make_node("BatchNormalization", ["a", "b", "c", "d", "e"], ["f"]))
-    with pytest.raises(QadtrError, match=r"BatchNormalization"):
-        exp.check_graph(bn, net, quantized=True)
-    with pytest.raises(QadtrError, match=r"fp32 export contains QuantizeLinear"):
-        exp.check_graph(model, net, quantized=False)
-    fewer = onnx.ModelProto.FromString(model.SerializeToString())
-    fewer.graph.node.remove(next(n for n in fewer.graph.node if n.op_type == "QuantizeLinear"))
-    with pytest.raises(QadtrError, match=r"op counts \(found, expected\) \{'QuantizeLinear': \(6, 7\)\}"):
-        exp.check_graph(fewer, net, quantized=True)
+    src = sha256_file(tiny_checkpoint)
+    art = tmp_path / "w4.onnx"
+    shutil.copy(exported[4].path, art)
+    shutil.copy(exported[4].info_path, art.with_suffix(".json"))
+    assert reusable(art, src, exp.EXPORTER_VERSION) is None
+    assert reusable(art, "0" * 64, exp.EXPORTER_VERSION) == "another source checkpoint"
+    assert reusable(art, src, exp.EXPORTER_VERSION - 1).startswith("another exporter version")
+    art.write_bytes(art.read_bytes() + b"\0")  # changed after export
+    assert reusable(art, src, exp.EXPORTER_VERSION) == "another file (the artifact changed after export)"
+    art.with_suffix(".json").write_text("[1]")
+    assert reusable(art, src, exp.EXPORTER_VERSION) == "w4.json is unreadable"
+    assert reusable(tmp_path / "none.onnx", src, exp.EXPORTER_VERSION) == "no artifact and record yet"
 
 
-def test_parity_pairing_errors(exported, tiny_checkpoint, tiny_images):
-    net = _deploy(tiny_checkpoint, 4)
-    with pytest.raises(QadtrError, match=r"cannot pair ONNX activations"):
-        exp.check_parity(net, exported[4].path, tiny_images[:2], bits=4, tensors={"x": "nowhere.act_quant"})
-    with pytest.raises(QadtrError, match=r"shape inference gave no type for nope"):
-        exp._with_outputs(onnx.load(str(exported[4].path)), ["nope"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_deployed_kernels_are_measured_apart_from_the_proof(exported, bits):
+    """The proof runs node by node on every host; the fused kernels are a measured deployment fact, reproduced
+    image by image by the executor semantics of this host's CPU (NOTES.md: VNNI sums exactly, AVX2 saturates)."""
+    from devices._host import fingerprint
+    from devices.intexec import expected_semantics
 
-
-def test_activation_names_map_to_modules(exported):
-    modules = set(exp.activation_dq_inputs(onnx.load(str(exported[4].path))).values())
-    assert {"quant_input.act_quant", "relu.act_quant", "layers.0.0.relu1.act_quant", "layers.0.0.q_main.act_quant",
-            "layers.0.0.q_short.act_quant", "layers.0.0.relu2.act_quant", "pool_quant.act_quant"} == modules
-
-
-def test_parity_images_sources(tiny_images):
-    imgs, source = exp.parity_images(images=tiny_images, data_dir=None, dataset="cifar10")
-    assert imgs.shape == tiny_images.shape and "given" in source
-    imgs, source = exp.parity_images(images=None, data_dir=None, dataset="cifar10")
-    assert imgs.shape == (64, 32, 32, 3) and "random" in source
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "export.onnx", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-
-
-def test_cli_bad_input_is_one_line(tmp_path):
-    r = _cli(str(tmp_path / "missing.pt"), "--bits", "4", "--out", str(tmp_path / "x.onnx"))
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "not found" in errors[0] and "FAILED |" in r.stderr
-
-
-def test_cli_missing_bits(tiny_checkpoint, tmp_path):
-    r = _cli(str(tiny_checkpoint), "--out", str(tmp_path / "x.onnx"))
-    assert r.returncode == 1 and "Traceback" not in r.stderr and "pass --bits" in r.stderr
-
-
-def test_cli_exports(tiny_checkpoint, tmp_path):
-    r = _cli(str(tiny_checkpoint), "--bits", "2", "--out", str(tmp_path / "w2.onnx"))
-    assert r.returncode == 0, r.stderr
-    assert "PASSED parity" in r.stdout and r.stdout.strip().splitlines()[-1].startswith("PASSED |")
-    assert (tmp_path / "w2.onnx").is_file() and (tmp_path / "w2.json").is_file()
+    r = exported[bits]
+    dep, host = r.parity.deployed, fingerprint()
+    assert dep["level"] == "all" and dep["int8_dot"] == host["int8_dot"] and dep["isa"] == host["isa"]
+    assert r.info.host["isa"] == host["isa"] and r.info.proof["passed"] is True
+    assert r.info.proof["on"].startswith("ORT_DISABLE_ALL") and r.info.exporter_version == exp.EXPORTER_VERSION
+    want = expected_semantics("onnxrt", host)
+    assert dep["explained_by"] == want, dep["summary"]
+    assert f"{r.parity.images} of {r.parity.images} images bit-exact" in dep["summary"]
+    if want == "single":  # one rounding, as Brevitas: the deployed integers are the proof's
+        assert r.parity.int_mismatches_fused == r.parity.int_mismatches

@@ -230,3 +230,24 @@ def test_across_devices_compares_the_same_runtime_logit_by_logit(tmp_path):
     b = rows["litert-builtin"]
     assert not b["identical"] and b["differing"] == 3 and b["argmax_agree"] == 0.75 and b["max_abs"] == 8.0
     assert "bit-identical" in across_line(rows["onnxrt"]) and "3 of 12 logits differ" in across_line(b)
+
+
+def test_mcnemar_exact_values():
+    from qadtr._stats import mcnemar_p
+
+    assert mcnemar_p(0, 0) == 1.0 and mcnemar_p(3, 3) == 1.0
+    assert mcnemar_p(0, 5) == pytest.approx(2 / 32)  # 2 * P(X <= 0), X ~ Bin(5, 1/2)
+    assert mcnemar_p(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert 0.0 <= mcnemar_p(4000, 4300) < 0.05  # big n: exact integers, no float overflow
+
+
+def test_holm_controls_the_family_not_each_test():
+    from qadtr._stats import PairedDifference, family, holm
+
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    alone = PairedDifference(b=14, c=4, n=1000)  # p = 0.031: "significant" when tested on its own
+    assert alone.p_value < 0.05 and family([alone])[0]["significant"]
+    crowd = family([alone] + [PairedDifference(b=3, c=3, n=1000)] * 35)  # one of 36 comparisons, as in the README
+    assert not crowd[0]["significant"] and crowd[0]["p_holm"] == pytest.approx(min(1.0, 36 * alone.p_value))
+    lo, hi = crowd[0]["ci_family"]
+    assert lo < alone.ci95[0] and hi > alone.ci95[1] and lo < 0 < hi  # simultaneous intervals are wider
