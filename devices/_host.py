@@ -30,6 +30,12 @@ ISA_FLAGS = {
 ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57", "0xd08": "Cortex-A72",
              "0xd09": "Cortex-A73", "0xd0b": "Cortex-A76", "0xd0c": "Neoverse-N1", "0xd41": "Cortex-A78",
              "0xd42": "Cortex-A78AE", "0xd4b": "Cortex-A78C", "0x004": "NVIDIA Carmel"}
+# A one-node MatMulInteger model (uint8 a (1, 64) x int8 b = 127 (64, 1) -> int32), serialized once with onnx.helper
+# so that a board without the onnx package can run it: 255 * 127 * 64 = 2072640 exactly; a kernel that sums u8 x s8
+# pairs into int16 with saturation gives 32 * 32767 = 1048544 (NOTES.md, "Hosts differ").
+_ORT_PROBE = ("CAgSBXFhZHRyOpgBChgKAWEKAWISAXkiDU1hdE11bEludGVnZXISBXByb2JlKksIQAgBEANCAWJKQH9/f39/f39/f39/f39/f39/"
+              "f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39aEwoBYRIOCgwIAhIICgIIAQoCCEBiEwoBeRIOCgwIBhIICgIIAQoCCAFCBAoAEA0=")
+_PROBE_RESULT = {2072640: "exact", 1048544: "pairs-int16-saturating"}
 # distributions whose version decides an integer result (the runtimes and what feeds them)
 VERSIONED = ("onnxruntime", "ai-edge-litert", "numpy", "brevitas", "onnx", "torch", "tensorrt")
 
@@ -74,13 +80,39 @@ def versions(dists: tuple = VERSIONED) -> dict:
     return out
 
 
+_probed: dict = {}  # the probe's answer, once per process (the CPU and the installed ORT do not change under it)
+
+
+def ort_u8s8() -> str:
+    """How this process's ONNX Runtime really sums u8 x s8 products, asked of ORT itself with _ORT_PROBE:
+    "exact", "pairs-int16-saturating", "other: <value>", or "unavailable: <why>". Checked, not read off
+    /proc/cpuinfo: MLAS dispatches on CPUID, which an emulator or a hypervisor may report differently."""
+    if "ort" not in _probed:
+        try:
+            import base64
+
+            import numpy as np
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.log_severity_level = 3
+            session = ort.InferenceSession(base64.b64decode(_ORT_PROBE), sess_options=opts,
+                                           providers=["CPUExecutionProvider"])
+            value = int(session.run(None, {"a": np.full((1, 64), 255, np.uint8)})[0][0, 0])
+            _probed["ort"] = _PROBE_RESULT.get(value, f"other: {value}")
+        except Exception as e:  # noqa: BLE001 - no ORT here, or one that cannot run the probe: say which
+            _probed["ort"] = f"unavailable: {type(e).__name__}: {str(e)[:120]}"
+    return _probed["ort"]
+
+
 def fingerprint(path: str = "/proc/cpuinfo") -> dict:
-    """{machine, cpu, isa, int8_dot, cores, os, python, versions}: JSON-able, stored with every result."""
+    """{machine, cpu, isa, int8_dot, ort_u8s8, cores, os, python, versions}: JSON-able, stored with every result."""
     fields = cpuinfo(path)
     fp = {"machine": platform.machine(), "cpu": cpu_model(fields), "isa": isa_flags(fields),
           "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
           "versions": versions()}
     fp["int8_dot"] = int8_dot(fp)
+    fp["ort_u8s8"] = ort_u8s8()
     return fp
 
 

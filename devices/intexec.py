@@ -62,8 +62,10 @@ def candidates(artifact: str | Path) -> list[str]:
 def expected_semantics(runtime: str, host: dict) -> str | None:
     """The semantics a runtime computes on a host (devices._host.fingerprint()), where one is known."""
     x86 = host.get("machine") in ("x86_64", "AMD64")
-    if runtime == "onnxrt" and x86:
-        return "single-u8s8sat" if host.get("int8_dot") == "pairs-int16-saturating" else "single"
+    if runtime == "onnxrt" and x86:  # ORT's own answer to the probe first, the cpuinfo flags where it was not asked
+        kind = host.get("ort_u8s8") if host.get("ort_u8s8") in ("exact", "pairs-int16-saturating") else host.get(
+            "int8_dot")
+        return "single-u8s8sat" if kind == "pairs-int16-saturating" else "single"
     return {"litert-xnnpack": "xnnpack", "litert-ref": "double"}.get(runtime) or (
         "double-ruy" if runtime == "litert-builtin" and x86 else None)
 
