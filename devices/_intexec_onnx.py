@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from devices._intexec_gemm import conv_nhwc
+
 SEMANTICS = ("single", "single-u8s8sat")
 I16 = (-32768, 32767)  # VPMADDUBSW saturates each pair sum to int16
 U8_SHIFT = 128  # qdq_s8_to_u8: an int8 tensor with zero point z runs as uint8 with zero point z + 128
@@ -120,38 +122,21 @@ def _gap(x: np.ndarray) -> np.ndarray:
     return (total / np.float32(n)).reshape(b, c, 1, 1)
 
 
-F32_EXACT = 2 ** 24  # float32 holds every integer below this exactly, so a GEMM whose partial sums stay below it is exact
-
-
 def _conv_acc(xp: np.ndarray, zp: int, w: np.ndarray, stride, dil, out_hw, saturate: bool) -> np.ndarray:
     """QLinearConv's int32 accumulator: xp (B, H', W', C) padded u8-domain ints (pads hold zp), w (M, C, KH, KW)
     int8 -> (B*OH*OW, M) int64 of sum((x - zp) * w), plus, with `saturate`, the AVX2 pair-saturation error.
 
-    K runs in the NHWC im2col order (kh, kw, c). It is cut into chunks short enough that no float32 partial sum
-    can reach 2^24 (max|x - zp| * max|w| * chunk < 2^24): each chunk is one exact float32 GEMM whatever order BLAS
-    adds in, and the chunks are summed in float64 (exact below 2^53). At 4 bits one chunk covers every K.
+    The exact sum is devices._intexec_gemm's (float32 BLAS in chunks that cannot round).
     """
     b, _, _, c = xp.shape
     m, _, kh, kw = w.shape
     (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dil
-    centred = (xp - zp).astype(np.float32)  # (B, H', W', C): exact small integers
     w2 = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, m)  # (K, M) in (kh, kw, c) order
-    bound = max(1, int(np.abs(centred).max(initial=0)) * int(np.abs(w2.astype(np.int32)).max(initial=0)))
-    chunk = max(1, (F32_EXACT - 1) // bound)  # K per exact GEMM
 
     def tap(i: int, j: int, x: np.ndarray) -> np.ndarray:  # (B, OH, OW, C): what tap (i, j) sees
         return x[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
 
-    sb, sy, sx, sc = centred.strides
-    windows = np.lib.stride_tricks.as_strided(  # (B, OH, OW, KH, KW, C) view, no copy
-        centred, (b, oh, ow, kh, kw, c), (sb, sy * sh, sx * sw, sy * dh, sx * dw, sc), writeable=False)
-    cols = windows.reshape(b * oh * ow, kh * kw * c)  # (N, K): the one im2col copy
-    wf = w2.astype(np.float32)
-    acc = None
-    for k0 in range(0, len(w2), chunk):
-        part = cols[:, k0:k0 + chunk] @ wf[k0:k0 + chunk]  # (N, M), exact
-        acc = part.astype(np.float64) if acc is None else acc + part
-    acc = acc.astype(np.int64)
+    acc, _ = conv_nhwc(xp - zp, w.transpose(2, 3, 1, 0), (sh, sw), (dh, dw))  # (N, M) exact
     if saturate:
         amax = np.broadcast_to(xp.max(axis=(0, 1, 2)), (kh, kw, c)).reshape(-1).astype(np.int64)  # (K,)
         col = lambda k: tap(k // (kw * c), (k // c) % kw, xp)[..., k % c].reshape(-1)  # noqa: E731 - (N,) column k

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from devices._intexec_gemm import conv_nhwc
 from devices._runner import RunnerError
 
 SEMANTICS = ("single", "double")
@@ -74,10 +75,12 @@ def srdhm(a, b) -> np.ndarray:
     """SaturatingRoundingDoublingHighMul (gemmlowp fixedpoint.h): round(a*b / 2^31), halves away from 0."""
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     ab = a * b  # |ab| <= 2^62: exact in int64
-    nudge = np.where(ab >= 0, 1 << 30, 1 - (1 << 30))
-    v = ab + nudge
-    q = np.where(v >= 0, v >> 31, -((-v) >> 31))  # C++ '/' truncates toward zero
-    return np.where((a == _I32_MIN) & (b == _I32_MIN), _I32_MAX, q).astype(np.int64)  # the one overflow
+    # gemmlowp: v = ab + (ab >= 0 ? 2^30 : 1 - 2^30), then C++ '/' 2^31 (toward zero). For v < 0 truncation is
+    # floor((v + 2^31 - 1) / 2^31) = floor((ab + 2^30) / 2^31), the same expression as for v >= 0: one shift.
+    q = (ab + (1 << 30)) >> 31
+    if np.any(b == _I32_MIN):  # the one overflow, INT32_MIN * INT32_MIN (never with a positive multiplier)
+        q = np.where((a == _I32_MIN) & (b == _I32_MIN), _I32_MAX, q)
+    return q
 
 
 def rdbpot(x, exponent) -> np.ndarray:
@@ -246,24 +249,28 @@ def _pad_same(x: np.ndarray, k: tuple[int, int], s: int, fill: int) -> np.ndarra
     return np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), constant_values=fill)
 
 
-def _windows(g, x: np.ndarray, xt: _Tensor, kh: int, kw: int, opt):
-    """(N, Ho, Wo, C) views of x - zp, one per kernel tap (kh, kw), after SAME/VALID padding."""
+def _padded(g, x: np.ndarray, xt: _Tensor, kh: int, kw: int, opt) -> np.ndarray:
+    """x - zp (conv.h: input_offset = -zero_point) after SAME/VALID padding: (N, H', W', C) int64."""
     if (opt.dilationHFactor or 1) != 1 or (opt.dilationWFactor or 1) != 1 or opt.strideH != opt.strideW:
         raise RunnerError(f"dilated or anisotropic-stride convolution is not implemented; {_FIX}")
+    x = x.astype(np.int64) - xt.zp0
+    return _pad_same(x, (kh, kw), opt.strideH, 0) if g._pad[opt.padding] == "SAME" else x
+
+
+def _windows(g, x: np.ndarray, xt: _Tensor, kh: int, kw: int, opt):
+    """(N, Ho, Wo, C) views of x - zp, one per kernel tap (kh, kw), after SAME/VALID padding."""
     s = opt.strideH
-    x = x.astype(np.int64) - xt.zp0  # input offset (conv.h: input_offset = -zero_point)
-    if g._pad[opt.padding] == "SAME":
-        x = _pad_same(x, (kh, kw), s, 0)
+    x = _padded(g, x, xt, kh, kw, opt)
     ho, wo = (x.shape[1] - kh) // s + 1, (x.shape[2] - kw) // s + 1
     return {(i, j): x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] for i in range(kh) for j in range(kw)}
 
 
 def _conv2d(g, sem, args, tin, out, opt):
-    x, w, b = args[0], args[1].astype(np.float64), args[2]  # w: (Cout, KH, KW, Cin)
-    taps = _windows(g, x, tin[0], w.shape[1], w.shape[2], opt)
-    # float64 dot products of int8 integers are exact (|acc| << 2^53) and use BLAS
-    acc = sum(t.astype(np.float64) @ w[:, i, j, :].T for (i, j), t in taps.items())  # (N, Ho, Wo, Cout)
-    acc = acc.astype(np.int64) + (b.astype(np.int64) if b is not None else 0)
+    x, w, b = args[0], args[1], args[2]  # w: (Cout, KH, KW, Cin)
+    xc = _padded(g, x, tin[0], w.shape[1], w.shape[2], opt)  # (N, H', W', Cin), zero point removed
+    s = opt.strideH
+    acc, (ho, wo) = conv_nhwc(xc, w.transpose(1, 2, 3, 0), (s, s), (1, 1))  # (N*Ho*Wo, Cout), exact
+    acc = acc.reshape(x.shape[0], ho, wo, -1) + (b.astype(np.int64) if b is not None else 0)
     return _requant(sem, acc, tin[0].scale[0], tin[1].scale, out, *g._clamp_range(out, opt.fusedActivationFunction),
                     ruy=True)
 

@@ -434,6 +434,7 @@ def document(results: list[Comparison], skipped: list[dict], *, store: str | Pat
     Every patch's ASR difference also gets its place in the family of all differences of this document
     (`qadtr._stats.family`: Holm-adjusted McNemar p, `significant`, Bonferroni-simultaneous CI)."""
     from devices._host import fingerprint
+    from devices.intexec import METHOD
     from qadtr._stats import FAMILY_METHOD, family
 
     comparisons = [r.to_dict() for r in results]
@@ -441,7 +442,8 @@ def document(results: list[Comparison], skipped: list[dict], *, store: str | Pat
     for (c, i), fam in zip(flat, family([r.patches[i].diff for r in results for i in range(len(r.patches))])):
         c["patches"][i]["family"] = fam
     return {"argv": sys.argv, "store": str(store), "reference": reference, "tie_rule": TIE_RULE, "asr_note": ASR_NOTE,
-            "paired_ci": PAIRED_METHOD, "family_method": FAMILY_METHOD, "gate": gate.describe(),
+            "paired_ci": PAIRED_METHOD, "family_method": FAMILY_METHOD, "attribution_method": METHOD,
+            "gate": gate.describe(),
             "comparisons": comparisons, "skipped": skipped, "across_devices": across_devices(store),
             "host": fingerprint()}
 

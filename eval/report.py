@@ -127,7 +127,7 @@ def collect(store_path: str | Path, *, compare: str | Path | dict | None = None,
             "transfer": rows, "transfer_source": str(transfer) if transfer else None, "patches": thumbs,
             "definitions": {"untargeted": UNTARGETED, "targeted": TARGETED, "tie_rule": cmp.get("tie_rule"),
                             "paired_ci": cmp.get("paired_ci"), "gate": cmp.get("gate"), "asr_note": cmp.get("asr_note"),
-                            "family": cmp.get("family_method"),
+                            "family": cmp.get("family_method"), "attribution": cmp.get("attribution_method"),
                             "latency": LATENCY_NOTE}}
 
 
@@ -251,6 +251,7 @@ def _summary(data: dict) -> str:
                      "PASSED" if c["passed"] else "FAILED", _pct(c["clean"]["rate"]), _pct(c["patched"]["rate"]),
                      f"{ties[0] + ties[1]} / {ties[2] + ties[3]}",
                      ("n/a" if lsb is None else f"{lsb:.3g}") + (f" (output step {step:.3g})" if step else ""), asr,
+                     (c.get("attribution") or {}).get("summary", "") or "not attributed",
                      (c.get("divergence") or {}).get("summary", ""),
                      "; ".join(c["reasons"])])
     if not rows:
@@ -259,7 +260,7 @@ def _summary(data: dict) -> str:
                       for s in data["skipped"])
     return (_table(["runtime", "model", "device", "gate", "clean agree (non-tie)", "patched agree (non-tie)",
                     "ties ref / deployed", "max |dlogit| LSB", "ASR ref -> deployed (diff, 95% CI; family CI, Holm)",
-                    "first divergent layer", "gate failures"], rows)
+                    "reproduced by (integer executor semantics)", "first divergent layer", "gate failures"], rows)
             + (f"<p>Not compared:</p><ul>{skipped}</ul>" if skipped else ""))
 
 
@@ -277,7 +278,7 @@ def _definitions(data: dict) -> str:
     d = data["definitions"]
     items = [("Untargeted ASR", d["untargeted"]), ("Targeted ASR", d["targeted"]), ("Per side", d.get("asr_note")),
              ("Tie rule", d.get("tie_rule")), ("ASR difference CI", d.get("paired_ci")),
-             ("Many comparisons", d.get("family")), ("Gate", d.get("gate")),
+             ("Many comparisons", d.get("family")), ("Reproduced by", d.get("attribution")), ("Gate", d.get("gate")),
              ("Latency", d["latency"])]
     if data["comparisons"]:
         items.append(("Logit LSB", LSB_NOTE))
