@@ -157,3 +157,24 @@ def test_xnnpack_add_matches_its_float_intent():
     y = E._add_xnnpack(a, b, t(0.05, -128), t(0.03, 0), t(0.07, -128))
     exact = ((a + 128) * 0.05 + b * 0.03) / 0.07 - 128
     assert np.abs(y - exact).max() <= 0.5 + 1e-3
+
+
+@pytest.mark.parametrize("runtime, kernels, want", [("litert-xnnpack", "xnnpack", "xnnpack"),
+                                                    ("litert-ref", "ref", "double")])
+def test_attribution_names_the_kernel_set(models, tiny_images, tmp_path, runtime, kernels, want):
+    """devices.intexec.attribute: the semantics that reproduces a LiteRT run is found image by image, the
+    other candidates are refuted, and with a wrong host the expected one is only a hint, never the answer."""
+    from devices._host import fingerprint
+    from devices.intexec import attribute
+    from devices.litert import LiteRTRunner
+
+    path = tmp_path / "w8.tflite"
+    path.write_bytes(models[8])
+    with LiteRTRunner(path, kernels=kernels, num_threads=1) as r:
+        logits = r.infer({"pixels": tiny_images.astype(np.float32) / np.float32(255)})["logits"]  # (32, 10)
+    att = attribute(path, tiny_images, logits, runtime=runtime, host=fingerprint(), probe=8)
+    assert att["explained_by"] == want and att["summary"].endswith("32 of 32 images bit-exact")
+    rows = {c["semantics"]: c for c in att["candidates"]}
+    assert rows[want]["images"] == 32 and all(c["exact"] < c["images"] for s, c in rows.items()
+                                              if s not in (want, "double-ruy" if want == "double" else want))
+    assert attribute(path, tiny_images, logits + 1, runtime=runtime, host=None, probe=8)["explained_by"] is None
