@@ -225,7 +225,8 @@ class OrtRunner:
         except Exception as e:  # noqa: BLE001 - ORT raises its own types for bad models
             raise AgentError(f"ONNX Runtime cannot load the model ({str(e).splitlines()[0][:200]})") from None
         provider = self.session.get_providers()[0].replace("ExecutionProvider", "")  # Python 3.8 on JetPack 5
-        self.kernels = f"ORT {ort.__version__} {provider}, {self.LEVELS[graph_optimization]}"
+        # devices.onnxrt writes the same line: how this ORT sums u8 x s8 here, asked of it (_host.ort_u8s8)
+        self.kernels = f"ORT {ort.__version__} {provider}, {self.LEVELS[graph_optimization]}, u8s8 sums {_host.ort_u8s8()}"
         self.versions = {"onnxruntime": ort.__version__}
         self.names = [o.name for o in self.session.get_outputs()]
         self.out_quant = (0.0, 0)

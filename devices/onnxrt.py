@@ -4,7 +4,7 @@ Example:
     >>> with OnnxrtRunner("resnet20_w4a4.onnx") as r:
     ...     logits = r.infer({"input": x})["logits"]  # x: (B, 3, 32, 32) float32 in [0, 1]
     >>> r.kernels
-    'ORT 1.31.1 CPU, ORT_ENABLE_ALL (QLinearConv int8: 21 of 21 convs)'
+    'ORT 1.31.1 CPU, ORT_ENABLE_ALL, u8s8 sums exact (QLinearConv int8: 21 of 21 convs)'
 """
 
 from __future__ import annotations
@@ -72,7 +72,11 @@ class OnnxrtRunner(Runner):
             raise RunnerError(f"{self.name}: ONNX Runtime cannot load the model ({str(e).splitlines()[0][:200]}); "
                               "re-export it with `python -m export.onnx`") from None
         provider = self._session.get_providers()[0].removesuffix("ExecutionProvider")
-        self.kernels = f"ORT {ort.__version__} {provider}, {_LEVEL_NAMES[self.graph_optimization]}"
+        from devices._host import ort_u8s8
+
+        # how this ORT sums u8 x s8 on this CPU, asked of it (devices/_host.py); the board agent writes the same
+        self.kernels = (f"ORT {ort.__version__} {provider}, {_LEVEL_NAMES[self.graph_optimization]}, "
+                        f"u8s8 sums {ort_u8s8()}")
         if self.optimized_model_path is not None:
             import onnx
 

@@ -103,7 +103,7 @@ def test_checksums_before_anything_runs(tiny_exports, tiny_images, tmp_path):
     ({"runtime": "tensorrt"}, ("0",), (r"runtime 'tensorrt' is not available on this board: tensorrt not installed "
                                        r"on the board; install JetPack")),
     ({"options": {"threads": 2}}, ("0",), r"runtime 'onnxrt' on a board takes no option threads"),
-    ({"runtime": "fakequant"}, ("0",), ("this agent runs onnxrt, litert-xnnpack, litert-builtin, tensorrt, null, "
+    ({"runtime": "fakequant"}, ("0",), ("this agent runs onnxrt, litert-xnnpack, litert-builtin, litert-ref, tensorrt, null, "
                                         "not 'fakequant'")),
     ({"version": 2}, ("0",), r"job version 2, this agent speaks 1"),
     ({}, ("99",), r"start 99 is outside the 32 images"),

@@ -27,7 +27,7 @@ def test_builtin_emulated_boards_match_their_profiles():
         prof = image.get_profile(profile)
         assert (spec.kind, spec.profile, spec.host, spec.emulated) == ("arm-emu", profile, "127.0.0.1", True)
         assert spec.port == prof.port  # `setup --profile P` without --port serves the built-in entry
-        assert spec.runtimes == ("onnxrt", "litert-xnnpack", "litert-builtin")  # what the board has
+        assert spec.runtimes == ("onnxrt", "litert-xnnpack", "litert-builtin", "litert-ref")  # what the board has
         assert ARM_PARTS[prof.part] == board  # the board agent names the core from the cpuinfo we write
     assert sorted(image.PROFILES) == sorted(__import__("devices.inventory").inventory.ARM_PROFILES)
     assert len({p.port for p in image.PROFILES.values()}) == len(image.PROFILES)

@@ -29,8 +29,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # -- registry ----------------------------------------------------------------------------------------------
 def test_registry_rows_and_lookup():
-    assert list_runtimes() == ["fakequant", "onnxrt", "litert-xnnpack", "litert-builtin", "tensorrt", "null"]
-    assert [n for n in list_runtimes() if R.RUNTIMES[n].in_defaults] == list_runtimes()[:-1]  # null: plumbing only
+    assert list_runtimes() == ["fakequant", "onnxrt", "litert-xnnpack", "litert-builtin", "litert-ref", "tensorrt",
+                               "intexec-single", "intexec-single-u8s8sat", "intexec-xnnpack", "intexec-double",
+                               "intexec-double-ruy", "null"]
+    # null is plumbing; litert-ref and the executor are references, run when named (eval.compare runs the executor)
+    assert [n for n in list_runtimes() if R.RUNTIMES[n].in_defaults] == ["fakequant", "onnxrt", "litert-xnnpack",
+                                                                        "litert-builtin", "tensorrt"]
     with pytest.raises(QadtrError, match=r"unknown runtime 'ort'; known: fakequant, onnxrt, litert-xnnpack"):
         R.get_runtime("ort")
     with pytest.raises(ValueError, match="write 'module:Class'"):
