@@ -25,44 +25,28 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _contenders(checkpoint: Path, bits: int, tmp: Path, images: np.ndarray) -> dict:
-    """name -> (callable taking uint8 (B, H, W, 3) images, returns logits)."""
-    import torch
-
-    from devices.intexec import SEMANTICS, load_graph
-    from devices.litert import LiteRTRunner
-    from devices.onnxrt import OnnxrtRunner
-    from export._common import deploy_model
+    """name -> active runner, every one made by devices.runtimes.make_runner and fed by feed_format."""
+    from devices.intexec import SEMANTICS
+    from devices.runtimes import make_runner
     from export.onnx import export_onnx
     from export.tflite import export_tflite
 
-    onnx_path = export_onnx(checkpoint, tmp / "m.onnx", bits=bits, images=images[:100]).path
-    tfl_path = Path(export_tflite(checkpoint, tmp / "m.tflite", bits=bits, images=images[:100]).artifact)
-    net, _ = deploy_model(checkpoint, bits)
-    nchw = lambda x: np.ascontiguousarray((x.astype(np.float32) / np.float32(255)).transpose(0, 3, 1, 2))  # noqa: E731
-    nhwc = lambda x: x.astype(np.float32) / np.float32(255)  # noqa: E731
-
-    def fakequant(x):
-        with torch.no_grad():
-            return net(torch.from_numpy(nchw(x))).numpy()
-
-    out = {"fakequant (Brevitas, torch)": fakequant}
-    graphs = {".onnx": (load_graph(onnx_path), nchw), ".tflite": (load_graph(tfl_path), nhwc)}
-    for name, sem in SEMANTICS.items():
-        graph, feed = graphs[sem.artifact]
-        out[f"intexec-{name}"] = lambda x, g=graph, f=feed, s=sem.graph_name: g.run(f(x), s)[0]
-    runners = {"onnxrt ORT_ENABLE_ALL": (OnnxrtRunner(onnx_path), "input", nchw),
-               "litert-xnnpack": (LiteRTRunner(tfl_path, kernels="xnnpack"), "pixels", nhwc),
-               "litert-ref": (LiteRTRunner(tfl_path, kernels="ref"), "pixels", nhwc)}
-    for name, (r, key, feed) in runners.items():
-        r.activate()
-        out[name] = lambda x, r=r, k=key, f=feed: r.infer({k: f(x)})
-    return out
+    files = {".onnx": export_onnx(checkpoint, tmp / "m.onnx", bits=bits, images=images[:100]).path,
+             ".tflite": Path(export_tflite(checkpoint, tmp / "m.tflite", bits=bits, images=images[:100]).artifact)}
+    runners = {"fakequant (Brevitas, torch)": make_runner("fakequant", checkpoint, bits=(bits, bits)),
+               "onnxrt ORT_ENABLE_ALL": make_runner("onnxrt", files[".onnx"]),
+               "litert-xnnpack": make_runner("litert-xnnpack", files[".tflite"]),
+               "litert-ref": make_runner("litert-ref", files[".tflite"])}
+    runners.update({f"intexec-{name}": make_runner(f"intexec-{name}", files[sem.artifact])
+                    for name, sem in SEMANTICS.items()})
+    return {name: r.activate() for name, r in runners.items()}
 
 
 def run(args: argparse.Namespace) -> dict:
     import torch
 
     from devices._host import fingerprint
+    from devices.runtimes import feed_format
     from qadtr.checkpoint import read_checkpoint_info, resolve
     from qadtr.data import load_split, subset
 
@@ -73,15 +57,18 @@ def run(args: argparse.Namespace) -> dict:
     batch = images[:args.batch]
     times: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="qadtr-bench-") as tmp:
-        fns = _contenders(pt, bits, Path(tmp), images)
-        for fn in fns.values():  # warm-up: allocations, XNNPACK packing, torch's first-call costs
-            fn(batch)
-        for r in range(args.rounds):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn(batch)
+        runners = _contenders(pt, bits, Path(tmp), images)
+        feeds = {name: feed_format(r).feed(batch) for name, r in runners.items()}  # the bytes every replay uses
+        for name, r in runners.items():  # warm-up: allocations, XNNPACK packing, torch's first-call costs
+            r.infer(feeds[name])
+        for k in range(args.rounds):
+            for name, r in runners.items():
+                t0 = time.perf_counter()  # the whole call, feed checks included, alike for every runner
+                r.infer(feeds[name])
                 times.setdefault(name, []).append(time.perf_counter() - t0)
-            print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
+            print(f"round {k + 1}/{args.rounds}", file=sys.stderr, flush=True)
+        for r in runners.values():
+            r.deactivate()
     ips = {k: args.batch / float(np.median(v)) for k, v in times.items()}
     ref = ips["fakequant (Brevitas, torch)"]
     return {"argv": sys.argv, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -104,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
+        from qadtr._errors import QadtrError
+
+        if min(args.batch, args.rounds, args.threads) < 1:
+            raise QadtrError(f"--batch {args.batch} / --rounds {args.rounds} / --threads {args.threads}: each 1 or more")
         res = run(args)
         for k, v in sorted(res["images_per_s"].items(), key=lambda kv: -kv[1]):
             print(f"{k:34s} {v:9.0f} img/s  {res['ratio_to_fakequant'][k]:6.2f}x fake-quant")

@@ -16,6 +16,7 @@ kernels differ by `asimddp` (SDOT), `i8mm` (SMMLA) and `sve`.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from importlib import metadata
@@ -80,29 +81,39 @@ def versions(dists: tuple = VERSIONED) -> dict:
     return out
 
 
-_probed: dict = {}  # the probe's answer, once per process (the CPU and the installed ORT do not change under it)
-
-
+@functools.lru_cache(maxsize=None)  # once per process: the CPU and the installed ORT do not change under it
 def ort_u8s8() -> str:
     """How this process's ONNX Runtime really sums u8 x s8 products, asked of ORT itself with _ORT_PROBE:
     "exact", "pairs-int16-saturating", "other: <value>", or "unavailable: <why>". Checked, not read off
     /proc/cpuinfo: MLAS dispatches on CPUID, which an emulator or a hypervisor may report differently."""
-    if "ort" not in _probed:
-        try:
-            import base64
+    try:
+        import base64
 
-            import numpy as np
-            import onnxruntime as ort
+        import numpy as np
+        import onnxruntime as ort
 
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
-            session = ort.InferenceSession(base64.b64decode(_ORT_PROBE), sess_options=opts,
-                                           providers=["CPUExecutionProvider"])
-            value = int(session.run(None, {"a": np.full((1, 64), 255, np.uint8)})[0][0, 0])
-            _probed["ort"] = _PROBE_RESULT.get(value, f"other: {value}")
-        except Exception as e:  # noqa: BLE001 - no ORT here, or one that cannot run the probe: say which
-            _probed["ort"] = f"unavailable: {type(e).__name__}: {str(e)[:120]}"
-    return _probed["ort"]
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(base64.b64decode(_ORT_PROBE), sess_options=opts,
+                                       providers=["CPUExecutionProvider"])
+        value = int(session.run(None, {"a": np.full((1, 64), 255, np.uint8)})[0][0, 0])
+        return _PROBE_RESULT.get(value, f"other: {value}")
+    except Exception as e:  # noqa: BLE001 - no ORT here, or one that cannot run the probe: say which
+        return f"unavailable: {type(e).__name__}: {str(e)[:120]}"
+
+
+# -- the kernel lines every run records (host runners and the board agent alike) --------------------------
+def ort_kernels(version: str, provider: str, level: str) -> str:
+    """ONNX Runtime's kernel line: version, provider, optimisation level and how it sums u8 x s8 here."""
+    return f"ORT {version} {provider}, {level}, u8s8 sums {ort_u8s8()}"
+
+
+def litert_kernels(interp, kernel_set: str, version: str | None) -> tuple[str, int]:
+    """(kernel line, nodes in a delegate) of an allocated LiteRT interpreter. A DELEGATE node in the execution
+    plan is an XNNPACK partition: counted, not assumed (a builtin or reference run must have none)."""
+    ops = interp._get_ops_details()  # noqa: SLF001 - LiteRT's only view of the execution plan
+    delegated = sum(o["op_name"] == "DELEGATE" for o in ops)
+    return f"{kernel_set} (ai-edge-litert {version}; {delegated} of {len(ops)} nodes delegated to XNNPACK)", delegated
 
 
 def fingerprint(path: str = "/proc/cpuinfo") -> dict:

@@ -225,8 +225,7 @@ class OrtRunner:
         except Exception as e:  # noqa: BLE001 - ORT raises its own types for bad models
             raise AgentError(f"ONNX Runtime cannot load the model ({str(e).splitlines()[0][:200]})") from None
         provider = self.session.get_providers()[0].replace("ExecutionProvider", "")  # Python 3.8 on JetPack 5
-        # devices.onnxrt writes the same line: how this ORT sums u8 x s8 here, asked of it (_host.ort_u8s8)
-        self.kernels = f"ORT {ort.__version__} {provider}, {self.LEVELS[graph_optimization]}, u8s8 sums {_host.ort_u8s8()}"
+        self.kernels = _host.ort_kernels(ort.__version__, provider, self.LEVELS[graph_optimization])  # as devices.onnxrt
         self.versions = {"onnxruntime": ort.__version__}
         self.names = [o.name for o in self.session.get_outputs()]
         self.out_quant = (0.0, 0)
@@ -257,13 +256,10 @@ class LiteRunner:
         except (ValueError, RuntimeError) as e:
             raise AgentError(f"LiteRT cannot load the model: {str(e).strip()[:300]}") from None
         version = _version("ai-edge-litert")
-        ops = self.interp._get_ops_details()  # the execution plan: a DELEGATE node is an XNNPACK partition
-        delegated = sum(o["op_name"] == "DELEGATE" for o in ops)
+        self.kernels, delegated = _host.litert_kernels(self.interp, kernels, version)  # as devices.litert writes it
         if kernels != "xnnpack" and delegated:
             raise AgentError(f"{delegated} nodes ran in a delegate where LiteRT's {kernels} kernels were asked for")
         self.runner = f"litert-{kernels}"
-        # devices.litert.kernels_line: the host writes the same line
-        self.kernels = f"{kernels} (ai-edge-litert {version}; {delegated} of {len(ops)} nodes delegated to XNNPACK)"
         self.versions = {"ai-edge-litert": version}
         self.ins, self.outs = self.interp.get_input_details(), self.interp.get_output_details()
         self.shapes = {d["index"]: tuple(d["shape"]) for d in self.ins}

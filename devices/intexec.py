@@ -129,38 +129,49 @@ METHOD = ("the numpy integer executor (devices.intexec) runs the same artifact o
           f"Candidates run on {PROBE_IMAGES} evenly spread rows; one exact on all of them runs on every row")
 
 
-def _logits(graph, semantics: str, images: np.ndarray, rows: np.ndarray, nhwc: bool) -> np.ndarray:
-    """(len(rows), K) executor logits for replay `images` (M, H, W, 3) uint8 at `rows`, canonical feed."""
-    out = []
+def _run(runner: IntExecRunner, images: np.ndarray, rows: np.ndarray, keep_ints: bool
+         ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(len(rows), K) logits of replay `images` (M, H, W, 3) uint8 at `rows`, fed as every runtime is fed
+    (devices.runtimes.feed_format), and, with `keep_ints`, every integer activation of those rows."""
+    from devices.runtimes import feed_format, read_logits
+
+    fmt = feed_format(runner)
+    logits, ints = [], {}
     for i in range(0, len(rows), BATCH):
-        x = images[rows[i:i + BATCH]].astype(np.float32) / np.float32(255)  # (B, H, W, 3): to_tensor's bytes
-        x = x if nhwc else np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # (B, 3, H, W)
-        out.append(graph.run(x, semantics)[0][graph.output_names[0]])
-    return np.concatenate(out)
+        feed = fmt.feed(images[rows[i:i + BATCH]])
+        outs, batch_ints = runner.integers(feed[fmt.name]) if keep_ints else (runner.infer(feed), {})
+        logits.append(read_logits(runner, outs))
+        for k, v in batch_ints.items():
+            ints.setdefault(k, []).append(v)
+    return np.concatenate(logits), {k: np.concatenate(v) for k, v in ints.items()}
 
 
 def attribute(artifact: Path, images: np.ndarray, deployed: np.ndarray, *, runtime: str, host: dict | None,
-              probe: int = PROBE_IMAGES) -> dict:
+              probe: int = PROBE_IMAGES, keep_ints: bool = False) -> dict:
     """Each candidate semantics' count of bit-identical images against `deployed` (M, K) logits.
 
     Returns {"method", "expected", "candidates": [{semantics, models, rounding, images, exact, argmax_agree}],
-    "explained_by": the semantics exact on every image (or None), "summary"}.
+    "explained_by": the semantics exact on every image (or None), "summary"}; with `keep_ints` also
+    "integers": {tensor: (M, ...) array} of the explaining semantics (taken from its full run, not run again).
     """
-    graph = load_graph(artifact)
     expected = expected_semantics(runtime, host or {})
     names = sorted(candidates(artifact), key=lambda s: s != expected)  # the expected one first
     m = len(deployed)
     spread = np.unique(np.linspace(0, m - 1, min(probe, m)).astype(np.int64))  # (P,) evenly spread rows
-    rows = []
+    rows, integers = [], {}
     for name in names:
         sem = SEMANTICS[name]
-        got = _logits(graph, sem.graph_name, images, spread, artifact.suffix == ".tflite")
-        exact = np.all(got == deployed[spread], axis=1)  # (P,)
-        used = spread
-        if exact.all() and len(spread) < m:  # exact on the probe: count every image
-            used = np.arange(m)
-            got = _logits(graph, sem.graph_name, images, used, artifact.suffix == ".tflite")
-            exact = np.all(got == deployed, axis=1)
+        with IntExecRunner(artifact, semantics=name) as runner:
+            whole = len(spread) == m  # the probe is every row
+            got, ints = _run(runner, images, spread, keep_ints and whole)
+            exact = np.all(got == deployed[spread], axis=1)  # (P,)
+            used = spread
+            if exact.all() and not whole:  # exact on the probe: count every image
+                used = np.arange(m)
+                got, ints = _run(runner, images, used, keep_ints)
+                exact = np.all(got == deployed, axis=1)
+        if keep_ints and exact.all() and len(used) == m and not integers:
+            integers = ints
         rows.append({"semantics": name, "models": sem.models, "rounding": sem.rounding, "images": int(len(used)),
                      "exact": int(exact.sum()), "argmax_agree": float(np.mean(got.argmax(1) == deployed[used].argmax(1))),
                      "first_unexplained": [int(i) for i in used[~exact][:10]]})
@@ -174,5 +185,6 @@ def attribute(artifact: Path, images: np.ndarray, deployed: np.ndarray, *, runti
                    f"({best['exact']} of {best['images']} bit-exact)")
     else:
         summary = f"{runtime}: no executor semantics for {artifact.suffix} files"
-    return {"method": METHOD, "expected": expected, "candidates": rows,
-            "explained_by": full[0]["semantics"] if full else None, "summary": summary}
+    out = {"method": METHOD, "expected": expected, "candidates": rows,
+           "explained_by": full[0]["semantics"] if full else None, "summary": summary}
+    return {**out, "integers": integers} if keep_ints else out

@@ -27,18 +27,6 @@ from devices._runner import Runner, RunnerError, TensorSpec
 KERNELS = {"xnnpack": "AUTO", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "ref": "BUILTIN_REF"}
 
 
-def delegated_nodes(interp) -> tuple[int, int]:
-    """(nodes run by a delegate, nodes) of an allocated interpreter's execution plan: a DELEGATE node stands
-    for an XNNPACK partition. Checked, not assumed: a builtin run must have none."""
-    ops = interp._get_ops_details()  # noqa: SLF001 - LiteRT's only view of the execution plan
-    return sum(o["op_name"] == "DELEGATE" for o in ops), len(ops)
-
-
-def kernels_line(kernel_set: str, version: str | None, delegated: int, nodes: int) -> str:
-    """The kernel set as every run records it (the board agent writes the same line)."""
-    return f"{kernel_set} (ai-edge-litert {version}; {delegated} of {nodes} nodes delegated to XNNPACK)"
-
-
 class LiteRTRunner(Runner):
     def __init__(self, path: str | Path, *, kernels: str = "xnnpack", num_threads: int | None = None,
                  preserve_all_tensors: bool = False):
@@ -55,7 +43,7 @@ class LiteRTRunner(Runner):
         if num_threads is not None and num_threads < 1:
             raise RunnerError(f"num_threads={num_threads}; pass a positive count or None")
         self.path, self.kernels, self.num_threads = Path(path), kernels, num_threads
-        self.kernel_set = kernels  # self.kernels becomes the checked line of `kernels_line` on activation
+        self.kernel_set = kernels  # self.kernels becomes the checked line of devices._host.litert_kernels on activation
         self.preserve_all_tensors = preserve_all_tensors
         self.name = f"litert-{kernels}"
         self._interp = None
@@ -77,11 +65,13 @@ class LiteRTRunner(Runner):
             raise RunnerError(f"{self.name}: LiteRT cannot load {self.path}: {str(e).strip()[:300]}") from None
         from importlib.metadata import version
 
-        delegated, nodes = delegated_nodes(self._interp)
+        from devices._host import litert_kernels
+
+        line, delegated = litert_kernels(self._interp, self.kernel_set, version("ai-edge-litert"))
         if self.kernel_set != "xnnpack" and delegated:
             raise RunnerError(f"{self.name}: {delegated} nodes ran in a delegate where LiteRT's {self.kernel_set} "
                               "kernels were asked for; this ai-edge-litert build ignores the op resolver")
-        self.kernels = kernels_line(self.kernel_set, version("ai-edge-litert"), delegated, nodes)
+        self.kernels = line
         self._inputs = self._interp.get_input_details()
         self._outputs = self._interp.get_output_details()
         self._shapes = {d["index"]: tuple(d["shape"]) for d in self._inputs}

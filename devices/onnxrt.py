@@ -72,11 +72,9 @@ class OnnxrtRunner(Runner):
             raise RunnerError(f"{self.name}: ONNX Runtime cannot load the model ({str(e).splitlines()[0][:200]}); "
                               "re-export it with `python -m export.onnx`") from None
         provider = self._session.get_providers()[0].removesuffix("ExecutionProvider")
-        from devices._host import ort_u8s8
+        from devices._host import ort_kernels
 
-        # how this ORT sums u8 x s8 on this CPU, asked of it (devices/_host.py); the board agent writes the same
-        self.kernels = (f"ORT {ort.__version__} {provider}, {_LEVEL_NAMES[self.graph_optimization]}, "
-                        f"u8s8 sums {ort_u8s8()}")
+        self.kernels = ort_kernels(ort.__version__, provider, _LEVEL_NAMES[self.graph_optimization])  # as the agent
         if self.optimized_model_path is not None:
             import onnx
 

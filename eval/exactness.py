@@ -78,6 +78,7 @@ def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int
 
     from devices.intexec import SEMANTICS, load_graph
     from devices.litert import LiteRTRunner
+    from devices.runtimes import FeedFormat
     from export import onnx as onnx_export, tflite as tflite_export
     from export._common import reusable
     from export.tflite import with_outputs
@@ -94,8 +95,8 @@ def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int
         onnx_export.export_onnx(pt, onnx_path, bits=bits, images=images[:100])
     if reusable(tfl_path, src, tflite_export.EXPORTER_VERSION):
         tflite_export.export_tflite(pt, tfl_path, bits=bits, images=images[:100])
-    nchw = np.ascontiguousarray((images.astype(np.float32) / np.float32(255)).transpose(0, 3, 1, 2))  # to_tensor
-    nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
+    nchw, nhwc = (FeedFormat("x", layout, "float01", (None,) * 4).feed(images)["x"]  # the bytes every replay feeds
+                  for layout in ("NCHW", "NHWC"))
     rows = []
     # ONNX: node by node with every activation exposed; fused (deployed) on logits only
     model = onnx.load(str(onnx_path))

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from devices._host import fingerprint
-from qadtr._config import read_json, sha256_file
+from devices.runtimes import export_record
+from qadtr._config import sha256_file
 from qadtr._errors import QadtrError
 from qadtr.checkpoint import Checkpoint, load_checkpoint
 from qadtr.models import bits_of, deploy_net
@@ -33,11 +33,6 @@ def deploy_model(checkpoint: str | Path, w: int, a: int | None = None) -> tuple[
     return deploy_net(model, w, a), ck
 
 
-def host_fingerprint() -> dict:
-    """The exporting machine's fingerprint (CPU, ISA flags, versions), saved in every export record."""
-    return fingerprint()
-
-
 def reusable(artifact: str | Path, source_sha256: str, exporter_version: int) -> str | None:
     """None when `artifact` may be reused for `source_sha256`, else why not: its record is missing or unreadable,
     names another source, another exporter version, another file (sha256), or a proof that failed."""
@@ -45,12 +40,9 @@ def reusable(artifact: str | Path, source_sha256: str, exporter_version: int) ->
     record = artifact.with_suffix(".json")
     if not artifact.is_file() or not record.is_file():
         return "no artifact and record yet"
-    try:
-        data = read_json(record)["_data"]
-    except (QadtrError, KeyError, TypeError):
+    data = export_record(artifact)
+    if data is None:
         return f"{record.name} is unreadable"
-    if not isinstance(data, dict):
-        return f"{record.name} is not an export record"
     checks = (("source_sha256", source_sha256, "another source checkpoint"),
               ("exporter_version", exporter_version, f"another exporter version ({data.get('exporter_version')})"),
               ("artifact_sha256", sha256_file(artifact), "another file (the artifact changed after export)"))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export._common import host_fingerprint
+from devices._host import fingerprint
 from qadtr._config import config_to_dict, register_config, sha256_file, write_json
 from qadtr._errors import QadtrError
 
@@ -350,7 +350,7 @@ def check_parity(net, model_path: str | Path, images: np.ndarray, *, bits: int |
                f"by node (ORT_DISABLE_ALL) vs Brevitas, {len(tensors)} integer tensors, {elements} elements: per layer "
                f"{n_bad['local']} differ (max {max_step['local']} step), end to end {n_bad[PROOF_LEVEL]}; logits max |d| "
                f"{res.max_abs_lsb:.3g} LSB ({res.max_abs:.2g}), argmax agree {100 * res.argmax_agree:.2f}% "
-               f"({res.ties} ties)" + ("; bit-exact" if exact else "") + f". Deployed here: {deployed['summary']}")
+               f"({res.ties} ties)" + ("; bit-exact" if exact else ""))  # the proof; deployed["summary"] the deployment
     per_tensor = {m: {k: mismatches[k][m] for k in mismatches}
                   for m in ref_ints if any(mismatches[k][m] for k in mismatches)}
     return Parity(passed, len(images), image_source, len(tensors), int(elements), n_bad[PROOF_LEVEL],
@@ -363,21 +363,17 @@ def _deployed(model_path, images: np.ndarray, logits: np.ndarray, ref_logits: np
     """ORT_ENABLE_ALL on this host: its logits against Brevitas, and the executor semantics that reproduces them
     image by image (devices.intexec.attribute) with that semantics' integers (None when none reproduces all)."""
     from devices._runner import RunnerError
-    from devices.intexec import SEMANTICS, attribute, load_graph
+    from devices.intexec import attribute
     from export._compare import compare
 
-    host = host_fingerprint()
+    host = fingerprint()
     vs_ref = compare(ref_logits, logits, lsb=step, atol_lsb=0.5, max_mismatch_frac=1.0, min_argmax_agree=0.0,
                      name="deployed logits")  # measured, never a verdict: no threshold
     try:
-        att = attribute(Path(model_path), images, logits, runtime="onnxrt", host=host)
+        att = attribute(Path(model_path), images, logits, runtime="onnxrt", host=host, keep_ints=True)
     except RunnerError as e:  # a graph the executor does not model (e.g. export.trt's TensorRT-bound rewrite)
-        att = {"explained_by": None, "skipped": str(e), "summary": f"not attributed: {e}"}
-    ints = None
-    if att["explained_by"]:
-        x = (images.astype(np.float32) / np.float32(255)).transpose(0, 3, 1, 2)  # (N, 3, H, W): to_tensor's bytes
-        ints = load_graph(model_path).run(np.ascontiguousarray(x), SEMANTICS[att["explained_by"]].graph_name,
-                                          keep_ints=True)[1]
+        att = {"explained_by": None, "skipped": str(e), "summary": f"not attributed: {e}", "integers": {}}
+    ints = att.pop("integers") or None  # the explaining semantics' integers, from its own run
     summary = (f"ORT_ENABLE_ALL on {host['cpu']} ({host['int8_dot']}): argmax agree with Brevitas "
                f"{100 * vs_ref.argmax_agree:.2f}%, max |d| {vs_ref.max_abs_lsb:.3g} LSB; {att['summary']}")
     return ({"level": DEPLOY_LEVEL, "logits": vs_ref.to_dict(), "int8_dot": host["int8_dot"], "cpu": host["cpu"],
@@ -491,7 +487,7 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, *, bits: int | Non
                       artifact_bytes=out_path.stat().st_size, source=str(checkpoint), source_sha256=ck.sha256,
                       arch=ck.model.arch, bits=() if float_model else (bits, bits), opset=opset, versions=versions(),
                       graph=graph, fusion=fusion, parity=parity.to_dict(), argv=tuple(sys.argv),
-                      proof=proof_record(parity), host=host_fingerprint())
+                      proof=proof_record(parity), host=fingerprint())
     info_path = out_path.with_suffix(".json")
     write_json(info_path, config_to_dict(info))
     if not parity:
@@ -504,14 +500,19 @@ def proof_record(parity: Parity) -> dict:
     on = ("ORT_DISABLE_ALL (node by node: QuantizeLinear, DequantizeLinear, float Conv/Gemm; no fused int8 kernel)"
           if parity.int_tensors else "ORT_ENABLE_ALL fp32 (no integer kernel)")
     return {"passed": parity.passed, "on": on, "reference": "Brevitas fake-quant deploy net", "images": parity.images,
-            "summary": parity.summary.split(". Deployed here:")[0]}
+            "summary": parity.summary}
 
 
 def describe(result: ExportResult) -> str:
     f = result.info.fusion
     conv = f"{f['qlinearconv']} QLinearConv, {f['float_conv']} float Conv at ORT_ENABLE_ALL"
     return (f"wrote {result.path} ({result.info.artifact_bytes / 1024:.1f} KiB; {conv})\n"
-            f"{result.parity.summary}\ninfo: {result.info_path}")
+            f"{result.parity.summary}\n{deployed_line(result.parity)}info: {result.info_path}")
+
+
+def deployed_line(parity: Parity) -> str:
+    """'deployed here: ...' plus a newline, or '' (fp32 exports record no deployment apart from the proof)."""
+    return f"deployed here: {parity.deployed['summary']}\n" if parity.deployed else ""
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:

@@ -560,8 +560,8 @@ def export_tflite(checkpoint: str | Path, out_path: str | Path, *, bits: int, ac
     Example:
         >>> export_tflite("zoo/resnet20_w4a4/model.pt", "/tmp/r20_w4a4.tflite", bits=4, data_dir="../shared/data")
     """
+    from devices._host import fingerprint
     from export._common import deploy_model
-    from export._common import host_fingerprint
 
     act_bits = bits if act_bits is None else act_bits
     if bits > 8 or act_bits > 8:
@@ -603,7 +603,7 @@ def export_tflite(checkpoint: str | Path, out_path: str | Path, *, bits: int, ac
                                                       f"activations off, argmax agree "
                                                       f"{100 * p['logits']['argmax_agree']:.2f}%"
                                                       for k, p in parity.items())},
-                          host=host_fingerprint())
+                          host=fingerprint())
     write_json(out_path.with_suffix(".json"), config_to_dict(record))
     return record
 

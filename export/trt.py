@@ -304,6 +304,7 @@ def export_trt(checkpoint: str | Path, out_dir: str | Path, *, bits: int, batch:
     """
     import onnx
 
+    from devices._host import fingerprint
     from export import onnx as onnx_export
     from qadtr._config import config_to_dict, sha256_file, write_json
     from qadtr.evaluate import to_tensor
@@ -339,7 +340,7 @@ def export_trt(checkpoint: str | Path, out_dir: str | Path, *, bits: int, batch:
         bits=(bits, bits), opset=opset, versions=onnx_export.versions(), graph=ops, fusion=fusion,
         parity=parity.to_dict(), extra={"trt_build": "trt_build.json", "offline_check": trt, "bits_note": INT4_NOTE,
                "uint8_as_float": emulated, "uint8_note": UINT8_NOTE},
-        argv=tuple(sys.argv), proof=onnx_export.proof_record(parity), host=onnx_export.host_fingerprint())
+        argv=tuple(sys.argv), proof=onnx_export.proof_record(parity), host=fingerprint())
     info_path = out_dir / "model.json"
     write_json(info_path, config_to_dict(info))
     if not parity:
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
-        from export.onnx import default_out
+        from export.onnx import default_out, deployed_line
 
         out = args.out or str(default_out(args.checkpoint, args.bits, False, suffix="_trt"))
         if args.bits < 8:
@@ -375,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{Path(out) / 'build_engine.sh'}")
         print(f"ORT check of the TensorRT-bound file: {f['qlinearconv']} QLinearConv, {f['float_conv']} float Conv")
         print(result.parity.summary)
+        print(deployed_line(result.parity), end="")
         emulated = result.info.extra["uint8_as_float"]
         if emulated:
             print(f"note: {len(emulated)} unsigned 8-bit tensor(s) written as float for TensorRT: {UINT8_NOTE}")
