@@ -49,7 +49,7 @@ SEMANTICS = {s.name: s for s in (
               "int32 multiplier + shift: SaturatingRoundingDoublingHighMul then RoundingDivideByPOT (two roundings)"),
     Semantics("double-ruy", ".tflite", "double-ruy", "LiteRT builtin optimized kernels on x86 "
               "(BUILTIN_WITHOUT_DEFAULT_DELEGATES; CONV_2D through ruy)", "as double, but ruy's final shift rounds "
-              "halves toward +inf"),
+              "halves toward +inf and int8 ADD folds its input shift into the pre-shift (one rounding per input)"),
 )}
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from qadtr._errors import QadtrError
-from qadtr._stats import PAIRED_METHOD, PairedDifference, Proportion
+from qadtr._stats import FAMILY_METHOD, PAIRED_METHOD, STABILITY_METHOD, PairedDifference, Proportion, family, stability
 
 TIE_RULE = ("a sample ties on a side when its top-2 logits there differ by less than half a reference logit "
             "LSB (the smallest class's step; export._compare.TIE_RULE applied to each side; exact equality "
@@ -91,6 +91,7 @@ class PatchComparison:
     diff: PairedDifference  # deployed - reference, over images eligible on both sides
     ref_only: tuple[int, ...]  # samples (replay rows) where the attack succeeds only on the reference
     out_only: tuple[int, ...]  # ... only on the deployed runtime
+    stability: dict = field(default_factory=dict)  # qadtr._stats.stability: the difference on 5 image subsets
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "diff": self.diff.to_dict()}
@@ -156,14 +157,19 @@ class Comparison:
         for p in self.patches:
             before, after = 100 * p.asr_ref["asr"]["value"], 100 * p.asr_out["asr"]["value"]
             lines.append(f"  {p.name}: ASR {before:.2f}% -> {after:.2f}%"
-                         f", diff {p.diff}; attack succeeds only on {self.ref}: {len(p.ref_only)}, only on {self.out}: "
-                         f"{len(p.out_only)}")
+                         f", diff {p.diff}{_stable(p.stability)}; attack succeeds only on {self.ref}: {len(p.ref_only)}, "
+                         f"only on {self.out}: {len(p.out_only)}")
         if self.attribution:
             lines.append(f"  reproduced by: {self.attribution.get('summary', '')}")
         if self.divergence is not None:
             lines.append(f"  first divergent layers: {self.divergence.get('summary', '')}")
         lines += [f"  gate: {r}" for r in self.reasons]
         return "\n".join(lines)
+
+
+def _stable(st: dict) -> str:
+    """', same sign in 4 of 5 image subsets' (STABILITY_METHOD); '' when not measured."""
+    return f", same sign in {st['same_sign']} of {st['measured']} image subsets" if st.get("measured") else ""
 
 
 # -- pure comparison over arrays ---------------------------------------------------------------------------
@@ -254,7 +260,8 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, patch:
             index=k, name=names[k], target=target,
             asr_ref=attack_success(pred_r[crow], pred_r[rows], labels[rows], target).to_dict(),
             asr_out=attack_success(pred_o[crow], pred_o[rows], labels[rows], target).to_dict(),
-            diff=diff, ref_only=tuple(int(i) for i in ref_only), out_only=tuple(int(i) for i in out_only)))
+            diff=diff, ref_only=tuple(int(i) for i in ref_only), out_only=tuple(int(i) for i in out_only),
+            stability=stability(ok_o & ~ok_r, ok_r & ~ok_o, both, test_index[rows])))
 
     step = 1.0 if lsb is None else lsb
     res = compare(ref, out, lsb=step, atol_lsb=0.5, max_mismatch_frac=1.0, name=f"{out_name} logits")
@@ -435,15 +442,14 @@ def document(results: list[Comparison], skipped: list[dict], *, store: str | Pat
     (`qadtr._stats.family`: Holm-adjusted McNemar p, `significant`, Bonferroni-simultaneous CI)."""
     from devices._host import fingerprint
     from devices.intexec import METHOD
-    from qadtr._stats import FAMILY_METHOD, family
 
     comparisons = [r.to_dict() for r in results]
     flat = [(c, i) for c, r in zip(comparisons, results) for i in range(len(r.patches))]
     for (c, i), fam in zip(flat, family([r.patches[i].diff for r in results for i in range(len(r.patches))])):
         c["patches"][i]["family"] = fam
     return {"argv": sys.argv, "store": str(store), "reference": reference, "tie_rule": TIE_RULE, "asr_note": ASR_NOTE,
-            "paired_ci": PAIRED_METHOD, "family_method": FAMILY_METHOD, "attribution_method": METHOD,
-            "gate": gate.describe(),
+            "paired_ci": PAIRED_METHOD, "family_method": FAMILY_METHOD, "stability_method": STABILITY_METHOD,
+            "attribution_method": METHOD, "gate": gate.describe(),
             "comparisons": comparisons, "skipped": skipped, "across_devices": across_devices(store),
             "host": fingerprint()}
 

@@ -127,7 +127,8 @@ def collect(store_path: str | Path, *, compare: str | Path | dict | None = None,
             "transfer": rows, "transfer_source": str(transfer) if transfer else None, "patches": thumbs,
             "definitions": {"untargeted": UNTARGETED, "targeted": TARGETED, "tie_rule": cmp.get("tie_rule"),
                             "paired_ci": cmp.get("paired_ci"), "gate": cmp.get("gate"), "asr_note": cmp.get("asr_note"),
-                            "family": cmp.get("family_method"), "attribution": cmp.get("attribution_method"),
+                            "family": cmp.get("family_method"), "stability": cmp.get("stability_method"),
+                            "attribution": cmp.get("attribution_method"),
                             "latency": LATENCY_NOTE}}
 
 
@@ -271,14 +272,17 @@ def _family(p: dict) -> str:
         return ""
     lo, hi = f["ci_family"]
     verdict = "significant" if f["significant"] else "not significant"
-    return f"; family of {f['family_size']}: [{_num(lo, '+')}, {_num(hi, '+')}], Holm p {f['p_holm']:.3g}, {verdict}"
+    st = p.get("stability") or {}
+    stable = f"; same sign in {st['same_sign']} of {st['measured']} image subsets" if st.get("measured") else ""
+    return (f"; family of {f['family_size']}: [{_num(lo, '+')}, {_num(hi, '+')}], Holm p {f['p_holm']:.3g}, "
+            f"{verdict}{stable}")
 
 
 def _definitions(data: dict) -> str:
     d = data["definitions"]
     items = [("Untargeted ASR", d["untargeted"]), ("Targeted ASR", d["targeted"]), ("Per side", d.get("asr_note")),
              ("Tie rule", d.get("tie_rule")), ("ASR difference CI", d.get("paired_ci")),
-             ("Many comparisons", d.get("family")), ("Reproduced by", d.get("attribution")), ("Gate", d.get("gate")),
+             ("Many comparisons", d.get("family")), ("Stability", d.get("stability")), ("Reproduced by", d.get("attribution")), ("Gate", d.get("gate")),
              ("Latency", d["latency"])]
     if data["comparisons"]:
         items.append(("Logit LSB", LSB_NOTE))

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from statistics import NormalDist
 
+import numpy as np
+
 Z95 = 1.959964  # two-sided 95% normal quantile
 ALPHA = 0.05  # family-wise error rate of every "significant" label (Holm) and of the simultaneous intervals
 FAMILY_METHOD = ("significance: exact two-sided McNemar test on the discordant pairs of each paired ASR difference, "
@@ -40,6 +42,37 @@ class Proportion:
     def __str__(self) -> str:
         lo, hi = self.ci95
         return f"{100 * self.value:.2f}% [{100 * lo:.2f}, {100 * hi:.2f}] (n={self.n})"
+
+
+FOLDS = 5  # disjoint image subsets a difference is re-measured on: a sign flip shows, each keeps ~1/5 of n
+STABILITY_METHOD = (f"stability across image subsets: the images of each paired ASR difference are split into {FOLDS} "
+                    "disjoint subsets by a fixed hash of the test-set index (independent of the patch, the runtime "
+                    "and the model); the difference is re-measured on each; 'same sign in k of 5' counts the subsets "
+                    "whose difference has the sign of the whole (0 counts as its own sign); a finding is stable when "
+                    "every subset agrees")
+
+
+def fold_of(test_index, folds: int = FOLDS) -> np.ndarray:
+    """(n,) test-set indices -> (n,) subset number in [0, folds): a fixed multiplicative hash, so that an image
+    lands in the same subset in every comparison, whatever the replay's row order."""
+    h = (np.asarray(test_index, np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(40)  # Fibonacci hashing
+    return (h % np.uint64(folds)).astype(np.int64)
+
+
+def stability(b_mask, c_mask, both_mask, test_index, folds: int = FOLDS) -> dict:
+    """How a paired difference (side 1 only `b_mask`, side 2 only `c_mask`, over pairs `both_mask`; all (n,) bool)
+    holds across `folds` disjoint image subsets (STABILITY_METHOD)."""
+    b_mask, c_mask, both_mask = (np.asarray(m, bool) for m in (b_mask, c_mask, both_mask))
+    fold = fold_of(test_index, folds)
+    parts = [PairedDifference(b=int((b_mask & both_mask & (fold == f)).sum()),
+                              c=int((c_mask & both_mask & (fold == f)).sum()),
+                              n=int((both_mask & (fold == f)).sum())) for f in range(folds)]
+    whole = int((b_mask & both_mask).sum()) - int((c_mask & both_mask).sum())
+    sign = (whole > 0) - (whole < 0)
+    measured = [p for p in parts if p.n]
+    same = sum(((p.b > p.c) - (p.b < p.c)) == sign for p in measured)
+    return {"folds": folds, "values": [p.value if p.n else None for p in parts], "n": [p.n for p in parts],
+            "same_sign": same, "measured": len(measured), "stable": bool(measured) and same == len(measured)}
 
 
 PAIRED_METHOD = ("Tango's asymptotic score interval for the difference of paired proportions (Tango 1998, "

@@ -251,3 +251,33 @@ def test_holm_controls_the_family_not_each_test():
     assert not crowd[0]["significant"] and crowd[0]["p_holm"] == pytest.approx(min(1.0, 36 * alone.p_value))
     lo, hi = crowd[0]["ci_family"]
     assert lo < alone.ci95[0] and hi > alone.ci95[1] and lo < 0 < hi  # simultaneous intervals are wider
+
+
+def test_subset_stability_splits_images_not_rows():
+    from qadtr._stats import FOLDS, fold_of, stability
+
+    idx = np.arange(10_000)
+    fold = fold_of(idx)
+    assert set(fold.tolist()) == set(range(FOLDS))
+    assert np.bincount(fold).min() > 1_700  # roughly equal subsets of the test split
+    assert np.array_equal(fold_of(idx[::-1]), fold[::-1])  # a property of the image, not of its row
+    both = np.ones(1000, bool)
+    b = np.zeros(1000, bool)
+    b[::10] = True  # deployed-only successes spread over every subset: +10 pp everywhere
+    st = stability(b, np.zeros(1000, bool), both, np.arange(1000))
+    assert st["stable"] and st["same_sign"] == st["measured"] == FOLDS and sum(st["n"]) == 1000
+    only = fold_of(np.arange(1000)) == 0  # the same +pp, all of it from one subset: not stable
+    st = stability(only & (np.arange(1000) % 2 == 0), np.zeros(1000, bool), both, np.arange(1000))
+    assert not st["stable"] and st["same_sign"] == 1
+
+
+def test_comparison_reports_stability_per_patch():
+    labels = np.array([0, 0, 0, 0, 0, 0])
+    ref = np.eye(3)[[0, 0, 0, 0, 0, 0]] * 5.0
+    out = ref.copy()
+    out[3:] = np.eye(3)[[1, 1, 1]] * 5.0  # every patched image fooled on the deployed side only
+    res = compare_outputs(ref, out, labels, np.array([-1, -1, -1, 0, 0, 0]), np.array([0, 1, 2, 0, 1, 2]), [None],
+                          lsb=1.0)
+    st = res.patches[0].stability
+    assert sum(st["n"]) == 3 and st["measured"] >= 1 and st["stable"]
+    assert "image subsets" in str(res) and res.to_dict()["patches"][0]["stability"] == st
