@@ -28,14 +28,14 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from qadtr._errors import QadtrError
-    from qadtr.attack import _indices
+    from qadtr.data import subset_indices
     from qadtr.attacks import (EOTConfig, UniversalConfig, attack_success, eval_placements, rebuild,
                                sample_placements, universal_patch)
     from qadtr.checkpoint import load_checkpoint
     from qadtr.data import load_split
-    from qadtr.evaluate import predict, to_tensor
+    from qadtr.predict import predict, to_tensor
     from qadtr.models import bits_of, deploy_net
-    from qadtr.train import parse_bits
+    from qadtr.bits import parse_bits
 
     if args.check_every < 10 or args.check_every % 10:
         raise QadtrError(f"--check-every {args.check_every}: use a multiple of 10 (the attack reports every 10 steps)")
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> dict:
         net, key = model, "float"
     data = ck.train.data if ck.train is not None else "cifar10"
     train, test = load_split(data, "train", args.data_dir), load_split(data, "test", args.data_dir)
-    check_idx = _indices(len(test.labels), args.check_images, seed=2)
+    check_idx = subset_indices(len(test.labels), args.check_images, seed=2)
     check_x, check_y = test.images[check_idx], test.labels[check_idx]
     try:
         cfg = UniversalConfig(size=args.size, target=args.target, steps=args.max_steps, batch_size=args.batch,
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
     total = time.perf_counter() - start
     reached = bool(checks) and checks[-1]["asr"]["value"] >= args.asr
 
-    imgs = test.images[_indices(len(test.labels), args.throughput_images, seed=3)]
+    imgs = test.images[subset_indices(len(test.labels), args.throughput_images, seed=3)]
     pl = eval_placements(patch, len(imgs), imgs.shape[1:3], seed=1)
     t0 = time.perf_counter()
     adv = rebuild(imgs, patch.values, pl)

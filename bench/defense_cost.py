@@ -37,7 +37,8 @@ def make(recipe: str, args: argparse.Namespace):
     """(model, optimizer, TrainConfig, state) for one recipe, calibrated on random images."""
     from qadtr.models import ModelConfig, create_model, load_pretrained_
     from qadtr.models._calibrate import calibrate_
-    from qadtr.train import TrainConfig, parse_bits
+    from qadtr.bits import parse_bits
+    from qadtr.train_config import TrainConfig
 
     bits = parse_bits(args.bits)
     cfg = TrainConfig(ModelConfig(args.model, bits=bits, per_bit_bn=True), recipe=recipe, batch_size=args.batch,

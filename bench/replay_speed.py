@@ -56,7 +56,7 @@ def _artifacts(args: argparse.Namespace, tmp: Path) -> dict[str, Path]:
 
 def measure(device, job, replay_path: Path, store_path: Path, *, batch_size: int, warmup: int) -> dict:
     """One pass of the whole path into a fresh store: wall images/s and the runtime's own images/s."""
-    from eval.on_device import replay_run
+    from eval.fleet import replay_run
     from eval.replay import load_replay
     from eval.store import Store
 
@@ -73,7 +73,7 @@ def measure(device, job, replay_path: Path, store_path: Path, *, batch_size: int
 
 def run(args: argparse.Namespace) -> dict:
     from devices.inventory import load_inventory, open_device
-    from eval.on_device import jobs_for
+    from eval.fleet import jobs_for
     from eval.replay import make_replay
     from qadtr._errors import QadtrError
 

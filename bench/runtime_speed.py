@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> dict:
     from devices.runtimes import feed_format
     from export._common import deploy_model
     from qadtr.data import load_split, subset
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     torch.set_num_threads(args.threads)
     images = subset(load_split("cifar10", "test", args.data_dir), args.images).images  # (N, H, W, 3) uint8

@@ -3,7 +3,7 @@
     [devices.local]                      # built in (devices/devices.toml); always present
     kind = "local"
 
-    [devices.jetson]                     # issue 6: a board over SSH
+    [devices.jetson]                     # a board over SSH
     kind = "ssh"
     host = "192.168.1.20"
     user = "nvidia"
@@ -16,7 +16,7 @@
     workdir = ".qadtr"                   # the agent's files on the board (blobs, jobs, TensorRT engines)
     groups = ["boards"]
 
-    [devices.rpi4-emu]                   # issue 6: an emulated ARM board (qemu-user, pinned core)
+    [devices.rpi4-emu]                   # an emulated ARM board (qemu-user, pinned core)
     kind = "arm-emu"
     profile = "cortex-a72"
     port = 2222

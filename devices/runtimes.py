@@ -7,7 +7,7 @@
 
 Every runner the registry makes takes the same uint8 images: `feed_format` reads the runner's input
 spec and turns them into the bytes that model expects (NCHW or NHWC float32 = pixel / 255, the same
-bytes as `qadtr.evaluate.to_tensor`; int8 = pixel - 128 for MLPerf Tiny-style int8 inputs).
+bytes as `qadtr.predict.to_tensor`; int8 = pixel - 128 for MLPerf Tiny-style int8 inputs).
 Nothing here imports a runtime: `probe` uses `importlib.util.find_spec`, `make_runner` imports the
 runner's module, and the runner imports its runtime in `activate()`.
 """
@@ -123,9 +123,15 @@ def probe(name: str) -> str | None:
     return None
 
 
+def record_path(artifact: str | Path) -> Path:
+    """Where an artifact's export record lives: `<artifact>.json` (m.onnx -> m.onnx.json), so that an .onnx and a
+    .tflite of one stem in one folder keep separate records."""
+    return Path(f"{artifact}.json")
+
+
 def export_record(artifact: str | Path) -> dict | None:
-    """The `_data` of the exporter's JSON beside an .onnx/.tflite (source, bits, exporter), or None."""
-    path = Path(artifact).with_suffix(".json")
+    """The `_data` of the exporter's record beside an .onnx/.tflite (source, bits, exporter), or None."""
+    path = record_path(artifact)
     if not path.is_file():
         return None
     try:
@@ -148,7 +154,7 @@ def accepts(name: str, artifact: str | Path) -> str | None:
         return f"runtime {name!r} takes {takes}, not {path.name}"
     record = export_record(path) if kind in (".onnx", ".tflite") else None
     if name == "fakequant" and kind in (".onnx", ".tflite") and not (record and record.get("source")):
-        return (f"{path.name} has no export record ({path.with_suffix('.json').name} naming its source checkpoint); "
+        return (f"{path.name} has no export record ({record_path(path).name} naming its source checkpoint); "
                 "give fakequant the checkpoint itself")
     if name == "tensorrt" and record and record.get("exporter", "export.trt") != "export.trt":
         return f"{path.name} was made by {record['exporter']}, not TensorRT-bound; export with `python -m export.trt`"
@@ -221,7 +227,7 @@ class FeedFormat:
         if self.layout == "NCHW":
             images = images.transpose(0, 3, 1, 2)  # (B, 3, H, W)
         if self.encoding == "float01":
-            x = images.astype(np.float32) / np.float32(255.0)  # the same division as qadtr.evaluate.to_tensor
+            x = images.astype(np.float32) / np.float32(255.0)  # the same division as qadtr.predict.to_tensor
         else:
             x = (images.astype(np.int16) - 128).astype(np.int8)
         return {self.name: np.ascontiguousarray(x)}

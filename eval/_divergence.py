@@ -115,7 +115,7 @@ def _tflite_reference(net, artifact: Path, images: np.ndarray) -> tuple[list[str
     """(layers, Brevitas integers in the .tflite's int8 storage by tensor name) for a .tflite export."""
     from devices.runtimes import export_record
     from export.tflite import _reference, build_tflite
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     record = export_record(artifact) or {}
     built = build_tflite(net, *images.shape[1:3], headroom=bool(record.get("headroom", True)))
@@ -128,7 +128,7 @@ def _tflite(net, artifact: Path, images: np.ndarray, kernels: str) -> tuple[list
 
     from devices.litert import LiteRTRunner
     from export.tflite import with_outputs
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     layers, ref = _tflite_reference(net, artifact, images)
     feed = {"pixels": np.ascontiguousarray(to_tensor(images).permute(0, 2, 3, 1).numpy())}  # (N, H, W, 3)
@@ -147,7 +147,7 @@ def _executor(net, artifact: Path, images: np.ndarray, semantics: str,
     """The deployed side modelled by the integer executor under `semantics` (the one that reproduces the run):
     every integer it computes, on any host. `same`: its logits equal the run's stored ones (`deployed`)."""
     from devices.intexec import SEMANTICS, load_graph
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     x = to_tensor(images).numpy()  # (N, 3, H, W)
     if artifact.suffix == ".onnx":

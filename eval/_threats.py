@@ -83,10 +83,10 @@ class PatchMaker:
     """Makes patches against a model at given bit widths, cached as patch files under `folder` (resumable)."""
 
     def __init__(self, folder: Path, budget: Budget, train, test, eval_idx: np.ndarray):
-        from qadtr.attack import _indices
+        from qadtr.data import subset_indices
 
         self.folder, self.budget, self.test, self.eval_idx = folder, budget, test, eval_idx
-        idx = _indices(len(train.labels), budget.train_images, seed=0)
+        idx = subset_indices(len(train.labels), budget.train_images, seed=0)
         self.train_images, self.train_labels = train.images[idx], train.labels[idx]
 
     def get(self, name: str, model: nn.Module, ck, attack: str, size: float, bits, *, net: nn.Module | None = None,
@@ -161,7 +161,7 @@ def lp_examples(net: nn.Module, images: np.ndarray, labels: np.ndarray, *, kind:
                 seed: int, batch_size: int = 100) -> np.ndarray:
     """(N, H, W, 3) uint8 adversarial images for (N, H, W, 3) uint8 `images`."""
     from qadtr.attacks.universal import attack_mode
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     g = torch.Generator().manual_seed(seed)
     out = []

@@ -27,7 +27,7 @@ INPUT_FORMATS = ("auto", "float01", "int8-minus-128")
 def _to_input(images: np.ndarray, fmt: str) -> np.ndarray:
     """uint8 (B, H, W, 3) -> the model's input array."""
     if fmt == "float01":
-        return images.astype(np.float32) / np.float32(255.0)  # same bytes as qadtr.evaluate.to_tensor
+        return images.astype(np.float32) / np.float32(255.0)  # same bytes as qadtr.predict.to_tensor
     return (images.astype(np.int16) - 128).astype(np.int8)  # int8-minus-128
 
 

@@ -83,7 +83,7 @@ def _ratios(clean: dict, noisy: dict, x: torch.Tensor, delta: torch.Tensor) -> d
 def amplification(net: nn.Module, images: np.ndarray, labels: np.ndarray, *, eps255: int, kind: str, seed: int = 0,
                   batch_size: int = 100) -> dict[str, dict[str, float]]:
     """{layer: {"ratio", "relative"}} averaged over (N, H, W, 3) uint8 `images` (see the module docstring)."""
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r}; choose one of {KINDS}")
@@ -105,7 +105,7 @@ def amplification(net: nn.Module, images: np.ndarray, labels: np.ndarray, *, eps
 def run(checkpoints: list[str], *, eps: list[int], kinds: list[str], n_images: int, data_dir: str | None,
         seed: int = 0) -> list[dict]:
     """One row per (checkpoint, bit width, kind, eps) with the per-layer figures."""
-    from qadtr.attack import _indices
+    from qadtr.data import subset_indices
     from qadtr.checkpoint import load_checkpoint
     from qadtr.data import load_split
     from qadtr.models import bits_of, deploy_net
@@ -115,7 +115,7 @@ def run(checkpoints: list[str], *, eps: list[int], kinds: list[str], n_images: i
         model, ck = load_checkpoint(path)
         if test is None:
             test = load_split(ck.train.data if ck.train is not None else "cifar10", "test", data_dir)
-            idx = _indices(len(test.labels), n_images, seed=1)
+            idx = subset_indices(len(test.labels), n_images, seed=1)
         name = Path(path).parent.name if Path(path).suffix == ".pt" else Path(path).name
         nets = [("float", model)] if not bits_of(model) else [(f"w{w}a{a}", deploy_net(model, w, a))
                                                              for w, a in bits_of(model)]

@@ -52,7 +52,7 @@ def row_key(r: dict) -> tuple:
 
 def parse_scope(text: str) -> tuple[str, ...]:
     """`--bits` tokens as network keys: '2,4' -> ('w2a2', 'w4a4'); 'w4a8', 'float' and 'random' pass as given."""
-    from qadtr.train import parse_bits
+    from qadtr.bits import parse_bits
 
     keys = []
     for tok in (t.strip().lower() for t in text.split(",") if t.strip()):
@@ -75,11 +75,11 @@ def run(checkpoints: list[str], surrogate: str, budget: Budget, out: Path, *, ki
     (that is the deployed defence). Empty: every network.
     """
     from qadtr._config import config_to_dict, read_json, write_json
-    from qadtr.attack import _indices
+    from qadtr.data import subset_indices
     from qadtr.attacks import attack_success, evaluate_patch
     from qadtr.checkpoint import load_checkpoint
     from qadtr.data import load_split
-    from qadtr.evaluate import predict
+    from qadtr.predict import predict
     from qadtr.models import bits_of, deploy_net
     from qadtr.recipes.dwq import RandomPrecision, random_inference
 
@@ -104,7 +104,7 @@ def run(checkpoints: list[str], surrogate: str, budget: Budget, out: Path, *, ki
                          "evaluate one at a time")
     data = datasets.pop()
     train, test = load_split(data, "train", data_dir), load_split(data, "test", data_dir)
-    idx = _indices(len(test.labels), budget.eval_images, seed=1)
+    idx = subset_indices(len(test.labels), budget.eval_images, seed=1)
     images, labels = test.images[idx], test.labels[idx]
     maker = PatchMaker(out / "patches", budget, train, test, idx)
     surrogate_lp: dict = {}
@@ -267,14 +267,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
-        from qadtr.attack import _target
+        from qadtr.attacks import parse_target
 
         try:
             eps = tuple(float(e) for e in args.eps.split(","))
         except ValueError:
             raise QadtrError(f"--eps {args.eps!r}: uint8 levels like 2,4,8") from None
         try:
-            budget = Budget(size=args.size, other_size=args.other_size, target=_target(args.target),
+            budget = Budget(size=args.size, other_size=args.other_size, target=parse_target(args.target),
                             patch_steps=args.patch_steps, patch_batch=args.patch_batch,
                             location_steps=args.location_steps, train_images=args.train_images,
                             eval_images=args.eval_images, eps255=eps,

@@ -10,7 +10,7 @@ Steps, each cached so a re-run (or an interrupted run) redoes nothing already do
 2. export: every checkpoint at every bit width to QDQ ONNX and full-integer TFLite (each exporter proves
    itself); an artifact is reused only when its record names the same source sha256, exporter version and
    artifact sha256 and its proof passed (`export._common.reusable`).
-3. replay: `eval.on_device.evaluate` on the device, fake-quant reference included, into OUT/results.sqlite.
+3. replay: `eval.fleet.replay_on_devices` on the device, fake-quant reference included, into OUT/results.sqlite.
 4. compare + report: `eval.compare.compare_store` and `eval.report.write_report` into OUT/report/.
 """
 
@@ -65,7 +65,7 @@ def _export(checkpoint: Path, bits: int, out: Path, images) -> list[Path]:
 def _pick(text: str) -> tuple[Path, tuple[tuple[int, int], ...] | None]:
     """`zoo/x@w2a2,w4a4` (or `@2,4`) -> (zoo/x, ((2, 2), (4, 4))): the bit widths of a switchable checkpoint to
     export and replay; without `@`: every bit width it has (None)."""
-    from qadtr.train import parse_bits
+    from qadtr.bits import parse_bits
 
     path, sep, bits = text.rpartition("@") if "@" in text else (text, "", "")
     try:
@@ -100,7 +100,7 @@ def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = 
                  progress: bool = False) -> dict:
     """Run the main job; returns {"report": html path, "comparisons": [...], "on_device": metrics}."""
     from eval.compare import compare_store, document
-    from eval.on_device import evaluate, json_safe
+    from eval.fleet import json_safe, replay_on_devices
     from eval.report import write_report
     from qadtr._config import write_json
     from qadtr.checkpoint import read_checkpoint_info
@@ -129,7 +129,7 @@ def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = 
     patch_dir = _patches(patches, ckpts[0], out, data_dir)
     print(f"patches: {patch_dir} ({len(list(patch_dir.glob('*.npz')))} files)")
     store = out / "results.sqlite"
-    metrics = evaluate(devices=device, models=models, patches=str(patch_dir), data_dir=data_dir,
+    metrics = replay_on_devices(devices=device, models=models, patches=str(patch_dir), data_dir=data_dir,
                        eval_subset=eval_subset, store_path=store, runtimes=runtimes, inventory=inventory,
                        progress=progress)
     write_json(out / "on_device.json", metrics)

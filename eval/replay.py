@@ -9,7 +9,7 @@ The .npz (read with `allow_pickle=False`, written uncompressed: it is read far m
     labels      (M,) int64 true labels
     test_index  (M,) int64 index of the clean image in the dataset's test split
     patch       (M,) int32: -1 = clean, else an index into `ReplayInfo.patches`
-Row order: the clean block first (the eval subset `_indices(len(test), eval_subset, seed=1)`, then any
+Row order: the clean block first (the eval subset `subset_indices(len(test), eval_subset, seed=1)`, then any
 other clean image a per-image patch needs), then one block per patch in file-name order. A universal
 patch is pasted on the subset at `eval_placements(patch, n, hw, eval_seed)`, a per-image patch on its
 own stored images at its own placements, both with `qadtr.attacks.rebuild`: the same images and
@@ -184,7 +184,7 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
     from tqdm import tqdm
 
     import qadtr.data  # attribute lookup at call time: tests swap in an in-memory dataset
-    from qadtr.attack import _indices
+    from qadtr.data import subset_indices
     from qadtr.attacks import eval_placements, load_patch, rebuild
 
     files = _patch_files(patches)
@@ -216,7 +216,7 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
         if p.per_image and int(p.indices.max(initial=-1)) >= len(test.labels):
             raise QadtrError(f"{f.name} holds test indices up to {int(p.indices.max())} but {dataset}/test has "
                              f"{len(test.labels)} images; re-run the attack on this copy of {dataset}")
-    subset_idx = _indices(len(test.labels), eval_subset, seed=1)
+    subset_idx = subset_indices(len(test.labels), eval_subset, seed=1)
     extra = sorted({int(i) for p in loaded if p.per_image for i in p.indices} - {int(i) for i in subset_idx})
     clean_idx = np.concatenate([subset_idx, np.asarray(extra, dtype=np.int64)]).astype(np.int64)
     hw = tuple(test.images.shape[1:3])

@@ -210,7 +210,7 @@ class Store:
         row = self._db.execute("SELECT length(logits) FROM outputs WHERE run_id=? LIMIT 1", (run_id,)).fetchone()
         if row is not None and row[0] != 4 * k:
             raise StoreError(f"batch at {first}: {k} logits per image, the run stored {row[0] // 4} before")
-        pred = logits.argmax(1)  # (B,) first maximum on ties, as torch.argmax in qadtr.evaluate.predict
+        pred = logits.argmax(1)  # (B,) first maximum on ties, as torch.argmax in qadtr.predict.predict
         try:
             with self._db:
                 self._db.executemany("INSERT INTO outputs VALUES (?,?,?,?)",

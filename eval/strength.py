@@ -53,11 +53,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     from tqdm import tqdm
 
     from qadtr._config import read_json, write_json
-    from qadtr.attack import _indices
+    from qadtr.data import subset_indices
     from qadtr.attacks import EOTConfig, UniversalConfig, evaluate_patch, patch_name, save_patch, universal_patch
     from qadtr.checkpoint import load_checkpoint
     from qadtr.data import load_split
-    from qadtr.evaluate import predict
+    from qadtr.predict import predict
     from qadtr.models import bits_of, deploy_net
 
     targets = parse_targets(args.targets)
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         if train is None:
             data = ck.train.data if ck.train is not None else "cifar10"
             train, test = load_split(data, "train", args.data_dir), load_split(data, "test", args.data_dir)
-            idx = _indices(len(test.labels), args.eval_subset, seed=1)
+            idx = subset_indices(len(test.labels), args.eval_subset, seed=1)
         if cfg.target >= ck.model.num_classes:
             raise QadtrError(f"--targets: {path} has {ck.model.num_classes} classes (0..{ck.model.num_classes - 1})")
         net = model if bits is None else deploy_net(model, *bits)

@@ -47,10 +47,10 @@ def transfer(patch_dir: str | Path, checkpoints: list[str], *, data_dir: str | N
     from tqdm import tqdm
 
     from qadtr._errors import QadtrError
-    from qadtr.attack import _indices
+    from qadtr.data import subset_indices
     from qadtr.attacks import evaluate_patch, load_patch
     from qadtr.data import load_split
-    from qadtr.evaluate import predict
+    from qadtr.predict import predict
 
     files = sorted(Path(patch_dir).rglob("*.npz"))  # sub-folders too (eval.strength writes per model)
     if not files:
@@ -63,7 +63,7 @@ def transfer(patch_dir: str | Path, checkpoints: list[str], *, data_dir: str | N
         raise QadtrError(f"the checkpoints were trained on different datasets {sorted(datasets)}; compare one at a time")
     data = datasets.pop()
     test = load_split(data, "test", data_dir)
-    subset_idx = _indices(len(test.labels), eval_subset, seed=1)
+    subset_idx = subset_indices(len(test.labels), eval_subset, seed=1)
     clean_cache: dict[tuple[str, str], np.ndarray] = {}
     rows = []
     for (path, patch), (label, net, _, _) in tqdm([(p, t) for p in patches for t in targets], disable=not progress,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from devices.runtimes import export_record
+from devices.runtimes import export_record, record_path
 from qadtr._config import sha256_file
 from qadtr._errors import QadtrError
 from qadtr.checkpoint import Checkpoint, load_checkpoint
@@ -37,7 +37,7 @@ def reusable(artifact: str | Path, source_sha256: str, exporter_version: int) ->
     """None when `artifact` may be reused for `source_sha256`, else why not: its record is missing or unreadable,
     names another source, another exporter version, another file (sha256), or a proof that failed."""
     artifact = Path(artifact)
-    record = artifact.with_suffix(".json")
+    record = record_path(artifact)
     if not artifact.is_file() or not record.is_file():
         return "no artifact and record yet"
     data = export_record(artifact)

@@ -4,7 +4,7 @@
     python -m export.onnx zoo/resnet20_float/model.pt --float --out fp32.onnx
 
 The quantized path exports the deployable net (`export._common.deploy_model`: BN folded, int32 bias)
-with Brevitas' QCDQ exporter through TorchScript (../shared/NOTES.md: the dynamo exporter refuses
+with Brevitas' QCDQ exporter through TorchScript (the dynamo exporter refuses
 quantized bias). Before returning it proves the file (P11): onnx.checker; graph structure (every
 Conv/Gemm weight comes through DequantizeLinear, no BatchNormalization, expected op counts); which
 convs ORT fuses into QLinearConv at ORT_ENABLE_ALL; and parity on real images: the integer value of
@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from devices._host import fingerprint
+from devices.runtimes import record_path
 from qadtr._config import config_to_dict, register_config, sha256_file, write_json
 from qadtr._errors import QadtrError
 
@@ -238,7 +239,7 @@ def _brevitas_run(net, images: np.ndarray, batch_size: int, feed: dict[str, np.n
     import brevitas.nn as qnn
     import torch
 
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     ints: dict[str, list[np.ndarray]] = {}
     hooks, lsb, at = [], {}, [0]
@@ -271,7 +272,7 @@ def _brevitas_run(net, images: np.ndarray, batch_size: int, feed: dict[str, np.n
 
 def _ort_run(model_bytes: bytes, images: np.ndarray, batch_size: int, level: str) -> dict[str, np.ndarray]:
     from devices.onnxrt import OnnxrtRunner
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     outs: dict[str, list[np.ndarray]] = {}
     with OnnxrtRunner(model_bytes, graph_optimization=level, intra_op_threads=1) as runner:
@@ -308,7 +309,7 @@ def check_parity(net, model_path: str | Path, images: np.ndarray, *, bits: int |
     import torch
 
     from export._compare import compare
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     model = onnx.load(str(model_path))
     if bits is None:
@@ -463,7 +464,7 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, *, bits: int | Non
     """
     import onnx
 
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     net, ck = load_for_export(checkpoint, bits, float_model)
     dataset = ck.train.data if getattr(ck.train, "data", None) else "cifar10"
@@ -488,7 +489,7 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, *, bits: int | Non
                       arch=ck.model.arch, bits=() if float_model else (bits, bits), opset=opset, versions=versions(),
                       graph=graph, fusion=fusion, parity=parity.to_dict(), argv=tuple(sys.argv),
                       proof=proof_record(parity), host=fingerprint())
-    info_path = out_path.with_suffix(".json")
+    info_path = record_path(out_path)
     write_json(info_path, config_to_dict(info))
     if not parity:
         raise QadtrError(f"{parity.summary}; see {info_path}")

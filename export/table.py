@@ -22,6 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from devices.runtimes import record_path
 from qadtr._errors import QadtrError
 
 EXPORTERS = ("onnx", "trt", "tflite")
@@ -69,10 +70,10 @@ def export_cell(name: str, pt: Path, bits: int | None, exporter: str, out: Path,
                 r = export_onnx(pt, path, bits=bits, data_dir=data_dir, limit=limit, float_model=bits is None)
                 info = r.info
             except QadtrError as e:  # failed parity still writes the artifact and its JSON: keep the figures
-                if not path.with_suffix(".json").is_file():
+                if not record_path(path).is_file():
                     raise
                 row["error"] = str(e)
-                info = read_json(path.with_suffix(".json"))["_data"]
+                info = read_json(record_path(path))["_data"]
                 info = argparse.Namespace(**info)
             row.update(runtime="onnxruntime CPU, ORT_ENABLE_ALL", bytes=info.artifact_bytes,
                        integer_ops=info.fusion.get("qlinearconv", 0), float_convs=info.fusion.get("float_conv", 0),

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from devices.runtimes import record_path
 from qadtr._config import atomic_write_bytes, config_to_dict, register_config, sha256_file, write_json
 from qadtr._errors import QadtrError
 
@@ -482,7 +483,7 @@ def _prove(net, built: Built, debug: Built, images: np.ndarray, *, kernels=KERNE
     """Run the artifact (logits) and its debug copy (all activations) under each kernel set vs the reference."""
     from devices.litert import LiteRTRunner
     from export._compare import compare
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     figures = {}
     with tempfile.TemporaryDirectory(prefix="qadtr-tflite-") as tmp:
@@ -604,7 +605,7 @@ def export_tflite(checkpoint: str | Path, out_path: str | Path, *, bits: int, ac
                                                       f"{100 * p['logits']['argmax_agree']:.2f}%"
                                                       for k, p in parity.items())},
                           host=fingerprint())
-    write_json(out_path.with_suffix(".json"), config_to_dict(record))
+    write_json(record_path(out_path), config_to_dict(record))
     return record
 
 

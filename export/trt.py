@@ -2,7 +2,7 @@
 
     python -m export.trt zoo/resnet20_w4a4/model.pt --bits 4 --data-dir ../shared/data --out trt_w4/
 
-Writes into OUT/: `model.onnx` (TensorRT-bound), `model.json` (ExportInfo: parity, fusion, versions),
+Writes into OUT/: `model.onnx` (TensorRT-bound), `model.onnx.json` (ExportInfo: parity, fusion, versions),
 `trt_build.json` (optimization profile, trtexec flags, a Python builder snippet) and `build_engine.sh`.
 Engines are not portable across TensorRT versions or GPUs, so the device (e.g. a Jetson with JetPack's
 TensorRT) builds its own engine from these files. Here the file is checked without a GPU: by
@@ -15,7 +15,7 @@ weights are int8 initializers holding values in [-7, 7], activations int8/uint8 
 by a Clip after each QuantizeLinear. That is numerically exact (the same integers), just not faster
 than 8 bit. Weight-only INT4 for the final GEMM is possible and not done here.
 
-Changes from the ORT QDQ export (../shared/NOTES.md: the TensorRT parser rejects both originals):
+Changes from the ORT QDQ export (the TensorRT parser rejects both originals):
 - DequantizeLinear of an INT32 bias -> a float initializer holding the dequantised int32 values;
 - int8 weight -> Clip -> DequantizeLinear -> the clip folded into the int8 initializer.
 """
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from devices.runtimes import record_path
 from qadtr._errors import QadtrError
 
 INT4_NOTE = ("TensorRT has no INT4/INT2 convolution kernels (INT4 is weight-only, for GEMM/MatMul): a "
@@ -307,7 +308,7 @@ def export_trt(checkpoint: str | Path, out_dir: str | Path, *, bits: int, batch:
     from devices._host import fingerprint
     from export import onnx as onnx_export
     from qadtr._config import config_to_dict, sha256_file, write_json
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     if not 1 <= batch[0] <= batch[1] <= batch[2]:
         raise QadtrError(f"batch range min/opt/max {batch} must satisfy 1 <= min <= opt <= max")
@@ -341,7 +342,7 @@ def export_trt(checkpoint: str | Path, out_dir: str | Path, *, bits: int, batch:
         parity=parity.to_dict(), extra={"trt_build": "trt_build.json", "offline_check": trt, "bits_note": INT4_NOTE,
                "uint8_as_float": emulated, "uint8_note": UINT8_NOTE},
         argv=tuple(sys.argv), proof=onnx_export.proof_record(parity), host=fingerprint())
-    info_path = out_dir / "model.json"
+    info_path = record_path(path)
     write_json(info_path, config_to_dict(info))
     if not parity:
         raise QadtrError(f"TensorRT-bound ONNX under ORT: {parity.summary}; see {info_path}")

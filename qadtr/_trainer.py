@@ -21,10 +21,13 @@ from tqdm import tqdm
 
 from qadtr._config import atomic_write_bytes, config_to_dict, write_json
 from qadtr._errors import QadtrError
-from qadtr.evaluate import accuracy_per_bits, to_tensor
-from qadtr.models import bits_of
+from qadtr.checkpoint import save_checkpoint
+from qadtr import data as datasets  # module attribute: tests swap datasets.load_split for a tiny split
+from qadtr.models import bits_of, create_model, load_pretrained_
 from qadtr.models._calibrate import calibrate_
+from qadtr.predict import accuracy_per_bits, to_tensor
 from qadtr.recipes import STATEFUL, get_recipe
+from qadtr.train_config import TrainConfig
 
 CALIB_IMAGES = 512  # enough for stable per-layer percentiles; calibration takes seconds
 PAD = 4  # random-crop padding: the standard CIFAR augmentation (He et al. 2016)
@@ -60,7 +63,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def fit(model: nn.Module, cfg, train, test, out: Path, *, resume: bool, hflip: bool) -> dict:
+def fit(model: nn.Module, cfg: TrainConfig, train, test, out: Path, *, resume: bool, hflip: bool) -> dict:
     """Train `model` per `cfg` (a TrainConfig) on `train`, evaluating on `test` after each epoch.
 
     Writes `out/last.pt` every `cfg.save_every` steps and at each epoch end (with the recipe's state, e.g.
@@ -137,3 +140,28 @@ def fit(model: nn.Module, cfg, train, test, out: Path, *, resume: bool, hflip: b
     last = history[-1] if history else {}
     return {"test_acc": last.get("test_acc", {}), "test_acc_trained": last.get("test_acc_trained", {}),
             "epochs": cfg.epochs, "steps": total, "history": history}
+
+
+def train(cfg: TrainConfig, out: str | Path, *, data_dir: str | None = None, resume: bool = False,
+          download: bool = False) -> Path:
+    """Train per `cfg` into `out`; returns the path of the final model.pt."""
+    out = Path(out)
+    if (out / "model.pt").exists() and not resume:
+        raise QadtrError(f"{out} already holds a finished model; choose another --out")
+    if (out / "last.pt").exists() and not resume:
+        raise QadtrError(f"{out} holds an interrupted run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    train_split = datasets.load_split(cfg.data, "train", data_dir, download=download)
+    test_split = datasets.load_split(cfg.data, "test", data_dir, download=download)
+    if cfg.train_subset:
+        train_split = datasets.subset(train_split, cfg.train_subset)
+    if cfg.eval_subset:
+        test_split = datasets.subset(test_split, cfg.eval_subset)
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model)
+    if cfg.init:
+        load_pretrained_(model, cfg.init)
+    metrics = fit(model, cfg, train_split, test_split, out, resume=resume,
+                  hflip=datasets.DATASETS[cfg.data].hflip_ok)
+    return save_checkpoint(model, out / "model.pt", model_cfg=cfg.model, train_cfg=cfg,
+                           metrics={k: v for k, v in metrics.items() if k != "history"})

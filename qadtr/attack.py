@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from qadtr._errors import QadtrError
+from qadtr.attacks import parse_target
+from qadtr.data import subset_indices
 
 
 def _pair(text: str, name: str) -> tuple[float, float]:
@@ -26,15 +28,6 @@ def _pair(text: str, name: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _target(text: str) -> int | None:
-    if text.lower() in ("", "none", "untargeted"):
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise QadtrError(f"--target {text!r}: give a class index (e.g. 3) or 'none' for untargeted") from None
-
-
 def make_config(attack: str, args: argparse.Namespace, size: float, bits: tuple):
     """The attack's config from CLI arguments; config errors become QadtrError (one line, exit 1)."""
     from qadtr.attacks import ATTACKS, EOTConfig
@@ -42,7 +35,7 @@ def make_config(attack: str, args: argparse.Namespace, size: float, bits: tuple)
     if attack not in ATTACKS:
         raise QadtrError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)}")
     cls = ATTACKS[attack][0]
-    common = dict(size=size, target=_target(args.target), seed=args.seed)
+    common = dict(size=size, target=parse_target(args.target), seed=args.seed)
     if args.steps is not None:
         common["steps"] = args.steps
     if args.lr is not None:
@@ -62,19 +55,12 @@ def make_config(attack: str, args: argparse.Namespace, size: float, bits: tuple)
         raise QadtrError(f"--attack {attack}: {e}") from None
 
 
-def _indices(n_total: int, n: int, seed: int) -> np.ndarray:
-    """The same fixed pseudo-random subset as `qadtr.data.subset` (sorted), as indexes."""
-    if n <= 0 or n >= n_total:
-        return np.arange(n_total)
-    return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
-
-
 def run(args: argparse.Namespace) -> list[Path]:
     from qadtr.attacks import ATTACKS, evaluate_patch, patch_name, save_patch
     from qadtr.checkpoint import load_checkpoint
     from qadtr.data import load_split
     from qadtr.models import bits_of, deploy_net
-    from qadtr.train import parse_bits
+    from qadtr.bits import parse_bits
     from qadtr._config import write_json
 
     try:
@@ -104,7 +90,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         net, src_bits = deploy_net(model, w, a), ((w, a),)
     data = args.data or (ck.train.data if ck.train is not None else "cifar10")
     test = load_split(data, "test", args.data_dir)
-    eval_idx = _indices(len(test.labels), args.eval_subset, seed=1)
+    eval_idx = subset_indices(len(test.labels), args.eval_subset, seed=1)
     progress = sys.stderr.isatty()
     out = Path(args.out)
     written = []
@@ -116,7 +102,7 @@ def run(args: argparse.Namespace) -> list[Path]:
             source = f"{data}/test"
         else:
             train = load_split(data, "train", args.data_dir)
-            idx = _indices(len(train.labels), args.train_subset, seed=0)
+            idx = subset_indices(len(train.labels), args.train_subset, seed=0)
             patch = attack_fn(net, train.images[idx], train.labels[idx], cfg, progress=progress)
             source = f"{data}/train"
         patch = patch.with_source(model_sha256=ck.sha256, bits=src_bits, data=source)

@@ -22,7 +22,8 @@ from qadtr._config import atomic_write_bytes, config_from_dict, config_to_dict, 
     sha256_file, write_json
 from qadtr._errors import QadtrError
 from qadtr.models import ModelConfig, create_model
-from qadtr.train import TrainConfig  # noqa: F401  (registers TrainConfig for model.json)
+from qadtr.recipes import RECIPE_CONFIGS  # noqa: F401  (importing registers DqConfig, ... for model.json)
+from qadtr.train_config import TrainConfig  # noqa: F401  (registers TrainConfig for model.json)
 
 
 @register_config
@@ -73,9 +74,6 @@ def read_checkpoint_info(path: str | Path) -> Checkpoint:
         raise QadtrError(f"checkpoint {pt} not found; train one with `python -m qadtr.train` or use the zoo/")
     if not js.is_file():
         raise QadtrError(f"{js} is missing: a checkpoint is model.pt plus its model.json; copy both")
-    from qadtr.recipes import load_recipes
-
-    load_recipes()  # registers the recipe configs (DqConfig, ...) a model.json may hold
     ck = config_from_dict(read_json(js))
     if not isinstance(ck, Checkpoint):
         raise QadtrError(f"{js} describes a {type(ck).__name__}, not a Checkpoint")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from qadtr.models import ModelConfig
 from qadtr.recipes.qadtr import QadtrConfig
-from qadtr.train import TrainConfig
+from qadtr.train_config import TrainConfig
 
 DEFAULT_FLOAT = "../shared/models/resnet20-cifar10-akamaster.th"
 
@@ -46,7 +46,7 @@ PLAN = (
     Entry("resnet20_sw248", TrainConfig(_rn20(((2, 2), (4, 4), (8, 8)), per_bit_bn=True), epochs=3, lr=0.01,
                                         switch="cycle"), "resnet20_float"),
     Entry("resnet20_w2a2", TrainConfig(_rn20(((2, 2),)), epochs=3, lr=0.01), "resnet20_w4a4"),
-    # Defences (issue 7): one switchable model over QADT-R's bit widths {2, 4, 5, 8} per recipe, each
+    # Defences: one switchable model over QADT-R's bit widths {2, 4, 5, 8} per recipe, each
     # fine-tuned for the same one epoch (390 steps) from the float entry, so the recipes differ only
     # in their loss; QAT is the undefended baseline of the same shape. PBAT and DWQ cost ~3x a QAT
     # step (bench/defense_cost.py) and get the same steps, not the same wall time.
@@ -67,7 +67,7 @@ def build(out: Path, *, data_dir: str | None, pretrained: str, only: list[str] |
 
     from qadtr._config import read_json, write_json
     from qadtr._errors import QadtrError
-    from qadtr.train import train
+    from qadtr._trainer import train
 
     out.mkdir(parents=True, exist_ok=True)
     summary = read_json(out / "zoo.json") if (out / "zoo.json").is_file() else {}

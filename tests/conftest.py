@@ -24,7 +24,7 @@ def make_tiny_checkpoint(out: Path, bits=((2, 2), (4, 4), (8, 8)), steps: int = 
     folding and export are exercised on non-trivial values.
     """
     from qadtr.checkpoint import save_checkpoint
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
     from qadtr.models import ModelConfig, create_model, set_bits
     from qadtr.models._calibrate import calibrate_
 
@@ -118,7 +118,7 @@ def tiny_exports(tiny_checkpoint, tiny_images, tmp_path_factory) -> dict[str, Pa
     from export._common import deploy_model
     from export.onnx import export_qcdq
     from export.tflite import build_tflite
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     out = tmp_path_factory.mktemp("tiny_exports")
     net = deploy_model(tiny_checkpoint, 8)[0]

@@ -16,7 +16,7 @@ Example:
 
 from qadtr.attacks._place import EOTConfig, Placement, apply_patch, index_map, patch_side, rebuild, sample_placements
 from qadtr.attacks.aqapa import AqapaConfig, aqapa_patch
-from qadtr.attacks.asr import ASR, attack_success, eval_placements, evaluate_patch
+from qadtr.attacks.asr import ASR, attack_success, eval_placements, evaluate_patch, parse_target
 from qadtr.attacks.lavan import LavanConfig, lavan_patch
 from qadtr.attacks.location import LocationConfig, location_patch
 from qadtr.attacks.patchfile import FORMAT_VERSION, Patch, load_patch, patch_name, save_patch

@@ -211,7 +211,7 @@ def apply_patch(images: torch.Tensor, patch: torch.Tensor, placement: Placement,
     """Paste `patch` onto `images` at `placement`, differentiably in the patch values.
 
     Args:
-        images: (B, 3, H, W) float32 in [0, 1] (from `qadtr.evaluate.to_tensor`).
+        images: (B, 3, H, W) float32 in [0, 1] (from `qadtr.predict.to_tensor`).
         patch: (3, s, s) universal or (B, 3, s, s) per-image float32 in [0, 1].
         placement: B placements.
         quantize: round patch pixels to the uint8 grid (straight-through gradient), so the output

@@ -22,7 +22,7 @@ from qadtr._errors import QadtrError
 from qadtr._stats import Proportion
 from qadtr.attacks._place import Placement, rebuild, sample_placements
 from qadtr.attacks.patchfile import Patch
-from qadtr.evaluate import predict
+from qadtr.predict import predict
 
 UNTARGETED = "untargeted ASR: share of originally correct images whose prediction changes with the patch"
 TARGETED = "targeted ASR: share of images whose true label is not the target that are classified as the target"
@@ -82,3 +82,13 @@ def evaluate_patch(model: nn.Module, patch: Patch, images: np.ndarray, labels: n
         adv = rebuild(images[i:i + batch_size], values, placement[i:i + batch_size])  # (B, H, W, 3) uint8
         adv_pred.append(predict(model, adv, batch_size=batch_size))
     return attack_success(clean_pred, np.concatenate(adv_pred), labels, patch.target)
+
+
+def parse_target(text: str) -> int | None:
+    """A CLI target: a class index ("3"), or "" / "none" / "untargeted" for an untargeted attack."""
+    if text.lower() in ("", "none", "untargeted"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise QadtrError(f"--target {text!r}: give a class index (e.g. 3) or 'none' for untargeted") from None

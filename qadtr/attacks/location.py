@@ -25,7 +25,7 @@ from qadtr._config import register_config
 from qadtr.attacks._place import EOTConfig, Placement, apply_patch, patch_side, sample_placements
 from qadtr.attacks.patchfile import Patch
 from qadtr.attacks.universal import _check_common, attack_mode, check_data, targeted_loss, untargeted_loss
-from qadtr.evaluate import to_tensor
+from qadtr.predict import to_tensor
 
 MOVES = ((0, -1), (0, 1), (-1, 0), (1, 0))  # (dx, dy) unit moves: up, down, left, right
 

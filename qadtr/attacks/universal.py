@@ -37,7 +37,7 @@ from qadtr._config import register_config
 from qadtr._errors import QadtrError
 from qadtr.attacks._place import EOTConfig, apply_patch, patch_side, sample_placements
 from qadtr.attacks.patchfile import Patch
-from qadtr.evaluate import to_tensor
+from qadtr.predict import to_tensor
 
 OPTIMIZERS = ("sign", "adam")
 SCHEDULES = ("cosine", "constant")

@@ -24,7 +24,7 @@ import numpy as np
 from qadtr._errors import QadtrError
 from qadtr.data import _cache, cifar10, gtsrb
 
-__all__ = ["DATASETS", "DatasetInfo", "Split", "load_split", "resolve_data_dir", "subset"]
+__all__ = ["DATASETS", "DatasetInfo", "Split", "load_split", "resolve_data_dir", "subset", "subset_indices"]
 
 SPLITS = ("train", "test")
 
@@ -115,10 +115,17 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None, *,
     return Split(images, labels, classes, name, split, str(source))
 
 
+def subset_indices(n_total: int, n: int, seed: int = 0) -> np.ndarray:
+    """The indexes (sorted) of `subset(split, n, seed)` in a split of `n_total` images; all of them for n <= 0."""
+    if n <= 0 or n >= n_total:
+        return np.arange(n_total)
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
+
+
 def subset(split: Split, n: int, seed: int = 0) -> Split:
     """A fixed pseudo-random subset of n images, in source order (sources are sorted by class, so
     the first n would be one or two classes). The same (n, seed) always gives the same images."""
     if n <= 0 or n >= len(split.labels):
         return split
-    idx = np.sort(np.random.default_rng(seed).permutation(len(split.labels))[:n])
+    idx = subset_indices(len(split.labels), n, seed)
     return dataclasses.replace(split, images=split.images[idx], labels=split.labels[idx])

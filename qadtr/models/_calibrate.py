@@ -71,7 +71,7 @@ def calibrate_(model: nn.Module, images: np.ndarray, *, batch_size: int = 128, s
     """
     import brevitas.nn as qnn
 
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
     from qadtr.models._registry import get_builder
 
     cfg = model.cfg

@@ -1,6 +1,6 @@
 """Float <-> Brevitas layer factory: the one place that decides how a layer is quantized.
 
-Deployability rules (../shared/NOTES.md), each enforced here so every architecture gets them:
+Deployability rules (what the integer exporters can lower), each enforced here so every architecture gets them:
 - per-channel signed narrow-range weights with a learned scale (QLinearConv / TFLite CONV_2D accept
   per-channel int8 weights; a learned scale matters below 4 bits);
 - unsigned activations after ReLU at `a` bits (int8/uint8 container + clamp when a < 8);

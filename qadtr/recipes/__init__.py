@@ -18,30 +18,14 @@ from __future__ import annotations
 from typing import Callable
 
 from qadtr._errors import QadtrError
+from qadtr.recipes import dq, dwq, pbat, qadtr, qat  # noqa: F401  (each registers its recipes on import)
+from qadtr.recipes._options import parse_overrides
+from qadtr.recipes._registry import RECIPE_CONFIGS, RECIPES, STATEFUL, register_recipe
 
-RECIPES: dict[str, Callable] = {}
-RECIPE_CONFIGS: dict[str, type] = {}  # recipe name -> its frozen config class (absent: no options)
-STATEFUL: set[str] = set()  # recipes that take and fill `state=`
-
-
-def register_recipe(name: str, *, config: type | None = None, stateful: bool = False):
-    def wrap(fn: Callable) -> Callable:
-        RECIPES[name] = fn
-        if config is not None:
-            RECIPE_CONFIGS[name] = config
-        if stateful:
-            STATEFUL.add(name)
-        return fn
-    return wrap
-
-
-def load_recipes() -> None:
-    """Import every recipe module: fills RECIPES and registers the recipe configs model.json may name."""
-    from qadtr.recipes import dq, dwq, pbat, qadtr, qat  # noqa: F401
+__all__ = ["RECIPES", "RECIPE_CONFIGS", "STATEFUL", "get_recipe", "recipe_config", "register_recipe"]
 
 
 def get_recipe(name: str) -> Callable:
-    load_recipes()
     if name not in RECIPES:
         raise QadtrError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
     return RECIPES[name]
@@ -53,8 +37,6 @@ def recipe_config(name: str, items: list[str] | tuple[str, ...] = ()):
     Values are parsed by the field's declared type (bool: true/false; `int | None`: a number or none;
     bit-width tuples: "2,4,8"). Raises ValueError naming the valid keys for an unknown one.
     """
-    from qadtr.recipes._options import parse_overrides
-
     get_recipe(name)  # an unknown name: QadtrError listing the known ones
     cls = RECIPE_CONFIGS.get(name)
     if cls is None:

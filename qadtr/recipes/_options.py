@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from qadtr.bits import parse_bits
+
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -24,8 +26,6 @@ def _int_or_none(text: str) -> int | None:
 
 
 def _bits(text: str) -> tuple[tuple[int, int], ...]:
-    from qadtr.train import parse_bits
-
     return parse_bits(text)
 
 

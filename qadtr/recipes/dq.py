@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from qadtr._config import register_config
-from qadtr.recipes import register_recipe
+from qadtr.recipes._registry import register_recipe
 from qadtr.recipes.qat import qat_loss
 
 GRAMS = ("smaller", "paper")

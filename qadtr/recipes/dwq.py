@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from qadtr._config import register_config
 from qadtr.attacks.universal import attack_mode
 from qadtr.models import bits_of, deploy_net, set_bits
-from qadtr.recipes import register_recipe
+from qadtr.recipes._registry import register_recipe
 from qadtr.recipes._inner import generator, n_adversarial, pgd
 from qadtr.recipes.qat import bits_for_step
 

@@ -34,7 +34,7 @@ from qadtr._config import register_config
 from qadtr.attacks._place import patch_side
 from qadtr.attacks.universal import attack_mode
 from qadtr.models import set_bits
-from qadtr.recipes import register_recipe
+from qadtr.recipes._registry import register_recipe
 from qadtr.recipes._inner import (TARGET_MODES, generator, location_patches, n_adversarial, random_targets,
                                   rng)
 from qadtr.recipes.qat import bits_for_step

@@ -1,6 +1,6 @@
 """QADT-R (Guesmi, Ouni, Shafique, arXiv 2503.07058): A-QAPA patch pool + DBWT + GIR.
 
-The paper's full text is not available here (../shared/NOTES.md); this is the method as defined for
+The paper's full text is not available here (only its summary was at hand); this is the method as defined for
 this project, every open detail a `QadtrConfig` field:
 
 A-QAPA patch pool (`aqapa`). A pool of `pool_size` universal patches, made inside the quantized model
@@ -54,7 +54,7 @@ from qadtr._config import register_config
 from qadtr.attacks._place import EOTConfig, apply_patch, patch_side, sample_placements
 from qadtr.attacks.universal import attack_mode
 from qadtr.models import bits_of, set_bits
-from qadtr.recipes import register_recipe
+from qadtr.recipes._registry import register_recipe
 from qadtr.recipes._inner import TARGET_MODES, attack_losses, generator, n_adversarial, rng
 from qadtr.recipes.qat import bits_for_step
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from qadtr.models import bits_of, set_bits
-from qadtr.recipes import register_recipe
+from qadtr.recipes._registry import register_recipe
 
 
 def bits_for_step(model, switch: str, step: int, seed: int) -> list[tuple[int, int]]:

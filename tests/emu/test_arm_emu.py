@@ -125,7 +125,7 @@ def _logit_step(tflite: Path) -> float:
 @pytest.mark.parametrize("device, profile", [("rpi4-emu", "cortex-a72"), ("orin-cpu-emu", "neoverse-n1")])
 def test_replay_on_the_board_matches_x86(device, profile, boards, tiny_dataset, tiny_patches, tiny_exports, tmp_path,
                                          monkeypatch, record_property):
-    from eval import on_device as od
+    from eval import fleet as od
     from eval.store import Store
 
     b = boards(profile)
@@ -135,7 +135,7 @@ def test_replay_on_the_board_matches_x86(device, profile, boards, tiny_dataset, 
                          f'runtimes = {RUNTIMES!r}\n'.replace("'", '"'))
     t0 = time.perf_counter()
     models = [str(tiny_exports["onnx"]), str(tiny_exports["tflite"])]  # w8a8 QDQ ONNX, full-integer TFLite
-    result = od.evaluate(devices=f"local,{device}", models=models, patches=str(tiny_patches), eval_subset=16,
+    result = od.replay_on_devices(devices=f"local,{device}", models=models, patches=str(tiny_patches), eval_subset=16,
                          store_path=tmp_path / "s.sqlite", batch_size=8, warmup=1, inventory=str(inventory),
                          runtimes=RUNTIMES)
     wall = time.perf_counter() - t0

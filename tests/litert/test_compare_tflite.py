@@ -52,7 +52,7 @@ def test_xnnpack_bit_exact(w2, tiny_images):
 def test_builtin_matches_the_exporters_debug_build(w2, tiny_images):
     """Independent path: a fresh `build_tflite(debug=True)` under the builtin kernels vs `_reference`."""
     from devices.litert import LiteRTRunner
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     net, path, _ = w2
     d = first_divergence(net, "litert-builtin", path, tiny_images, list(range(32)))

@@ -80,7 +80,7 @@ def test_graph_structure(exports, bits):
 
 def test_record_beside_artifact(exports, tiny_checkpoint):
     record, path = exports[4]
-    saved = config_from_dict(read_json(path.with_suffix(".json")))
+    saved = config_from_dict(read_json(Path(f"{path}.json")))
     assert saved == record and isinstance(saved, T.TfliteExport)
     assert saved.artifact_sha256 == sha256_file(path) and saved.source_sha256 == sha256_file(tiny_checkpoint)
     assert saved.bits == (4, 4) and set(saved.parity) == {"xnnpack", "builtin"}
@@ -183,7 +183,7 @@ def test_cli_success_and_bad_input(tiny_checkpoint, tmp_path):
     r = subprocess.run([sys.executable, "-m", "export.tflite", str(tiny_checkpoint), "--bits", "8", "--out", str(out),
                         "--n-check", "8"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1].startswith("PASSED |") and out.is_file() and out.with_suffix(".json").is_file()
+    assert r.stdout.strip().splitlines()[-1].startswith("PASSED |") and out.is_file() and Path(f"{out}.json").is_file()
     r = subprocess.run([sys.executable, "-m", "export.tflite", str(tmp_path / "nope.pt"), "--bits", "8"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("ai_edge_litert")
 
-from eval import on_device as od  # noqa: E402
+from eval import fleet as od  # noqa: E402
 from eval.replay import load_replay  # noqa: E402
 from eval.store import Store  # noqa: E402
 
@@ -26,7 +26,7 @@ def test_tflite_artifact_runs_on_both_kernel_sets(tiny_dataset, tiny_patches, ti
     from devices.runtimes import prepare_feed, read_logits
 
     models = [str(tiny_tflite), f"{tiny_checkpoint}@w8a8"]  # the export's reference and the checkpoint: one run
-    result = od.evaluate(models=models, patches=str(tiny_patches), eval_subset=16, store_path=tmp_path / "s.sqlite",
+    result = od.replay_on_devices(models=models, patches=str(tiny_patches), eval_subset=16, store_path=tmp_path / "s.sqlite",
                          batch_size=8, warmup=1)
     assert [r["runtime"] for r in result["runs"]] == ["fakequant", "litert-xnnpack", "litert-builtin"]
     replay = load_replay(result["replay"]["path"])

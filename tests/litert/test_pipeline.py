@@ -22,7 +22,7 @@ def test_pipeline_exports_replays_compares_and_reports(tiny_dataset, tiny_patche
     artifacts = sorted(p.name for p in (out / "artifacts").iterdir())
     name = tiny_checkpoint.parent.name
     assert artifacts == sorted(f"{name}_w{b}a{b}_{kind}" for b in (2, 4, 8)
-                               for kind in ("qdq.onnx", "qdq.json", "int8.tflite", "int8.json"))
+                               for kind in ("qdq.onnx", "qdq.onnx.json", "int8.tflite", "int8.tflite.json"))
     compare = json.loads((out / "report" / "compare.json").read_text())
     outs = sorted(c["out"] for c in compare["comparisons"])
     assert outs == sorted(["onnxrt", "litert-xnnpack", "litert-builtin"] * 3)  # x 3 bit widths

@@ -32,7 +32,7 @@ def tamper(src, dst, conv: str = "/layers.0/layers.0.0/conv2/Conv"):
     w = numpy_helper.to_array(inits[name])
     inits[name].CopyFrom(numpy_helper.from_array(np.clip(-w.astype(np.int16), -127, 127).astype(w.dtype), name))
     onnx.save(m, str(dst))
-    shutil.copy(src.with_suffix(".json"), dst.with_suffix(".json"))
+    shutil.copy(f"{src}.json", f"{dst}.json")
     return dst
 
 

@@ -40,7 +40,7 @@ def float_checkpoint(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_export_proves_itself(exported, bits):
     r = exported[bits]
-    assert r and r.path.is_file() and r.info_path == r.path.with_suffix(".json")
+    assert r and r.path.is_file() and r.info_path == Path(f"{r.path}.json")
     p = r.parity
     assert p.int_tensors == 7  # quant_input, relu, relu1, q_main, q_short, relu2, pool_quant
     assert p.int_max_step_local <= exp.MAX_INT_STEP
@@ -100,9 +100,9 @@ def test_float_checkpoint_needs_float_flag(float_checkpoint, tiny_images, tmp_pa
 
 def test_parity_failure_raises_after_writing_json(tiny_checkpoint, tiny_images, tmp_path, monkeypatch):
     monkeypatch.setattr(exp, "MAX_INT_STEP", -1)  # any comparison now fails
-    with pytest.raises(QadtrError, match=r"FAILED parity .*see .*x\.json"):
+    with pytest.raises(QadtrError, match=r"FAILED parity .*see .*x\.onnx\.json"):
         exp.export_onnx(tiny_checkpoint, tmp_path / "x.onnx", bits=2, images=tiny_images)
-    saved = json.loads((tmp_path / "x.json").read_text())["_data"]
+    saved = json.loads((tmp_path / "x.onnx.json").read_text())["_data"]
     assert saved["parity"]["passed"] is False and saved["proof"]["passed"] is False
     from export._common import reusable
 
@@ -119,14 +119,14 @@ def test_reuse_needs_same_source_version_file_and_a_passed_proof(exported, tiny_
     src = sha256_file(tiny_checkpoint)
     art = tmp_path / "w4.onnx"
     shutil.copy(exported[4].path, art)
-    shutil.copy(exported[4].info_path, art.with_suffix(".json"))
+    shutil.copy(exported[4].info_path, f"{art}.json")
     assert reusable(art, src, exp.EXPORTER_VERSION) is None
     assert reusable(art, "0" * 64, exp.EXPORTER_VERSION) == "another source checkpoint"
     assert reusable(art, src, exp.EXPORTER_VERSION - 1).startswith("another exporter version")
     art.write_bytes(art.read_bytes() + b"\0")  # changed after export
     assert reusable(art, src, exp.EXPORTER_VERSION) == "another file (the artifact changed after export)"
-    art.with_suffix(".json").write_text("[1]")
-    assert reusable(art, src, exp.EXPORTER_VERSION) == "w4.json is unreadable"
+    Path(f"{art}.json").write_text("[1]")
+    assert reusable(art, src, exp.EXPORTER_VERSION) == "w4.onnx.json is unreadable"
     assert reusable(tmp_path / "none.onnx", src, exp.EXPORTER_VERSION) == "no artifact and record yet"
 
 

@@ -71,7 +71,7 @@ def exports(tiny_checkpoint, tmp_path_factory):
     """bits -> QDQ .onnx of the tiny checkpoint (built the fast way, no exporter proofs)."""
     from export._common import deploy_model
     from export.onnx import export_qcdq
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     out = tmp_path_factory.mktemp("intexec")
     example = to_tensor(np.zeros((1, 8, 8, 3), np.uint8))

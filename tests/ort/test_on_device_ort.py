@@ -8,7 +8,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from eval import on_device as od  # noqa: E402
+from eval import fleet as od  # noqa: E402
 from eval.replay import load_replay  # noqa: E402
 from eval.store import Store  # noqa: E402
 
@@ -24,7 +24,7 @@ def test_onnx_artifact_runs_on_onnxrt_and_its_reference(tiny_dataset, tiny_patch
     from devices.onnxrt import OnnxrtRunner
     from devices.runtimes import prepare_feed, read_logits
 
-    result = od.evaluate(models=[str(tiny_onnx)], patches=str(tiny_patches), eval_subset=16,
+    result = od.replay_on_devices(models=[str(tiny_onnx)], patches=str(tiny_patches), eval_subset=16,
                          store_path=tmp_path / "s.sqlite", batch_size=8, warmup=1)
     runs = {r["runtime"]: r for r in result["runs"]}
     assert set(runs) == {"fakequant", "onnxrt"}  # the export's source checkpoint at w8a8 is the reference

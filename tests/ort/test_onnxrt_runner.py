@@ -109,7 +109,7 @@ def test_bytes_and_disabled_optimization(relu_model):
 def test_kernels_report_fusion(tiny_checkpoint, tiny_images, tmp_path, bits):
     from export.onnx import export_qcdq
     from export._common import deploy_model
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     net, _ = deploy_model(tiny_checkpoint, bits)
     export_qcdq(net, tmp_path / "m.onnx", to_tensor(tiny_images[:1]))

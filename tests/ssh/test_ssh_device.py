@@ -14,7 +14,8 @@ from _sshd import SKIP, descendants
 from devices._ssh import Limits, SshError
 from devices.inventory import load_inventory, open_device
 from devices.ssh import SshDevice
-from eval import on_device as od
+from eval import fleet as od
+from eval import on_device
 from eval.replay import load_replay, make_replay
 from eval.store import Store
 from qadtr import QadtrError
@@ -69,7 +70,7 @@ def test_fleet_replay_over_ssh_equals_local(sshd, tiny_exports, tiny_dataset, ti
     kw = dict(devices="local,board", models=[str(tiny_exports["onnx"]), str(tiny_exports["tflite"])],
               patches=str(tiny_patches), eval_subset=16, store_path=tmp_path / "s.sqlite", runtimes=RUNTIMES,
               batch_size=7, warmup=1, inventory=str(inv))
-    result = od.evaluate(**kw)  # both devices at once, one thread and one store connection each
+    result = od.replay_on_devices(**kw)  # both devices at once, one thread and one store connection each
     runs = {(r["device"], r["runtime"]): r for r in result["runs"]}
     assert set(runs) == {(d, r) for d in ("local", "board") for r in RUNTIMES}
     info = result["devices"]["board"]
@@ -80,7 +81,7 @@ def test_fleet_replay_over_ssh_equals_local(sshd, tiny_exports, tiny_dataset, ti
             assert s.logits(remote["run_id"]).tobytes() == s.logits(local["run_id"]).tobytes()
             assert remote["kernels"].startswith(local["kernels"]) and remote["energy_per_inference_j"] is None
             assert remote["clean_accuracy"] == local["clean_accuracy"] and remote["asr"] == local["asr"]
-    again = od.evaluate(**kw)  # everything is stored: nothing runs twice
+    again = od.replay_on_devices(**kw)  # everything is stored: nothing runs twice
     assert [r["replayed_now"] for r in again["runs"]] == [0] * 6
 
     from eval.report import write_report
@@ -103,7 +104,7 @@ def test_status_and_a_tensorrt_job_without_tensorrt(sshd, tiny_exports, tiny_dat
     inv.write_text(sshd.inventory("jetson", runtimes=["onnxrt", "tensorrt"]))
     with pytest.raises(QadtrError, match=r"nothing can run on jetson: tensorrt for .*w8.onnx: not available on "
                                          r"jetson: tensorrt not installed on the board; install JetPack"):
-        od.evaluate(devices="jetson", models=[str(tiny_exports["onnx"])], patches=str(tiny_patches),
+        od.replay_on_devices(devices="jetson", models=[str(tiny_exports["onnx"])], patches=str(tiny_patches),
                     eval_subset=16, store_path=tmp_path / "s.sqlite", runtimes=["tensorrt"], inventory=str(inv))
 
 
@@ -255,6 +256,6 @@ def test_host_keys_are_verified_never_trusted(sshd, tmp_path):
 def test_unreachable_board_is_one_line(tmp_path, capsys):
     inv = tmp_path / "devices.toml"
     inv.write_text('[devices.jetson]\nkind = "ssh"\nhost = "127.0.0.1"\nport = 1\nruntimes = ["tensorrt"]\n')
-    assert od.main(["--device", "jetson", "--inventory", str(inv), "--model", __file__, "--patches", str(tmp_path)]) == 1
+    assert on_device.main(["--device", "jetson", "--inventory", str(inv), "--model", __file__, "--patches", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and err[0].startswith("error: device 'jetson' is unreachable at 127.0.0.1:1 (")

@@ -22,7 +22,7 @@ from qadtr.attacks import (AqapaConfig, EOTConfig, LavanConfig, LocationConfig, 
                            save_patch, universal_patch)
 from qadtr.attacks import _place
 from qadtr.attacks.patchfile import FORMAT_VERSION, MAGIC
-from qadtr.evaluate import to_tensor
+from qadtr.predict import to_tensor
 
 ROOT = Path(__file__).resolve().parents[2]
 EOT_ALL = EOTConfig(max_angle=40.0, scale=(0.8, 1.2), brightness=(0.9, 1.3))

@@ -96,7 +96,7 @@ def test_accepts(tmp_path, tiny_checkpoint):
     assert "has no export record" in accepts("fakequant", onnx_file)
     assert accepts("tensorrt", onnx_file) is None  # a hand-made ONNX: the parser will judge it
     record = {"_data": {"exporter": "export.onnx", "source": "x/model.pt"}}
-    onnx_file.with_suffix(".json").write_text(json.dumps(record))
+    Path(f"{onnx_file}.json").write_text(json.dumps(record))
     assert accepts("fakequant", onnx_file) is None
     assert "not TensorRT-bound; export with `python -m export.trt`" in accepts("tensorrt", onnx_file)
 
@@ -136,7 +136,7 @@ IMAGES = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
     (TensorSpec("x", np.dtype(np.int8), (1, 8, 8, 3)), (1.0, -128), "NHWC", "int8-minus-128"),
 ])
 def test_feed_format_bytes(spec, quant, layout, encoding):
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     with SpecRunner(spec, quant=quant) as r:
         fmt = feed_format(r)
@@ -196,7 +196,7 @@ def test_fakequant_is_deploy_net(tiny_checkpoint, tiny_images):
     import torch
 
     from qadtr.checkpoint import load_checkpoint
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
     from qadtr.models import deploy_net
 
     with FakeQuantRunner(tiny_checkpoint, bits=(4, 4)) as r:
@@ -220,12 +220,12 @@ def test_fakequant_of_an_export(tiny_checkpoint, tmp_path):
     art = tmp_path / "w2.tflite"
     art.write_bytes(b"")
     record = {"source": str(tiny_checkpoint), "source_sha256": sha256_file(tiny_checkpoint), "bits": [2, 2]}
-    art.with_suffix(".json").write_text(json.dumps({"_type": "TfliteExport", "_data": record}))
+    Path(f"{art}.json").write_text(json.dumps({"_type": "TfliteExport", "_data": record}))
     with make_runner("fakequant", art) as r:
         assert r.bits == (2, 2) and r.kernels.endswith("deploy_net w2a2")
     with pytest.raises(RunnerError, match=r"bits=\(4, 4\) but w2\.tflite was exported at \(2, 2\)"):
         FakeQuantRunner(art, bits=(4, 4))
-    art.with_suffix(".json").write_text(json.dumps({"_data": {**record, "source_sha256": "0" * 64}}))
+    Path(f"{art}.json").write_text(json.dumps({"_data": {**record, "source_sha256": "0" * 64}}))
     with pytest.raises(RunnerError, match="is not the checkpoint w2.tflite was exported from"):
         FakeQuantRunner(art).activate()
     with pytest.raises(RunnerError, match=r"bits=\(4,\); pass a \(w, a\) pair"):
@@ -252,7 +252,7 @@ def test_tensorrt_build_engine_offline(tiny_checkpoint, tiny_images, tmp_path):
     from export._common import deploy_model
     from export.onnx import export_qcdq
     from export.trt import make_trt_bound
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     export_qcdq(deploy_model(tiny_checkpoint, 4)[0], tmp_path / "q.onnx", to_tensor(tiny_images[:1]))
     onnx.save(make_trt_bound(onnx.load(str(tmp_path / "q.onnx")))[0], str(tmp_path / "t.onnx"))

@@ -38,7 +38,7 @@ def exported(tiny_checkpoint, tiny_images, tmp_path_factory):
 def qdq(tiny_checkpoint, tiny_images, tmp_path_factory):
     """bits -> the plain Brevitas QCDQ model (before the TensorRT rewrite)."""
     from export._common import deploy_model
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     out, models = tmp_path_factory.mktemp("qdq"), {}
     for b in (2, 4, 8):
@@ -87,7 +87,7 @@ def test_build_spec_files(exported, bits):
     assert spec["offline_check"] == STUB
     sh = out / "build_engine.sh"
     assert sh.stat().st_mode & 0o111 and spec["trtexec"] in sh.read_text()
-    info = json.loads((out / "model.json").read_text())
+    info = json.loads((out / "model.onnx.json").read_text())
     assert info["_type"] == "ExportInfo" and info["_data"]["exporter"] == "export.trt"
 
 

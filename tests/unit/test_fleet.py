@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from eval import on_device as od
+from eval import fleet as od
 from eval.store import Store
 from qadtr import QadtrError
 
@@ -23,7 +23,7 @@ def test_two_devices_replay_concurrently(tiny_dataset, tiny_checkpoint, tiny_pat
         return real(store, device, job, replay, **kw)
 
     monkeypatch.setattr(od, "replay_run", spy)
-    result = od.evaluate(devices="pair", models=[str(tiny_checkpoint)], patches=str(tiny_patches), eval_subset=16,
+    result = od.replay_on_devices(devices="pair", models=[str(tiny_checkpoint)], patches=str(tiny_patches), eval_subset=16,
                          store_path=tmp_path / "s.sqlite", runtimes=["null"], batch_size=8, warmup=0,
                          inventory=str(inv))
     assert [r["device"] for r in result["runs"]] == ["a", "b"] and set(result["devices"]) == {"a", "b"}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from qadtr import QadtrError
-from qadtr.evaluate import to_tensor
+from qadtr.predict import to_tensor
 from qadtr.models import (SUPPORTED_BITS, ModelConfig, QuantSpec, at_bits, bits_of, create_model, deploy_net,
                           get_bits, list_models, load_pretrained_, set_bits)
 from qadtr.models._calibrate import calibrate_

@@ -13,7 +13,8 @@ import pytest
 
 from devices import Availability, Batch, Replay
 from devices.local import LocalDevice
-from eval import on_device as od
+from eval import fleet as od
+from eval import on_device
 from eval.replay import load_replay
 from eval.store import Store
 from qadtr import QadtrError
@@ -24,14 +25,14 @@ REAL_REPLAY = LocalDevice.replay
 
 
 def _evaluate(tiny_checkpoint, tiny_patches, tmp_path, *, store="s.sqlite", models=None, **kw):
-    return od.evaluate(models=models or [f"{tiny_checkpoint}@w4a4"], patches=str(tiny_patches),
+    return od.replay_on_devices(models=models or [f"{tiny_checkpoint}@w4a4"], patches=str(tiny_patches),
                        eval_subset=SUBSET, store_path=tmp_path / store, replay_dir=tmp_path / "replays",
                        batch_size=kw.pop("batch_size", 8), warmup=kw.pop("warmup", 1), **kw)
 
 
 def _fakequant_preds(tiny_checkpoint, replay, bits):
     from qadtr.checkpoint import load_checkpoint
-    from qadtr.evaluate import predict
+    from qadtr.predict import predict
     from qadtr.models import deploy_net
 
     model, _ = load_checkpoint(tiny_checkpoint)
@@ -40,7 +41,7 @@ def _fakequant_preds(tiny_checkpoint, replay, bits):
 
 def test_cli_fakequant_every_bit_width(tiny_dataset, tiny_checkpoint, tiny_patches, tmp_path, capsys):
     store, out = tmp_path / "res" / "s.sqlite", tmp_path / "m.json"
-    rc = od.main(["--model", str(tiny_checkpoint.parent), "--patches", str(tiny_patches), "--eval-subset", str(SUBSET),
+    rc = on_device.main(["--model", str(tiny_checkpoint.parent), "--patches", str(tiny_patches), "--eval-subset", str(SUBSET),
                   "--store", str(store), "--out", str(out), "--batch-size", "8", "--warmup", "1"])
     printed = capsys.readouterr().out
     assert rc == 0 and "PASSED" in printed and "ASR w4a4_universal_t1.npz" in printed
@@ -67,13 +68,13 @@ def test_cli_fakequant_every_bit_width(tiny_dataset, tiny_checkpoint, tiny_patch
     with Store(store) as s:
         assert all(r.complete for r in s.runs()) and len(s.runs()) == 3
     # the same command again: nothing is replayed, the metrics come from the store
-    assert od.main(["--model", str(tiny_checkpoint.parent), "--patches", str(tiny_patches), "--eval-subset",
+    assert on_device.main(["--model", str(tiny_checkpoint.parent), "--patches", str(tiny_patches), "--eval-subset",
                     str(SUBSET), "--store", str(store), "--out", str(out), "--batch-size", "8", "--warmup", "1"]) == 0
     again = json.loads(out.read_text())
     assert [r["replayed_now"] for r in again["runs"]] == [0, 0, 0]
     assert [r["asr"] for r in again["runs"]] == [r["asr"] for r in result["runs"]]
     capsys.readouterr()
-    assert od.main(["--list-runs", "--store", str(store)]) == 0
+    assert on_device.main(["--list-runs", "--store", str(store)]) == 0
     assert capsys.readouterr().out.count("done") == 3
 
 
@@ -124,9 +125,9 @@ def test_kill_mid_run_cli_exit_code_then_resume(tiny_dataset, tiny_checkpoint, t
     args = ["--model", f"{tiny_checkpoint}@w8a8", "--patches", str(tiny_patches), "--eval-subset", str(SUBSET),
             "--store", str(tmp_path / "s.sqlite"), "--batch-size", "8", "--warmup", "0"]
     _flaky(monkeypatch, after=2, error=KeyboardInterrupt)
-    assert od.main(args) == 130 and "INTERRUPTED" in capsys.readouterr().err
+    assert on_device.main(args) == 130 and "INTERRUPTED" in capsys.readouterr().err
     monkeypatch.setattr(LocalDevice, "replay", REAL_REPLAY)
-    assert od.main(args) == 0
+    assert on_device.main(args) == 0
     result = json.loads((tmp_path / "on_device.json").read_text())
     assert result["runs"][0]["replayed_now"] == result["runs"][0]["samples"] - 16
 
@@ -235,7 +236,7 @@ def test_plan_leaves_out_what_cannot_run_here(tiny_checkpoint):
 
 
 def _cli_error(capsys, args) -> str:
-    assert od.main(args) == 1
+    assert on_device.main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and err[0].startswith("error: ") and err[1].startswith("FAILED |"), err
     return err[0]
@@ -273,6 +274,6 @@ def test_missing_artifact_exits_1_without_traceback(tmp_path):
 
 
 def test_list_devices(capsys):
-    assert od.main(["--list-devices"]) == 0
+    assert on_device.main(["--list-devices"]) == 0
     out = capsys.readouterr().out
     assert "local" in out and "runtime fakequant" in out and "power" in out

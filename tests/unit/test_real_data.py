@@ -8,7 +8,7 @@ import pytest
 
 from qadtr.checkpoint import load_checkpoint, read_checkpoint_info
 from qadtr.data import load_split
-from qadtr.evaluate import accuracy_per_bits
+from qadtr.predict import accuracy_per_bits
 from qadtr.models import ModelConfig
 from qadtr.train import TrainConfig, train
 

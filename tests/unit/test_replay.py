@@ -12,7 +12,7 @@ import torch
 
 from eval.replay import FORMAT_VERSION, MAGIC, load_replay, make_replay
 from qadtr import QadtrError
-from qadtr.attack import _indices
+from qadtr.data import subset_indices
 from qadtr.attacks import eval_placements, load_patch, rebuild, save_patch
 
 SUBSET, SEED = 16, 3
@@ -26,7 +26,7 @@ def replay_path(tiny_dataset, tiny_patches, tmp_path) -> Path:
 def test_layout_and_bytes(replay_path, tiny_dataset, tiny_patches):
     r = load_replay(replay_path)
     test = tiny_dataset("cifar10", "test")
-    subset = _indices(40, SUBSET, seed=1)
+    subset = subset_indices(40, SUBSET, seed=1)
     info = r.info
     assert (info.dataset, info.eval_subset, info.eval_seed, info.n_subset) == ("cifar10", SUBSET, SEED, 16)
     assert info.hw == (8, 8)
@@ -68,7 +68,7 @@ def test_asr_equals_eval_transfer(replay_path, tiny_dataset, tiny_patches, tiny_
     import eval.transfer
     import qadtr.data
     from qadtr.checkpoint import load_checkpoint
-    from qadtr.evaluate import predict
+    from qadtr.predict import predict
     from qadtr.models import deploy_net
 
     def split(name, which, data_dir=None, **kw):  # labels mostly equal to PixelSumNet's clean prediction
@@ -85,7 +85,7 @@ def test_asr_equals_eval_transfer(replay_path, tiny_dataset, tiny_patches, tiny_
     rows = eval.transfer.transfer(tiny_patches, ["unused"], data_dir=None, eval_subset=SUBSET, eval_seed=SEED)
     r = load_replay(path)
     test = split("cifar10", "test")
-    subset = _indices(40, SUBSET, seed=1)
+    subset = subset_indices(40, SUBSET, seed=1)
     for label, net in nets.items():
         pred = predict(net, r.images)  # (M,): what a runtime returns, in row order
         ours = {ref.file: asr for ref, asr in r.asr(pred)}

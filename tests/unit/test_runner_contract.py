@@ -27,7 +27,7 @@ def artifact_for(tiny_checkpoint, tiny_images, tmp_path_factory):
         if name in made:
             return made[name]
         from export._common import deploy_model
-        from qadtr.evaluate import to_tensor
+        from qadtr.predict import to_tensor
 
         if name.startswith("intexec-"):  # the executor runs the artifact of the runtime it models
             from devices.runtimes import get_runtime
@@ -114,9 +114,9 @@ MAX_DIFF = {"tensorrt": 1e-4, "litert-builtin": 1e-2, "intexec-single": 1e-4, "i
 
 
 def _executor_logits(artifact: Path, semantics: str, images: np.ndarray) -> np.ndarray:
-    """The executor's logits on the canonical feed (qadtr.evaluate.to_tensor), built without feed_format."""
+    """The executor's logits on the canonical feed (qadtr.predict.to_tensor), built without feed_format."""
     from devices.intexec import SEMANTICS, load_graph
-    from qadtr.evaluate import to_tensor
+    from qadtr.predict import to_tensor
 
     x = to_tensor(images).numpy()  # (B, 3, H, W) float32 = pixel / 255
     if artifact.suffix == ".tflite":

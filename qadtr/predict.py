@@ -1,0 +1,63 @@
+"""Predictions and clean accuracy of a torch model on uint8 images, at each of its bit widths.
+
+    >>> accuracy_per_bits(model, split.images, split.labels)["w4a4"]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from qadtr._stats import Proportion
+from qadtr.models import at_bits, bits_of, deploy_net
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 500, progress: bool = False) -> np.ndarray:
+    """Argmax predictions (N,) of `model` in eval mode on uint8 HWC images."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = []
+        for i in tqdm(range(0, len(images), batch_size), disable=not progress, leave=False, desc="eval"):
+            out.append(model(to_tensor(images[i:i + batch_size])).argmax(1).numpy())  # (B,)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+    finally:
+        model.train(was_training)
+
+
+FORMS = ("deploy", "trained")
+
+
+def accuracy_per_bits(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, form: str = "deploy",
+                      progress: bool = False, keys: tuple[str, ...] | None = None) -> dict[str, Proportion]:
+    """{"float": p} for a float model, {"w4a4": p, ...} for a quantized one; leaves the active bits as found.
+
+    `keys` ("w4a4", ...) limits a quantized model to those bit widths (default: all it has).
+
+    form="deploy" evaluates the BN-folded int32-bias network that exporters ship (the default, and the
+    number to quote); form="trained" the network as trained, with BatchNorm.
+    """
+    if form not in FORMS:
+        raise ValueError(f"form={form!r}; choose one of {FORMS}")
+    if not bits_of(model):
+        return {"float": Proportion(int((predict(model, images, progress=progress) == labels).sum()), len(labels))}
+    active = model.active
+    try:
+        result = {}
+        for w, a in bits_of(model):
+            if keys is not None and f"w{w}a{a}" not in keys:
+                continue
+            net = deploy_net(model, w, a) if form == "deploy" else at_bits(model, w, a)
+            correct = int((predict(net, images, progress=progress) == labels).sum())
+            result[f"w{w}a{a}"] = Proportion(correct, len(labels))
+        return result
+    finally:
+        model.active = active
