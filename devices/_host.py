@@ -1,14 +1,14 @@
 """The host fingerprint stored with every result: CPU, the ISA features integer kernels dispatch on, versions.
 
-Standard library only, Python >= 3.8: devices/ssh.py ships this file to every board beside agent.py, so a
-board describes itself with the same code as the host.
+Standard library only, Python >= 3.8: devices/ssh.py ships this file to every board with the rest of the
+runner layer, so a board describes itself with the same code as the host.
 
     >>> fingerprint()["isa"]
     ['avx2', 'avx512bw', 'avx512f', 'avx512_vnni']
     >>> int8_dot(fingerprint())
     'vnni'
 
-Why the flags matter (NOTES.md, "Hosts differ"): ONNX Runtime's u8s8 integer kernels (MLAS QGEMM) use
+Why the flags matter: ONNX Runtime's u8s8 integer kernels (MLAS QGEMM) use
 VPDPBUSD where the CPU has AVX-512 VNNI or AVX-VNNI (exact int32 sums), and VPMADDUBSW where it has only
 AVX2 / AVX-512BW, which sums each pair of u8 x s8 products into int16 with saturation. On ARM the int8
 kernels differ by `asimddp` (SDOT), `i8mm` (SMMLA) and `sve`.

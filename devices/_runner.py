@@ -36,6 +36,7 @@ class Runner:
 
     def __init__(self) -> None:
         self.is_active = False
+        self.versions: dict[str, str] = {}  # the runtime (and device) versions that ran, filled on activation
         self.last_inference_time: float | None = None
         self.inference_times: list[float] = []
 

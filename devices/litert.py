@@ -72,6 +72,7 @@ class LiteRTRunner(Runner):
             raise RunnerError(f"{self.name}: {delegated} nodes ran in a delegate where LiteRT's {self.kernel_set} "
                               "kernels were asked for; this ai-edge-litert build ignores the op resolver")
         self.kernels = line
+        self.versions = {"ai-edge-litert": version("ai-edge-litert")}
         self._inputs = self._interp.get_input_details()
         self._outputs = self._interp.get_output_details()
         self._shapes = {d["index"]: tuple(d["shape"]) for d in self._inputs}

@@ -71,10 +71,11 @@ class OnnxrtRunner(Runner):
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for bad models/providers
             raise RunnerError(f"{self.name}: ONNX Runtime cannot load the model ({str(e).splitlines()[0][:200]}); "
                               "re-export it with `python -m export.onnx`") from None
-        provider = self._session.get_providers()[0].removesuffix("ExecutionProvider")
+        provider = self._session.get_providers()[0].replace("ExecutionProvider", "")  # no str.removesuffix: boards run Python 3.8
         from devices._host import ort_kernels
 
-        self.kernels = ort_kernels(ort.__version__, provider, _LEVEL_NAMES[self.graph_optimization])  # as the agent
+        self.kernels = ort_kernels(ort.__version__, provider, _LEVEL_NAMES[self.graph_optimization])
+        self.versions = {"onnxruntime": ort.__version__}
         if self.optimized_model_path is not None:
             import onnx
 

@@ -39,6 +39,9 @@ class RuntimeInfo:
     gpu: bool = False  # needs an NVIDIA GPU (and its driver) to run
     in_defaults: bool = True  # chosen when the user names no runtimes (False: plumbing only)
     doc: str = ""
+    board: tuple[str, ...] | None = None  # runs on a board through devices/agent.py: the options a job may set
+    dist: str | None = None  # the distribution whose version a board reports (None: the runtime has none)
+    board_install: str = ""  # how to get `requires` on a board (quoted by the agent)
 
     def __post_init__(self) -> None:
         if ":" not in self.runner:
@@ -56,14 +59,17 @@ def register_runtime(info: RuntimeInfo) -> RuntimeInfo:
 
 
 _LITERT = {"runner": "devices.litert:LiteRTRunner", "artifacts": (".tflite",), "requires": ("ai_edge_litert",),
-               "install": "pip install 'qadtr-edge[litert]'"}
+           "install": "pip install 'qadtr-edge[litert]'", "board": ("num_threads",), "dist": "ai-edge-litert",
+           "board_install": "python3 -m pip install ai-edge-litert numpy"}
 register_runtime(RuntimeInfo(
     "fakequant", "devices.fakequant:FakeQuantRunner", (".pt", CHECKPOINT_DIR, ".onnx", ".tflite"),
     requires=("torch", "brevitas"), install="pip install torch==2.13.0 brevitas==0.13.4",
     doc="the reference: Brevitas fake-quant deploy_net of a checkpoint (or of an export's source checkpoint)"))
 register_runtime(RuntimeInfo(
     "onnxrt", "devices.onnxrt:OnnxrtRunner", (".onnx",), requires=("onnxruntime",),
-    install="pip install 'qadtr-edge[onnx]'", doc="ONNX Runtime CPU, ORT_ENABLE_ALL (QDQ fused to QLinearConv)"))
+    install="pip install 'qadtr-edge[onnx]'", doc="ONNX Runtime CPU, ORT_ENABLE_ALL (QDQ fused to QLinearConv)",
+    board=("graph_optimization", "intra_op_threads"), dist="onnxruntime",
+    board_install="python3 -m pip install onnxruntime numpy"))
 register_runtime(RuntimeInfo("litert-xnnpack", **_LITERT, kwargs={"kernels": "xnnpack"},
                              doc="LiteRT with its default XNNPACK delegate"))
 register_runtime(RuntimeInfo("litert-builtin", **_LITERT, kwargs={"kernels": "builtin"},
@@ -73,7 +79,9 @@ register_runtime(RuntimeInfo("litert-ref", **_LITERT, kwargs={"kernels": "ref"},
 register_runtime(RuntimeInfo(
     "tensorrt", "devices.tensorrt:TensorRTRunner", (".onnx", ".engine"), requires=("tensorrt",),
     install="use JetPack's TensorRT on a Jetson, or `pip install tensorrt` on a machine with an NVIDIA GPU",
-    gpu=True, doc="TensorRT INT8 engine built on this GPU from a TensorRT-bound ONNX (python -m export.trt)"))
+    gpu=True, doc="TensorRT INT8 engine built on this GPU from a TensorRT-bound ONNX (python -m export.trt)",
+    board=("batch",), dist="tensorrt",
+    board_install="install JetPack (it ships TensorRT: `sudo apt install python3-libnvinfer`)"))
 _INTEXEC = {"runner": "devices.intexec:IntExecRunner", "requires": ("numpy",), "in_defaults": False,
             "install": "pip install numpy (and onnx for .onnx graphs; ai-edge-litert's schema for .tflite)"}
 for _name, _art, _doc in (("single", ".onnx", "ORT fused kernels with VNNI"),
@@ -84,11 +92,16 @@ for _name, _art, _doc in (("single", ".onnx", "ORT fused kernels with VNNI"),
     register_runtime(RuntimeInfo(f"intexec-{_name}", artifacts=(_art,), kwargs={"semantics": _name},
                                  doc=f"numpy integer executor modelling {_doc}", **_INTEXEC))
 register_runtime(RuntimeInfo("null", "devices.null:NullRunner", (), in_defaults=False,
-                             doc="zeros of the right shape, for plumbing tests"))
+                             doc="zeros of the right shape, for plumbing tests", board=("num_classes",)))
 
 
 def list_runtimes() -> list[str]:
     return list(RUNTIMES)
+
+
+def board_runtimes() -> dict[str, RuntimeInfo]:
+    """The rows a board runs through devices/agent.py, in table order."""
+    return {n: r for n, r in RUNTIMES.items() if r.board is not None}
 
 
 def get_runtime(name: str) -> RuntimeInfo:

@@ -14,8 +14,9 @@ For devices built on this one (devices/arm_emu.py):
     `limits = Limits(first=..., line=...)` (devices/_ssh.py).
   * The board needs sshd with the sftp subsystem (scp speaks SFTP), and a Python 3 with numpy and the runtimes.
 
-A replay: (1) once per device: `mkdir -p` the workdir and push the agent folder (agent.py + power/*.py,
-named by their hash); (2) push the job file (runtime, options, batch size, warm-up, meter, and the
+A replay: (1) once per device: `mkdir -p` the workdir and push the agent folder (the runner layer,
+BOARD_FILES + devices/power/*.py, laid out as in the checkout, named by their hash; the board runs
+devices/agent.py from it, on the very runner files the host runs); (2) push the job file (runtime, options, batch size, warm-up, meter, and the
 sha256 of the artifact and the images); (3) run `agent.py run JOB START`: the agent checks every
 file's sha256 before loading anything; what is missing or corrupt it names (and deletes), the host
 pushes it and runs the agent again, and a file that fails its check right after being pushed is
@@ -47,22 +48,39 @@ import numpy as np
 
 from devices._device import Availability, Batch, Device, Replay, check_replay_args
 from devices._ssh import ConnectionLost, Limits, RemoteFailed, SshError, Stream, Transport
-from devices.runtimes import accepts, get_runtime
+from devices.runtimes import accepts, board_runtimes, get_runtime
 from qadtr._errors import QadtrError
 
 AGENT_VERSION = 1  # devices/agent.py VERSION: the job file and line protocol
-BOARD_RUNTIMES = {"onnxrt": "onnxruntime", "litert-xnnpack": "ai_edge_litert", "litert-builtin": "ai_edge_litert", "litert-ref": "ai_edge_litert",
-                  "tensorrt": "tensorrt", "null": None}  # runtime -> module on the board
-BOARD_OPTIONS = {"onnxrt": ("graph_optimization", "intra_op_threads"), "litert-xnnpack": ("num_threads",),
-                 "litert-builtin": ("num_threads",), "litert-ref": ("num_threads",), "tensorrt": ("batch",), "null": ("num_classes",)}
+BOARD = board_runtimes()  # runtime -> its row (devices/runtimes.py): the runtimes a board runs, their options
+BOARD_RUNTIMES = {n: (r.requires[0] if r.requires else None) for n, r in BOARD.items()}  # -> module on the board
+# The runner layer as the board gets it, laid out as in the checkout (paths relative to the repository): the agent
+# (job + line protocol), the Runner contract and registry, each board backend, the fingerprint and QadtrError.
+# Everything here needs the standard library and numpy only (tests/unit/test_agent.py checks it).
+BOARD_FILES = ("devices/agent.py", "devices/_runner.py", "devices/runtimes.py", "devices/_host.py", "devices/onnxrt.py",
+               "devices/litert.py", "devices/tensorrt.py", "devices/null.py", "qadtr/_errors.py")
+BOARD_PACKAGES = {"devices/__init__.py": '"""The runner layer, as devices/ssh.py pushed it to this board."""\n',
+                  "qadtr/__init__.py": '"""QadtrError only (qadtr/_errors.py), as devices/ssh.py pushed it."""\n'}
 AUTO_METERS = ("tegrastats", "ina", "nvml", "rapl")  # power = "auto" on a board: the first one that reads
 
 
 def agent_files(agent: Path) -> list[tuple[Path, str]]:
-    """(local file, path inside the agent folder) of everything pushed as the agent."""
+    """(local file, path inside the agent folder) of the runner layer pushed to a board (`agent`: devices/agent.py,
+    or a test's stand-in for it)."""
+    root = Path(__file__).resolve().parents[1]
     power = Path(__file__).with_name("power")
-    meters = [(p, f"power/{p.name}") for p in sorted(power.glob("*.py")) if p.name != "__init__.py"]
-    return [(agent, "agent.py"), (Path(__file__).with_name("_host.py"), "_host.py"), *meters]
+    meters = [(p, f"devices/power/{p.name}") for p in sorted(power.glob("*.py"))]
+    return [(agent if rel == "devices/agent.py" else root / rel, rel) for rel in BOARD_FILES] + meters
+
+
+def write_board_folder(agent: Path, folder: Path) -> Path:
+    """The folder a board runs the agent from (FOLDER/devices/agent.py); returns FOLDER."""
+    for path, name in agent_files(agent):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, folder / name)
+    for name, text in BOARD_PACKAGES.items():
+        (folder / name).write_text(text)
+    return folder
 
 
 def trt_batch(artifact: Path) -> tuple[int, int, int] | None:
@@ -110,10 +128,7 @@ class SshDevice(Device):
         if self._agent is None:
             files = agent_files(self.agent_source)
             digest = hashlib.sha256(b"".join(name.encode() + path.read_bytes() for path, name in files)).hexdigest()
-            local = self._scratch() / f"agent-{digest[:16]}"
-            for path, name in files:
-                (local / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, local / name)
+            local = write_board_folder(self.agent_source, self._scratch() / f"agent-{digest[:16]}")
             self.link.run(["mkdir", "-p", "--", self._work("blobs"), self._work("jobs"), self._work("engines")],
                           what="creating the work folder")
             self.link.push(local, self._work() + "/", what="pushing the agent", recursive=True)
@@ -124,7 +139,7 @@ class SshDevice(Device):
         """`agent.py info` from the board (cached for the device's lifetime)."""
         if self._info is None:
             try:
-                out = self.link.run([self.spec.python, f"{self._ensure_agent()}/agent.py", "info"], what="agent info",
+                out = self.link.run([self.spec.python, f"{self._ensure_agent()}/devices/agent.py", "info"], what="agent info",
                                     timeout=self.limits.first)
             except ConnectionLost as e:
                 raise SshError(f"device {self.name!r} is unreachable at {self.link.where} ({e.reason}); check that the "
@@ -204,10 +219,10 @@ class SshDevice(Device):
         if problem:
             raise QadtrError(problem)
         options = dict(options or {})
-        unknown = sorted(set(options) - set(BOARD_OPTIONS[runtime]))
+        unknown = sorted(set(options) - set(BOARD[runtime].board))
         if unknown:
             raise QadtrError(f"runtime {runtime!r} on a board has no option {', '.join(unknown)}; it takes "
-                             f"{', '.join(BOARD_OPTIONS[runtime]) or 'none'}")
+                             f"{', '.join(BOARD[runtime].board) or 'none'}")
         if runtime == "tensorrt":
             batch = tuple(options.get("batch") or trt_batch(artifact) or (1, 32, 128))  # export.trt's default
             if batch_size > batch[2]:
@@ -262,7 +277,7 @@ class SshDevice(Device):
             (self._scratch() / f"{key}.json").write_text(text)
             self.link.push(self._scratch() / f"{key}.json", self._work("jobs", f"{key}.json"), what="pushing the job")
             self._jobs.add(key)
-        words = [self.spec.python, f"{agent}/agent.py", "run", self._work("jobs", f"{key}.json"), str(first),
+        words = [self.spec.python, f"{agent}/devices/agent.py", "run", self._work("jobs", f"{key}.json"), str(first),
                  "--watch-stdin"]
         while True:
             with self.link.stream(words) as stream:

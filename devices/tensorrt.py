@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +29,24 @@ from devices._runner import Runner, RunnerError, TensorSpec
 INSTALL = "use JetPack's TensorRT on a Jetson, or `pip install tensorrt` with a CUDA driver on an NVIDIA GPU"
 
 
-def build_engine(trt, onnx_path: str | Path, batch: tuple[int, int, int], logger) -> bytes:
+def build_engine(trt, onnx_path: str | Path, batch: tuple[int, int, int], logger, *, describe=None,
+                 tool: str = "TensorRT") -> bytes:
     """Parse and build a TensorRT-bound ONNX into a serialized engine (min/opt/max batch profile).
 
-    `trt` is the tensorrt module (or tensorrt_rtx, which is strongly typed: no INT8 flag to set).
+    `trt` is the tensorrt module (8.5+: JetPack 5 needs the explicit-batch flag, 10+ has only explicit batch) or
+    tensorrt_rtx (strongly typed: no INT8 flag to set). `describe(network)` is called once the model is parsed
+    (e.g. to log its layer count before the build); `tool` names it in errors. The one engine builder: the runner, the board agent and
+    `python -m export.trt`'s offline check all call it.
     """
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch (TensorRT >= 10)
+    # TensorRT 8.x (JetPack 5) builds implicit-batch networks unless told; 10+ and TensorRT-RTX know no other kind
+    flag = getattr(getattr(trt, "NetworkDefinitionCreationFlag", None), "EXPLICIT_BATCH", None)
+    legacy = flag is not None and int(str(trt.__version__).split(".")[0]) < 10
+    network = builder.create_network(1 << int(flag) if legacy else 0)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise RunnerError(f"the TensorRT parser rejected {Path(onnx_path).name}: {errors[:300]}; "
+        raise RunnerError(f"the {tool} parser rejected {Path(onnx_path).name}: {errors[:300]}; "
                           "export it with `python -m export.trt`")
     config = builder.create_builder_config()
     if hasattr(trt.BuilderFlag, "INT8"):
@@ -47,9 +57,11 @@ def build_engine(trt, onnx_path: str | Path, batch: tuple[int, int, int], logger
         rest = tuple(inp.shape)[1:]  # (C, H, W): fixed in every export; only the batch is dynamic
         profile.set_shape(inp.name, *((b, *rest) for b in batch))
     config.add_optimization_profile(profile)
+    if describe is not None:
+        describe(network)
     engine = builder.build_serialized_network(network, config)
     if engine is None:
-        raise RunnerError(f"TensorRT built no engine from {Path(onnx_path).name}; see its log above")
+        raise RunnerError(f"{tool} returned no engine for {Path(onnx_path).name}; see its log above")
     return bytes(engine)
 
 
@@ -84,6 +96,13 @@ class _Cudart:
         self._check(self.lib.cudaMemcpy(ctypes.c_void_p(dst), ctypes.c_void_p(src), ctypes.c_size_t(nbytes), kind),
                     "cudaMemcpy")
 
+    def gpu_name(self) -> str:
+        buf = ctypes.create_string_buffer(8192)  # cudaDeviceProp starts with char name[256]
+        fn = "cudaGetDeviceProperties_v2" if hasattr(self.lib, "cudaGetDeviceProperties_v2") else \
+            "cudaGetDeviceProperties"
+        self._check(getattr(self.lib, fn)(buf, 0), fn)
+        return buf.raw[:256].split(b"\0", 1)[0].decode(errors="replace")
+
     def sync(self) -> None:
         self._check(self.lib.cudaDeviceSynchronize(), "cudaDeviceSynchronize")
 
@@ -92,11 +111,13 @@ class TensorRTRunner(Runner):
     name = "tensorrt"
 
     def __init__(self, path: str | Path, *, batch: tuple[int, int, int] = (1, 32, 128),
-                 save_engine: str | Path | None = None):
+                 save_engine: str | Path | None = None, engine_cache: str | Path | None = None):
         """Args:
             path: a TensorRT-bound .onnx (built here on activation) or an .engine built on this device.
             batch: (min, opt, max) batch sizes of the optimization profile when building from .onnx.
             save_engine: also write the engine built from the .onnx there (to reuse it as `path` later).
+            engine_cache: a folder of engines built here before, keyed by the ONNX's sha256, the TensorRT
+                version, the GPU and the profile: a hit skips the build (a board's replays reuse one engine).
         """
         super().__init__()
         self.path = Path(path)
@@ -104,7 +125,8 @@ class TensorRTRunner(Runner):
             raise RunnerError(f"{self.path.name}: TensorRT takes a TensorRT-bound .onnx or an .engine")
         if len(batch) != 3 or not 1 <= batch[0] <= batch[1] <= batch[2]:
             raise RunnerError(f"batch={batch}; pass (min, opt, max) with 1 <= min <= opt <= max")
-        self.batch, self.save_engine = tuple(batch), save_engine
+        self.batch, self.save_engine = tuple(int(b) for b in batch), save_engine
+        self.engine_cache = None if engine_cache is None else Path(engine_cache)
         self.kernels = "TensorRT INT8 (not activated yet)"
         self._buffers: dict[str, tuple[int, int]] = {}  # tensor -> (device pointer, bytes)
 
@@ -116,21 +138,44 @@ class TensorRTRunner(Runner):
         if not self.path.is_file():
             raise RunnerError(f"{self.path} not found")
         self._cuda = _Cudart()
-        logger = trt.Logger(trt.Logger.WARNING)
-        built = self.path.suffix == ".onnx"
-        data = build_engine(trt, self.path, self.batch, logger) if built else self.path.read_bytes()
-        if built and self.save_engine is not None:
-            Path(self.save_engine).write_bytes(data)
+        gpu, logger = self._cuda.gpu_name(), trt.Logger(trt.Logger.WARNING)
+        version = str(getattr(trt, "__version__", "?"))
+        data, how = self._engine_bytes(trt, gpu, version, logger)
         self._engine = trt.Runtime(logger).deserialize_cuda_engine(data)
+        if self._engine is None and how.startswith("cached"):  # a corrupt or foreign cache entry: rebuild it
+            data, how = self._engine_bytes(trt, gpu, version, logger, use_cache=False)
+            self._engine = trt.Runtime(logger).deserialize_cuda_engine(data)
         if self._engine is None:
-            raise RunnerError(f"TensorRT {trt.__version__} cannot load {self.path.name}: engines only run on the "
+            raise RunnerError(f"TensorRT {version} cannot load {self.path.name}: engines only run on the "
                               "TensorRT version and GPU that built them; rebuild it here from the TensorRT-bound ONNX")
+        self.kernels = f"TensorRT {version} INT8 engine on {gpu} ({how})"
+        self.versions = {"tensorrt": version, "gpu": gpu}
         self._context = self._engine.create_execution_context()
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if n not in self._inputs]
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
-        self.kernels = f"TensorRT {trt.__version__} INT8 engine ({'built here' if built else self.path.name})"
+
+    def _engine_bytes(self, trt, gpu: str, version: str, logger, use_cache: bool = True) -> tuple[bytes, str]:
+        """The serialized engine and how it was obtained: read (.engine), from the cache, or built here."""
+        if self.path.suffix == ".engine":
+            return self.path.read_bytes(), self.path.name
+        cached = None
+        if self.engine_cache is not None:
+            sha = hashlib.sha256(self.path.read_bytes()).hexdigest()
+            key = hashlib.sha256(json.dumps([sha, version, gpu, list(self.batch)]).encode()).hexdigest()[:24]
+            cached = self.engine_cache / f"{key}.engine"
+            if use_cache and cached.is_file():
+                return cached.read_bytes(), f"cached engine {key[:12]}"
+        data = build_engine(trt, self.path, self.batch, logger)
+        if self.save_engine is not None:
+            Path(self.save_engine).write_bytes(data)
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, cached)
+        return data, "built here"
 
     def _input_spec(self) -> list[TensorSpec]:
         shapes = {n: tuple(self._engine.get_tensor_shape(n)) for n in self._inputs}  # -1 = dynamic

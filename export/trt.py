@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from devices.runtimes import record_path
+from devices.tensorrt import build_engine
 from qadtr._errors import QadtrError
 
 INT4_NOTE = ("TensorRT has no INT4/INT2 convolution kernels (INT4 is weight-only, for GEMM/MatMul): a "
@@ -235,26 +236,14 @@ open("model.engine", "wb").write(engine)
 
 def _build(trt, onnx_path: Path, spec: dict, log: list[str], *, rtx: bool) -> bytes:
     """Parse and build with a TensorRT(-RTX) module; logs the configuration first; raises on failure."""
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise QadtrError(f"the TensorRT{'-RTX' if rtx else ''} parser rejected {onnx_path.name}: {errors[:300]}")
-    config = builder.create_builder_config()
-    if not rtx:
-        config.set_flag(trt.BuilderFlag.INT8)  # TensorRT-RTX is strongly typed: Q/DQ types decide
-    profile = builder.create_optimization_profile()
-    profile.set_shape("input", *(tuple(spec["profile"][k]) for k in ("min", "opt", "max")))
-    config.add_optimization_profile(profile)
-    log.append(f"building with TensorRT{'-RTX' if rtx else ''} {trt.__version__}: {network.num_layers} layers, "
-               f"profile {spec['profile']}, flags {'strongly typed (RTX)' if rtx else 'INT8'}")
-    print(log[-1])
-    engine = builder.build_serialized_network(network, config)
-    if engine is None:
-        raise QadtrError(f"TensorRT{'-RTX' if rtx else ''} returned no engine for {onnx_path.name}; see its log above")
-    return bytes(engine)
+    def describe(network) -> None:
+        log.append(f"building with TensorRT{'-RTX' if rtx else ''} {trt.__version__}: {network.num_layers} layers, "
+                   f"profile {spec['profile']}, flags {'strongly typed (RTX)' if rtx else 'INT8'}")
+        print(log[-1])
+
+    batch = tuple(int(spec["profile"][k][0]) for k in ("min", "opt", "max"))
+    return build_engine(trt, onnx_path, batch, trt.Logger(trt.Logger.WARNING), describe=describe,
+                        tool=f"TensorRT{'-RTX' if rtx else ''}")
 
 
 def offline_check(onnx_path: Path, spec: dict, out_dir: Path) -> dict:

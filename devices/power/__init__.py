@@ -8,7 +8,7 @@
     meter = open_meter("rapl")        # MeterUnavailable (with the reason) when it can't read here
     meter.start(); ...; joules, seconds = meter.stop(); meter.close()
 
-The meter files use the standard library only: devices/ssh.py pushes them to boards beside the agent.
+The meter files use the standard library only: devices/ssh.py pushes them to boards with the agent.
 
 Importing this package reads no hardware.
 """

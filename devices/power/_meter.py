@@ -14,7 +14,7 @@ Idle baseline (optional): `measure_idle(seconds)` first; `stop()` then returns t
 (joules - idle_w * seconds), which can be slightly negative for a window at idle.
 
 This file and the meter files use the standard library only and run unchanged on a board: the SSH
-device pushes them beside devices/agent.py (no qadtr there, hence the fallback import below).
+device pushes them there with the rest of the runner layer (devices/ssh.py, BOARD_FILES).
 """
 
 from __future__ import annotations
@@ -24,10 +24,7 @@ import importlib
 import threading
 import time
 
-try:
-    from qadtr._errors import QadtrError
-except ImportError:  # on a board, beside the agent: no qadtr installed there
-    QadtrError = RuntimeError
+from qadtr._errors import QadtrError
 
 
 class MeterUnavailable(QadtrError):

@@ -21,10 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-try:
-    from devices.power._meter import MeterUnavailable, SampledMeter
-except ImportError:  # on a board, pushed beside devices/agent.py (see _meter.py)
-    from _meter import MeterUnavailable, SampledMeter
+from devices.power._meter import MeterUnavailable, SampledMeter
 
 HWMON = Path("/sys/class/hwmon")  # tests point this at a fake tree
 _CHIP = re.compile(r"ina2\d\d")  # ina209, ina219, ina220, ina226, ina230, ina231, ina238, ina260, ...

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import time
 
-try:
-    from devices.power._meter import MeterUnavailable, SampledMeter
-except ImportError:  # on a board, pushed beside devices/agent.py (see _meter.py)
-    from _meter import MeterUnavailable, SampledMeter
+from devices.power._meter import MeterUnavailable, SampledMeter
 
 
 class NvmlMeter(SampledMeter):

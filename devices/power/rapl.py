@@ -21,10 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    from devices.power._meter import MeterUnavailable, PowerMeter
-except ImportError:  # on a board, pushed beside devices/agent.py (see _meter.py)
-    from _meter import MeterUnavailable, PowerMeter
+from devices.power._meter import MeterUnavailable, PowerMeter
 
 POWERCAP = Path("/sys/class/powercap")  # tests point this at a fake tree
 

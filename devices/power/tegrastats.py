@@ -25,10 +25,7 @@ import re
 import shutil
 import subprocess
 
-try:
-    from devices.power._meter import MeterUnavailable, SampledMeter
-except ImportError:  # on a board, pushed beside devices/agent.py (see _meter.py)
-    from _meter import MeterUnavailable, SampledMeter
+from devices.power._meter import MeterUnavailable, SampledMeter
 
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN")  # the module's input rail, by JetPack generation
 # NAME, a space (or @), the instantaneous value, optional mW, then /avg[/max]; at least a unit or a "/"

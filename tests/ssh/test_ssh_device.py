@@ -40,7 +40,7 @@ def board(sshd, tmp_path: Path, name: str = "board", **fields) -> SshDevice:
 def stub_agent(tmp_path: Path, patch: str) -> Path:
     """The real agent with `emit` wrapped by `patch` (which sees `obj` and the real `_emit`): a misbehaving board."""
     source = AGENT.read_text()
-    wrapper = "_emit = emit\n\n\ndef emit(obj):\n" + "".join(f"    {ln}\n" for ln in patch.splitlines()) + "\n\n"
+    wrapper = "import time\n\n_emit = emit\n\n\ndef emit(obj):\n" + "".join(f"    {ln}\n" for ln in patch.splitlines()) + "\n\n"
     path = tmp_path / "stub_agent.py"
     path.write_text(source.replace('if __name__ == "__main__":', wrapper + 'if __name__ == "__main__":'))
     return path

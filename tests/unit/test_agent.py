@@ -47,15 +47,22 @@ def make_job(board: Path, runtime: str, artifact: Path, images: np.ndarray, **fi
     return path
 
 
-def run_agent(*args: str, env: dict | None = None, blocked: tuple[str, ...] = ()) -> tuple[int, list[dict], str]:
-    """(exit code, JSON lines, stderr) of `python agent.py ARGS`; `blocked` top-level modules fail to import."""
-    code = ("import runpy, sys\n"
+def run_agent(*args: str, env: dict | None = None, blocked: tuple[str, ...] = (), agent: Path = AGENT,
+              confined: Path | None = None) -> tuple[int, list[dict], str]:
+    """(exit code, JSON lines, stderr) of `python agent.py ARGS`; `blocked` top-level modules fail to import, and
+    with `confined` the project packages (devices, qadtr) may only come from that folder (a board's copy)."""
+    code = ("import importlib.machinery, runpy, sys\n"
             "class Block:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
             f"        if name.split('.')[0] in {blocked!r}: raise ImportError(name)\n"
+            f"        if {str(confined) if confined else None!r} and name.split('.')[0] in ('devices', 'qadtr'):\n"
+            "            spec = importlib.machinery.PathFinder.find_spec(name, path)\n"
+            f"            if spec is None or not str(spec.origin or spec.submodule_search_locations).startswith("
+            f"{str(confined)!r}): raise ImportError(f'{{name}} from outside the board folder')\n"
+            "            return spec\n"
             "sys.meta_path.insert(0, Block())\n"
-            f"sys.argv = [{str(AGENT)!r}, *{list(args)!r}]\n"
-            f"runpy.run_path({str(AGENT)!r}, run_name='__main__')\n")
+            f"sys.argv = [{str(agent)!r}, *{list(args)!r}]\n"
+            f"runpy.run_path({str(agent)!r}, run_name='__main__')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/",
                        env={**os.environ, **(env or {})})
     return r.returncode, [json.loads(line) for line in r.stdout.splitlines()], r.stderr
@@ -120,14 +127,23 @@ def test_agent_refusals(fields, args, match, tiny_exports, tiny_images, tmp_path
 
 
 def test_agent_is_standalone_and_reads_a_board_meter(tiny_exports, tiny_images, tmp_path):
-    """No torch, Brevitas or project package on the board; a Jetson's tegrastats (here: a recorded line played
-    back) is read around every batch, above an idle baseline measured first."""
-    for source in [AGENT, *sorted((AGENT.parent / "power").glob("*.py"))]:  # JetPack 5 ships Python 3.8
-        ast.parse(source.read_text(), feature_version=(3, 8))
-    tree = ast.parse(AGENT.read_text())
-    imported = {n.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for n in node.names}
-    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "ai_edge_litert", "tensorrt"}
+    """The board gets the runner layer only (devices/ssh.py BOARD_FILES: stdlib + numpy + the runtimes, Python
+    3.8 for JetPack 5) and runs from that copy alone: no torch, no Brevitas, nothing else of the project; a
+    Jetson's tegrastats (here: a recorded line played back) is read around every batch, above an idle
+    baseline measured first."""
+    from devices.ssh import agent_files, write_board_folder
+
+    imported = set()
+    for source, _ in agent_files(AGENT):
+        tree = ast.parse(source.read_text(), feature_version=(3, 8))
+        imported |= {n.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for n in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                     and node.module and not node.level}
+    # the runtimes, numpy, NVML for its meter, the runner layer itself; onnx only behind OnnxrtRunner's
+    # optimized_model_path, an option no board job may set (devices.runtimes rows: `board`)
+    assert imported - set(sys.stdlib_module_names) == {"numpy", "onnxruntime", "ai_edge_litert", "tensorrt", "pynvml",
+                                                       "onnx", "devices", "qadtr"}
+    board_agent = write_board_folder(AGENT, tmp_path / "agent") / "devices" / "agent.py"
 
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -135,8 +151,9 @@ def test_agent_is_standalone_and_reads_a_board_meter(tiny_exports, tiny_images, 
                                        f"    print({ORIN!r}, flush=True)\n    time.sleep(0.01)\n")
     (bindir / "tegrastats").chmod(0o755)
     env = {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
-    blocked = ("torch", "brevitas", "qadtr", "devices", "export", "eval")
-    rc, (info,), err = run_agent("info", env=env, blocked=blocked)
+    blocked = ("torch", "brevitas", "export", "eval")
+    board = {"env": env, "blocked": blocked, "agent": board_agent, "confined": tmp_path / "agent"}
+    rc, (info,), err = run_agent("info", **board)
     assert rc == 0, err
     assert info["runtimes"]["onnxrt"] == {"available": True, "version": __import__("onnxruntime").__version__}
     assert info["meters"]["tegrastats"]["available"] and "VDD_IN" in info["meters"]["tegrastats"]["scope"]
@@ -144,7 +161,7 @@ def test_agent_is_standalone_and_reads_a_board_meter(tiny_exports, tiny_images, 
     for idle, rel in ((0, None), (0.05, 0.0)):
         job = make_job(tmp_path / f"b{idle}", "onnxrt", tiny_exports["onnx"], tiny_images,
                        power={"meter": "tegrastats", "idle_s": idle})
-        rc, lines, err = run_agent("run", str(job), "0", env=env, blocked=blocked)
+        rc, lines, err = run_agent("run", str(job), "0", **board)
         assert rc == 0, err
         hello, batches = lines[0], lines[1:-1]
         assert hello["power"]["meter"] == "tegrastats" and hello["power"]["scope"].startswith("Jetson module input")

@@ -13,7 +13,7 @@ import pytest
 from devices import _emu_image as image
 from devices import arm_emu
 from devices._emu_board import Board
-from devices.agent import ARM_PARTS
+from devices._host import ARM_PARTS
 from devices.inventory import BUILTIN, load_inventory, open_device
 from qadtr._errors import QadtrError
 

@@ -125,7 +125,7 @@ def _fake_trt(parse_ok: bool):
             return "Unsupported ONNX op"
 
     config = SimpleNamespace(set_flag=lambda f: None, add_optimization_profile=lambda p: None)
-    builder = SimpleNamespace(create_network=lambda flags: SimpleNamespace(num_layers=3),
+    builder = SimpleNamespace(create_network=lambda flags: SimpleNamespace(num_layers=3, num_inputs=0),
                               create_builder_config=lambda: config,
                               create_optimization_profile=lambda: SimpleNamespace(set_shape=lambda *a: None),
                               build_serialized_network=lambda n, c: None)
