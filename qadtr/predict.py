@@ -49,15 +49,11 @@ def accuracy_per_bits(model: nn.Module, images: np.ndarray, labels: np.ndarray, 
         raise ValueError(f"form={form!r}; choose one of {FORMS}")
     if not bits_of(model):
         return {"float": Proportion(int((predict(model, images, progress=progress) == labels).sum()), len(labels))}
-    active = model.active
-    try:
-        result = {}
-        for w, a in bits_of(model):
-            if keys is not None and f"w{w}a{a}" not in keys:
-                continue
-            net = deploy_net(model, w, a) if form == "deploy" else at_bits(model, w, a)
-            correct = int((predict(net, images, progress=progress) == labels).sum())
-            result[f"w{w}a{a}"] = Proportion(correct, len(labels))
-        return result
-    finally:
-        model.active = active
+    result = {}
+    for w, a in bits_of(model):
+        if keys is not None and f"w{w}a{a}" not in keys:
+            continue
+        net = deploy_net(model, w, a) if form == "deploy" else at_bits(model, w, a)
+        correct = int((predict(net, images, progress=progress) == labels).sum())
+        result[f"w{w}a{a}"] = Proportion(correct, len(labels))
+    return result

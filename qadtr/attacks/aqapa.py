@@ -82,11 +82,7 @@ def aqapa_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: A
     check_data(images, labels, cfg.target)
     images, labels = attack_images(images, labels, cfg.target)
     side = patch_side(cfg.size, images.shape[1:3])
-    active = model.active
-    try:
-        nets = [deploy_net(model, w, a) for w, a in bits]
-    finally:
-        model.active = active
+    nets = [deploy_net(model, w, a) for w, a in bits]
     keys = [f"w{w}a{a}" for w, a in bits]
     ema: list[torch.Tensor | None] = [None]
 

@@ -1,9 +1,10 @@
 """Model zoo: float and Brevitas QNNs by name, switchable bit widths, BN folding for deployment.
 
 Example:
-    >>> from qadtr.models import ModelConfig, create_model, set_bits
+    >>> from qadtr.models import ModelConfig, create_model, running_at
     >>> model = create_model(ModelConfig("resnet20", bits=((2, 2), (4, 4), (8, 8))))
-    >>> set_bits(model, w=4, a=4)
+    >>> with running_at(model, 4, 4):
+    ...     logits = model(x)
 """
 
 from qadtr.models import resnet  # noqa: F401  (fills the registry)
@@ -11,7 +12,7 @@ from qadtr.models._fold import fold_bn
 from qadtr.models._registry import list_models, register_model
 from qadtr.models._layers import SUPPORTED_BITS, QuantSpec
 from qadtr.models.switchable import (ModelConfig, QuantNet, at_bits, bits_of, create_model, deploy_net,
-                                     get_bits, load_pretrained_, set_bits)
+                                     get_bits, load_pretrained_, running_at, set_bits)
 
 __all__ = ["ModelConfig", "QuantNet", "QuantSpec", "SUPPORTED_BITS", "at_bits", "bits_of", "create_model", "deploy_net",
-           "fold_bn", "get_bits", "list_models", "load_pretrained_", "register_model", "set_bits"]
+           "fold_bn", "get_bits", "list_models", "load_pretrained_", "register_model", "running_at", "set_bits"]

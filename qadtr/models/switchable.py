@@ -8,6 +8,8 @@ picks the network that runs; `at_bits(model, w, a)` hands one of them to an expo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +17,7 @@ import torch.nn as nn
 
 from qadtr._config import register_config
 from qadtr._errors import QadtrError
+from qadtr.bits import Bits
 from qadtr.models._layers import SUPPORTED_BITS, QuantSpec
 from qadtr.models._registry import get_builder, list_models
 
@@ -100,37 +103,51 @@ def bits_of(model: nn.Module) -> list[tuple[int, int]]:
     """The (w, a) pairs a model runs at; [] for a float model."""
     if not isinstance(model, QuantNet):
         return []
-    return [(int(k[1:k.index("a")]), int(k[k.index("a") + 1:])) for k in model.nets]
+    return [Bits.parse(k).pair for k in model.nets]
 
 
 def get_bits(model: nn.Module) -> tuple[int, int] | None:
     if not isinstance(model, QuantNet):
         return None
-    k = model.active
-    return int(k[1:k.index("a")]), int(k[k.index("a") + 1:])
+    return Bits.parse(model.active).pair
+
+
+def _key(model: nn.Module, w: int, a: int | None, what: str) -> str:
+    """The model's network key for (w, a) (a defaults to w); QadtrError for a float model or a missing width."""
+    a = w if a is None else a
+    if not isinstance(model, QuantNet):
+        raise QadtrError(f"{what}(w={w}, a={a}) on a float model; build it with bits=(({w}, {a}),)")
+    key = str(Bits(w, a))
+    if key not in model.nets:
+        raise QadtrError(f"model has no {key}; it was built for {list(model.nets)}")
+    return key
 
 
 def set_bits(model: nn.Module, w: int, a: int | None = None) -> None:
-    """Switch the active precision (a defaults to w). Raises QadtrError for a width the model lacks."""
-    a = w if a is None else a
-    if not isinstance(model, QuantNet):
-        raise QadtrError(f"set_bits(w={w}, a={a}) on a float model; build it with bits=(({w}, {a}),)")
-    key = f"w{w}a{a}"
-    if key not in model.nets:
-        raise QadtrError(f"model has no {key}; it was built for {list(model.nets)}")
-    model.active = key
+    """Switch the active precision for good (a defaults to w); prefer `running_at`, which switches back."""
+    model.active = _key(model, w, a, "set_bits")
+
+
+@contextmanager
+def running_at(model: nn.Module, w: int, a: int | None = None) -> Iterator[nn.Module]:
+    """`with running_at(model, 4): model(x)` runs the switchable model at w4a4, then restores its precision."""
+    key = _key(model, w, a, "running_at")
+    before, model.active = model.active, key
+    try:
+        yield model
+    finally:
+        model.active = before
 
 
 def at_bits(model: nn.Module, w: int, a: int | None = None) -> nn.Module:
-    """The trained fixed-precision network for (w, a), sharing weights with `model` (BatchNorm unfolded)."""
-    if not isinstance(model, QuantNet):
-        raise QadtrError("at_bits needs a quantized model; this one is float")
-    set_bits(model, w, a)
-    return model.nets[model.active]
+    """The trained fixed-precision network for (w, a), sharing weights with `model` (BatchNorm unfolded);
+    `model` itself is left as it was."""
+    return model.nets[_key(model, w, a, "at_bits")]
 
 
 def deploy_net(model: nn.Module, w: int, a: int | None = None) -> nn.Module:
-    """The deployable network for (w, a): BatchNorm folded, int32 bias, eval mode, weights copied.
+    """The deployable network for (w, a): BatchNorm folded, int32 bias, eval mode, weights copied; `model`
+    itself is left as it was (active precision, train/eval mode).
 
     This is the fake-quant reference for every exporter and the model attacks and replays run on.
     """

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from qadtr._config import register_config
 from qadtr.attacks.universal import attack_mode
-from qadtr.models import bits_of, deploy_net, set_bits
+from qadtr.models import bits_of, deploy_net, running_at
 from qadtr.recipes._registry import register_recipe
 from qadtr.recipes._inner import generator, n_adversarial, pgd
 from qadtr.recipes.qat import bits_for_step
@@ -77,14 +77,14 @@ def dwq_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg) -> tupl
     """Cross-entropy at one random precision on a batch whose first `fraction` is adversarial there."""
     rc: DwqConfig = cfg.recipe_config
     (w, a), = bits_for_step(model, "random", step, cfg.seed)  # a pure function of (seed, step)
-    set_bits(model, w, a)
     n_adv = n_adversarial(len(x), rc.fraction) if rc.attack == "pgd" else 0
-    if n_adv:
-        with attack_mode(model):
-            adv = pgd(model, x[:n_adv], y[:n_adv], eps=rc.eps255 / 255.0, steps=rc.steps, step_size=rc.step_size,
-                      g=generator(cfg.seed, step, "pgd"))  # (n_adv, 3, H, W)
-        x = torch.cat([adv, x[n_adv:]])  # (B, 3, H, W)
-    logits = model(x)  # (B, classes)
+    with running_at(model, w, a):
+        if n_adv:
+            with attack_mode(model):
+                adv = pgd(model, x[:n_adv], y[:n_adv], eps=rc.eps255 / 255.0, steps=rc.steps,
+                          step_size=rc.step_size, g=generator(cfg.seed, step, "pgd"))  # (n_adv, 3, H, W)
+            x = torch.cat([adv, x[n_adv:]])  # (B, 3, H, W)
+        logits = model(x)  # (B, classes)
     loss = F.cross_entropy(logits, y)
     return loss, {f"loss_w{w}a{a}": loss.item(), "adv_frac": n_adv / len(x)}
 
@@ -99,11 +99,7 @@ class RandomPrecision(nn.Module):
     def __init__(self, model: nn.Module, *, seed: int = 0, bits: list[tuple[int, int]] | None = None):
         super().__init__()
         bits = bits or bits_of(model)
-        active = model.active
-        try:
-            self.nets = nn.ModuleList([deploy_net(model, w, a) for w, a in bits])
-        finally:
-            model.active = active
+        self.nets = nn.ModuleList([deploy_net(model, w, a) for w, a in bits])
         self.keys = [f"w{w}a{a}" for w, a in bits]
         self.g = torch.Generator().manual_seed(seed)
         self.last = ""

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from qadtr._config import register_config
 from qadtr.attacks._place import patch_side
 from qadtr.attacks.universal import attack_mode
-from qadtr.models import set_bits
+from qadtr.models import running_at
 from qadtr.recipes._registry import register_recipe
 from qadtr.recipes._inner import (TARGET_MODES, generator, location_patches, n_adversarial, random_targets,
                                   rng)
@@ -82,14 +82,14 @@ def pbat_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg) -> tup
     bits = bits_for_step(model, cfg.switch, step, cfg.seed)
     total, logs = 0.0, {}
     for k, (w, a) in enumerate(bits):
-        set_bits(model, w, a)
-        with attack_mode(model):
-            adv, success, _ = location_patches(
-                model, x[:n_adv], y[:n_adv], targets=targets, side=side, steps=rc.steps, lr=rc.lr,
-                stride=rc.stride, move_every=rc.move_every, g=generator(cfg.seed, step * 16 + k, "init"),
-                place_rng=rng(cfg.seed, step * 16 + k, "place"))  # (n_adv, 3, H, W)
-        mixed = torch.cat([adv, x[n_adv:]])  # (B, 3, H, W)
-        loss = F.cross_entropy(model(mixed), y)
+        with running_at(model, w, a):
+            with attack_mode(model):
+                adv, success, _ = location_patches(
+                    model, x[:n_adv], y[:n_adv], targets=targets, side=side, steps=rc.steps, lr=rc.lr,
+                    stride=rc.stride, move_every=rc.move_every, g=generator(cfg.seed, step * 16 + k, "init"),
+                    place_rng=rng(cfg.seed, step * 16 + k, "place"))  # (n_adv, 3, H, W)
+            mixed = torch.cat([adv, x[n_adv:]])  # (B, 3, H, W)
+            loss = F.cross_entropy(model(mixed), y)
         total = total + loss / len(bits)
         logs[f"loss_w{w}a{a}"] = loss.item()
         logs[f"inner_asr_w{w}a{a}"] = success.float().mean().item()

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from qadtr._config import register_config
 from qadtr.attacks._place import EOTConfig, apply_patch, patch_side, sample_placements
 from qadtr.attacks.universal import attack_mode
-from qadtr.models import bits_of, set_bits
+from qadtr.models import bits_of, running_at
 from qadtr.recipes._registry import register_recipe
 from qadtr.recipes._inner import TARGET_MODES, attack_losses, generator, n_adversarial, rng
 from qadtr.recipes.qat import bits_for_step
@@ -141,8 +141,8 @@ def refresh_patch(model, patch: torch.Tensor, x: torch.Tensor, y: torch.Tensor, 
             adv = apply_patch(x, p, pl)  # (B, 3, H, W)
             per_bits, success = [], []
             for w, a in bits:
-                set_bits(model, w, a)
-                losses, ok = attack_losses(model(adv), y, targets)
+                with running_at(model, w, a):
+                    losses, ok = attack_losses(model(adv), y, targets)
                 per_bits.append(losses.mean())
                 success.append(ok.float().mean())
             stacked = torch.stack(per_bits)  # (K,)
@@ -166,8 +166,8 @@ def gir_penalty(model, x: torch.Tensor, y: torch.Tensor, b1, b2,
         x = x.detach().clone().requires_grad_(True)  # (n, 3, H, W)
         grads = []
         for w, a in (b1, b2):
-            set_bits(model, w, a)
-            loss = F.cross_entropy(model(x), y, reduction="sum")  # sum: per-image gradients at full scale
+            with running_at(model, w, a):
+                loss = F.cross_entropy(model(x), y, reduction="sum")  # sum: per-image gradients at full scale
             (g,) = torch.autograd.grad(loss, x, create_graph=True)
             grads.append(g.flatten(1))  # (n, 3*H*W)
     finally:
@@ -216,8 +216,8 @@ def qadtr_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg, state
     bits_now = dbwt_schedule(rc, model, step, cfg.seed, cfg.switch)
     total = 0.0
     for w, a in bits_now:
-        set_bits(model, w, a)
-        loss = F.cross_entropy(model(x), y)
+        with running_at(model, w, a):
+            loss = F.cross_entropy(model(x), y)
         total = total + loss / len(bits_now)
         logs[f"loss_w{w}a{a}"] = loss.item()
     if rc.gir and rc.gir_weight > 0 and step % rc.gir_every == 0:
@@ -227,6 +227,5 @@ def qadtr_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg, state
         pen, cos = gir_penalty(model, x[:n], y[:n], bits_now[0], b2, rc.gir_form)
         total = total + rc.gir_weight * pen
         logs.update(gir_penalty=pen.item(), gir_cos=cos.mean().item())
-        set_bits(model, *bits_now[0])
     logs["patched_frac"] = n_adv / len(x)
     return total, logs

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from qadtr.models import bits_of, set_bits
+from qadtr.models import bits_of, running_at
 from qadtr.recipes._registry import register_recipe
 
 
@@ -36,8 +36,8 @@ def qat_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg) -> tupl
         return F.cross_entropy(logits, y), {"acc": (logits.argmax(1) == y).float().mean().item()}
     total, logs = 0.0, {}
     for w, a in bits:
-        set_bits(model, w, a)
-        logits = model(x)
+        with running_at(model, w, a):
+            logits = model(x)  # (B, classes)
         loss = F.cross_entropy(logits, y)
         total = total + loss / len(bits)
         logs[f"loss_w{w}a{a}"] = loss.item()

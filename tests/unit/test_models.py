@@ -149,3 +149,24 @@ def test_deploy_net_needs_calibrated_scales():
 
 def test_supported_bits_cover_the_brief():
     assert SUPPORTED_BITS == (2, 3, 4, 5, 6, 8)
+
+
+def test_running_at_switches_back_and_deploy_net_leaves_the_model_alone():
+    from qadtr.models import running_at
+
+    model = create_model(ModelConfig("test_qnet", bits=((2, 2), (4, 4), (8, 8))))
+    calibrate_(model, np.random.default_rng(0).integers(0, 256, (64, 8, 8, 3), dtype=np.uint8))
+    model.train()
+    assert get_bits(model) == (2, 2)
+    with running_at(model, 8) as m:
+        assert m is model and get_bits(model) == (8, 8)
+    assert get_bits(model) == (2, 2)
+    with pytest.raises(RuntimeError), running_at(model, 4, 4):  # restored on an error too
+        raise RuntimeError("inside")
+    assert get_bits(model) == (2, 2)
+    net = deploy_net(model, 8)
+    at_bits(model, 4)
+    assert get_bits(model) == (2, 2) and model.training and not net.training
+    with pytest.raises(QadtrError, match=r"model has no w3a3"):
+        with running_at(model, 3):
+            pass
