@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"replay: rebuild {tp['rebuild_img_per_s']:.0f} img/s, rebuild + {res['bits']} forward "
               f"{tp['rebuild_and_forward_img_per_s']:.0f} img/s; wrote {Path(args.out) / name}")
 
-    return run_cli("bench.attack_speed", body)
+    return run_cli("bench.attack_speed", body, argv)
 
 
 if __name__ == "__main__":

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out, res)
         print(f"wrote {out}")
 
-    return run_cli("bench.executor_speed", body)
+    return run_cli("bench.executor_speed", body, argv)
 
 
 if __name__ == "__main__":

@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:15s} {v:10.0f} {ratio:>13s} {res['inference_img_per_s'][name]:16.0f}")
         print(f"{res['images']} replay rows, batch {args.batch_size}, median of {args.rounds} round(s); wrote {path}")
 
-    return run_cli("bench.replay_speed", body)
+    return run_cli("bench.replay_speed", body, argv)
 
 
 if __name__ == "__main__":

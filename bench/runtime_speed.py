@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(path, res)
         print(f"saved {path}")
 
-    return run_cli("bench.runtime_speed", body)
+    return run_cli("bench.runtime_speed", body, argv)
 
 
 if __name__ == "__main__":

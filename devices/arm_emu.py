@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"board {args.profile}: {'stopped' if stop(board) else 'was not running'}")
 
-    return run_cli("devices.arm_emu", body)
+    return run_cli("devices.arm_emu", body, argv)
 
 
 if __name__ == "__main__":

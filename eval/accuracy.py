@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "input_format": fmt, "data": args.data, "split": args.split,
                                    "limit": args.limit, "top1": acc.to_dict()})
 
-    return run_cli("eval.accuracy", body)
+    return run_cli("eval.accuracy", body, argv)
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "amplification.md").write_text(markdown(rows))
         print(f"wrote {out / 'amplification.json'} and amplification.md ({len(rows)} rows)")
 
-    return run_cli("eval.amplification", body)
+    return run_cli("eval.amplification", body, argv)
 
 
 if __name__ == "__main__":

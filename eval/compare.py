@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.strict and failed:
             raise QadtrError(f"{len(failed)} comparisons outside the gate ({gate.describe()}): {', '.join(failed)}")
 
-    return run_cli("eval.compare", body)
+    return run_cli("eval.compare", body, argv)
 
 
 if __name__ == "__main__":

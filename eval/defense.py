@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "defense.md").write_text(markdown(rows, budget))
         print(f"wrote {out / 'defense.json'} and defense.md ({len(rows)} rows)")
 
-    return run_cli("eval.defense", body)
+    return run_cli("eval.defense", body, argv)
 
 
 if __name__ == "__main__":

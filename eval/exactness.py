@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(rows))
         print(f"wrote {out / 'exactness.json'}")
 
-    return run_cli("eval.exactness", body)
+    return run_cli("eval.exactness", body, argv)
 
 
 if __name__ == "__main__":

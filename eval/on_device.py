@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table(result))
         print(f"wrote {out}; per-image outputs in {args.store}")
 
-    return run_cli("eval.on_device", body)
+    return run_cli("eval.on_device", body, argv)
 
 
 if __name__ == "__main__":

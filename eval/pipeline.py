@@ -1,8 +1,9 @@
 """The main job: checkpoint -> patches -> export -> replay on the device's runtimes -> comparison report.
 
-    python -m eval.on_device --device local                      # the embedded defaults below, a few minutes
-    python -m eval.on_device --device local --pipeline --checkpoint zoo/resnet20_w8a8 zoo/resnet20_w4a4 \\
-        zoo/resnet20_w2a2 --patches eval/results/transfer/patches --eval-subset 2000 --out eval/results/on_device
+    python -m eval.pipeline                                      # the embedded defaults below, a few minutes
+    python -m eval.pipeline --checkpoint zoo/resnet20_w8a8 zoo/resnet20_w4a4 zoo/resnet20_w2a2 \\
+        --patches eval/results/transfer/patches --eval-subset 2000 --out eval/results/on_device
+    python -m eval.on_device --device local                      # the same job (on_device without --model)
 
 Steps, each cached so a re-run (or an interrupted run) redoes nothing already done:
 1. patches: the given folder; by default the transfer-matrix patches committed in the repo
@@ -16,6 +17,8 @@ Steps, each cached so a re-run (or an interrupted run) redoes nothing already do
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 from qadtr._errors import QadtrError
@@ -142,3 +145,39 @@ def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = 
     for c in comparisons:
         print(c)
     return {"report": str(html), "comparisons": compare["comparisons"], "on_device": metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from eval.fleet import table
+    from qadtr._cli import run_cli
+
+    p = argparse.ArgumentParser(prog="python -m eval.pipeline", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
+    p.add_argument("--checkpoint", nargs="+", default=None, help="checkpoints to export and replay (default "
+                   f"{', '.join(DEFAULT_CHECKPOINTS)}); CKPT@2,4 picks bit widths of a switchable one")
+    p.add_argument("--patches", default=None, help=f"folder of patch files (default {DEFAULT_PATCHES})")
+    p.add_argument("--device", default="local", help="device or group names from the inventory, comma-separated")
+    p.add_argument("--inventory", default=None, help="device inventory TOML (default: the built-in one)")
+    p.add_argument("--runtimes", default=None, help="comma-separated runtimes (default: every one the device has)")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--eval-subset", type=int, default=DEFAULT_SUBSET, help="test images per universal patch "
+                   f"(0 = all; default {DEFAULT_SUBSET})")
+    p.add_argument("--transfer", default=None, help=f"transfer-matrix JSON for the report (default {DEFAULT_TRANSFER})")
+    p.add_argument("--out", default="runs/main", help="output folder (default runs/main)")
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        if args.eval_subset < 0:
+            raise QadtrError(f"--eval-subset {args.eval_subset}: give a count of test images, or 0 for all of them")
+        runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else None
+        res = run_pipeline(checkpoints=args.checkpoint, patches=args.patches, device=args.device, out=args.out,
+                           data_dir=args.data_dir, eval_subset=args.eval_subset, runtimes=runtimes,
+                           inventory=args.inventory, transfer=args.transfer, progress=sys.stderr.isatty())
+        print(table(res["on_device"]))
+        print(f"report: {res['report']}")
+
+    return run_cli("eval.pipeline", body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

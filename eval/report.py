@@ -426,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         page = write_report(args.store, args.out, compare=args.compare, transfer=args.transfer, patches=args.patches)
         print(f"wrote {page}")
 
-    return run_cli("eval.report", body)
+    return run_cli("eval.report", body, argv)
 
 
 if __name__ == "__main__":

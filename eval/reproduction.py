@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{c['verdict']:>13s}  {c['claim']}: {c['ours']}")
         print(f"report: {out / 'reproduction.md'}")
 
-    return run_cli("eval.reproduction", body)
+    return run_cli("eval.reproduction", body, argv)
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         write_tables(rows, Path(args.out))
         print(f"wrote {Path(args.out) / 'strength.json'}, strength.csv, strength.md ({len(rows)} rows)")
 
-    return run_cli("eval.strength", body)
+    return run_cli("eval.strength", body, argv)
 
 
 if __name__ == "__main__":

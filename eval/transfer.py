@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"[{100 * a['ci95'][0]:.2f}, {100 * a['ci95'][1]:.2f}] (n={a['n']})")
         print(f"wrote {out / 'transfer.json'}, transfer.csv and {len(maps)} heatmap(s)")
 
-    return run_cli("eval.transfer", body)
+    return run_cli("eval.transfer", body, argv)
 
 
 if __name__ == "__main__":

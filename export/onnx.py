@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
                              limit=args.limit, float_model=args.float_model)
         print(describe(result))
 
-    return run_cli("export.onnx", body)
+    return run_cli("export.onnx", body, argv)
 
 
 if __name__ == "__main__":

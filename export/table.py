@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table_md(rows))
         print(f"wrote {path} and {out / 'table.md'}")
 
-    return run_cli("export.table", body)
+    return run_cli("export.table", body, argv)
 
 
 if __name__ == "__main__":

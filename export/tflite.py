@@ -642,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
                                data_dir=args.data_dir, n_check=args.n_check, headroom=not args.no_headroom)
         print(record.summary())
 
-    return run_cli("export.tflite", body)
+    return run_cli("export.tflite", body, argv)
 
 
 if __name__ == "__main__":

@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"TensorRT offline check: {built}")
         print(f"on the device: sh {Path(out) / 'build_engine.sh'}   # {json.dumps(trt['tool'])} here")
 
-    return run_cli("export.trt", body)
+    return run_cli("export.trt", body, argv)
 
 
 if __name__ == "__main__":

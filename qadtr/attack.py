@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-seed", type=int, default=1, help="seed of the evaluation placements")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    return run_cli("qadtr.attack", lambda: print(f"wrote {len(run(args))} patch file(s) to {args.out}"))
+    return run_cli("qadtr.attack", lambda: print(f"wrote {len(run(args))} patch file(s) to {args.out}"), argv)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             write_json(args.json, results)
 
-    return run_cli("qadtr.evaluate", body)
+    return run_cli("qadtr.evaluate", body, argv)
 
 
 if __name__ == "__main__":

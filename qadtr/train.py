@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         pt = train(cfg, args.out, data_dir=args.data_dir, resume=args.resume, download=args.download)
         print(f"wrote {pt} (+ {pt.with_suffix('.json').name})")
 
-    return run_cli("qadtr.train", body)
+    return run_cli("qadtr.train", body, argv)
 
 
 if __name__ == "__main__":

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             accs = ", ".join(f"{k} {100 * v['value']:.2f}%" for k, v in s["test_acc"].items())
             print(f"{name:16s} {accs}  ({s['epochs']} epochs)")
 
-    return run_cli("qadtr.zoo", body)
+    return run_cli("qadtr.zoo", body, argv)
 
 
 if __name__ == "__main__":

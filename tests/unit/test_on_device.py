@@ -277,3 +277,12 @@ def test_list_devices(capsys):
     assert on_device.main(["--list-devices"]) == 0
     out = capsys.readouterr().out
     assert "local" in out and "runtime fakequant" in out and "power" in out
+
+
+def test_pipeline_cli_refuses_a_negative_subset_naming_its_own_command(capsys):
+    from eval.pipeline import main
+
+    assert main(["--eval-subset", "-1"]) == 1
+    err = capsys.readouterr().err
+    assert "error: --eval-subset -1: give a count of test images, or 0 for all of them" in err
+    assert err.strip().splitlines()[-1].endswith("| python -m eval.pipeline --eval-subset -1")  # not pytest's argv
