@@ -1,10 +1,10 @@
 """The first layer where a deployed runtime's integer activations leave the fake-quant ones, per image.
 
 Both sides rerun the (few) images with every quantized activation exposed:
-- reference: the Brevitas deploy net, each activation quantizer's integers (`export.onnx._brevitas_run`
-  for ONNX, `export.tflite._reference` in the .tflite's int8 storage for LiteRT);
+- reference: the Brevitas deploy net, each activation quantizer's integers (`export.onnx.reference_run`
+  for ONNX, `export.tflite.reference_ints` in the .tflite's int8 storage for LiteRT);
 - ONNX Runtime: the artifact with every activation DequantizeLinear input added as a graph output
-  (`export.onnx.activation_dq_inputs`, `_with_outputs`), at the run's optimisation level (ORT_ENABLE_ALL);
+  (`export.onnx.activation_dq_inputs`, `with_outputs`), at the run's optimisation level (ORT_ENABLE_ALL);
 - LiteRT: the artifact with every activation tensor added as a subgraph output (`export.tflite.with_outputs`:
   XNNPACK materialises only partition outputs), under the run's kernel set.
 The instrumented artifact's logits are checked against the plain artifact's (`outputs_identical`):
@@ -86,9 +86,9 @@ def _onnx_reference(net, artifact: Path, images: np.ndarray) -> tuple[list[str],
     """(layers, Brevitas integers by layer, ONNX tensor name by layer) for an .onnx export."""
     import onnx
 
-    from export.onnx import _brevitas_run, activation_dq_inputs
+    from export.onnx import reference_run, activation_dq_inputs
 
-    _, ref_ints, _ = _brevitas_run(net, images, len(images))  # module.act_quant -> (N, C, H, W), forward order
+    _, ref_ints, _ = reference_run(net, images, len(images))  # module.act_quant -> (N, C, H, W), forward order
     tensors = activation_dq_inputs(onnx.load(str(artifact)))  # ONNX tensor -> module.act_quant
     by_module = {m: t for t, m in tensors.items()}
     unpaired = sorted(set(ref_ints) ^ set(by_module))
@@ -102,24 +102,24 @@ def _onnx_reference(net, artifact: Path, images: np.ndarray) -> tuple[list[str],
 def _onnx(net, artifact: Path, images: np.ndarray, level: str) -> tuple[list[str], dict, dict, bool]:
     import onnx
 
-    from export.onnx import OUTPUT, _ort_run, _with_outputs
+    from export.onnx import OUTPUT, ort_run, with_outputs
 
     layers, ref, names = _onnx_reference(net, artifact, images)
     model = onnx.load(str(artifact))
-    got = _ort_run(_with_outputs(model, list(names.values())), images, len(images), level)
-    plain = _ort_run(model.SerializeToString(), images, len(images), level)[OUTPUT]
+    got = ort_run(with_outputs(model, list(names.values())), images, len(images), level)
+    plain = ort_run(model.SerializeToString(), images, len(images), level)[OUTPUT]
     return layers, ref, {layer: got[names[layer]] for layer in layers}, bool(np.array_equal(got[OUTPUT], plain))
 
 
 def _tflite_reference(net, artifact: Path, images: np.ndarray) -> tuple[list[str], dict]:
     """(layers, Brevitas integers in the .tflite's int8 storage by tensor name) for a .tflite export."""
     from devices.runtimes import export_record
-    from export.tflite import _reference, build_tflite
+    from export.tflite import build_tflite, reference_ints
     from qadtr.predict import to_tensor
 
     record = export_record(artifact) or {}
     built = build_tflite(net, *images.shape[1:3], headroom=bool(record.get("headroom", True)))
-    _, ref = _reference(net, to_tensor(images), built.activations)  # name -> (N, H, W, C) int8 storage integers
+    _, ref = reference_ints(net, to_tensor(images), built.activations)  # name -> (N, H, W, C) int8 storage integers
     return list(built.activations), ref  # forward order: the order build_tflite emits them
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from qadtr._errors import QadtrError
 
 LSB_SOURCE = ("fake-quant logit grid: input scale of the last QuantLinear times its per-class weight scale, the "
-              "step of its int32 accumulator (export.onnx._brevitas_run), from {checkpoint} at w{w}a{a}")
+              "step of its int32 accumulator (export.onnx.reference_run), from {checkpoint} at w{w}a{a}")
 
 
 @functools.lru_cache(maxsize=8)
@@ -30,9 +30,9 @@ def deploy_cached(checkpoint: str, bits: tuple[int, int]):
 
 def logit_lsb(checkpoint: str | Path, bits: tuple[int, int], hw: tuple[int, int]) -> np.ndarray:
     """(K,) one step of each class's logit on the fake-quant deploy net (any input: the grid is fixed)."""
-    from export.onnx import _brevitas_run
+    from export.onnx import reference_run
 
-    return _brevitas_run(deploy_cached(str(checkpoint), tuple(bits)), np.zeros((1, *hw, 3), np.uint8), 1)[2]
+    return reference_run(deploy_cached(str(checkpoint), tuple(bits)), np.zeros((1, *hw, 3), np.uint8), 1)[2]
 
 
 @dataclass(frozen=True)

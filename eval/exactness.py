@@ -101,9 +101,9 @@ def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int
     # ONNX: node by node with every activation exposed; fused (deployed) on logits only
     model = onnx.load(str(onnx_path))
     tensors = list(onnx_export.activation_dq_inputs(model))
-    real = {"onnxrt ORT_DISABLE_ALL": onnx_export._ort_run(onnx_export._with_outputs(model, tensors), images,
+    real = {"onnxrt ORT_DISABLE_ALL": onnx_export.ort_run(onnx_export.with_outputs(model, tensors), images,
                                                            100, "disable"),
-            "onnxrt ORT_ENABLE_ALL": onnx_export._ort_run(model.SerializeToString(), images, 100, "all")}
+            "onnxrt ORT_ENABLE_ALL": onnx_export.ort_run(model.SerializeToString(), images, 100, "all")}
     if avx2_images:
         got = _haswell_logits(onnx_path, nchw[:avx2_images])
         if isinstance(got, str):

@@ -228,7 +228,7 @@ def fusion_report(model_path: str | Path) -> dict:
 
 
 # -- parity ------------------------------------------------------------------------------------------------
-def _brevitas_run(net, images: np.ndarray, batch_size: int, feed: dict[str, np.ndarray] | None = None
+def reference_run(net, images: np.ndarray, batch_size: int, feed: dict[str, np.ndarray] | None = None
                   ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Fake-quant logits (N, K), integer activations per act_quant module, and the logit LSB (K,).
 
@@ -270,7 +270,9 @@ def _brevitas_run(net, images: np.ndarray, batch_size: int, feed: dict[str, np.n
     return np.concatenate(logits), {k: np.concatenate(v) for k, v in ints.items()}, step
 
 
-def _ort_run(model_bytes: bytes, images: np.ndarray, batch_size: int, level: str) -> dict[str, np.ndarray]:
+def ort_run(model_bytes: bytes, images: np.ndarray, batch_size: int, level: str) -> dict[str, np.ndarray]:
+    """Every graph output of `model_bytes` on uint8 (N, H, W, 3) images under ORT CPU at graph optimization `level`
+    ("disable": node by node, the proof; "all": the deployed fused kernels), batched; name -> (N, ...)."""
     from devices.onnxrt import OnnxrtRunner
     from qadtr.predict import to_tensor
 
@@ -282,7 +284,7 @@ def _ort_run(model_bytes: bytes, images: np.ndarray, batch_size: int, level: str
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def _with_outputs(model, names: list[str]) -> bytes:
+def with_outputs(model, names: list[str]) -> bytes:
     """The model with extra graph outputs (typed by shape inference), serialized."""
     import onnx
 
@@ -316,12 +318,12 @@ def check_parity(net, model_path: str | Path, images: np.ndarray, *, bits: int |
         with torch.no_grad():
             ref = np.concatenate([net(to_tensor(images[i:i + batch_size])).numpy()
                                   for i in range(0, len(images), batch_size)])
-        out = _ort_run(model.SerializeToString(), images, batch_size, DEPLOY_LEVEL)[OUTPUT]  # float: no int kernels
+        out = ort_run(model.SerializeToString(), images, batch_size, DEPLOY_LEVEL)[OUTPUT]  # float: no int kernels
         res = compare(ref, out, lsb=FLOAT_TOL, atol_lsb=1.0, min_argmax_agree=1.0, name="fp32 logits")
         return Parity(bool(res), len(images), image_source, 0, 0, 0, None, None, 0, 0, res.mismatch_frac == 0, {},
                       res.to_dict(), str(res))
 
-    ref_logits, ref_ints, step = _brevitas_run(net, images, batch_size)
+    ref_logits, ref_ints, step = reference_run(net, images, batch_size)
     tensors = activation_dq_inputs(model) if tensors is None else tensors
     missing = sorted(set(tensors.values()) - set(ref_ints))
     if missing or len(tensors) != len(ref_ints):
@@ -329,17 +331,17 @@ def check_parity(net, model_path: str | Path, images: np.ndarray, *, bits: int |
                          "the export's node names do not follow the module names")
     mismatches: dict[str, dict[str, int]] = {}
     max_step = {}
-    got = _ort_run(_with_outputs(model, list(tensors)), images, batch_size, PROOF_LEVEL)  # node by node, every CPU
+    got = ort_run(with_outputs(model, list(tensors)), images, batch_size, PROOF_LEVEL)  # node by node, every CPU
     proof_ints = {module: got[name] for name, module in tensors.items()}
     mismatches[PROOF_LEVEL], max_step[PROOF_LEVEL] = _int_diff(ref_ints, proof_ints)
-    _, local_ints, _ = _brevitas_run(net, images, batch_size, feed=proof_ints)
+    _, local_ints, _ = reference_run(net, images, batch_size, feed=proof_ints)
     mismatches["local"], max_step["local"] = _int_diff(local_ints, proof_ints)
     elements = sum(v.size for v in local_ints.values())
     res = compare(ref_logits, got[OUTPUT], lsb=step, atol_lsb=0.5, max_mismatch_frac=1.0,
                   min_argmax_agree=MIN_ARGMAX_AGREE, name=f"w{bits} logits ({PROOF_LEVEL})")
     del got, proof_ints, local_ints
     # the deployment on this host: the plain file (extra outputs make ORT fuse less), attributed by the executor
-    deployed_logits = _ort_run(model.SerializeToString(), images, batch_size, DEPLOY_LEVEL)[OUTPUT]
+    deployed_logits = ort_run(model.SerializeToString(), images, batch_size, DEPLOY_LEVEL)[OUTPUT]
     deployed, deployed_ints = _deployed(model_path, images, deployed_logits, ref_logits, step)
     if deployed_ints is not None:
         mismatches[DEPLOY_LEVEL], max_step[DEPLOY_LEVEL] = _int_diff(

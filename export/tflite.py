@@ -453,7 +453,7 @@ def with_outputs(data: bytes, names: list[str]) -> bytes:
 
 # -- proof -------------------------------------------------------------------------------------------
 @torch.no_grad()
-def _reference(net, pixels: torch.Tensor, acts: dict[str, _Q]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def reference_ints(net, pixels: torch.Tensor, acts: dict[str, _Q]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Fake-quant logits (B, classes) and the stored integers (NHWC) of every compared activation."""
     out, hooks = {}, []
     modules = dict(net.named_modules())
@@ -496,7 +496,7 @@ def _prove(net, built: Built, debug: Built, images: np.ndarray, *, kernels=KERNE
                     LiteRTRunner(paths["debug"], kernels=k, num_threads=num_threads) as dbg:
                 for i in range(0, len(images), batch):
                     pixels = to_tensor(images[i:i + batch])  # (B, 3, H, W) float32 in [0, 1]
-                    ref, ref_ints = _reference(net, pixels, built.activations)
+                    ref, ref_ints = reference_ints(net, pixels, built.activations)
                     feed = {"pixels": np.ascontiguousarray(pixels.permute(0, 2, 3, 1).numpy())}  # (B, H, W, 3)
                     logits = real.infer(feed)["logits"]
                     got = dbg.infer(feed)

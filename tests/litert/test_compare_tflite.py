@@ -61,7 +61,7 @@ def test_builtin_matches_the_exporters_debug_build(w2, tiny_images):
     dbg_path = path.with_name("debug.tflite")
     dbg_path.write_bytes(debug.data)
     pixels = to_tensor(tiny_images)
-    _, ref = T._reference(net, pixels, debug.activations)
+    _, ref = T.reference_ints(net, pixels, debug.activations)
     with LiteRTRunner(dbg_path, kernels="builtin", num_threads=1) as r:
         got = r.infer({"pixels": np.ascontiguousarray(pixels.permute(0, 2, 3, 1).numpy())})
     want = layer_divergence(LAYERS, ref, {n: got[n] for n in LAYERS}, list(range(32)))

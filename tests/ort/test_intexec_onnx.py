@@ -115,13 +115,13 @@ def test_logits_bit_exact_with_native_ort(exports, feed, bits):
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_integer_tensors_bit_exact_with_native_ort(exports, feed, bits):
-    from export.onnx import _with_outputs, activation_dq_inputs
+    from export.onnx import with_outputs, activation_dq_inputs
 
     if not host_has_vnni():
         pytest.skip("with integer graph outputs ORT fuses differently; exact per tensor only on VNNI kernels")
     m = onnx.load(str(exports[bits]))
     names = list(activation_dq_inputs(m))
-    ref = ort_run(_with_outputs(m, names), feed)
+    ref = ort_run(with_outputs(m, names), feed)
     outs, ints = OnnxIntGraph(exports[bits]).run(feed, "single", keep_ints=True)
     assert list(ints) == names
     for k in names:
