@@ -1,0 +1,372 @@
+"""The flatbuffer lowering behind export.tflite: a deployable Brevitas ResNet -> full-integer TFLite bytes.
+
+    built = build_tflite(net, 32, 32)            # Built(data, op counts, output scale, activations)
+    debug = build_tflite(net, 32, 32, debug=True)  # every compared activation also a subgraph output
+
+See export/tflite.py for the graph it writes and how the artifact is proven.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qadtr._errors import QadtrError
+
+EXPORTER_VERSION = 2  # 2: the record saves the proof's verdict and the host fingerprint (older ones are redone)
+
+
+# -- flatbuffer graph ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Q:
+    """How one activation's integers sit in its storage tensor."""
+
+    scale: float
+    zp: int  # 0 signed, -128 unsigned (int8 storage)
+    lo: int  # clamp range of the stored integers
+    hi: int
+
+
+@dataclass(frozen=True)
+class _T:
+    index: int
+    shape: tuple[int, ...]  # NHWC, batch 1 (the signature marks it dynamic)
+    q: _Q | None
+
+
+class _Graph:
+    def __init__(self, schema, headroom: bool):
+        self.S, self.headroom = schema, headroom  # headroom: see `_affine`
+        self.tensors, self.buffers, self.ops, self.opcodes = [], [schema.BufferT()], [], {}
+        self.named: dict[str, _T] = {}  # activations compared with the reference, by torch module name
+
+    def tensor(self, name: str, shape, dtype: str, *, data=None, q: _Q | None = None, scales=None,
+               zero_points=None, dynamic: bool = False) -> _T:
+        S, t = self.S, self.S.TensorT()
+        t.name, t.shape, t.type = name, list(shape), getattr(S.TensorType, dtype.upper())
+        if dynamic:
+            t.shapeSignature = [-1, *shape[1:]]
+        if data is not None:
+            arr = np.ascontiguousarray(np.asarray(data, dtype=dtype))
+            t.buffer = len(self.buffers)
+            self.buffers.append(S.BufferT(data=np.frombuffer(arr.tobytes(), np.uint8)))
+        if q is not None or scales is not None:
+            qp = S.QuantizationParametersT()
+            qp.scale = [float(s) for s in (scales if scales is not None else [q.scale])]
+            qp.zeroPoint = [int(z) for z in (zero_points if zero_points is not None else [q.zp] * len(qp.scale))]
+            qp.quantizedDimension = 0
+            t.quantization = qp
+        self.tensors.append(t)
+        return _T(len(self.tensors) - 1, tuple(shape), q)
+
+    def op(self, kind: str, inputs: list[int], outputs: list[int], version: int = 1, opt=None, opt_type: str = ""):
+        S = self.S
+        code = getattr(S.BuiltinOperator, kind)
+        if kind not in self.opcodes:
+            oc = S.OperatorCodeT()
+            oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), version
+            self.opcodes[kind] = (len(self.opcodes), oc)
+        o = S.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = self.opcodes[kind][0], list(inputs), list(outputs)
+        if opt is not None:
+            o.builtinOptionsType, o.builtinOptions = getattr(S.BuiltinOptions, opt_type), opt
+        self.ops.append((kind, o))
+
+    def act(self, name: str, shape, q: _Q, dtype: str = "int8") -> _T:
+        return self.tensor(name, shape, dtype, q=q, dynamic=True)
+
+    def clamp(self, x: _T, name: str) -> _T:
+        """MAXIMUM/MINIMUM with constants where the activation's range is narrower than int8.
+
+        The clamped tensor takes `name`; the unclamped one is renamed `name/unclamped`.
+        """
+        for kind, bound, active in (("MAXIMUM", x.q.lo, x.q.lo > -128), ("MINIMUM", x.q.hi, x.q.hi < 127)):
+            if active:
+                if self.tensors[x.index].name == name:
+                    self.tensors[x.index].name = f"{name}/unclamped"
+                c = self.tensor(f"{name}/{kind.lower()}_const", [], "int8", data=bound, q=x.q)
+                y = self.act(name, x.shape, x.q)
+                self.op(kind, [x.index, c.index], [y.index], version=2,
+                        opt=self.S.MaximumMinimumOptionsT(), opt_type="MaximumMinimumOptions")
+                x = y
+        return x
+
+    def finish(self, inputs: list[int], outputs: list[int], description: str) -> bytes:
+        import flatbuffers
+
+        S = self.S
+        sg = S.SubGraphT()
+        sg.tensors, sg.inputs, sg.outputs, sg.operators, sg.name = self.tensors, inputs, outputs, [o for _, o in self.ops], "main"
+        m = S.ModelT()
+        m.version, m.description, m.buffers, m.subgraphs = 3, description, self.buffers, [sg]
+        m.operatorCodes = [oc for _, oc in sorted(self.opcodes.values(), key=lambda p: p[0])]
+        b = flatbuffers.Builder(1 << 16)
+        b.Finish(m.Pack(b), file_identifier=b"TFL3")
+        return bytes(b.Output())
+
+
+@dataclass(frozen=True)
+class Built:
+    data: bytes  # the .tflite flatbuffer
+    op_counts: dict[str, int]
+    logit_scale: float  # one step of the int16 logits
+    activations: dict[str, _Q]  # compared integer activations, by torch module name
+
+
+@torch.no_grad()
+def _act_q(module, what: str) -> _Q:
+    aq = module.act_quant
+    bits, signed, narrow = int(aq.bit_width()), bool(aq.is_signed), bool(aq.is_narrow_range)
+    if float(aq.zero_point()) != 0.0:
+        raise QadtrError(f"{what}: asymmetric activation quantizer (zero point {float(aq.zero_point())}); "
+                         "the TFLite exporter maps only zero-point-0 quantizers; use export.onnx")
+    if bits > 8:
+        raise QadtrError(f"{what}: {bits}-bit activations do not fit int8 TFLite kernels; use export.onnx")
+    if signed:
+        return _Q(float(aq.scale()), 0, -(2 ** (bits - 1)) + narrow, 2 ** (bits - 1) - 1)
+    return _Q(float(aq.scale()), -128, -128, 2 ** bits - 1 - 128)
+
+
+@torch.no_grad()
+def _weights(layer, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Brevitas' integer weights and per-output-channel scales: (Cout, ...) int8, (Cout,) float32."""
+    qw = layer.quant_weight()
+    if int(qw.bit_width) > 8 or float(qw.zero_point.abs().max()) != 0.0:
+        raise QadtrError(f"{what}: {int(qw.bit_width)}-bit or asymmetric weights; TFLite takes int8 symmetric; "
+                         "use export.onnx")
+    scale = qw.scale.detach().reshape(-1)
+    if scale.numel() == 1:
+        scale = scale.expand(qw.int().shape[0])
+    return qw.int().numpy().astype(np.int8), scale.numpy().astype(np.float32)
+
+
+def _bias(layer, s_in: float, s_w: np.ndarray, dtype: str) -> np.ndarray:
+    """Brevitas' own Int32Bias integers for this layer: its bias proxy on a dummy input quant tensor."""
+    from brevitas.quant_tensor import IntQuantTensor
+
+    if layer.bias is None:
+        return np.zeros(len(s_w), dtype)
+    shape = (1, layer.weight.shape[1], *[1] * (layer.weight.dim() - 2))  # (1, Cin[, 1, 1])
+    dummy_in = IntQuantTensor(torch.zeros(shape), torch.tensor(s_in), torch.tensor(0.0), torch.tensor(8.0), True, False)
+    qb = layer.bias_quant(layer.bias, dummy_in, layer.quant_weight())
+    return qb.int().numpy().astype(dtype)
+
+
+def _affine(g: _Graph, name: str, w_int: np.ndarray, s_w: np.ndarray, b_int: np.ndarray, s_in: float,
+            s_out: float, qdim: int = 0) -> tuple[_T, _T]:
+    """Weight and bias tensors, each output channel's integers scaled by 2^k into the int8 range.
+
+    The real weights w_int * s_w are unchanged (w_int * 2^k at scale s_w / 2^k, bias * 2^k). LiteRT's
+    builtin kernels requantize an accumulator a by M = s_in * s_w / s_out as round(round(a * m) / 2^r)
+    (M = m * 2^-r, m in [0.5, 1)): the double rounding flips a step whenever r > 0 and a * M lies
+    within 2^-r of a half, which small low-bit accumulators do often (12% of a 2-bit layer's outputs).
+    Scaling a by 2^k shrinks that window to 2^-(r + k). Channels with M >= 0.5 (r = 0, one rounding)
+    keep k = 0: headroom there would add the double rounding it removes elsewhere.
+    """
+    flat = np.abs(w_int.astype(np.int64)).reshape(w_int.shape[qdim], -1) if qdim == 0 else \
+        np.abs(w_int.astype(np.int64)).reshape(-1, w_int.shape[qdim]).T  # (Cout, fan_in)
+    k = np.floor(np.log2(127 / np.maximum(flat.max(1), 1))).astype(np.int64) if g.headroom else np.zeros(len(s_w), np.int64)
+    k[np.float64(s_in) * s_w.astype(np.float64) / s_out >= 0.5] = 0  # single rounding already
+    bias_max = np.iinfo(b_int.dtype).max
+    k = np.clip(np.minimum(k, np.floor(np.log2(bias_max / np.maximum(np.abs(b_int.astype(np.float64)), 1)))), 0, None).astype(np.int64)
+    view = [1] * w_int.ndim
+    view[qdim] = -1
+    w_scaled = (w_int.astype(np.int64) * (2 ** k).reshape(view)).astype(np.int8)
+    s_scaled = (s_w / (2.0 ** k)).astype(np.float32)  # exact: a power of two
+    b_scaled = (b_int.astype(np.int64) * 2 ** k).astype(b_int.dtype)
+    zeros = [0] * len(s_w)
+    wt = g.tensor(f"{name}/weight", w_scaled.shape, "int8", data=w_scaled, scales=s_scaled, zero_points=zeros)
+    wt_q = g.tensors[wt.index].quantization
+    wt_q.quantizedDimension = qdim
+    bt = g.tensor(f"{name}/bias", b_scaled.shape, b_int.dtype.name, data=b_scaled,
+                  scales=(np.float32(s_in) * s_scaled).astype(np.float32), zero_points=zeros)
+    return wt, bt
+
+
+def _conv(g: _Graph, conv, x: _T, out_q: _Q, name: str, relu: bool) -> _T:
+    """CONV_2D int8 with int32 bias; torch's symmetric padding via SAME (stride 1) or PAD + VALID."""
+    S = g.S
+    (k, _), (s, s2), (p, p2) = conv.kernel_size, conv.stride, conv.padding
+    if conv.groups != 1 or tuple(conv.dilation) != (1, 1) or k != conv.kernel_size[1] or s != s2 or p != p2:
+        raise QadtrError(f"{name}: grouped, dilated or non-square convolution is not supported by the TFLite "
+                         "exporter; use export.onnx")
+    w_int, s_w = _weights(conv, name)
+    b_int = _bias(conv, x.q.scale, s_w, "int32")
+    wt, bt = _affine(g, name, w_int.transpose(0, 2, 3, 1), s_w, b_int, x.q.scale, out_q.scale)  # OIHW -> OHWI
+    _, h, w, _ = x.shape
+    if s == 1 and 2 * p == k - 1:
+        padding = S.Padding.SAME
+    else:
+        if p:
+            pads = g.tensor(f"{name}/pads", [4, 2], "int32", data=[[0, 0], [p, p], [p, p], [0, 0]])
+            y = g.act(f"{name}/pad", (1, h + 2 * p, w + 2 * p, x.shape[3]), x.q)
+            g.op("PAD", [x.index, pads.index], [y.index], version=2, opt=S.PadOptionsT(), opt_type="PadOptions")
+            x, h, w = y, h + 2 * p, w + 2 * p
+        padding = S.Padding.VALID
+    ho, wo = (h - 1) // s + 1 if padding == S.Padding.SAME else (h - k) // s + 1, \
+        (w - 1) // s + 1 if padding == S.Padding.SAME else (w - k) // s + 1
+    out = g.act(name, (1, ho, wo, len(s_w)), out_q)
+    opt = S.Conv2DOptionsT()
+    opt.padding, opt.strideH, opt.strideW, opt.dilationHFactor, opt.dilationWFactor = padding, s, s, 1, 1
+    opt.fusedActivationFunction = S.ActivationFunctionType.RELU if relu else S.ActivationFunctionType.NONE
+    g.op("CONV_2D", [x.index, wt.index, bt.index], [out.index], version=3, opt=opt, opt_type="Conv2DOptions")
+    return out
+
+
+def _requant(g: _Graph, x: _T, q: _Q, name: str) -> _T:
+    """int8 -> int8 requantization as a 1x1 DEPTHWISE_CONV_2D with unit weights.
+
+    A QUANTIZE op would do, but XNNPACK's int8 QUANTIZE uses an 8-bit fixed-point multiplier and
+    flipped ~2% of the residual operands by one step; convolutions requantize in fp32 there.
+    """
+    S, c = g.S, x.shape[3]
+    wt, bt = _affine(g, name, np.ones((1, 1, 1, c), np.int8), np.ones(c, np.float32), np.zeros(c, np.int32),
+                     x.q.scale, q.scale, qdim=3)
+    y = g.act(name, x.shape, q)
+    opt = S.DepthwiseConv2DOptionsT()
+    opt.padding, opt.strideH, opt.strideW, opt.depthMultiplier = S.Padding.VALID, 1, 1, 1
+    opt.dilationHFactor = opt.dilationWFactor = 1
+    g.op("DEPTHWISE_CONV_2D", [x.index, wt.index, bt.index], [y.index], version=3, opt=opt,
+         opt_type="DepthwiseConv2DOptions")
+    return y
+
+
+def _block(g: _Graph, blk, x: _T, prefix: str) -> _T:
+    """One BasicBlock: relu2(q_main(conv2(relu1(conv1 x))) + q_short(shortcut x))."""
+    S = g.S
+    q1, qm, qs, q2 = (_act_q(getattr(blk, n), f"{prefix}.{n}") for n in ("relu1", "q_main", "q_short", "relu2"))
+    h = g.clamp(_conv(g, blk.conv1, x, q1, f"{prefix}.relu1", relu=True), f"{prefix}.relu1")
+    g.named[f"{prefix}.relu1"] = h
+    main = g.clamp(_conv(g, blk.conv2, h, qm, f"{prefix}.q_main", relu=False), f"{prefix}.q_main")
+    g.named[f"{prefix}.q_main"] = main
+    if blk.proj is not None:  # resnet8: 1x1 strided projection conv, quantized by q_short
+        short = g.clamp(_conv(g, blk.proj, x, qs, f"{prefix}.q_short", relu=False), f"{prefix}.q_short")
+    else:
+        if blk.downsample:  # option A: x[:, :, ::2, ::2], zero channels on both sides (zero = the zero point)
+            b, hh, ww, c = x.shape
+            const = lambda n, v: g.tensor(f"{prefix}.shortcut/{n}", [len(v)], "int32", data=v).index  # noqa: E731
+            y = g.act(f"{prefix}.shortcut/slice", (b, (hh + 1) // 2, (ww + 1) // 2, c), x.q)
+            opt = S.StridedSliceOptionsT()
+            opt.beginMask = opt.endMask = 0b1111
+            g.op("STRIDED_SLICE", [x.index, const("begin", [0] * 4), const("end", [0] * 4), const("strides", [1, 2, 2, 1])],
+                 [y.index], version=2, opt=opt, opt_type="StridedSliceOptions")
+            pads = g.tensor(f"{prefix}.shortcut/pads", [4, 2], "int32", data=[[0, 0], [0, 0], [0, 0], [blk.pad, blk.pad]])
+            z = g.act(f"{prefix}.shortcut/pad", (b, y.shape[1], y.shape[2], c + 2 * blk.pad), x.q)
+            g.op("PAD", [y.index, pads.index], [z.index], version=2, opt=S.PadOptionsT(), opt_type="PadOptions")
+            x = z
+        short = g.clamp(_requant(g, x, qs, f"{prefix}.q_short"), f"{prefix}.q_short")
+    g.named[f"{prefix}.q_short"] = short
+    out = g.act(f"{prefix}.relu2", main.shape, q2)
+    g.op("ADD", [main.index, short.index], [out.index], version=2,
+         opt=S.AddOptionsT(fusedActivationFunction=S.ActivationFunctionType.RELU), opt_type="AddOptions")
+    out = g.clamp(out, f"{prefix}.relu2")
+    g.named[f"{prefix}.relu2"] = out
+    return out
+
+
+def check_exportable(net) -> None:
+    """Raise QadtrError (before anything is written) if `net` has a layer this exporter can't express."""
+    import brevitas.nn as qnn
+
+    from qadtr.models.resnet import ResNet
+
+    if not isinstance(net, ResNet) or net.quant is None:
+        raise QadtrError(f"the TFLite exporter handles the quantized ResNets of qadtr.models, not a "
+                         f"{type(net).__name__}; use export.onnx")
+    mapped = (qnn.QuantIdentity, qnn.QuantReLU, qnn.QuantConv2d, qnn.QuantLinear)
+    for name, m in net.named_modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            raise QadtrError(f"{name}: BatchNorm left unfolded; export the deploy net (export._common.deploy_model)")
+        if type(m).__module__.startswith("brevitas.nn") and not isinstance(m, mapped):
+            raise QadtrError(f"{name}: {type(m).__name__} has no TFLite mapping; use export.onnx")
+        if isinstance(m, (qnn.QuantConv2d, qnn.QuantLinear)):
+            _weights(m, name)
+        elif isinstance(m, mapped):
+            _act_q(m, name)
+
+
+@torch.no_grad()
+def build_tflite(net, height: int, width: int, *, debug: bool = False, headroom: bool = True) -> Built:
+    """The .tflite of a deploy-form ResNet (see the module docstring) and what its proof needs.
+
+    `debug=True` also makes every compared activation a subgraph output (named after its torch module);
+    `headroom=False` writes Brevitas' integers unscaled (see `_affine`).
+    """
+    from ai_edge_litert import schema_py_generated as S
+
+    check_exportable(net)
+    g = _Graph(S, headroom)
+    mean = net.normalize.mean.reshape(-1).numpy().astype(np.float32)  # (3,)
+    std = net.normalize.std.reshape(-1).numpy().astype(np.float32)  # (3,)
+    shape = (1, height, width, 3)
+    x = g.tensor("pixels", shape, "float32", dynamic=True)
+    centred = g.tensor("normalize/sub", shape, "float32", dynamic=True)
+    normed = g.tensor("normalize/div", shape, "float32", dynamic=True)
+    g.op("SUB", [x.index, g.tensor("normalize/mean", [3], "float32", data=mean).index], [centred.index], version=1,
+         opt=S.SubOptionsT(), opt_type="SubOptions")
+    g.op("DIV", [centred.index, g.tensor("normalize/std", [3], "float32", data=std).index], [normed.index], version=1,
+         opt=S.DivOptionsT(), opt_type="DivOptions")
+    h = g.act("quant_input", shape, _act_q(net.quant_input, "quant_input"))
+    g.op("QUANTIZE", [normed.index], [h.index], version=2)
+    h = g.clamp(h, "quant_input")
+    g.named["quant_input"] = h
+    h = g.clamp(_conv(g, net.conv1, h, _act_q(net.relu, "relu"), "relu", relu=True), "relu")
+    g.named["relu"] = h
+    for i, stage in enumerate(net.layers):
+        for j, blk in enumerate(stage):
+            h = _block(g, blk, h, f"layers.{i}.{j}")
+    # global average pool, requantized to pool_quant's unsigned 8 bits: one rounding, as in torch
+    qp = _act_q(net.pool_quant, "pool_quant")
+    pooled = g.act("pool_quant", (1, h.shape[3]), qp)
+    axes = g.tensor("pool/axes", [2], "int32", data=[1, 2])
+    g.op("MEAN", [h.index, axes.index], [pooled.index], version=2, opt=S.ReducerOptionsT(keepDims=False),
+         opt_type="ReducerOptions")
+    g.named["pool_quant"] = pooled
+    # 16x8 classifier: int16 copy of the pooled integers (same scale, zero point 0: exact), int64 bias
+    q16 = _Q(qp.scale, 0, -32768, 32767)
+    p16 = g.act("pool_quant/int16", pooled.shape, q16, dtype="int16")
+    g.op("QUANTIZE", [pooled.index], [p16.index], version=3)
+    w_int, s_w = _weights(net.linear, "linear")  # (classes, C): pooled features have no spatial order
+    b_int = _bias(net.linear, qp.scale, s_w, "int64")
+    acc_lsb = np.float64(qp.scale) * s_w.astype(np.float64)  # (classes,)
+    bound = float((acc_lsb * (255 * np.abs(w_int.astype(np.int64)).sum(1) + np.abs(b_int))).max())
+    s_out = max(bound, 1e-6) / 32767  # worst-case |logit| maps to int16 max: no saturation possible
+    wt, bt = _affine(g, "linear", w_int, s_w, b_int, qp.scale, s_out)
+    y16 = g.act("logits/int16", (1, w_int.shape[0]), _Q(s_out, 0, -32768, 32767), dtype="int16")
+    g.op("FULLY_CONNECTED", [p16.index, wt.index, bt.index], [y16.index], version=11,
+         opt=S.FullyConnectedOptionsT(), opt_type="FullyConnectedOptions")
+    logits = g.tensor("logits", y16.shape, "float32", dynamic=True)
+    g.op("DEQUANTIZE", [y16.index], [logits.index], version=4)
+    outputs = [logits.index] + ([t.index for t in g.named.values()] if debug else [])
+    counts: dict[str, int] = {}
+    for kind, _ in g.ops:
+        counts[kind] = counts.get(kind, 0) + 1
+    data = g.finish([x.index], outputs, f"qadtr export.tflite v{EXPORTER_VERSION}")
+    return Built(data, counts, s_out, {name: t.q for name, t in g.named.items()})
+
+
+def with_outputs(data: bytes, names: list[str]) -> bytes:
+    """A .tflite's bytes with the tensors called `names` appended to its subgraph outputs.
+
+    XNNPACK materialises only partition outputs, so reading an intermediate activation of an existing
+    artifact (not a fresh `build_tflite(debug=True)`) needs it as an output; everything else is unchanged.
+
+    Raises:
+        QadtrError: a name no tensor of the first subgraph has.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as S
+
+    m = S.ModelT.InitFromObj(S.Model.GetRootAsModel(data, 0))
+    sg = m.subgraphs[0]
+    index = {(t.name.decode() if isinstance(t.name, bytes) else t.name): i for i, t in enumerate(sg.tensors)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise QadtrError(f"the .tflite has no tensors {missing[:5]}; it was not written by this export.tflite")
+    outputs = list(sg.outputs)
+    sg.outputs = outputs + [index[n] for n in names if index[n] not in outputs]
+    b = flatbuffers.Builder(len(data) + 4096)
+    b.Finish(m.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
