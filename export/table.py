@@ -110,6 +110,15 @@ def export_cell(name: str, pt: Path, bits: int | None, exporter: str, out: Path,
     return row
 
 
+def _exporter_version(exporter: str) -> int:
+    """The version of the exporter a row came from: a row of another version is measured again."""
+    if exporter == "tflite":
+        from export._tflite_graph import EXPORTER_VERSION
+    else:  # onnx and trt: export.trt builds on export.onnx's export and proof
+        from export.onnx import EXPORTER_VERSION
+    return EXPORTER_VERSION
+
+
 def _pct(v) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
@@ -161,9 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, pt, bits, exporter in tqdm(cells, desc="export", disable=not sys.stderr.isatty()):
             sha = sha256_file(pt)
             key = (name, "float" if bits is None else f"w{bits}a{bits}", exporter)
-            if any((r["checkpoint"], r["bits"], r["exporter"]) == key and r.get("source_sha256") == sha for r in rows):
-                continue
+            version = _exporter_version(exporter)
+            if any((r["checkpoint"], r["bits"], r["exporter"]) == key and r.get("source_sha256") == sha
+                   and r.get("exporter_version") == version for r in rows):
+                continue  # the same source through the same exporter version: its row stands
             row = {**export_cell(name, pt, bits, exporter, out, data_dir, args.limit), "source_sha256": sha,
+                   "exporter_version": version,
                    "parity_images": args.limit,
                    "image_source": "test split" if data_dir else "random images (no --data-dir)"}
             rows = [r for r in rows if (r["checkpoint"], r["bits"], r["exporter"]) != key] + [row]
