@@ -137,7 +137,8 @@ def table_md(rows: list[dict]) -> str:
         size = f"{r['bytes'] / 1024:.0f}" + (f" ({r['bytes'] / base:.2f}x)" if base else "")
         for runtime, f in r["figures"].items():
             per_layer = "n/a" if f["int_off_per_layer"] is None else f"{f['int_off_per_layer']}"
-            ints = "n/a (fp32)" if not f["int_elements"] else f"{f['int_off_end_to_end']} / {per_layer} (of {f['int_elements']})"
+            end = "n/a" if f["int_off_end_to_end"] is None else f"{f['int_off_end_to_end']}"  # None: not reproduced
+            ints = "n/a (fp32)" if not f["int_elements"] else f"{end} / {per_layer} (of {f['int_elements']})"
             lines.append(f"{head} {runtime} | {ints} | {_pct(f['argmax_agree'])} ({f['ties']}) | "
                          f"{f['max_dlogit_lsb']:.3g} | {size} | {'yes' if f['passed'] else 'NO'} |")
     return "\n".join(lines) + "\n"
