@@ -12,7 +12,7 @@ cannot drift. It runs on Python >= 3.8 (JetPack 5) and TensorRT >= 8.5.
     python3 agent.py info                  -> {"type": "info", machine, cpu, os, python, numpy, runtimes, meters}
     python3 agent.py run JOB.json START [--watch-stdin]
 
-The job file, written by the host (paths relative to it):
+The job file, written by the host at WORK/jobs/<name>.json (paths relative to it):
     {"version": 1, "runtime": "onnxrt", "options": {}, "batch_size": 100, "warmup": 3,
      "artifact": {"path": "../blobs/<sha256>.onnx", "sha256": "..."},
      "images": {"path": "../blobs/<sha256>.npy", "sha256": "..."},       # uint8 (N, H, W, 3)
@@ -20,10 +20,15 @@ The job file, written by the host (paths relative to it):
 `run` prints, one JSON object per line:
     {"type": "need", "files": [...], "corrupt": [...]}   exit 3: files missing or failing their sha256
                                                           (corrupt ones are deleted) before anything ran
-    {"type": "hello", "runner", "kernels", "feed", "versions", "power"}   after loading and warm-up
+    {"type": "hello", "runner", "kernels", "feed", "batch", "versions", "power"}   after loading and warm-up
+                                                          (batch: images per batch line, the last may be short)
     {"type": "batch", "first", "n", "k", "logits": base64 of n*k float32 little-endian, "seconds", "energy_j"}
     {"type": "done", "batches": m}                        exit 0
     {"type": "error", "message": "..."}                   exit 2
+The agent is confined to WORK, the folder above the job's jobs/: it opens, writes and deletes only
+WORK/blobs/<sha256><suffix> named by the job's own checksums (the only path form a job may give), the job
+itself, and TensorRT engines in WORK/engines; it follows no link. Any other path is refused (exit 2) before a
+file is touched.
 With --watch-stdin the agent exits (code 4) as soon as its stdin closes: the host went away (a dropped
 SSH connection or a timeout), so no orphaned agent keeps a board busy.
 """
@@ -37,6 +42,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import sys
 import threading
 from importlib import metadata
@@ -55,6 +61,11 @@ from qadtr._errors import QadtrError  # noqa: E402
 
 VERSION = 1  # of the job file and the line protocol; the host refuses an agent speaking another
 BOARD = board_runtimes()  # runtime -> devices.runtimes.RuntimeInfo: the rows a board runs
+# The one path form of a job's files, as devices/ssh.py writes it: a blob in WORK/blobs named by its sha256 and the
+# artifact's suffix. A checksum name cannot climb out of the folder nor name anything but the file it checks.
+BLOB = re.compile(r"\.\./blobs/([0-9a-f]{64})((?:\.[A-Za-z0-9_-]{1,16})?)")
+JOB_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}\.json")  # jobs/<key>.json: the host's key is 24 hex digits
+ENGINES = "../engines"  # the only engine folder a job may name (WORK/engines)
 
 
 class AgentError(QadtrError):
@@ -119,11 +130,54 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def check_files(job: dict, where: str) -> tuple[list[str], list[str]]:
-    """(missing, corrupt) among the job's files; a corrupt file is deleted so that it is pushed again."""
+def _inside(work: str, *parts: str) -> str:
+    """WORK/parts..., refused when it is a link or resolves anywhere else (a linked blobs/ or jobs/ folder too)."""
+    path = os.path.join(work, *parts)
+    if os.path.islink(path) or (os.path.lexists(path)
+                                and os.path.realpath(path) != os.path.join(os.path.realpath(work), *parts)):
+        raise AgentError(f"{path} is a link or leads out of the agent's work folder {work}; the agent follows no "
+                         "link: delete it on the board (the host pushes what is missing again)")
+    return path
+
+
+def work_folder(job_path: str) -> str:
+    """The agent's work folder: the one holding the job's jobs/ folder; refused unless the job is jobs/<name>.json."""
+    folder, name = os.path.split(os.path.abspath(job_path))
+    if os.path.basename(folder) != "jobs" or not JOB_NAME.fullmatch(name):
+        raise AgentError(f"job file {job_path[:200]!r}: this agent runs only WORK/jobs/<name>.json (as devices/ssh.py "
+                         "pushes it); run the replay from the host")
+    work = os.path.dirname(folder)
+    _inside(work, "jobs")
+    _inside(work, "jobs", name)
+    return work
+
+
+def job_files(job: dict, work: str) -> dict:
+    """{"artifact", "images", "engines": path in WORK}, every one checked before any file is opened."""
+    files = {}
+    _inside(work, "blobs")
+    for key, suffixes in (("artifact", None), ("images", (".npy",))):
+        entry = job.get(key)
+        named = entry.get("path") if isinstance(entry, dict) else None
+        found = BLOB.fullmatch(named) if isinstance(named, str) else None
+        if found is None or found.group(1) != entry.get("sha256") or (suffixes and found.group(2) not in suffixes):
+            raise AgentError(f"the job names its {key} as {str(named)[:120]!r}: this agent opens only "
+                             f"../blobs/<the file's sha256>{'.npy' if suffixes else '.<suffix>'} in its work folder "
+                             f"{work}, nothing else; re-run the replay from the host, which writes that form")
+        files[key] = _inside(work, "blobs", found.group(1) + found.group(2))
+    if job.get("engines", ENGINES) != ENGINES:
+        raise AgentError(f"the job names engine folder {str(job.get('engines'))[:120]!r}: this agent keeps engines "
+                         f"only in {ENGINES} (its work folder's engines/); re-run the replay from the host")
+    files["engines"] = _inside(work, "engines")
+    return files
+
+
+def check_files(job: dict, files: dict) -> tuple[list[str], list[str]]:
+    """(missing, corrupt) among the job's files (paths from job_files); a corrupt file is deleted so that it is
+    pushed again."""
     missing, corrupt = [], []
     for key in ("artifact", "images"):
-        path = os.path.join(where, job[key]["path"])
+        path = files[key]
         if not os.path.isfile(path):
             missing.append(key)
         elif sha256_file(path) != job[key]["sha256"]:
@@ -132,7 +186,7 @@ def check_files(job: dict, where: str) -> tuple[list[str], list[str]]:
     return missing, corrupt
 
 
-def open_runner(job: dict, where: str):
+def open_runner(job: dict, files: dict):
     """The job's runner, made by the registry exactly as on the host, and activated."""
     runtime, options = job["runtime"], dict(job.get("options") or {})
     if runtime not in BOARD:
@@ -144,30 +198,31 @@ def open_runner(job: dict, where: str):
     if not status["available"]:
         raise AgentError(f"runtime {runtime!r} is not available on this board: {status['reason']}")
     if runtime == "tensorrt":  # engines are built on the board once, then reused from its engine folder
-        options["engine_cache"] = os.path.join(where, job.get("engines", "engines"))
-    return make_runner(runtime, os.path.join(where, job["artifact"]["path"]), **options).activate()
+        options["engine_cache"] = files["engines"]
+    return make_runner(runtime, files["artifact"], **options).activate()
 
 
 # -- the run ------------------------------------------------------------------------------------------------
 def run(job_path: str, start: int) -> int:
     import numpy as np
 
-    where = os.path.dirname(os.path.abspath(job_path))
+    work = work_folder(job_path)  # before the job file is opened
     with open(job_path) as f:
         job = json.load(f)
-    if job.get("version") != VERSION:
-        raise AgentError(f"job version {job.get('version')}, this agent speaks {VERSION}; the host pushes its own "
-                         "agent with each job: re-run")
-    missing, corrupt = check_files(job, where)  # before anything is loaded or run
+    if not isinstance(job, dict) or job.get("version") != VERSION:
+        raise AgentError(f"job version {job.get('version') if isinstance(job, dict) else None}, this agent speaks "
+                         f"{VERSION}; the host pushes its own agent with each job: re-run")
+    files = job_files(job, work)  # every path, before any file is touched
+    missing, corrupt = check_files(job, files)  # before anything is loaded or run
     if missing or corrupt:
         emit({"type": "need", "files": missing + corrupt, "corrupt": corrupt})
         return 3
-    images = np.load(os.path.join(where, job["images"]["path"]), allow_pickle=False)  # (N, H, W, 3) uint8
+    images = np.load(files["images"], allow_pickle=False)  # (N, H, W, 3) uint8
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
         raise AgentError(f"the images file holds {images.dtype} {images.shape}, not uint8 (N, H, W, 3)")
     if not 0 <= start < len(images):
         raise AgentError(f"start {start} is outside the {len(images)} images")
-    runner = open_runner(job, where)
+    runner = open_runner(job, files)
     fmt = feed_format(runner)  # the same bytes as on the host: devices.runtimes.FeedFormat
     step = fmt.batch or int(job["batch_size"])  # a fixed-batch model runs at its batch
 
@@ -192,7 +247,7 @@ def run(job_path: str, start: int) -> int:
     for _ in range(int(job["warmup"])):  # caches, lazy allocations, XNNPACK packing: run, never reported
         runner.infer(x)
     emit({"type": "hello", "agent": VERSION, "runner": runner.name, "kernels": runner.kernels, "feed": str(fmt),
-          "versions": {**runner.versions, "numpy": np.__version__, "python": platform.python_version()},
+          "batch": step, "versions": {**runner.versions, "numpy": np.__version__, "python": platform.python_version()},
           "power": power, "samples": len(images)})
     count = 0
     for first in range(start, len(images), step):

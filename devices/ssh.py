@@ -20,8 +20,11 @@ devices/agent.py from it, on the very runner files the host runs); (2) push the 
 sha256 of the artifact and the images); (3) run `agent.py run JOB START`: the agent checks every
 file's sha256 before loading anything; what is missing or corrupt it names (and deletes), the host
 pushes it and runs the agent again, and a file that fails its check right after being pushed is
-refused; (4) stream one JSON line per batch back, each checked (order, size, base64 length,
-finite numbers) before it becomes a Batch. Board layout under `workdir` (default ~/.qadtr):
+refused; (4) stream one JSON line per batch back, each checked by devices/_board_lines.py (order, the
+batch size, the same k >= 2 logits per image in every batch and the artifact's k when the host can read it,
+base64 length, finite numbers, lines of at most devices._ssh.MAX_LINE bytes) before it becomes a Batch; the
+board's text (errors, its info line) is cleaned of control characters before it is printed or stored.
+Board layout under `workdir` (default ~/.qadtr):
 agent-<hash>/, blobs/<sha256>.onnx|.tflite|.npy, jobs/<key>.json, engines/ (TensorRT, by version and GPU).
 
 Faults: a dropped connection is retried `limits.retries` times, resuming after the last batch
@@ -32,12 +35,9 @@ its stdin closes) and what arrived stays stored. Malformed or short results are 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import io
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -46,8 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
+from devices import _board_lines as lines
 from devices._device import Availability, Batch, Device, Replay, check_replay_args
-from devices._ssh import ConnectionLost, Limits, RemoteFailed, SshError, Stream, Transport
+from devices._ssh import (MAX_LINE, ConnectionLost, LineTooLong, Limits, RemoteFailed, SshError, Stream, Transport,
+                          clean)
 from devices.runtimes import accepts, board_runtimes, get_runtime
 from qadtr._errors import QadtrError
 
@@ -147,13 +149,7 @@ class SshDevice(Device):
                                "works") from None
             except RemoteFailed as e:
                 raise SshError(f"{e}; is python = {self.spec.python!r} a Python 3 with numpy on the board?") from None
-            try:
-                info = json.loads(out.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                info = None
-            if not isinstance(info, dict) or info.get("type") != "info" or info.get("agent") != AGENT_VERSION:
-                raise SshError(f"device {self.name!r}: the agent answered {out.strip()[:200]!r}, not its info line; "
-                               f"is python = {self.spec.python!r} a Python 3 on the board?")
+            info = lines.info(self.name, out, AGENT_VERSION, self.spec.python)
             self._info = info
         return self._info
 
@@ -250,14 +246,17 @@ class SshDevice(Device):
         art_sha = sha256_file(artifact)
         images_path, images_sha = self._images_file(images)
         job = {"version": AGENT_VERSION, "runtime": runtime, "options": options, "batch_size": batch_size,
-               "warmup": warmup, "artifact": {"path": f"../blobs/{art_sha}{artifact.suffix}", "sha256": art_sha},
-               "images": {"path": f"../blobs/{images_sha}.npy", "sha256": images_sha},
+               "warmup": warmup,
+               "artifact": {"path": f"../blobs/{lines.blob_name(art_sha, artifact.suffix)}", "sha256": art_sha},
+               "images": {"path": f"../blobs/{lines.blob_name(images_sha, '.npy')}", "sha256": images_sha},
                "power": None if self.emulated else self._meter_job(), "engines": "../engines"}
         local = {"artifact": artifact, "images": images_path}
+        step, k = lines.expected_layout(runtime, artifact, options, batch_size)
+        known = {"step": step, "asked": batch_size, "k": k}  # k: the artifact's, else the run's first batch's
         expected, attempt, pushed = start, 0, set()  # pushed: blobs sent in this replay (a second need = corrupt)
         while True:
             try:
-                for batch in self._session(rep, job, local, expected, len(images), pushed):
+                for batch in self._session(rep, job, local, expected, len(images), pushed, known):
                     yield batch
                     expected += len(batch.logits)
                 return
@@ -268,7 +267,8 @@ class SshDevice(Device):
                                    "re-run the same command to resume") from None
                 time.sleep(self.limits.backoff * 2 ** (attempt - 1))
 
-    def _session(self, rep: Replay, job: dict, local: dict, first: int, total: int, pushed: set) -> Iterator[Batch]:
+    def _session(self, rep: Replay, job: dict, local: dict, first: int, total: int, pushed: set,
+                 known: dict) -> Iterator[Batch]:
         """One connection: push what is missing, run the agent from `first`, yield its checked batches."""
         agent = self._ensure_agent()
         text = json.dumps(job, sort_keys=True)
@@ -281,7 +281,7 @@ class SshDevice(Device):
                  "--watch-stdin"]
         while True:
             with self.link.stream(words) as stream:
-                need = yield from self._read(stream, rep, job["runtime"], first, total)
+                need = yield from self._read(stream, rep, job["runtime"], first, total, known)
             if need is None:
                 return
             again = sorted(set(need) & pushed)
@@ -294,9 +294,10 @@ class SshDevice(Device):
                 self.link.push(local[name], self._work("blobs", Path(job[name]["path"]).name), what=f"pushing the {name}")
                 pushed.add(name)
 
-    def _read(self, stream: Stream, rep: Replay, runtime: str, first: int, total: int):
-        """Yield the stream's batches; return the files the agent needs (a list) or None when it is done."""
-        expected, k, hello = first, None, False
+    def _read(self, stream: Stream, rep: Replay, runtime: str, first: int, total: int, known: dict):
+        """Yield the stream's batches; return the files the agent needs (a list) or None when it is done.
+        `known`: {"step", "asked", "k"} of the run (k is set by its first batch when the artifact did not say)."""
+        expected, hello, step = first, False, None
         timeout = self.limits.build if runtime == "tensorrt" else self.limits.first
         while True:
             try:
@@ -305,23 +306,25 @@ class SshDevice(Device):
                 raise SshError(f"device {self.name!r}: no answer from the agent for {timeout:g} s ({runtime}, "
                                f"{expected} of {total} samples done): the board hangs or is overloaded; the samples "
                                "received are kept, re-run the same command to resume") from None
+            except LineTooLong as e:
+                lines.refuse(self.name, f"a line over {MAX_LINE >> 20} MiB (at sample {expected})", e.head,
+                             "a batch line holds batch size x classes x 5.3 bytes: pass a smaller --batch-size, or "
+                             "the board's agent is not this host's; the batches before it are kept, re-run to resume")
             if raw is None:
                 break
-            msg = self._message(raw, expected)
+            msg = lines.message(self.name, raw, expected)
             if msg["type"] == "need" and not hello:
-                return [f for f in msg.get("files", []) if f in ("artifact", "images")] or self._bad("a need line "
-                                                                                                    "naming no file", raw)
+                return lines.need(self.name, msg, raw)
             if msg["type"] == "error":
-                raise SshError(f"device {self.name!r}: the agent on the board stopped {runtime}: {msg.get('message')}")
+                raise SshError(f"device {self.name!r}: the agent on the board stopped {runtime}: "
+                               f"{lines.error_text(msg)}")
             if msg["type"] == "hello" and not hello:
-                if msg.get("agent") != AGENT_VERSION or not all(isinstance(msg.get(f), str)
-                                                                for f in ("runner", "kernels", "feed")):
-                    self._bad("a hello line of another agent version", raw)
-                rep.runner, rep.kernels, rep.feed = msg["runner"], msg["kernels"], msg["feed"]
+                rep.runner, rep.kernels, rep.feed, step = lines.hello(self.name, msg, raw, AGENT_VERSION, known["step"],
+                                                                      known["asked"])
                 hello, timeout = True, self.limits.line
             elif msg["type"] == "batch" and hello:
-                batch = self._batch(msg, raw, expected, total, k)
-                k = batch.logits.shape[1]
+                batch = self._batch(msg, raw, expected, total, known["k"], step)
+                known["k"] = batch.logits.shape[1]
                 yield batch
                 expected += len(batch.logits)
             elif msg["type"] == "done" and hello:
@@ -334,44 +337,15 @@ class SshDevice(Device):
         if rc == 255:
             raise self.link.error(f"the replay ({expected} of {total} samples done)", rc, err)
         raise SshError(f"device {self.name!r}: the agent stopped after {expected} of {total} samples without finishing "
-                       f"(exit {rc}: {(err.strip().splitlines() or ['no message'])[-1][:300]}); the samples received "
+                       f"(exit {rc}: {clean((err.strip().splitlines() or ['no message'])[-1])}); the samples received "
                        "are kept, re-run the same command to resume")
 
     def _bad(self, what: str, raw: bytes):
-        raise SshError(f"device {self.name!r}: the board sent {what}: {raw[:120]!r}...; nothing of it was stored "
-                       "(an agent of another version, or output corrupted on the way); re-run to resume")
+        lines.refuse(self.name, what, raw)
 
     def _message(self, raw: bytes, expected: int) -> dict:
-        try:
-            msg = json.loads(raw)
-        except ValueError:
-            msg = None
-        if not isinstance(msg, dict) or msg.get("type") not in ("need", "hello", "batch", "done", "error"):
-            self._bad(f"a malformed line (expected the batch from sample {expected})", raw)
-        return msg
+        return lines.message(self.name, raw, expected)
 
-    def _batch(self, msg: dict, raw: bytes, expected: int, total: int, k: int | None) -> Batch:
-        """A result line -> Batch, refused unless every field is right (order, size, bytes, numbers)."""
-        ints = [msg.get(f) for f in ("first", "n", "k")]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints) or not isinstance(msg.get("logits"), str):
-            self._bad("a batch line without integer first/n/k and base64 logits", raw)
-        first, n, width = ints
-        if first != expected:
-            self._bad(f"rows from {first}, expected {expected} (a skipped or repeated batch)", raw)
-        if n < 1 or width < 1 or first + n > total or (k is not None and width != k):
-            self._bad(f"a batch of {n}x{width} logits at row {first} (the replay has {total} rows"
-                      + (f", {k} logits per image" if k else "") + ")", raw)
-        try:
-            data = base64.b64decode(msg["logits"], validate=True)
-        except (binascii.Error, ValueError):
-            data = None
-        if data is None or len(data) != 4 * n * width:
-            self._bad(f"{'undecodable' if data is None else f'{len(data)} bytes of'} logits for {n}x{width} float32 "
-                      "(short results)", raw)
-        seconds, energy = msg.get("seconds"), msg.get("energy_j")
-        numbers = [seconds] + ([] if energy is None else [energy])
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in numbers) \
-                or seconds < 0:
-            self._bad(f"inference time {seconds!r} / energy {energy!r} (need finite numbers, time >= 0)", raw)
-        logits = np.frombuffer(data, dtype="<f4").reshape(n, width).astype(np.float32)  # (n, K), native order
-        return Batch(first, logits, float(seconds), None if energy is None else float(energy))
+    def _batch(self, msg: dict, raw: bytes, expected: int, total: int, k: int | None, step: int | None = None) -> Batch:
+        """A result line -> Batch, refused unless every field is right (devices/_board_lines.py batch)."""
+        return lines.batch(self.name, msg, raw, expected, total, k, step)

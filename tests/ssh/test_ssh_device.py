@@ -4,6 +4,7 @@ sshd mid-run, a corrupted artifact, malformed and short results, a hung agent, a
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -259,3 +260,132 @@ def test_unreachable_board_is_one_line(tmp_path, capsys):
     assert on_device.main(["--device", "jetson", "--inventory", str(inv), "--model", __file__, "--patches", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and err[0].startswith("error: device 'jetson' is unreachable at 127.0.0.1:1 (")
+
+
+# -- a hostile board: its agent lies; every lie is refused in one line, nothing of it is stored ------------------
+def _lie(body: str, first: int | None = None) -> str:
+    """An agent whose batch line at row `first` (every batch line: None) is rewritten by `body` (sees obj, np)."""
+    when = "" if first is None else f" and obj['first'] == {first}"
+    return (f"if obj.get('type') == 'batch'{when}:\n    import numpy as np\n"
+            + "".join(f"    {ln}\n" for ln in body.splitlines()) + "_emit(obj)")
+
+
+def _logits(n: str = "obj['n']", k: str = "obj['k']", poke: str = "") -> str:
+    """Lines of a lie: replace the batch's logits by zeros of (n, k), `poke` applied to `a`."""
+    return (f"a = np.zeros(({n}, {k}), '<f4')\n{poke}\nobj['n'], obj['k'] = a.shape\n"
+            "obj['logits'] = base64.b64encode(a.tobytes()).decode()")
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err)
+    assert isinstance(err, QadtrError) and "\n" not in text and text.isprintable(), text  # no escape reaches a terminal
+    return text
+
+
+@pytest.mark.parametrize("patch, host_knows_k, match, kept", [
+    (_lie(_logits(poke="a[1, 2] = np.nan"), 7), True, r"1 NaN/inf logits in the 7x10 batch at row 7 \(first at row 8\)"
+     r".*computed it: compare with --device local", 7),
+    (_lie(_logits(poke="a[:, 0] = np.inf"), 0), True, r"7 NaN/inf logits in the 7x10 batch at row 0", 0),
+    (_lie(_logits(poke="a[-1, -1] = -np.inf")), False, r"1 NaN/inf logits in the 7x10 batch at row 0", 0),
+    (_lie(_logits(k="1")), True, r"a batch of 7x1 logits at row 0 \(the replay has \d+ rows, 10 logits per image\)", 0),
+    (_lie(_logits(k="1")), False, r"a batch of 7x1 logits at row 0 \(.*a classifier has 2 or more logits per image\)",
+     0),
+    (_lie(_logits(k="12")), True, r"a batch of 7x12 logits at row 0 \(the replay has \d+ rows, 10 logits per image\)",
+     0),
+    (_lie(_logits(k="5"), 7), False, r"a batch of 7x5 logits at row 7 \(the replay has \d+ rows, 10 logits per image\)",
+     7),
+    (_lie(_logits(n="3"), 7), True, r"a batch of 3x10 logits at row 7 \(the replay has \d+ rows, 7 per batch\)", 7),
+    ("if obj.get('type') == 'hello':\n    obj['batch'] = 3\n_emit(obj)", True,
+     r"a hello line announcing 3 images per batch \(the run asked for 7\)", 0),
+    (_lie("obj = {'type': 'batch', 'pad': 'x' * (9 << 20)}", 7), True,
+     r"a line over 8 MiB \(at sample 7\).*pass a smaller --batch-size", 7),
+    (_lie("obj = {'type': 'error', 'message': '\\x1b[2J\\x1b]0;owned\\x07boom\\r\\nnext \\u202egnp.exe'}", 7), True,
+     r"the agent on the board stopped null: \[2J\]0;ownedboom  next gnp\.exe$", 7),
+    (_lie("sys.stderr.write('\\x1b[31mred\\x1b[0m\\n')\nsys.exit(0)", 14), True,
+     r"without finishing \(exit 0: \[31mred\[0m\)", 14),
+], ids=["nan", "inf", "-inf-k-unknown", "k1", "k1-k-unknown", "k-not-the-artifacts", "k-changes-mid-run", "n-wrong",
+        "hello-batch", "oversized-line", "escapes-in-error", "escapes-in-stderr"])
+def test_a_lying_board_is_refused_and_the_run_resumes(patch, host_knows_k, match, kept, sshd, replay, tiny_exports,
+                                                      tmp_path, monkeypatch):
+    """Each lie ends the run with one printable line naming what the board sent; the batches before it stay, none
+    of it is stored, and the same command on an honest board resumes from there to a complete, finite run."""
+    if not host_knows_k:  # a host that cannot read the artifact: k is the run's first batch's
+        monkeypatch.setattr("devices._board_lines.expected_layout", lambda *a: (None, None))
+    device = board(sshd, tmp_path)
+    device.agent_source = stub_agent(tmp_path, patch)
+    job = _job(tiny_exports["onnx"], "null")
+    with Store(tmp_path / "s.sqlite") as s:
+        with pytest.raises(QadtrError) as caught:
+            od.replay_run(s, device, job, replay, batch_size=7, warmup=0)
+        assert re.search(match, _one_line(caught.value)), str(caught.value)
+        run_id = s.runs()[0].run_id
+        assert s.done_samples(run_id) == set(range(kept))  # what arrived before the lie stays, the lie is not stored
+        out = od.replay_run(s, board(sshd, tmp_path), job, replay, batch_size=7, warmup=0)
+        assert out.run.run_id == run_id and out.replayed == len(replay) - kept and out.run.complete
+        logits = s.logits(run_id)
+        assert logits.shape == (len(replay), 10) and not logits.any()  # the null runner's zeros, every row
+
+
+@pytest.mark.parametrize("patch, match", [
+    ("obj['runtimes'] = ['onnxrt', 'null']", r"runtimes = \['onnxrt', 'null'\], not an object of name"),
+    ("obj['runtimes']['null'] = {'version': None}", r"runtimes\.null = \{'version': None\}, not an object with "
+                                                    r"available = true or false"),
+    ("obj['runtimes']['onnxrt'] = 'yes'", r"runtimes\.onnxrt = 'yes', not an object with available"),
+    ("obj['runtimes']['onnxrt']['version'] = [1, 2]", r"runtimes\.onnxrt\.version = \[1, 2\], not a string"),
+    ("obj['meters'] = 'none'", r"meters = 'none', not an object"),
+    ("obj['cpu'] = {'model': 'x'}", r"cpu = \{'model': 'x'\}, not a string"),
+    ("obj['cores'] = '4'", r"cores = '4', not a positive integer"),
+    ("obj['host'] = [1]", r"host = \[1\], not an object"),
+    ("obj = {'type': 'info', 'agent': 1, 'pad': 'x' * 70000}", r"info answer is \d+ bytes, over 64 KiB"),
+    ("print('\\x1b[31mGARBAGE\\x1b[0m', flush=True)\nobj = {}",
+     r"the agent answered '\[31mGARBAGE\[0m \{\}', not its info"),
+    ("obj = '[' * 30000", r"the agent answered '\[\[\[\[.*not its info line"),
+], ids=["runtimes-list", "no-available", "entry-not-dict", "version-list", "meters-string", "cpu-dict", "cores-string",
+        "host-list", "oversized", "garbage", "deeply-nested"])
+def test_a_malformed_info_line_is_refused(patch, match, sshd, replay, tiny_exports, tmp_path):
+    device = board(sshd, tmp_path)
+    device.agent_source = stub_agent(tmp_path, "if obj.get('type') == 'info':\n"
+                                               + "".join(f"    {ln}\n" for ln in patch.splitlines())
+                                               + "if isinstance(obj, str):\n    print(obj, flush=True)\nelse:\n"
+                                                 "    _emit(obj)")
+    with pytest.raises(SshError) as caught:
+        device.status()
+    assert re.search(match, _one_line(caught.value)), str(caught.value)
+    with Store(tmp_path / "s.sqlite") as s:  # the device is described before a run opens: nothing is stored
+        with pytest.raises(SshError, match=match):
+            od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay, batch_size=7, warmup=0)
+        assert s.runs() == []
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield k
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def test_board_text_is_cleaned_before_it_is_shown_or_stored(sshd, replay, tiny_exports, tmp_path):
+    """Terminal escapes and control characters in what the board says of itself never reach a status line, the
+    device description stored with every run, nor the kernels a run records."""
+    evil = "\\x1b[31m\\x1b]0;pwned\\x07\\r\\n\\u202e"
+    patch = (f"if obj.get('type') == 'info':\n    obj['cpu'] = '{evil}Cortex'\n    obj['os'] = 'Linux{evil}'\n"
+             f"    obj['runtimes']['onnxrt'] = {{'available': False, 'reason': '{evil}gone'}}\n"
+             f"    obj['meters']['rapl'] = {{'available': False, 'reason': 'no{evil}'}}\n"
+             f"    obj['host']['cpu'] = '{evil}'\n    obj['host']['{evil}'] = ['{evil}', {{'a': '{evil}'}}]\n"
+             f"if obj.get('type') == 'hello':\n    obj['kernels'] = 'none{evil}'\n_emit(obj)")
+    device = board(sshd, tmp_path, runtimes=["onnxrt", "null"], power="rapl")
+    device.agent_source = stub_agent(tmp_path, patch)
+    rows = device.status()
+    reasons = {(a.kind, a.name): a.reason for a in rows}
+    assert reasons[("runtime", "onnxrt")] == "[31m]0;pwned  gone" and reasons[("power", "rapl")] == "no[31m]0;pwned  "
+    described = device.describe()
+    assert described["cpu"] == "[31m]0;pwned  Cortex" and described["os"] == "Linux[31m]0;pwned  "
+    assert all(text.isprintable() for text in _strings(described)) and all(a.line().isprintable() for a in rows)
+    with Store(tmp_path / "s.sqlite") as s:
+        out = od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay, batch_size=7, warmup=0)
+        assert out.run.complete and s.run(out.run.run_id).kernels == "none[31m]0;pwned  "

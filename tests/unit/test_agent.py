@@ -170,3 +170,79 @@ def test_agent_is_standalone_and_reads_a_board_meter(tiny_exports, tiny_images, 
                 assert hello["power"]["idle_w"] == pytest.approx(5.704) and b["energy_j"] == pytest.approx(0, abs=1e-9)
             else:  # the meter's window holds the timed call
                 assert 5.704 * b["seconds"] <= b["energy_j"] + 1e-12 < 5.704 * (b["seconds"] + 0.05)
+
+
+def _escape(board: Path, how: str, job: Path) -> Path:
+    """Point the job (or the board folder) at a file outside the board folder, the way `how` says; the file."""
+    outside = board.parent / "outside.onnx"
+    outside.write_bytes(b"precious: not the agent's to read or delete")
+    spec = json.loads(job.read_text())
+    blob = job.parent / spec["artifact"]["path"]
+    if how == "dotdot":
+        spec["artifact"]["path"] = "../../outside.onnx"
+    elif how == "dotdot-in-blobs":
+        spec["artifact"]["path"] = "../blobs/../../outside.onnx"
+    elif how == "absolute":
+        spec["artifact"]["path"] = str(outside)
+    elif how == "images-absolute":
+        outside = outside.with_suffix(".npy")
+        outside.write_bytes(b"precious")
+        spec["images"]["path"] = str(outside)
+    elif how == "other-checksum":  # a blob name, but not the file the job's checksum names
+        spec["artifact"]["path"] = f"../blobs/{'0' * 64}.onnx"
+    elif how == "engines":
+        spec["engines"] = str(board.parent)
+    elif how == "symlinked-blob":  # the blob the checksum names is a link out of the folder
+        blob.unlink()
+        blob.symlink_to(outside)
+    elif how == "symlinked-blobs-folder":
+        (board / "blobs").rename(board.parent / "elsewhere")
+        (board / "blobs").symlink_to(board.parent / "elsewhere")
+        outside = board.parent / "elsewhere" / blob.name
+    elif how == "symlinked-job":
+        real = board.parent / "job.json"
+        real.write_text(json.dumps(spec))
+        job.unlink()
+        job.symlink_to(real)
+        return outside
+    job.write_text(json.dumps(spec))
+    return outside
+
+
+ESCAPES = {  # how the job (or the board folder) leads out -> the refusal
+    "dotdot": r"the job names its artifact as '\.\./\.\./outside\.onnx': this agent opens only \.\./blobs/<the "
+              r"file's sha256>\.<suffix> in its work folder",
+    "dotdot-in-blobs": r"the job names its artifact as '\.\./blobs/\.\./\.\./outside\.onnx'",
+    "absolute": r"the job names its artifact as '/.*outside\.onnx': this agent opens only",
+    "images-absolute": r"the job names its images as '/.*outside\.npy': this agent opens only \.\./blobs/<the file's "
+                       r"sha256>\.npy",
+    "other-checksum": r"the job names its artifact as '\.\./blobs/0{64}\.onnx'",
+    "engines": r"the job names engine folder '/.*': this agent keeps engines only in \.\./engines",
+    "symlinked-blob": r"blobs/[0-9a-f]{64}\.onnx is a link or leads out of the agent's work folder .*: delete it",
+    "symlinked-blobs-folder": r"blobs is a link or leads out of the agent's work folder",
+    "symlinked-job": r"jobs/job\.json is a link or leads out of the agent's work folder",
+}
+
+
+@pytest.mark.parametrize("how, match", ESCAPES.items(), ids=list(ESCAPES))
+def test_agent_touches_nothing_outside_its_work_folder(how, match, tiny_exports, tiny_images, tmp_path):
+    """A job naming any path but ../blobs/<its own sha256><suffix>, or a link out of the board folder, is refused in
+    one error line before a file is opened: the outside file is neither read as the model nor deleted as corrupt."""
+    board = tmp_path / "board"
+    job = make_job(board, "onnxrt", tiny_exports["onnx"], tiny_images)
+    outside = _escape(board, how, job)
+    before = {p: p.read_bytes() for p in [*board.rglob("*"), outside] if p.is_file()}
+    rc, lines, _ = run_agent("run", str(job), "0")
+    assert rc == 2 and len(lines) == 1 and lines[0]["type"] == "error", lines
+    assert re.search(match, lines[0]["message"]), lines[0]["message"]
+    assert {p: p.read_bytes() for p in before if p.is_file()} == before  # every file is still there, unchanged
+
+
+@pytest.mark.parametrize("where", ["board/job.json", "board/jobs/../job.json", "board/jobs/a b.json"])
+def test_agent_runs_only_a_job_in_its_jobs_folder(where, tiny_exports, tiny_images, tmp_path):
+    job = make_job(tmp_path / "board", "onnxrt", tiny_exports["onnx"], tiny_images)
+    moved = tmp_path / where
+    moved.write_text(job.read_text())
+    rc, lines, _ = run_agent("run", str(moved), "0")
+    assert rc == 2 and len(lines) == 1 and re.search(r"job file '.*': this agent runs only WORK/jobs/<name>\.json",
+                                                     lines[0]["message"]), lines

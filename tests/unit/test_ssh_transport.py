@@ -131,3 +131,95 @@ def test_result_lines_are_checked(device, fields, match):
     assert good.first == 4 and good.logits.dtype == np.float32 and good.logits.tolist() == [[0, 1, 2], [3, 4, 5]]
     with pytest.raises(SshError, match=r"a malformed line \(expected the batch from sample 4\)"):
         device._message(b'{"type": "batches"}', 4)
+
+
+# -- what the board sends is bounded and cleaned --------------------------------------------------------------
+def _writer(code: str) -> list[str]:
+    """A local process standing in for a board's ssh: it runs `code` with sys and `MB` (1 MiB of 'x') defined."""
+    import sys
+
+    return [sys.executable, "-c", "import sys\nMB = b'x' * (1 << 20)\n" + code]
+
+
+def test_a_line_over_max_line_is_refused_without_being_held():
+    import tracemalloc
+
+    from devices._ssh import MAX_LINE, LineTooLong, Stream
+
+    tracemalloc.start()
+    try:
+        with Stream(_writer("for _ in range(64):\n    sys.stdout.buffer.write(MB)\nsys.stdout.buffer.flush()")) as s:
+            with pytest.raises(LineTooLong, match=r"a line over 8 MiB starting b'xxxx"):
+                s.line(60)  # 64 MiB without a newline: cut at MAX_LINE, the rest never read
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * MAX_LINE, peak  # not the 64 MiB the board sent
+
+
+def test_lines_read_ahead_are_bounded_and_none_is_lost():
+    import time
+    import tracemalloc
+
+    from devices._ssh import QUEUED, Stream
+
+    tracemalloc.start()
+    try:
+        with Stream(_writer("for i in range(100):\n    sys.stdout.buffer.write(MB + b'%d\\n' % i)\n")) as s:
+            time.sleep(1.5)  # a host busy elsewhere: the board's 100 MiB wait in its pipe, not in this process
+            held = tracemalloc.get_traced_memory()[0]
+            got = [s.line(60)[-4:] for _ in range(100)]
+            assert s.line(60) is None
+    finally:
+        tracemalloc.stop()
+    assert held < (QUEUED + 4) * (1 << 20), held
+    assert [ln[-4:].strip(b"x\n") for ln in got] == [b"%d" % i for i in range(100)]
+
+
+def test_a_short_commands_answer_is_capped(tmp_path):
+    link = Transport(_spec(), lambda: Limits())
+    with pytest.raises(SshError, match=r"device 'pi': agent info: the board answered more than 8 MiB \(starting "
+                                       r"b'xxx.*refused unread; check what runs as `venv/bin/python3` on the board"):
+        link._call(_writer("for _ in range(64):\n    sys.stdout.buffer.write(MB)"), "agent info", 60)
+    assert link._call(_writer("print('ok')"), "agent info", 60) == "ok\n"
+
+
+def test_board_text_in_ssh_errors_is_cleaned():
+    link = Transport(_spec(), lambda: Limits())
+    err = link.error("agent info", 1, "\x1b[2J\x1b]0;owned\x07python3: \u202egnp.exe not found\r\n")
+    assert str(err) == "device 'pi': agent info failed on the board (exit 1): [2J]0;ownedpython3: gnp.exe not found"
+    lost = link.error("x", 255, "ssh: \x1b[31mConnection refused\x1b[0m\n")
+    assert lost.reason == "ssh: [31mConnection refused[0m" and str(lost).isprintable()
+
+
+def test_the_host_names_blobs_only_as_the_agent_accepts_them(device, tmp_path):
+    from devices import _board_lines as lines
+    from devices.agent import BLOB
+
+    for suffix in (".onnx", ".tflite", ".npy", ""):
+        assert BLOB.fullmatch(f"../blobs/{lines.blob_name('a' * 64, suffix)}")
+    odd = tmp_path / "m.on nx;rm"
+    odd.write_bytes(b"x")
+    with device.replay("null", odd, IMAGES) as rep:  # refused before any connection: no board is reachable here
+        with pytest.raises(SshError, match=r"cannot push a file with suffix '\.on nx;rm' to a board .*rename the "
+                                           r"artifact"):
+            next(rep)
+
+
+def test_the_host_reads_k_and_the_batch_from_the_artifact(tiny_exports, tmp_path):
+    from devices._board_lines import expected_layout
+
+    assert expected_layout("onnxrt", tiny_exports["onnx"], {}, 7) == (7, 10)  # a dynamic batch: the one asked for
+    assert expected_layout("litert-xnnpack", tiny_exports["tflite"], {}, 7) == (7, 10)
+    assert expected_layout("tensorrt", tiny_exports["onnx"], {}, 7) == (None, 10)  # its profile decides the batch
+    assert expected_layout("null", tiny_exports["onnx"], {"num_classes": 3}, 7) == (7, 3)
+    import onnx
+    from onnx import TensorProto, helper
+
+    fixed = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "fixed",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
+    onnx.save(helper.make_model(fixed), tmp_path / "fixed.onnx")
+    assert expected_layout("onnxrt", tmp_path / "fixed.onnx", {}, 7) == (1, 10)  # a fixed batch: the agent runs at it
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    assert expected_layout("onnxrt", tmp_path / "junk.onnx", {}, 7) == (None, None)  # unknown: the first batch decides
