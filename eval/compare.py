@@ -315,20 +315,20 @@ def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images:
     """Compare deployed `run` with the fake-quant `ref_run` (RunRecords of `store`, same replay).
 
     Raises:
-        QadtrError: different replays, incomplete runs, a replay file that moved or changed.
+        QadtrError: different replays, incomplete or damaged runs, a replay or source checkpoint that changed
+            since the runs (eval._integrity); a replaced artifact is not rerun (divergence, attribution skipped).
     """
     from eval._divergence import Divergence, first_divergence
+    from eval._integrity import artifact_change, check_source, replay_of
     from eval._runs import LSB_SOURCE, bits_name, deploy_cached, logit_lsb, model_key, output_step
-    from eval.replay import load_replay
 
     if ref_run.replay_sha256 != run.replay_sha256:
         raise QadtrError(f"runs {ref_run.run_id[:12]} and {run.run_id[:12]} replayed different files; compare runs "
                          "of one replay")
-    replay = load_replay(run.replay)
-    if replay.sha256 != run.replay_sha256:
-        raise QadtrError(f"{run.replay} changed since run {run.run_id[:12]} (sha256 differs); re-run eval.on_device")
-    key = model_key(ref_run)
+    replay, key = replay_of(run), model_key(ref_run)
+    check_source(key, ref_run)  # before its LSB grid or deploy net is computed
     ref_logits, out_logits = store.logits(ref_run.run_id), store.logits(run.run_id)
+    changed = artifact_change(run)  # before anything reads or reruns the artifact
     lsb, source = None, ""
     if key.bits is not None and key.checkpoint:
         lsb = logit_lsb(key.checkpoint, key.bits, replay.info.hw)
@@ -339,21 +339,21 @@ def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images:
                           replay.test_index, [p.target for p in replay.info.patches], lsb=lsb,
                           patch_names=[p.file for p in replay.info.patches], gate=gate, ref_name=ref_run.runtime,
                           out_name=run.runtime, lsb_source=source)
-    step = output_step(run.artifact)
+    step = None if changed else output_step(run.artifact)
     if step is not None:
         res.logits["out_step"] = step
         res.logits["out_step_lsb"] = None if lsb is None else float(step / np.min(lsb))
     delta = None if lsb is None else (np.abs(out_logits.astype(np.float64) - ref_logits) / lsb).max(1)  # (M,)
     why = _divergence_rows(res, delta, divergence_images)
     rows = list(why)
-    attribution = _attribute(run, replay, out_logits)
+    attribution = _attribute(run, replay, out_logits, changed)
     semantics = attribution.get("explained_by")
     if not divergence_images:
         div = Divergence(run.runtime, "", (), (), None, "not requested (divergence_images=0)")
     elif key.bits is None or not key.checkpoint:
         div = Divergence(run.runtime, "", (), (), None, "no integer activations (float model or checkpoint not found)")
-    elif not Path(run.artifact).is_file():
-        div = Divergence(run.runtime, "", (), (), None, f"artifact {run.artifact} not found here")
+    elif changed:
+        div = Divergence(run.runtime, "", (), (), None, changed)
     else:
         net = deploy_cached(key.checkpoint, key.bits)
         div = first_divergence(net, run.runtime, run.artifact, replay.images[rows], rows, semantics=semantics,
@@ -375,18 +375,17 @@ def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images:
 ATTRIBUTED = ("onnxrt", "litert-xnnpack", "litert-builtin", "litert-ref")  # runtimes the executor has semantics for
 
 
-def _attribute(run, replay, logits: np.ndarray) -> dict:
-    """devices.intexec.attribute for a deployed run, or {"skipped": why} (no model of it, or no artifact here)."""
+def _attribute(run, replay, logits: np.ndarray, changed: str) -> dict:
+    """devices.intexec.attribute for a deployed run, or {"skipped": why} (no model of it, or `changed`: the
+    artifact is not here or not the file the run used, eval._integrity.artifact_change)."""
     from devices.intexec import attribute
-    from qadtr._config import sha256_file
 
-    artifact = Path(run.artifact)
     if run.runtime not in ATTRIBUTED:
         return {"skipped": f"no executor semantics models runtime {run.runtime!r}", "summary": ""}
-    if not artifact.is_file() or sha256_file(artifact) != run.artifact_sha256:
-        return {"skipped": f"{artifact} is not here or is not the file the run used (sha256)",
-                "summary": f"not attributed: {artifact.name} missing or changed since the run"}
-    return attribute(artifact, replay.images, logits, runtime=run.runtime, host=(run.device_info or {}).get("host"))
+    if changed:
+        return {"skipped": changed, "summary": f"not attributed: {changed}"}
+    return attribute(Path(run.artifact), replay.images, logits, runtime=run.runtime,
+                     host=(run.device_info or {}).get("host"))
 
 
 def compare_store(store_path: str | Path, *, reference: str = "fakequant", runs: Sequence[str] = (),
@@ -406,7 +405,7 @@ def compare_store(store_path: str | Path, *, reference: str = "fakequant", runs:
 def across_devices(store_path: str | Path, reference_device: str = "local") -> list[dict]:
     """The same runtime and artifact on other devices vs `reference_device`, logit by logit (identical bytes
     in, so identical integer kernels give identical logits): one row per (runtime, artifact, device)."""
-    from eval.store import Store
+    from eval.store import IncompleteRun, Store
 
     rows = []
     with Store(store_path) as store:
@@ -418,8 +417,8 @@ def across_devices(store_path: str | Path, reference_device: str = "local") -> l
                 continue
             try:
                 a, b = store.logits(base.run_id), store.logits(r.run_id)  # (M, K) each
-            except QadtrError:
-                continue  # an incomplete run: nothing to compare yet
+            except IncompleteRun:
+                continue  # nothing to compare yet; a damaged run is refused (StoreError), never skipped
             rows.append({"runtime": r.runtime, "artifact": Path(r.artifact).name, "device": r.device,
                          "reference_device": reference_device, "kernels": r.kernels, "logits": int(a.size),
                          "identical": bool(np.array_equal(a, b)), "differing": int((a != b).sum()),

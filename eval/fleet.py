@@ -179,10 +179,7 @@ def replay_run(store, device, job: Job, replay, *, batch_size: int = 100, warmup
                 replay=str(replay.path), replay_sha256=replay.sha256, samples=len(replay),
                 options=job.options(batch_size, warmup), emulated=device.emulated)
     info = device_info if device_info is not None else device.describe()  # a remote describe() costs a round trip
-    run = store.open_run(**spec, device_info=info)
-    if fresh and (run.complete or store.batches(run.run_id)):
-        store.delete_run(run.run_id)
-        run = store.open_run(**spec, device_info=info)
+    run = store.open_run(**spec, device_info=info, fresh=fresh)  # fresh: also clears rows that fail their checks
     if run.complete:
         return Outcome(run, 0, 0.0)
     done = store.done_samples(run.run_id)

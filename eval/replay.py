@@ -16,9 +16,15 @@ own stored images at its own placements, both with `qadtr.attacks.rebuild`: the 
 placements `eval.transfer` evaluates, so ASRs computed from a replay equal its ASRs (tested).
 
 The .json beside it (`{"_type": "ReplayInfo", "_version": 1, "_data": {...}}`) holds the sha256 of the
-.npz, the dataset (and a sha256 of its test split), eval_subset, eval_seed and every patch file used
-with its sha256 and provenance. `key`, a sha256 of all inputs, names the file, so a replay is rebuilt
-exactly when an input changes and reused otherwise.
+.npz, the dataset (its class count and a sha256 of its test split), eval_subset, eval_seed and every patch
+file used with its sha256 and provenance. `key`, a sha256 of all inputs, names the file, so a replay is
+rebuilt exactly when an input changes and reused otherwise.
+
+Checksums: `ReplayInfo.sha256` covers the description itself (`description_sha256`: targets, n_subset, the
+blocks, ...), `npz_sha256` the arrays, and `Replay.sha256` (`replay_sha256`) both: it is the `replay_sha256`
+every run in the result store records, so a comparison or report refuses a replay edited after its runs.
+`load_replay` refuses a description that no longer matches its checksum, then checks every count and
+range against the arrays (targets within the class count, blocks contiguous, each patched row's clean row).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qadtr._config import atomic_write_bytes, read_versioned_npz, sha256_file, write_json
+from eval._replay_checks import INFO_FIELDS, PATCH_FIELDS, check_counts, check_rows, fields
 from qadtr._errors import QadtrError
 from qadtr._stats import Proportion
 
@@ -46,6 +53,9 @@ FORMAT_VERSION = 1
 HINT = "HINT: delete it and re-run `python -m eval.on_device ... --patches DIR` (or eval.replay.make_replay), " \
        "which rebuilds it from the patch files"
 _CHUNK = 1000  # images per `rebuild` call: its index maps are (n, H, W) float64, ~8 MB per 1000 CIFAR images
+# not covered by the description checksum: the checksum itself; the build time (a rebuild from the same inputs
+# keeps its checksum, so its runs still resume); the arrays' sha256, checked against the .npz file itself
+_UNSEALED = ("sha256", "created", "npz_sha256")
 
 
 @dataclass(frozen=True)
@@ -79,8 +89,10 @@ class ReplayInfo:
     n_clean: int  # rows [0, n_clean): clean (n_subset plus clean images only per-image patches need)
     samples: int  # M, all rows
     hw: tuple[int, int]
+    num_classes: int  # of the dataset: labels and targets index its classes
     patches: tuple[PatchRef, ...]
     created: str = ""
+    sha256: str = ""  # description_sha256 of this description ("" until sealed by make_replay)
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -89,17 +101,32 @@ class ReplayInfo:
 
     @classmethod
     def from_dict(cls, d: dict, where: str) -> "ReplayInfo":
-        if not isinstance(d, dict) or d.get("_type") != "ReplayInfo":
+        """Parse and check a description: every field of its type, its checksum, every count in range."""
+        if type(d) is not dict or d.get("_type") != "ReplayInfo":
             raise QadtrError(f"{where} is not a replay description (no _type ReplayInfo); {HINT}")
-        if d.get("_version") != cls.VERSION:
-            raise QadtrError(f"{where} has replay format version {d.get('_version')}, this code reads "
+        if type(d.get("_version")) is not int or d["_version"] != cls.VERSION:
+            raise QadtrError(f"{where} has replay format version {d.get('_version')!r:.40}, this code reads "
                              f"{cls.VERSION}; {HINT}")
-        try:
-            data = dict(d["_data"])
-            patches = tuple(PatchRef(**{**p, "bits": tuple(tuple(b) for b in p["bits"])}) for p in data.pop("patches"))
-            return cls(**{**data, "hw": tuple(data["hw"]), "patches": patches})
-        except (KeyError, TypeError) as e:
-            raise QadtrError(f"{where}: unreadable replay description ({type(e).__name__}: {e}); {HINT}") from None
+        unreadable, hint = f"{where}: unreadable replay description", f"; {HINT}"
+        data = fields(d.get("_data"), INFO_FIELDS, unreadable, "the description", hint)
+        refs = tuple(PatchRef(**{**fields(p, PATCH_FIELDS, unreadable, f"patch {k}", hint),
+                                 "bits": tuple(map(tuple, p["bits"]))}) for k, p in enumerate(data["patches"]))
+        if description_sha256(data) != data["sha256"]:
+            raise QadtrError(f"{where} was edited: its content no longer matches its checksum (sha256); {HINT}")
+        info = cls(**{**data, "hw": tuple(data["hw"]), "patches": refs})
+        check_counts(info, f"{where}: ", hint)
+        return info
+
+
+def description_sha256(data: dict) -> str:
+    """sha256 of a description's `_data` (as written or as read back), all but the fields in `_UNSEALED`."""
+    body = {k: v for k, v in data.items() if k not in _UNSEALED}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def replay_sha256(info: ReplayInfo) -> str:
+    """The replay's checksum a run records: its description's checksum and its arrays' sha256 together."""
+    return hashlib.sha256(f"{info.sha256}:{info.npz_sha256}".encode()).hexdigest()
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,7 +145,8 @@ class Replay:
 
     @property
     def sha256(self) -> str:
-        return self.info.npz_sha256
+        """What a run records as replay_sha256: covers the description (targets, counts) and the arrays."""
+        return replay_sha256(self.info)
 
     def clean_accuracy(self, pred: np.ndarray) -> Proportion:
         """Top-1 on the eval subset (rows [0, n_subset)) from predictions (M,) for every row."""
@@ -197,13 +225,6 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
                                      "patches": shas}).encode()).hexdigest()
     out = Path(out)
     path = out if out.suffix == ".npz" else out / f"replay_{dataset}_{key[:16]}.npz"
-    if path.is_file() and path.with_suffix(".json").is_file():
-        try:
-            if load_replay(path, verify=True).info.key == key:
-                return path  # cached: the same inputs made it
-        except QadtrError:
-            pass  # corrupt or another version: rebuilt below
-
     for f, p in zip(files, loaded, strict=True):
         source = p.data.split("/")[0]
         if p.per_image and p.data != f"{dataset}/test":
@@ -220,21 +241,30 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
     extra = sorted({int(i) for p in loaded if p.per_image for i in p.indices} - {int(i) for i in subset_idx})
     clean_idx = np.concatenate([subset_idx, np.asarray(extra, dtype=np.int64)]).astype(np.int64)
     hw = tuple(test.images.shape[1:3])
+    idxs = [np.asarray(p.indices, dtype=np.int64) if p.per_image else subset_idx for p in loaded]  # rows per block
+    firsts = np.cumsum([len(clean_idx)] + [len(i) for i in idxs]).tolist()
+    refs = [PatchRef(file=f.name, sha256=sha, attack=p.attack, size=p.size, side=p.side, target=p.target,
+                     bits=tuple(tuple(b) for b in p.bits), model_sha256=p.model_sha256, data=p.data,
+                     per_image=p.per_image, first=int(firsts[k]), n=len(idxs[k]))
+            for k, (f, sha, p) in enumerate(zip(files, shas, loaded, strict=True))]
+    plan = ReplayInfo(key=key, npz_sha256="", dataset=dataset, data_sha256=data_sha, eval_subset=int(eval_subset),
+                      eval_seed=int(eval_seed), n_subset=len(subset_idx), n_clean=len(clean_idx),
+                      samples=int(firsts[-1]), hw=hw, num_classes=len(test.classes), patches=tuple(refs))
+    if path.is_file() and path.with_suffix(".json").is_file():
+        try:  # reused only when its description is the one these inputs give (an edited one is rebuilt)
+            cached = load_replay(path, verify=True).info
+            if dataclasses.replace(cached, npz_sha256="", created="", sha256="") == plan:
+                return path
+        except QadtrError:
+            pass  # corrupt, edited or another version: rebuilt below
 
     blocks = [(clean_idx, test.images[clean_idx], -1)]  # (test indices, images (n, H, W, 3), patch index)
-    refs, first = [], len(clean_idx)
-    inputs = list(zip(files, shas, loaded, strict=True))
-    for k, (f, sha, p) in enumerate(tqdm(inputs, disable=not progress, desc="replay")):
-        idx = np.asarray(p.indices, dtype=np.int64) if p.per_image else subset_idx
+    for k, (idx, p) in enumerate(tqdm(list(zip(idxs, loaded)), disable=not progress, desc="replay")):
         placement = eval_placements(p, len(idx), hw, eval_seed)  # all n at once: the draws transfer makes
         adv = np.concatenate([rebuild(test.images[idx[i:i + _CHUNK]],
                                       p.values[i:i + _CHUNK] if p.per_image else p.values,
                                       placement[i:i + _CHUNK]) for i in range(0, len(idx), _CHUNK)])
         blocks.append((idx, adv, k))
-        refs.append(PatchRef(file=f.name, sha256=sha, attack=p.attack, size=p.size, side=p.side, target=p.target,
-                             bits=tuple(tuple(b) for b in p.bits), model_sha256=p.model_sha256, data=p.data,
-                             per_image=p.per_image, first=first, n=len(idx)))
-        first += len(idx)
 
     arrays = {"magic": np.frombuffer(MAGIC, dtype=np.uint8), "version": np.array(FORMAT_VERSION),
               "images": np.concatenate([b[1] for b in blocks]),
@@ -245,28 +275,37 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
     np.savez(buf, **arrays)
     data = buf.getvalue()
     atomic_write_bytes(path, data)
-    info = ReplayInfo(key=key, npz_sha256=hashlib.sha256(data).hexdigest(), dataset=dataset, data_sha256=data_sha,
-                      eval_subset=int(eval_subset), eval_seed=int(eval_seed), n_subset=len(subset_idx),
-                      n_clean=len(clean_idx), samples=len(arrays["labels"]), hw=hw, patches=tuple(refs),
-                      created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    info = dataclasses.replace(plan, npz_sha256=hashlib.sha256(data).hexdigest(),
+                               created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    info = dataclasses.replace(info, sha256=description_sha256(info.to_dict()["_data"]))
     write_json(path.with_suffix(".json"), info.to_dict())
     return path
 
 
-def load_replay(path: str | Path, *, verify: bool = True) -> Replay:
-    """Read a replay file and check it: description, sha256 of the .npz, magic, version, array shapes.
+def load_replay(path: str | Path, *, verify: bool = True, sha256: str | None = None) -> Replay:
+    """Read a replay file and check it: description and its checksum, sha256 of the .npz, magic, version,
+    array shapes, labels within the class count, each patched row's clean row.
+
+    Args:
+        verify: hash the .npz (False: trust its bytes, e.g. for thumbnails only).
+        sha256: the replay_sha256 a run recorded; the replay is refused unless it still has it.
 
     Raises:
-        QadtrError: a missing, corrupt, foreign or other-version file; the message says what to re-run.
+        QadtrError: a missing, corrupt, edited, foreign or other-version file; the message says what to re-run.
     """
     path = Path(path)
     js = path.with_suffix(".json")
     if not path.is_file() or not js.is_file():
         raise QadtrError(f"replay {path} (with {js.name} beside it) not found; {HINT}")
     try:
-        info = ReplayInfo.from_dict(json.loads(js.read_text()), str(js))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        raw = json.loads(js.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError):  # ValueError: also JSON ints past Python's digit limit
         raise QadtrError(f"{js} is not valid JSON; {HINT}") from None
+    info = ReplayInfo.from_dict(raw, str(js))
+    if sha256 is not None and replay_sha256(info) != sha256:
+        raise QadtrError(f"{path} is not the replay the run used: its checksum differs from the run's replay_sha256 "
+                         "(edited or rebuilt since); re-make it with eval.replay.make_replay from the run's patches "
+                         "and re-run eval.on_device")
     if verify and sha256_file(path) != info.npz_sha256:
         raise QadtrError(f"{path} is corrupt or was changed: its sha256 differs from the one in {js.name}; {HINT}")
     arrays = read_versioned_npz(path, MAGIC, FORMAT_VERSION, "replay", HINT)
@@ -281,6 +320,8 @@ def load_replay(path: str | Path, *, verify: bool = True) -> Replay:
     expected = np.full(m, -1, dtype=np.int32)
     for k, ref in enumerate(info.patches):
         expected[ref.first:ref.first + ref.n] = k
-    if not np.array_equal(arrays["patch"], expected) or (info.patches and info.patches[0].first != info.n_clean):
+    if not np.array_equal(arrays["patch"], expected):
         raise QadtrError(f"{path}: the patch column disagrees with the blocks in {js.name}; {HINT}")
+    check_rows(info, arrays["labels"], arrays["test_index"], f"{path}: ", f"; {HINT}")
     return Replay(path, info, images, arrays["labels"], arrays["test_index"], arrays["patch"])
+

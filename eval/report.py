@@ -102,8 +102,8 @@ def collect(store_path: str | Path, *, compare: str | Path | dict | None = None,
                     except QadtrError as e:
                         replays[r.replay] = str(e)
                 rep = replays[r.replay]
-                if isinstance(rep, str):
-                    row["replay_error"] = rep
+                if isinstance(rep, str) or rep.sha256 != r.replay_sha256:  # edited or rebuilt since the run
+                    row["replay_error"] = rep if isinstance(rep, str) else f"{r.replay} changed; re-run eval.on_device"
                 else:
                     pred = store.preds(r.run_id)
                     row["accuracy"] = rep.clean_accuracy(pred).to_dict()

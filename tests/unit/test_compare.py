@@ -281,3 +281,168 @@ def test_comparison_reports_stability_per_patch():
     st = res.patches[0].stability
     assert sum(st["n"]) == 3 and st["measured"] >= 1 and st["stable"]
     assert "image subsets" in str(res) and res.to_dict()["patches"][0]["stability"] == st
+
+
+# -- edited result files (issue 14): refused with one line, never a changed number, never PASSED ------------------
+def _write_run(store, runtime: str, artifact, sha: str, replay, replay_path, options: dict, logits) -> str:
+    run = store.open_run(device="local", runtime=runtime, artifact=str(artifact), artifact_sha256=sha,
+                         replay=str(replay_path), replay_sha256=replay.sha256, samples=len(replay), options=options)
+    store.write_batch(run.run_id, first=0, logits=np.asarray(logits, np.float32), seconds=0.1)
+    return store.finish(run.run_id).run_id
+
+
+@pytest.fixture
+def two_runs(tiny_dataset, tiny_patches, tmp_path):
+    """(store, replay path, reference run id, deployed run id) on a real replay: the deployed logits are the
+    reference's rolled by one class, so every prediction differs and the gate fails."""
+    from eval.replay import load_replay, make_replay
+    from eval.store import Store
+
+    path = make_replay(tiny_patches, "cifar10", eval_subset=16, eval_seed=1, out=tmp_path / "replays")
+    replay = load_replay(path)
+    ref = np.random.default_rng(0).normal(size=(len(replay), K))
+    options = {"bits": [4, 4], "source_sha256": "ab" * 32}  # no checkpoint here: raw units, nothing rerun
+    with Store(tmp_path / "s.sqlite") as s:
+        a = _write_run(s, "fakequant", tmp_path / "ck/model.pt", "0" * 64, replay, path, options, ref)
+        b = _write_run(s, "onnxrt", tmp_path / "w4.onnx", "1" * 64, replay, path, options, np.roll(ref, 1, axis=1))
+    return tmp_path / "s.sqlite", path, a, b
+
+
+def _sql(path, sql: str, *args) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute(sql, args)
+    db.commit()
+    db.close()
+
+
+def _cli(store, tmp_path, capsys) -> tuple[int, str]:
+    from eval.compare import main
+
+    code = main(["--store", str(store), "--out", str(tmp_path / "cmp"), "--no-report", "--divergence-images", "0"])
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+@pytest.mark.parametrize("columns", ["logits, pred", "logits, pred, digest"])
+def test_reference_logits_copied_into_a_deployed_run_never_pass(two_runs, tmp_path, capsys, columns):
+    from eval.compare import compare_store
+    from eval.store import StoreError
+
+    store, _, ref, out = two_runs
+    (res,), _ = compare_store(store, divergence_images=0)
+    assert not res and res.clean.agree == 0  # as measured: every prediction differs
+    sets = ", ".join(f"{c} = (SELECT o.{c} FROM outputs o WHERE o.run_id = ? AND o.sample = outputs.sample)"
+                     for c in columns.split(", "))
+    _sql(store, f"UPDATE outputs SET {sets} WHERE run_id = ?", *[ref] * len(columns.split(", ")), out)
+    with pytest.raises(StoreError, match=f"run {out[:12]} in .*row checksum does not match") as e:
+        compare_store(store, divergence_images=0)
+    assert "\n" not in str(e.value) and "--fresh" in str(e.value)
+    code, text = _cli(store, tmp_path, capsys)
+    assert code == 1 and "row checksum does not match" in text and "PASSED onnxrt" not in text
+
+
+@pytest.mark.parametrize("sealed", [False, True])
+def test_an_edited_replay_is_refused_by_compare_and_report(two_runs, tmp_path, capsys, sealed):
+    """The targets of a replay edited after its runs (with or without its own checksum recomputed): the
+    comparison is refused, the report shows no ASR for those runs."""
+    import json
+
+    from eval.compare import compare_store
+    from eval.report import collect
+    from eval.replay import description_sha256
+
+    store, path, _, out = two_runs
+    js = path.with_suffix(".json")
+    d = json.loads(js.read_text())
+    patch = next(p for p in d["_data"]["patches"] if p["target"] is not None)
+    patch["target"] = (patch["target"] + 1) % 10
+    if sealed:
+        d["_data"]["sha256"] = description_sha256(d["_data"])
+    js.write_text(json.dumps(d))
+    match = "is not the replay the run used" if sealed else "was edited: its content no longer matches"
+    with pytest.raises(QadtrError, match=f"^run {out[:12]}: .*{match}") as e:
+        compare_store(store, divergence_images=0)
+    assert "\n" not in str(e.value) and "make_replay" in str(e.value)
+    code, text = _cli(store, tmp_path, capsys)
+    assert code == 1 and match.split(":")[0] in text and "ASR" not in text
+    runs = collect(store)["runs"]
+    assert len(runs) == 2 and all(r["replay_error"] and r["asr"] == [] and r["accuracy"] is None for r in runs)
+
+
+def test_a_replaced_artifact_is_never_rerun(tiny_dataset, tiny_patches, tiny_checkpoint, tiny_exports, tmp_path,
+                                            monkeypatch):
+    """A run's .onnx replaced after the run: divergence and attribution are skipped, saying why, and nothing of
+    the new file runs (its integers would be shown as the run's)."""
+    import shutil
+
+    import onnx
+
+    import devices.intexec
+    import eval._divergence
+    from eval.compare import compare_runs
+    from eval.replay import load_replay, make_replay
+    from eval.store import Store
+    from qadtr._config import sha256_file
+
+    path = make_replay(tiny_patches, "cifar10", eval_subset=16, eval_seed=1, out=tmp_path)
+    replay = load_replay(path)
+    art = tmp_path / "w8.onnx"
+    shutil.copy(tiny_exports["onnx"], art)
+    ck = sha256_file(tiny_checkpoint)
+    ref = np.random.default_rng(0).normal(size=(len(replay), K))
+    with Store(tmp_path / "s.sqlite") as s:
+        a = _write_run(s, "fakequant", tiny_checkpoint, ck, replay, path, {"bits": [8, 8]}, ref)
+        b = _write_run(s, "onnxrt", art, sha256_file(art), replay, path, {"bits": [8, 8], "source_sha256": ck},
+                       np.roll(ref, 1, axis=1))
+    m = onnx.load(str(art))
+    m.doc_string = "replaced after the run"
+    onnx.save(m, str(art))
+
+    def rerun(*args, **kwargs):
+        raise AssertionError("the replaced artifact was rerun")
+
+    monkeypatch.setattr(eval._divergence, "first_divergence", rerun)
+    monkeypatch.setattr(devices.intexec, "attribute", rerun)
+    with Store(tmp_path / "s.sqlite") as s:
+        res = compare_runs(s, s.run(a), s.run(b), divergence_images=4)
+    assert "sha256 differs" in res.divergence["skipped"] and not res.divergence["images"]
+    assert "sha256 differs" in res.attribution["skipped"] and "w8.onnx" in res.attribution["summary"]
+
+
+def test_a_replaced_source_checkpoint_is_refused(tiny_dataset, tiny_patches, tiny_checkpoint, tmp_path):
+    """The runs recorded another checkpoint than the one now at that path: its LSB grid (the tie rule) would be
+    another model's, so the comparison is refused."""
+    from eval.compare import compare_runs
+    from eval.replay import load_replay, make_replay
+    from eval.store import Store
+
+    path = make_replay(tiny_patches, "cifar10", eval_subset=16, eval_seed=1, out=tmp_path)
+    replay = load_replay(path)
+    ref = np.random.default_rng(0).normal(size=(len(replay), K))
+    with Store(tmp_path / "s.sqlite") as s:
+        a = _write_run(s, "fakequant", tiny_checkpoint, "0" * 64, replay, path, {"bits": [8, 8]}, ref)
+        b = _write_run(s, "onnxrt", tmp_path / "w8.onnx", "1" * 64, replay, path,
+                       {"bits": [8, 8], "source_sha256": "0" * 64}, ref)
+        with pytest.raises(QadtrError, match=f"is not the checkpoint run {a[:12]} was made from") as e:
+            compare_runs(s, s.run(a), s.run(b), divergence_images=0)
+    assert "\n" not in str(e.value) and "re-run eval.on_device" in str(e.value)
+
+
+def test_a_damaged_run_is_not_skipped_across_devices(tmp_path):
+    """across_devices skips incomplete runs only: a run whose rows fail their checks is refused."""
+    from eval.compare import across_devices
+    from eval.store import Store, StoreError
+
+    base = np.arange(12, dtype=np.float32).reshape(4, 3)
+    with Store(tmp_path / "s.sqlite") as s:
+        for device in ("local", "board"):
+            r = s.open_run(device=device, runtime="onnxrt", artifact="m.onnx", artifact_sha256="a" * 64,
+                           replay="r.npz", replay_sha256="b" * 64, samples=4, options={})
+            s.write_batch(r.run_id, first=0, logits=base, seconds=0.1)
+            board = r.run_id
+    _sql(tmp_path / "s.sqlite", "UPDATE outputs SET logits = ? WHERE run_id = ? AND sample = 2",
+         np.array([9, 0, 0], np.float32).tobytes(), board)
+    with pytest.raises(StoreError, match=f"run {board[:12]} in .*sample 2's row checksum"):
+        across_devices(tmp_path / "s.sqlite")

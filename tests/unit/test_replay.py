@@ -190,3 +190,108 @@ def test_refuses_missing_or_empty_patch_folders(tiny_dataset, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(QadtrError, match=r"no patch files \(\*.npz\)"):
         make_replay(tmp_path / "empty", "cifar10", out=tmp_path)
+
+
+# -- a description edited after the fact (issue 14): refused on load, never read into a changed ASR ----------------
+def _seal(path: Path, fn) -> None:
+    """Edit the description and recompute its own checksum, as someone who knows the format would."""
+    from eval.replay import description_sha256
+
+    def edit(d):
+        fn(d["_data"])
+        d["_data"]["sha256"] = description_sha256(d["_data"])
+
+    _edit_json(path, edit)
+
+
+def _targeted(d: dict) -> dict:
+    return next(p for p in d["patches"] if p["target"] is not None)
+
+
+def _refused(path: Path, match: str, **kw) -> str:
+    with pytest.raises(QadtrError, match=match) as e:
+        load_replay(path, **kw)
+    assert "\n" not in str(e.value) and ("HINT" in str(e.value) or "make_replay" in str(e.value))
+    return str(e.value)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda d: _targeted(d).update(target=_targeted(d)["target"] + 1),  # every ASR of that patch changes
+    lambda d: d.update(n_subset=d["n_subset"] - 4),  # clean accuracy's denominator changes
+    lambda d: d["patches"][0].update(per_image=not d["patches"][0]["per_image"]),
+    lambda d: d.update(eval_seed=d["eval_seed"] + 1),
+])
+def test_edited_description_is_refused(replay_path, edit):
+    before = load_replay(replay_path)
+    _edit_json(replay_path, lambda d: edit(d["_data"]))
+    _refused(replay_path, "was edited: its content no longer matches its checksum")
+    _edit_json(replay_path, lambda d: d.update(_data=before.info.to_dict()["_data"]))  # undone: it loads again
+    assert load_replay(replay_path).sha256 == before.sha256
+
+
+def test_a_resealed_edit_is_refused_against_the_runs_checksum(replay_path):
+    """An edit with its checksum recomputed still loads alone, but not as the replay a run recorded."""
+    recorded = load_replay(replay_path).sha256  # what eval.on_device stores as the run's replay_sha256
+    _seal(replay_path, lambda d: _targeted(d).update(target=_targeted(d)["target"] + 1))
+    assert load_replay(replay_path).sha256 != recorded
+    _refused(replay_path, "is not the replay the run used", sha256=recorded)
+
+
+def test_make_replay_rebuilds_an_edited_description(replay_path, tiny_dataset, tiny_patches, tmp_path):
+    good = load_replay(replay_path)
+    _seal(replay_path, lambda d: _targeted(d).update(target=_targeted(d)["target"] + 1))
+    again = make_replay(tiny_patches, "cifar10", eval_subset=SUBSET, eval_seed=SEED, out=tmp_path)
+    assert again == replay_path and load_replay(again).info.patches == good.info.patches  # not the edited one
+    assert load_replay(again).sha256 == good.sha256  # rebuilt from the same inputs: the runs' checksum again
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda d: _targeted(d).update(target=10), "targets class 10, outside the 10 classes"),
+    (lambda d: _targeted(d).update(target=-1), "targets class -1"),
+    (lambda d: _targeted(d).update(target="1"), "target is a str of the wrong kind"),
+    (lambda d: _targeted(d).update(target=True), "target is a bool of the wrong kind"),
+    (lambda d: d.update(n_subset=0), r"needs 1 <= n_subset \(0\)"),
+    (lambda d: d.update(n_subset=d["n_clean"] + 1), "needs 1 <= n_subset"),
+    (lambda d: d.update(n_clean=d["samples"] + 1), r"<= samples"),
+    (lambda d: d.update(samples=d["samples"] + 1), "the blocks end at row"),
+    (lambda d: d["patches"][1].update(first=d["patches"][1]["first"] + 1), "patch 1 starts at row"),
+    (lambda d: d["patches"][0].update(n=-1), "patch 0 starts at row"),
+    (lambda d: d.update(num_classes=0), "class count 0"),
+    (lambda d: d.update(num_classes=2), "outside the 2 classes|labels outside the 2 classes"),
+    (lambda d: d.update(hw=[8]), "hw is a list of the wrong kind"),
+    (lambda d: d["patches"][0].update(bits=[[0, 2]]), r"bits \(\(0, 2\),\) out of range"),
+    (lambda d: d["patches"][0].update(size=float("nan")), "size is a float of the wrong kind"),
+    (lambda d: d.update(patches={}), "patches is a dict of the wrong kind"),
+    (lambda d: d["patches"].__setitem__(0, [1]), r"patch 0: not an object"),
+    (lambda d: d.update(extra=1), r"unknown \['extra'\]"),
+    (lambda d: d.pop("num_classes"), r"missing \['num_classes'\]"),
+])
+def test_a_resealed_description_is_still_checked(replay_path, edit, match):
+    _seal(replay_path, edit)
+    _refused(replay_path, match)
+
+
+def _unused(r) -> int:
+    """A test image with no clean row in the replay."""
+    return next(i for i in range(40) if i not in set(r.test_index[:r.info.n_clean].tolist()))
+
+
+@pytest.mark.parametrize("arrays, match", [
+    (lambda r: dict(labels=np.where(np.arange(len(r)) == 0, 10, r.labels)), "labels outside the 10 classes"),
+    (lambda r: dict(labels=np.where(np.arange(len(r)) == len(r) - 1, (r.labels + 1) % 10, r.labels)),
+     "label differs from its clean row's"),
+    (lambda r: dict(test_index=np.where(np.arange(len(r)) == len(r) - 1, _unused(r), r.test_index)),
+     "has no clean row"),
+    (lambda r: dict(test_index=np.where(np.arange(len(r)) == 1, r.test_index[0], r.test_index)), "distinct"),
+])
+def test_arrays_that_do_not_fit_the_description_are_refused(replay_path, arrays, match):
+    """Arrays rewritten with the .npz sha256 fixed up: each refused on load, never a KeyError in Replay.asr."""
+    _rewrite_npz(replay_path, **arrays(load_replay(replay_path)))
+    _refused(replay_path, match)
+
+
+def test_a_description_without_checksum_is_refused(replay_path, tiny_dataset, tiny_patches, tmp_path):
+    """A replay written before descriptions had a checksum is refused with the fix, and make_replay rebuilds it."""
+    _edit_json(replay_path, lambda d: [d["_data"].pop(k) for k in ("sha256", "num_classes")])
+    _refused(replay_path, r"missing \['num_classes', 'sha256'\]")
+    assert load_replay(make_replay(tiny_patches, "cifar10", eval_subset=SUBSET, eval_seed=SEED, out=tmp_path))

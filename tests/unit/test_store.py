@@ -151,3 +151,146 @@ def test_a_failed_transaction_keeps_earlier_batches(tmp_path, monkeypatch):
         with pytest.raises(StoreError, match="overlap"):
             s.write_batch(run.run_id, first=4, logits=_logits(4, 4), seconds=0.01)
         assert s.done_samples(run.run_id) == {0, 1, 2, 3}  # outputs of the failed batch were rolled back
+
+
+# -- rows edited after the fact (issue 14): refused with one line naming the run and the fix ----------------------
+def _complete(path, **changes):
+    """A store at `path` with one complete run; returns its run id."""
+    with Store(path) as s:
+        run = _run(s, **changes)
+        _fill(s, run.run_id)
+        s.finish(run.run_id)
+        return run.run_id
+
+
+def _edit(path, sql: str, *args) -> None:
+    db = sqlite3.connect(path)
+    db.execute(sql, args)
+    db.commit()
+    db.close()
+
+
+def _refused(path, run_id: str, read, match: str) -> str:
+    with Store(path) as s, pytest.raises(StoreError, match=match) as e:
+        read(s, run_id)
+    text = str(e.value)
+    assert "\n" not in text and (run_id[:12] in text or "--store" in text), text
+    return text
+
+
+NAN = np.array([np.nan, 0, 0, 0], np.float32).tobytes()  # one row's logits (K = 4) holding a NaN
+# every read of a run that a comparison or a report makes
+READS = {"logits": lambda s, r: s.logits(r), "preds": lambda s, r: s.preds(r), "batches": lambda s, r: s.batches(r),
+         "run": lambda s, r: s.run(r), "runs": lambda s, r: s.runs()}
+
+
+@pytest.mark.parametrize("sql, args, reads, match", [
+    ("UPDATE outputs SET sample = sample + 100", (), ("logits", "preds"), "holds sample 100: the sample ids must be"),
+    ("UPDATE outputs SET sample = 'x' WHERE sample = 0", (), ("logits", "preds"), "sample ids must be 0..9"),
+    ("UPDATE outputs SET pred = (pred + 1) % 4 WHERE sample = 3", (), ("logits", "preds"), "sample 3's row checksum"),
+    ("UPDATE outputs SET logits = ? WHERE sample = 2", (NAN,), ("logits", "preds"), "sample 2's row checksum"),
+    ("UPDATE outputs SET logits = substr(logits, 1, 8) WHERE sample = 5", (), ("logits",), "sample 5's logits are not"),
+    ("UPDATE outputs SET logits = substr(logits, 1, 6)", (), ("logits",), "logits are 6 bytes"),
+    ("UPDATE outputs SET digest = x'00' WHERE sample = 9", (), ("logits",), "sample 9's row checksum"),
+    ("UPDATE runs SET samples = 5", (), ("logits",), "holds 10 output rows for its 5 samples"),
+    ("UPDATE runs SET samples = 'ten'", (), ("run", "runs"), "wrong type or is out of range"),
+    ("UPDATE runs SET options = '{bad'", (), ("run", "runs", "logits"), "options or device_info is not a JSON object"),
+    ("UPDATE runs SET options = '[1, 2]'", (), ("run",), "not a JSON object"),
+    ("UPDATE runs SET device_info = 'null'", (), ("run",), "not a JSON object"),
+    ("UPDATE runs SET options = '{\"batch_size\": 8, \"warmup\": 1, \"bits\": [4, 4]}'", (), ("run",),
+     "no longer give its run id"),
+    ("UPDATE runs SET runtime = 'fakequant'", (), ("run", "logits"), "no longer give its run id"),
+    ("UPDATE runs SET replay_sha256 = ?", ("c" * 64,), ("run",), "no longer give its run id"),
+    ("UPDATE batches SET n = 0 WHERE first = 4", (), ("batches",), "is empty, outside the run"),
+    ("UPDATE batches SET n = 9 WHERE first = 4", (), ("batches",), "outside the run, overlapping"),
+    ("UPDATE batches SET seconds = -1 WHERE first = 0", (), ("batches",), "not timed"),
+    ("UPDATE batches SET energy_j = 'x' WHERE first = 0", (), ("batches",), "not timed"),
+    ("DELETE FROM batches WHERE first = 4", (), ("batches",), r"no batch covers rows 4..7"),
+    ("DELETE FROM batches WHERE first = 8", (), ("batches",), "cover 8 of its 10 rows"),
+    ("ALTER TABLE outputs DROP COLUMN digest", (), ("logits",), "unreadable result store"),
+])
+def test_edited_rows_are_refused(tmp_path, sql, args, reads, match):
+    path = tmp_path / "s.sqlite"
+    run_id = _complete(path)
+    _edit(path, sql, *args)
+    for read in reads:
+        text = _refused(path, run_id, READS[read], match)
+        assert "--fresh" in text or "--store" in text
+
+
+def test_rows_moved_between_samples_are_refused(tmp_path):
+    """Every sample id still 0..M-1 once, but each row now under its neighbour's id: only the checksum sees it."""
+    path = tmp_path / "s.sqlite"
+    run_id = _complete(path)
+    _edit(path, "UPDATE outputs SET sample = sample + 1000")
+    _edit(path, f"UPDATE outputs SET sample = (sample - 1000 + 1) % {M}")
+    _refused(path, run_id, READS["logits"], "row checksum does not match")
+
+
+def test_resealed_rows_are_still_checked(tmp_path):
+    """Rows edited with their checksum recomputed (with this code): NaN logits and a prediction that is not the
+    argmax are still refused."""
+    from eval.store import row_digest
+
+    path = tmp_path / "s.sqlite"
+    run_id = _complete(path)
+    _edit(path, "UPDATE outputs SET logits = ?, pred = 0, digest = ? WHERE sample = 2", NAN,
+          row_digest(run_id, 2, 0, NAN))
+    _refused(path, run_id, READS["logits"], "1 logits are NaN or infinite")
+    run_id = _complete(tmp_path / "t.sqlite")
+    pred = int(_logits(3, 1).argmax()) + 1
+    _edit(tmp_path / "t.sqlite", "UPDATE outputs SET pred = ?, digest = ? WHERE sample = 3", pred,
+          row_digest(run_id, 3, pred, _logits(3, 1)[0].tobytes()))
+    _refused(tmp_path / "t.sqlite", run_id, READS["preds"], f"sample 3's stored prediction {pred} is not the argmax")
+
+
+def test_a_row_copied_from_another_run_is_refused(tmp_path):
+    """Another run's logits, prediction and checksum pasted in: the checksum names the run it was written for."""
+    path = tmp_path / "s.sqlite"
+    with Store(path) as s:
+        a, b = _run(s), _run(s, runtime="litert-builtin")
+        for run, shift in ((a, 0), (b, 1)):
+            s.write_batch(run.run_id, first=0, logits=np.roll(_logits(0, M), shift, axis=1), seconds=0.1)
+            s.finish(run.run_id)
+    _edit(path, "UPDATE outputs SET logits = (SELECT o.logits FROM outputs o WHERE o.run_id = ? AND o.sample = "
+          "outputs.sample), pred = (SELECT o.pred FROM outputs o WHERE o.run_id = ? AND o.sample = outputs.sample), "
+          "digest = (SELECT o.digest FROM outputs o WHERE o.run_id = ? AND o.sample = outputs.sample) WHERE run_id = ?",
+          a.run_id, a.run_id, a.run_id, b.run_id)
+    _refused(path, b.run_id, READS["logits"], "sample 0's row checksum does not match its run")
+    with Store(path) as s:
+        assert np.array_equal(s.logits(a.run_id), _logits(0, M))  # the run copied from is untouched
+
+
+def test_non_finite_logits_are_refused_at_write(tmp_path):
+    with Store(tmp_path / "s.sqlite") as s:
+        run = _run(s)
+        bad = _logits(0, 4)
+        bad[1, 2] = np.inf
+        with pytest.raises(StoreError, match="holds 1 NaN or infinite logits, so nothing of it is stored"):
+            s.write_batch(run.run_id, first=0, logits=bad, seconds=0.01)
+        assert s.done_samples(run.run_id) == set() and s.batches(run.run_id) == []
+
+
+def test_fresh_clears_a_damaged_run(tmp_path):
+    """`--fresh` (open_run(fresh=True)) measures a run again even when its stored rows fail their checks."""
+    path = tmp_path / "s.sqlite"
+    run_id = _complete(path)
+    _edit(path, "UPDATE runs SET options = '{bad'")
+    _edit(path, "UPDATE batches SET n = 0")
+    with Store(path) as s:
+        run = _run(s, fresh=True)
+        assert run.run_id == run_id and not run.complete and s.batches(run_id) == [] and len(s.runs()) == 1
+
+
+def test_a_store_of_the_previous_schema_is_refused(tmp_path):
+    """A version-1 store (no row checksums) is refused with one line naming the fix, never read unchecked."""
+    old = tmp_path / "old.sqlite"
+    db = sqlite3.connect(old)
+    db.executescript("CREATE TABLE runs (run_id TEXT PRIMARY KEY, samples INTEGER NOT NULL);"
+                     "CREATE TABLE outputs (run_id TEXT, sample INTEGER, pred INTEGER, logits BLOB);"
+                     "PRAGMA user_version=1;")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match=r"schema version 1, this code writes \d+; pass a new --store") as e:
+        Store(old)
+    assert "\n" not in str(e.value) and SCHEMA_VERSION > 1
