@@ -13,8 +13,6 @@ import dataclasses
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from qadtr._errors import QadtrError
 from qadtr.attacks import parse_target
 from qadtr.data import subset_indices
@@ -28,41 +26,66 @@ def _pair(text: str, name: str) -> tuple[float, float]:
     return lo, hi
 
 
+# flag -> config field for the options only some attacks have (a flag left out keeps the attack's default)
+_OPTIONS = {"--steps": "steps", "--lr": "lr", "--batch-size": "batch_size", "--optimizer": "optimizer",
+            "--schedule": "schedule", "--temperature": "temperature"}
+_EOT_OPTIONS = {"--max-angle": "max_angle", "--scale": "scale", "--brightness": "brightness"}
+
+
 def make_config(attack: str, args: argparse.Namespace, size: float, bits: tuple):
-    """The attack's config from CLI arguments; config errors become QadtrError (one line, exit 1)."""
+    """The attack's config from CLI arguments; a flag the attack does not take, and config errors, become
+    QadtrError (one line, exit 1): no value the user gave is dropped or replaced by a default."""
     from qadtr.attacks import ATTACKS, EOTConfig
 
     if attack not in ATTACKS:
         raise QadtrError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)}")
     cls = ATTACKS[attack][0]
-    common = dict(size=size, target=parse_target(args.target), seed=args.seed)
-    if args.steps is not None:
-        common["steps"] = args.steps
-    if args.lr is not None:
-        common["lr"] = args.lr
+    fields = {f.name for f in dataclasses.fields(cls)}
+    given = {flag: getattr(args, name) for flag, name in _OPTIONS.items() if getattr(args, name) is not None}
+    eot_given = {flag: getattr(args, name) for flag, name in _EOT_OPTIONS.items() if getattr(args, name) is not None}
+    unused = [f for f in given if _OPTIONS[f] not in fields] + ([*eot_given] if "eot" not in fields else [])
+    if unused:
+        raise QadtrError(f"--attack {attack} takes no {', '.join(unused)}; drop it or pick an attack that does "
+                         f"({', '.join(a for a, (c, _) in sorted(ATTACKS.items()) if _takes(c, unused))})")
+    kwargs = {_OPTIONS[f]: v for f, v in given.items()}
+    kwargs.update(size=size, target=parse_target(args.target), seed=args.seed)
     try:
-        if attack == "location":
-            return cls(**common, batch_size=args.batch_size or 100)
-        common.update(batch_size=args.batch_size or 64, optimizer=args.optimizer, schedule=args.schedule)
-        if attack == "lavan":
-            return cls(**common)
-        eot = EOTConfig(max_angle=args.max_angle, scale=_pair(args.scale, "scale"),
-                        brightness=_pair(args.brightness, "brightness"))
-        if attack == "aqapa":
-            return cls(**common, eot=eot, bits=bits, temperature=args.temperature)
-        return cls(**common, eot=eot)
+        if "eot" in fields:
+            eot = {_EOT_OPTIONS[f]: v if f == "--max-angle" else _pair(v, f[2:]) for f, v in eot_given.items()}
+            kwargs["eot"] = EOTConfig(**eot)
+        if "bits" in fields:
+            kwargs["bits"] = bits
+        return cls(**kwargs)
     except ValueError as e:
         raise QadtrError(f"--attack {attack}: {e}") from None
+
+
+def _takes(cls: type, flags: list[str]) -> bool:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return all(_OPTIONS[f] in names if f in _OPTIONS else "eot" in names for f in flags)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """The counts, seeds and --out, refused before a checkpoint is loaded or a patch computed."""
+    from qadtr._cli import check_count, check_writable
+
+    check_count(args.train_subset, "--train-subset", zero="all")
+    check_count(args.eval_subset, "--eval-subset", zero="all")
+    for flag, seed in (("--seed", args.seed), ("--eval-seed", args.eval_seed)):
+        if seed < 0:  # numpy's generators refuse it, after the patch has been computed (--eval-seed)
+            raise QadtrError(f"{flag} {seed}: must be >= 0")
+    check_writable(args.out, "folder")
 
 
 def run(args: argparse.Namespace) -> list[Path]:
     from qadtr.attacks import ATTACKS, evaluate_patch, patch_name, save_patch
     from qadtr.checkpoint import load_checkpoint
-    from qadtr.data import load_split
+    from qadtr.data import DATASETS, load_split
     from qadtr.models import bits_of, deploy_net
     from qadtr.bits import parse_bits
     from qadtr._config import write_json
 
+    check_args(args)
     try:
         sizes = [float(s) for s in args.size.split(",")]
         bits = parse_bits(args.bits if args.bits not in ("float", "32") else "")
@@ -89,6 +112,10 @@ def run(args: argparse.Namespace) -> list[Path]:
             raise QadtrError(f"--bits {args.bits}: the model has {have}")
         net, src_bits = deploy_net(model, w, a), ((w, a),)
     data = args.data or (ck.train.data if ck.train is not None else "cifar10")
+    info = DATASETS.get(data)  # an unknown name: load_split refuses it with the known ones
+    if info is not None and info.num_classes != ck.model.num_classes:
+        raise QadtrError(f"--data {data} has {info.num_classes} classes but the model {ck.model.num_classes}; attack "
+                         "it on the dataset it was trained on (omit --data)")
     test = load_split(data, "test", args.data_dir)
     eval_idx = subset_indices(len(test.labels), args.eval_subset, seed=1)
     progress = sys.stderr.isatty()
@@ -120,9 +147,9 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import run_cli
+    from qadtr._cli import ArgumentParser, run_cli
 
-    p = argparse.ArgumentParser(prog="python -m qadtr.attack", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m qadtr.attack", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="model.pt (with model.json beside it) or its folder")
     p.add_argument("--attack", default="universal", help="universal | lavan | location | aqapa")
     p.add_argument("--bits", default="", help="bit width to attack: 8, w4a4 (omit for float / a one-width model); "
@@ -135,13 +162,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the attack's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="default: the attack's")
-    p.add_argument("--optimizer", default="sign", help="sign (projected sign-gradient) | adam (sigmoid logits; "
-                   "pass --lr 0.1)")
-    p.add_argument("--schedule", default="cosine", help="step size schedule: cosine (decays to 0) | constant")
-    p.add_argument("--max-angle", type=float, default=0.0, help="EOT rotation range, degrees")
-    p.add_argument("--scale", default="1,1", help="EOT scale range lo,hi")
-    p.add_argument("--brightness", default="1,1", help="EOT brightness range lo,hi")
-    p.add_argument("--temperature", type=float, default=0.5, help="aqapa: softmax temperature over bit widths")
+    p.add_argument("--optimizer", default=None, help="sign (projected sign-gradient, the default) | adam (sigmoid "
+                   "logits; pass --lr 0.1); not for location")
+    p.add_argument("--schedule", default=None, help="step size schedule: cosine (decays to 0, the default) | "
+                   "constant; not for location")
+    p.add_argument("--max-angle", type=float, default=None, help="EOT rotation range, degrees (default 0); "
+                   "universal and aqapa")
+    p.add_argument("--scale", default=None, help="EOT scale range lo,hi (default 1,1); universal and aqapa")
+    p.add_argument("--brightness", default=None, help="EOT brightness range lo,hi (default 1,1); universal and aqapa")
+    p.add_argument("--temperature", type=float, default=None, help="aqapa: softmax temperature over bit widths "
+                   "(default 0.5)")
     p.add_argument("--train-subset", type=int, default=0, help="optimise on N training images (0 = all)")
     p.add_argument("--eval-subset", type=int, default=2000, help="evaluate (location: attack) N test images (0 = all)")
     p.add_argument("--eval-seed", type=int, default=1, help="seed of the evaluation placements")

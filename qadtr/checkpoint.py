@@ -12,18 +12,17 @@ import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
 
 from qadtr import __version__
-from qadtr._config import atomic_write_bytes, config_from_dict, config_to_dict, read_json, register_config, \
-    sha256_file, write_json
+from qadtr._config import atomic_write_bytes, check_state_dict, config_from_dict, config_to_dict, read_json, \
+    register_config, sha256_file, write_json
 from qadtr._errors import QadtrError
 from qadtr.models import ModelConfig, create_model
 from qadtr.recipes import RECIPE_CONFIGS  # noqa: F401  (importing registers DqConfig, ... for model.json)
-from qadtr.train_config import TrainConfig  # noqa: F401  (registers TrainConfig for model.json)
+from qadtr.train_config import TrainConfig  # registers TrainConfig for model.json; the type of Checkpoint.train
 
 
 @register_config
@@ -31,7 +30,7 @@ from qadtr.train_config import TrainConfig  # noqa: F401  (registers TrainConfig
 class Checkpoint:
     VERSION = 1
     model: ModelConfig
-    train: Any = None  # the TrainConfig that made it (None for imported weights)
+    train: TrainConfig | None = None  # the TrainConfig that made it (None for imported weights)
     sha256: str = ""  # of model.pt
     metrics: dict = field(default_factory=dict)  # e.g. {"test_acc": {"w4a4": {...}}}
     versions: dict = field(default_factory=dict)
@@ -55,8 +54,8 @@ def resolve(path: str | Path) -> tuple[Path, Path]:
     return pt, pt.with_suffix(".json")
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, *, model_cfg: ModelConfig, train_cfg: Any = None,
-                    metrics: dict | None = None) -> Path:
+def save_checkpoint(model: nn.Module, path: str | Path, *, model_cfg: ModelConfig,
+                    train_cfg: TrainConfig | None = None, metrics: dict | None = None) -> Path:
     """Write model.pt and model.json atomically; returns the .pt path."""
     pt, js = resolve(path)
     buf = io.BytesIO()
@@ -74,7 +73,10 @@ def read_checkpoint_info(path: str | Path) -> Checkpoint:
         raise QadtrError(f"checkpoint {pt} not found; train one with `python -m qadtr.train` or use the zoo/")
     if not js.is_file():
         raise QadtrError(f"{js} is missing: a checkpoint is model.pt plus its model.json; copy both")
-    ck = config_from_dict(read_json(js))
+    try:
+        ck = config_from_dict(read_json(js))
+    except QadtrError as e:  # name the file (read_json's own messages already do)
+        raise QadtrError(str(e) if str(js) in str(e) else f"{js}: {e}") from None
     if not isinstance(ck, Checkpoint):
         raise QadtrError(f"{js} describes a {type(ck).__name__}, not a Checkpoint")
     return ck
@@ -95,6 +97,7 @@ def load_checkpoint(path: str | Path, *, verify: bool = True) -> tuple[nn.Module
         state = torch.load(pt, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
         raise QadtrError(f"cannot read {pt} ({type(e).__name__}: {str(e)[:80]}); re-copy or retrain it") from None
+    state = check_state_dict(state, str(pt), "re-copy the checkpoint or retrain it")
     model = create_model(ck.model)
     try:
         model.load_state_dict(state, strict=True)

@@ -6,11 +6,11 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from qadtr._cli import run_cli
+from qadtr._cli import ArgumentParser, check_count, check_writable, run_cli
 from qadtr._config import write_json
+from qadtr._errors import QadtrError
 from qadtr._stats import Proportion
 from qadtr.checkpoint import load_checkpoint
 from qadtr import data as datasets  # module attribute: tests swap datasets.load_split for a tiny split
@@ -19,7 +19,7 @@ from qadtr.recipes.dwq import RandomPrecision, random_inference
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m qadtr.evaluate", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m qadtr.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="model.pt (with model.json beside it) or its folder")
     p.add_argument("--data", default=None, help="dataset name (default: the one the checkpoint trained on)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
@@ -30,8 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
+        check_count(args.limit, "--limit", zero="all images")
+        if args.json:
+            check_writable(args.json, "file", "--json")
         model, ck = load_checkpoint(args.checkpoint)
         data = args.data or (ck.train.data if ck.train is not None else "cifar10")
+        info = datasets.DATASETS.get(data)  # None: load_split refuses the unknown name with the known ones
+        if info is not None and info.num_classes != ck.model.num_classes:  # else accuracy reads 0.00%, no error
+            raise QadtrError(f"--data {data} has {info.num_classes} classes but the checkpoint "
+                             f"{ck.model.num_classes}; evaluate it on the dataset it was trained on (omit --data)")
         split = datasets.subset(datasets.load_split(data, args.split, args.data_dir, download=args.download), args.limit)
         images, labels = split.images, split.labels
         results = {}

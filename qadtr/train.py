@@ -6,10 +6,9 @@ uninterrupted run sees) and end with OUT/model.pt + OUT/model.json (config, vers
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from qadtr._cli import run_cli
+from qadtr._cli import ArgumentParser, check_writable, run_cli
 from qadtr._errors import QadtrError
 from qadtr._trainer import train
 from qadtr.bits import parse_bits
@@ -22,7 +21,7 @@ __all__ = ["SWITCH_MODES", "TrainConfig", "main", "parse_bits", "train"]  # the 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m qadtr.train", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m qadtr.train", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet20", help=f"architecture: {', '.join(list_models())}")
     p.add_argument("--bits", default="", help=f"bit widths, w=a from {SUPPORTED_BITS}: '4', '2,4,8' "
                    "(one switchable model) or 'w4a8'; omit for float")
@@ -43,17 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--switch", default="all", choices=SWITCH_MODES)
-    p.add_argument("--train-subset", type=int, default=0)
-    p.add_argument("--eval-subset", type=int, default=0)
+    p.add_argument("--train-subset", type=int, default=0, help="train on the first N images (0 = all)")
+    p.add_argument("--eval-subset", type=int, default=0, help="evaluate on the first N test images (0 = all)")
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--out", required=True, help="run folder: model.pt, model.json, last.pt, history.json")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     args = p.parse_args(argv)
 
     def body() -> None:
+        if args.seed < 0:  # numpy's generators refuse it, after the data has loaded
+            raise QadtrError(f"--seed {args.seed}: must be >= 0")
         try:
             bits = parse_bits(args.bits)
-            num_classes = args.num_classes or (DATASETS[args.data].num_classes if args.data in DATASETS else 10)
+            # an unknown --data gets 10 here; TrainConfig then refuses it by name
+            default_classes = DATASETS[args.data].num_classes if args.data in DATASETS else 10
+            num_classes = default_classes if args.num_classes is None else args.num_classes  # 0: refused, not 10
             recipe = args.recipe or ("qat" if bits else "float")
             cfg = TrainConfig(
                 model=ModelConfig(args.model, num_classes=num_classes, bits=bits, per_bit_bn=args.per_bit_bn),
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 recipe_config=recipe_config(recipe, args.recipe_arg))
         except ValueError as e:
             raise QadtrError(str(e)) from None
+        check_writable(args.out, "folder")  # before training: a read-only --out would lose the trained model
         pt = train(cfg, args.out, data_dir=args.data_dir, resume=args.resume, download=args.download)
         print(f"wrote {pt} (+ {pt.with_suffix('.json').name})")
 

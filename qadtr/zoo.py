@@ -9,7 +9,6 @@ from the float ResNet-20 weights in ../shared/models (via the fine-tuned float e
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass
@@ -65,7 +64,7 @@ PLAN = (
 def build(out: Path, *, data_dir: str | None, pretrained: str, only: list[str] | None = None) -> dict:
     import dataclasses
 
-    from qadtr._config import read_json, write_json
+    from qadtr._config import read_json
     from qadtr._errors import QadtrError
     from qadtr._trainer import train
 
@@ -85,7 +84,7 @@ def build(out: Path, *, data_dir: str | None, pretrained: str, only: list[str] |
             raise QadtrError(f"{e.name} starts from {init}, which does not exist; build {e.start} first")
         cfg = dataclasses.replace(e.cfg, init=init)
         t = time.perf_counter()
-        pt = train(cfg, run, data_dir=data_dir, resume=(run / "last.pt").is_file())
+        train(cfg, run, data_dir=data_dir, resume=(run / "last.pt").is_file())
         summary = _record(out, e.name, _summary(e, run, wall_s=round(time.perf_counter() - t)))
         (run / "last.pt").unlink(missing_ok=True)  # resume state: optimizer moments, not needed once done
     return summary
@@ -144,9 +143,10 @@ def report(out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import run_cli
+    from qadtr._cli import ArgumentParser, check_writable, run_cli
+    from qadtr._errors import QadtrError
 
-    p = argparse.ArgumentParser(prog="python -m qadtr.zoo", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m qadtr.zoo", description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
     p.add_argument("--out", default="zoo")
     p.add_argument("--pretrained", default=DEFAULT_FLOAT, help="float ResNet-20 weights to start from")
@@ -158,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.report:
             print(report(Path(args.out)))
             return
-        summary = build(Path(args.out), data_dir=args.data_dir, pretrained=args.pretrained,
-                        only=[s for s in args.only.split(",") if s] or None)
+        only = [s for s in args.only.split(",") if s]
+        unknown = sorted(set(only) - {e.name for e in PLAN})
+        if unknown:  # else nothing would be built and the run would still pass
+            raise QadtrError(f"--only {','.join(unknown)}: not zoo entries; choose from "
+                             f"{', '.join(e.name for e in PLAN)}")
+        check_writable(args.out, "folder")
+        summary = build(Path(args.out), data_dir=args.data_dir, pretrained=args.pretrained, only=only or None)
         for name, s in summary.items():
             accs = ", ".join(f"{k} {100 * v['value']:.2f}%" for k, v in s["test_acc"].items())
             print(f"{name:16s} {accs}  ({s['epochs']} epochs)")

@@ -31,5 +31,5 @@ ATTACKS = {  # name -> (config class, attack function)
 
 __all__ = ["ASR", "ATTACKS", "AqapaConfig", "EOTConfig", "FORMAT_VERSION", "LavanConfig", "LocationConfig", "Patch",
            "Placement", "UniversalConfig", "apply_patch", "aqapa_patch", "attack_success", "eval_placements",
-           "evaluate_patch", "index_map", "lavan_patch", "load_patch", "location_patch", "patch_name", "patch_side",
+           "evaluate_patch", "index_map", "lavan_patch", "load_patch", "location_patch", "parse_target", "patch_name", "patch_side",
            "rebuild", "sample_placements", "save_patch", "universal_patch"]

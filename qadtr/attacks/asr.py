@@ -16,13 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 import torch.nn as nn
 
 from qadtr._errors import QadtrError
 from qadtr._stats import Proportion
 from qadtr.attacks._place import Placement, rebuild, sample_placements
 from qadtr.attacks.patchfile import Patch
-from qadtr.predict import predict
+from qadtr.predict import predict, to_tensor
 
 UNTARGETED = "untargeted ASR: share of originally correct images whose prediction changes with the patch"
 TARGETED = "targeted ASR: share of images whose true label is not the target that are classified as the target"
@@ -73,6 +74,7 @@ def evaluate_patch(model: nn.Module, patch: Patch, images: np.ndarray, labels: n
     if patch.per_image and len(images) != len(patch.values):
         raise QadtrError(f"{len(patch.values)} per-image patches but {len(images)} images; pass the attacked images "
                          f"(indices stored in the patch file)")
+    _check_target(model, patch.target, images)
     placement = eval_placements(patch, len(images), images.shape[1:3], seed)
     if clean_pred is None:
         clean_pred = predict(model, images, batch_size=batch_size)
@@ -82,6 +84,23 @@ def evaluate_patch(model: nn.Module, patch: Patch, images: np.ndarray, labels: n
         adv = rebuild(images[i:i + batch_size], values, placement[i:i + batch_size])  # (B, H, W, 3) uint8
         adv_pred.append(predict(model, adv, batch_size=batch_size))
     return attack_success(clean_pred, np.concatenate(adv_pred), labels, patch.target)
+
+
+@torch.no_grad()
+def _check_target(model: nn.Module, target: int | None, images: np.ndarray) -> None:
+    """A target the model cannot output would read as ASR 0.00%, not as an error: compare it with the width of
+    the model's logits (one image's forward pass)."""
+    if target is None or not len(images):
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        num_classes = model(to_tensor(images[:1])).shape[1]  # (1, K)
+    finally:
+        model.train(was_training)
+    if not 0 <= target < num_classes:
+        raise QadtrError(f"the patch targets class {target} but the model has {num_classes} classes "
+                         f"(0..{num_classes - 1}); use a patch made for this model's classes")
 
 
 def parse_target(text: str) -> int | None:

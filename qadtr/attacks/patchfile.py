@@ -14,6 +14,7 @@ people and `jq`. Only the .npz is read back.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from dataclasses import dataclass, field, replace
@@ -22,13 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from qadtr._config import atomic_write_bytes, config_from_dict, config_to_dict, read_versioned_npz, write_json
+from qadtr._config import atomic_write_bytes, check_value, config_to_dict, field_types, loads_json, \
+    read_versioned_npz, write_json
 from qadtr._errors import QadtrError
 from qadtr.attacks._place import EOTConfig, Placement
 
 MAGIC = b"QADTR-PATCH"
 FORMAT_VERSION = 1
 HINT = "HINT: re-create it with `python -m qadtr.attack CHECKPOINT --attack ... --out DIR`"
+# the `meta` JSON: Patch's fields apart from the arrays (values, placement, indices), all required
+META_FIELDS = ("attack", "config", "size", "side", "target", "eot", "seed", "model_sha256", "bits", "data", "log")
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,6 +112,8 @@ def _validate_values(values: np.ndarray, side: int, where: str) -> None:
     if values.ndim not in (3, 4) or values.shape[-3:] != (3, side, side):
         raise QadtrError(f"{where}: patch shape {values.shape}, expected (3, {side}, {side}) or "
                          f"(N, 3, {side}, {side}) for side={side}; {HINT}")
+    if values.size == 0:
+        raise QadtrError(f"{where}: the file holds no patch values (shape {values.shape}); {HINT}")
     if not np.isfinite(values).all():
         raise QadtrError(f"{where}: patch holds NaN or inf values; {HINT}")
     if values.min() < 0.0 or values.max() > 1.0:
@@ -115,12 +121,16 @@ def _validate_values(values: np.ndarray, side: int, where: str) -> None:
                          f"{HINT}")
 
 
-def load_patch(path: str | Path) -> Patch:
+def load_patch(path: str | Path, *, num_classes: int | None = None) -> Patch:
     """Read and validate a patch file.
 
+    `num_classes`: the class count of the model the patch will be applied to; the target must be below it.
+    None: checked against the dataset the patch names (`data`, e.g. "cifar10/train") when that is known.
+
     Raises:
-        QadtrError: not a patch file, another format version, bad shape/range/dtype, or inconsistent
-            metadata; each message says what is wrong and what to re-run.
+        QadtrError: not a patch file, another format version, bad shape/range/dtype, metadata of the wrong
+            type, missing or inconsistent, a target out of range; each message says what is wrong and what to
+            re-run.
     """
     path = Path(path)
     if not path.is_file():
@@ -129,23 +139,63 @@ def load_patch(path: str | Path) -> Patch:
     missing = {"values", "meta"} - set(arrays)
     if missing:
         raise QadtrError(f"{path} lacks {sorted(missing)}; {HINT}")
-    try:
-        meta = json.loads(str(arrays["meta"]))
-        side = int(meta["side"])
-        config, eot = config_from_dict(meta["config"]), config_from_dict(meta["eot"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise QadtrError(f"{path}: unreadable metadata ({type(e).__name__}: {e}); {HINT}") from None
+    meta = _read_meta(arrays["meta"], path)
+    _check_target(meta["target"], num_classes, meta["data"], path)
     values = arrays["values"]
-    _validate_values(values, side, str(path))
+    _validate_values(values, meta["side"], str(path))
     placement = indices = None
     if values.ndim == 4:
-        if "placement_x" not in arrays or "indices" not in arrays:
-            raise QadtrError(f"{path}: per-image patches without placements or image indices; {HINT}")
-        placement, indices = Placement.from_arrays(arrays), arrays["indices"]
-        if len(placement) != len(values) or len(indices) != len(values):
-            raise QadtrError(f"{path}: {len(values)} patches, {len(placement)} placements, {len(indices)} "
-                             f"indices; they must match; {HINT}")
-    return Patch(values=values, attack=meta["attack"], config=config, size=float(meta["size"]), side=side,
-                 target=meta["target"], eot=eot, seed=int(meta["seed"]), model_sha256=meta["model_sha256"],
-                 bits=tuple(tuple(b) for b in meta["bits"]), data=meta["data"], placement=placement,
-                 indices=indices, log=tuple(meta["log"]))
+        placement, indices = _per_image(arrays, len(values), path)
+    return Patch(values=values, placement=placement, indices=indices, **meta)
+
+
+def _read_meta(text: np.ndarray, path: Path) -> dict[str, Any]:
+    """The `meta` JSON as Patch fields, each checked against its annotation (qadtr._config.check_value)."""
+    try:
+        meta = loads_json(str(text), "metadata")
+        if not isinstance(meta, dict):
+            raise QadtrError(f"metadata is {type(meta).__name__}, expected an object")
+        missing, unknown = [k for k in META_FIELDS if k not in meta], sorted(set(meta) - set(META_FIELDS))
+        if missing or unknown:
+            raise QadtrError(f"metadata lacks {missing} / has unknown fields {unknown}")
+        types = field_types(Patch)
+        meta = {k: check_value(meta[k], types[k], f"patch {k}") for k in META_FIELDS}
+        if not dataclasses.is_dataclass(meta["config"]) or isinstance(meta["config"], type):
+            raise QadtrError(f"patch config is {type(meta['config']).__name__}, expected a typed attack config")
+        if not 0.0 < meta["size"] < 1.0 or meta["side"] < 1:
+            raise QadtrError(f"size {meta['size']} / side {meta['side']}: expected a fraction in (0, 1) / >= 1 px")
+    except QadtrError as e:
+        raise QadtrError(f"{path}: unreadable metadata ({e}); {HINT}") from None
+    return meta
+
+
+def _check_target(target: int | None, num_classes: int | None, data: str, path: Path) -> None:
+    """A targeted patch's class must exist: below `num_classes`, else below the class count of its dataset."""
+    from qadtr.data import DATASETS
+
+    if target is None:
+        return
+    where = "the model"
+    if num_classes is None and data.split("/")[0] in DATASETS:
+        num_classes, where = DATASETS[data.split("/")[0]].num_classes, data.split("/")[0]
+    if target < 0 or (num_classes is not None and target >= num_classes):
+        classes = f"{where} has {num_classes} classes (0..{num_classes - 1})" if num_classes else "must be >= 0"
+        raise QadtrError(f"{path}: target {target} is no class: {classes}; {HINT}")
+
+
+def _per_image(arrays: dict[str, np.ndarray], n: int, path: Path) -> tuple[Placement, np.ndarray]:
+    """The placements and (N,) image indices a per-image patch file must carry, as many as its patches."""
+    keys = [f"placement_{f}" for f in Placement.FIELDS] + ["indices"]
+    if any(k not in arrays for k in keys):
+        raise QadtrError(f"{path}: per-image patches without placements or image indices; {HINT}")
+    indices = arrays["indices"]
+    if indices.dtype.kind not in "iu" or indices.ndim != 1 or (len(indices) and indices.min() < 0):
+        raise QadtrError(f"{path}: indices are {indices.dtype} {indices.shape}, expected (N,) integers >= 0; {HINT}")
+    try:
+        placement = Placement.from_arrays(arrays)
+    except (TypeError, ValueError) as e:
+        raise QadtrError(f"{path}: unreadable placements ({e}); {HINT}") from None
+    if len(placement) != n or len(indices) != n:
+        raise QadtrError(f"{path}: {n} patches, {len(placement)} placements, {len(indices)} indices; they must "
+                         f"match; {HINT}")
+    return placement, indices

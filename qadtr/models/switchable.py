@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from qadtr._config import register_config
+from qadtr._config import check_state_dict, register_config
 from qadtr._errors import QadtrError
 from qadtr.bits import Bits
 from qadtr.models._layers import SUPPORTED_BITS, QuantSpec
@@ -191,9 +191,9 @@ def load_pretrained_(model: nn.Module, path: str) -> None:
         raise QadtrError(f"initial weights {path} not found; pass a file from ../shared/models or a model.pt") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
         raise QadtrError(f"cannot read initial weights {path} ({type(e).__name__}); is it a torch file?") from None
-    if not isinstance(raw, dict):
-        raise QadtrError(f"{path} holds no state dict")
-    state = _float_state(raw)
+    state = raw.get("state_dict", raw) if isinstance(raw, dict) else raw  # akamaster files nest it
+    state = _float_state(check_state_dict(state, f"initial weights {path}",
+                                          "pass an akamaster .th file from ../shared/models or a qadtr model.pt"))
     nets = list(model.nets.values()) if isinstance(model, QuantNet) else [model]
     for net in nets:
         own = net.state_dict()

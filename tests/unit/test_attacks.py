@@ -427,3 +427,128 @@ def test_strength_sweep_writes_rows_and_resumes(tiny_checkpoint, tmp_path, monke
     assert strength_main(args) == 0  # resumed: every row exists, nothing is redone
     assert "12 row(s) already" in capsys.readouterr().out
     assert strength_main(["--checkpoints", str(tiny_checkpoint), "--eot", "spin", "--out", str(tmp_path)]) == 1
+
+
+# --- patch files and CLI input from outside: one line, exit 1, no traceback, nothing computed lost -----------
+
+def _with_meta(path: Path, **changes) -> Path:
+    """The patch file with its `meta` JSON changed: a value of None deletes the key, `_raw` replaces the whole
+    JSON value, `_text` the text."""
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+    meta = changes.pop("_raw", meta)
+    text = changes.pop("_text", None)
+    for key, value in changes.items():
+        meta.pop(key) if value is None else meta.__setitem__(key, value)
+    return _rewrite(path, meta=np.array(json.dumps(meta) if text is None else text))
+
+
+@pytest.mark.parametrize("changes, match", [
+    (dict(attack=None), r"metadata lacks \['attack'\]"),  # KeyError traceback before
+    (dict(seed=None), r"metadata lacks \['seed'\]"),
+    (dict(surprise=1), r"unknown fields \['surprise'\]"),
+    (dict(target="3"), "patch target is a string '3', expected an integer or null"),  # loaded, then ASR 0.00%
+    (dict(target=True), "patch target is a boolean True"),
+    (dict(target=-1), "target -1 is no class: must be >= 0"),
+    (dict(size="0.1"), "patch size is a string '0.1', expected a finite number"),
+    (dict(size=1.5), "size 1.5 / side 4: expected a fraction in"),
+    (dict(side=[4]), "patch side is a list"),
+    (dict(bits=[[8]]), r"patch bits\[0\] has 1 items"),
+    (dict(log=[1]), r"patch log\[0\] is an integer 1, expected an object"),
+    (dict(config=7), "patch config is int, expected a typed attack config"),
+    (dict(config={"_type": "UniversalConfig", "_version": 2, "_data": [1]}), "_data is a list"),
+    (dict(eot={"_type": 5, "_version": 1, "_data": {}}), "_type is an integer 5"),
+    (dict(_raw=[1, 2]), "metadata is list, expected an object"),
+    (dict(_text="[" * 100_000), "nests too deeply"),  # RecursionError before
+])
+def test_patch_metadata_is_validated_on_load(saved_patch, changes, match):
+    _, path = saved_patch
+    with pytest.raises(QadtrError, match=f"{match}.*HINT: re-create it"):
+        load_patch(_with_meta(path, **changes))
+
+
+def test_patch_target_out_of_range_is_refused_not_scored_zero(saved_patch, dull_images, tmp_path):
+    _, path = saved_patch
+    images, labels = dull_images
+    far = load_patch(_with_meta(path, target=99))  # made on "toy" images: the class count is unknown here
+    with pytest.raises(QadtrError, match=r"targets class 99 but the model has 10 classes \(0..9\)"):
+        evaluate_patch(CornerNet(), far, images, labels)  # was ASR 0.00% (n=64)
+    with pytest.raises(QadtrError, match=r"target 99 is no class: the model has 10 classes \(0..9\)"):
+        load_patch(path, num_classes=10)
+    with pytest.raises(QadtrError, match=r"target 10 is no class: cifar10 has 10 classes \(0..9\)"):
+        load_patch(_with_meta(path, target=10, data="cifar10/train"))
+    assert load_patch(_with_meta(path, target=9), num_classes=10).target == 9
+
+
+def test_per_image_patch_arrays_are_validated(tmp_path, dull_images):
+    images, labels = dull_images
+    path = save_patch(location_patch(CornerNet(), images[:4], labels[:4], LocationConfig(size=0.05, steps=2)),
+                      tmp_path / "loc")
+    cases = [(dict(placement_y=None), "without placements"),  # KeyError traceback before
+             (dict(indices=np.array([0.5, 1, 2, 3])), r"indices are float64 \(4,\), expected \(N,\) integers"),
+             (dict(indices=np.array([-1, 0, 1, 2])), "integers >= 0"),
+             (dict(placement_x=np.array(["a", "b", "c", "d"])), "unreadable placements"),
+             (dict(values=np.zeros((0, 3, 4, 4), np.float32)), "holds no patch values")]  # ValueError before
+    for changes, match in cases:
+        case = tmp_path / "case.npz"
+        case.write_bytes(path.read_bytes())
+        with pytest.raises(QadtrError, match=match):
+            load_patch(_rewrite(case, **changes))
+
+
+def _main(args, monkeypatch, capsys) -> tuple[int, str, str]:
+    import qadtr.data
+    from qadtr.attack import main
+
+    monkeypatch.setattr(qadtr.data, "load_split", _fake_split)
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--batch-size", "0"], "batch_size must be >= 1"),  # was replaced by 64
+    (["--attack", "location", "--batch-size", "0"], "batch_size must be >= 1"),  # was replaced by 100
+    (["--train-subset", "-1"], "--train-subset -1: must be >= 0 (0 = all)"),  # meant "all images"
+    (["--eval-subset", "-1"], "--eval-subset -1: must be >= 0 (0 = all)"),
+    (["--seed", "-1"], "--seed -1: must be >= 0"),  # numpy's traceback before
+    (["--eval-seed", "-1"], "--eval-seed -1: must be >= 0"),  # after the patch was computed, before
+    (["--attack", "location", "--max-angle", "30"], "--attack location takes no --max-angle; drop it or pick an "
+                                                    "attack that does (aqapa, universal)"),  # silently ignored
+    (["--attack", "lavan", "--temperature", "0.1"], "--attack lavan takes no --temperature"),
+    (["--data", "gtsrb"], "--data gtsrb has 43 classes but the model 10"),
+])
+def test_cli_counts_seeds_and_flags_are_refused_not_replaced(tiny_checkpoint, tmp_path, monkeypatch, capsys,
+                                                             args, match):
+    rc, out, err = _main([str(tiny_checkpoint), "--steps", "1", "--bits", "4", "--out", str(tmp_path / "p"), *args],
+                         monkeypatch, capsys)
+    assert rc == 1 and match in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("FAILED |") and not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("make_out, match", [
+    (lambda t: t / "a_file", "is a file, not a folder"),
+    (lambda t: t / "a_file" / "patches", "a_file is a file, not a folder; pass a path under a folder"),
+    (lambda t: Path("/sys/qadtr-patches"), "cannot write in /sys"),  # read-only: lost the computed patch before
+])
+def test_cli_out_is_checked_before_any_patch_is_computed(tiny_checkpoint, tmp_path, monkeypatch, capsys, make_out,
+                                                         match):
+    import qadtr.attacks
+
+    import tempfile
+
+    (tmp_path / "a_file").write_text("keep me")
+    if "/sys" in str(make_out(tmp_path)):
+        try:
+            tempfile.TemporaryFile(dir="/sys").close()
+            pytest.skip("/sys is writable here: no read-only location to test with")
+        except OSError:
+            pass
+
+    def no_work(*a, **kw):
+        raise AssertionError("the attack ran before --out was checked")
+
+    monkeypatch.setitem(qadtr.attacks.ATTACKS, "universal", (UniversalConfig, no_work))
+    rc, _, err = _main([str(tiny_checkpoint), "--bits", "4", "--out", str(make_out(tmp_path))], monkeypatch, capsys)
+    assert rc == 1 and f"error: --out {make_out(tmp_path)}" in err and match in err, err
+    assert (tmp_path / "a_file").read_text() == "keep me"

@@ -142,3 +142,87 @@ def test_train_and_evaluate_cli(fake_cifar, tmp_path):
     r = _cli("qadtr.evaluate", str(out / "model.pt"), "--data-dir", str(fake_cifar))
     assert r.returncode == 0, r.stderr
     assert "w4a4 deploy" in r.stdout and "w4a4 trained" in r.stdout and "recorded" in r.stdout
+
+
+# --- user input to the CLIs: one line, exit 1, no traceback, no value replaced by a default -----------------
+
+def _one_line_error(r: subprocess.CompletedProcess, message: str) -> None:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and "usage:" not in r.stderr, r.stderr
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("FAILED |"), r.stderr
+    assert message in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["qadtr.train", "--epochs", "abc", "--out", "x"],
+     "argument --epochs: invalid int value: 'abc' (see python -m qadtr.train --help)"),
+    (["qadtr.train", "--bits", "4"], "the following arguments are required: --out (see python -m qadtr.train --help)"),
+    (["qadtr.train", "--switch", "often", "--out", "x"], "argument --switch: invalid choice: 'often'"),
+    (["qadtr.evaluate", "m.pt", "--limit", "ten"], "argument --limit: invalid int value: 'ten' (see python -m "
+                                                   "qadtr.evaluate --help)"),
+    (["qadtr.evaluate"], "the following arguments are required: checkpoint"),
+    (["qadtr.attack", "m.pt", "--out", "x", "--steps", "many"], "argument --steps: invalid int value: 'many' (see "
+                                                                 "python -m qadtr.attack --help)"),
+    (["qadtr.zoo", "--bogus"], "unrecognized arguments: --bogus (see python -m qadtr.zoo --help)"),
+])
+def test_cli_flag_errors_are_one_line_and_exit_1_not_usage_and_2(args, message):
+    _one_line_error(_cli(*args), message)
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--num-classes", "0", "num_classes=0; a classifier needs at least 2"),  # was replaced by the dataset's 10
+    ("--seed", "-1", "--seed -1: must be >= 0"),  # numpy refused it with a traceback after the data loaded
+])
+def test_train_refuses_counts_it_would_replace_or_misread(flag, value, message, tmp_path):
+    _one_line_error(_cli("qadtr.train", "--model", "test_qnet", "--bits", "4", "--data-dir", "/nonexistent",
+                         "--out", str(tmp_path / "run"), flag, value), message)
+
+
+def _file(tmp_path):
+    (tmp_path / "a_file").write_text("keep me")
+    return tmp_path / "a_file"
+
+
+@pytest.mark.parametrize("out, message", [
+    (lambda t: _file(t), "is a file, not a folder; pass a folder path"),  # FileExistsError traceback before
+    (lambda t: _file(t) / "run", "a_file is a file, not a folder; pass a path under a folder"),
+])
+def test_train_out_is_checked_before_training(out, message, tmp_path):
+    path = out(tmp_path)
+    _one_line_error(_cli("qadtr.train", "--model", "test_qnet", "--bits", "4", "--data-dir", "/nonexistent",
+                         "--out", str(path)), message)  # refused before the data directory is even looked at
+    assert (tmp_path / "a_file").read_text() == "keep me"
+
+
+def test_train_out_on_a_read_only_location_is_refused_before_training(tmp_path):
+    import tempfile
+
+    try:
+        tempfile.TemporaryFile(dir="/sys").close()
+        pytest.skip("/sys is writable here: no read-only location to test with")
+    except OSError:
+        pass
+    _one_line_error(_cli("qadtr.train", "--model", "test_qnet", "--bits", "4", "--data-dir", "/nonexistent",
+                         "--out", "/sys/qadtr-run"), "--out /sys/qadtr-run: cannot write in /sys")
+
+
+def test_evaluate_refuses_a_negative_limit_other_classes_and_a_folder_for_json(tiny_checkpoint, tiny_dataset,
+                                                                               tmp_path, capsys):
+    from qadtr.evaluate import main
+
+    assert main([str(tiny_checkpoint), "--limit", "-1"]) == 1  # evaluated all images before
+    assert "error: --limit -1: must be >= 0 (0 = all images)" in capsys.readouterr().err
+    assert main([str(tiny_checkpoint), "--data", "gtsrb"]) == 1  # reported 0.00%-ish accuracy before
+    err = capsys.readouterr().err
+    assert "--data gtsrb has 43 classes but the checkpoint 10" in err and "Traceback" not in err
+    assert main([str(tiny_checkpoint), "--json", str(tmp_path)]) == 1  # IsADirectoryError after the work before
+    out = capsys.readouterr()
+    assert "--json" in out.err and "is a folder; pass a file path" in out.err and "top-1" not in out.out
+    assert main([str(tiny_checkpoint), "--limit", "8", "--json", str(tmp_path / "acc.json")]) == 0
+    assert (tmp_path / "acc.json").is_file()
+
+
+def test_zoo_refuses_entry_names_it_does_not_plan(tmp_path):
+    r = _cli("qadtr.zoo", "--only", "resnet20_w4a", "--out", str(tmp_path / "zoo"))  # built nothing and PASSED before
+    _one_line_error(r, "--only resnet20_w4a: not zoo entries; choose from resnet20_float, ")
