@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
     from qadtr._config import write_json
 
-    p = argparse.ArgumentParser(prog="python -m bench.attack_speed", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m bench.attack_speed", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="zoo/resnet20_float", help="model.pt or its folder (ResNet-20)")
     p.add_argument("--bits", default="", help="bit width of a quantized checkpoint (default: its first)")
     p.add_argument("--data-dir", default=None)

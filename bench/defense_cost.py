@@ -71,7 +71,9 @@ def timed_steps(recipe: str, fn, model, opt, cfg, state: dict, batches, first: i
 def main() -> None:
     from qadtr.recipes import get_recipe
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--bits", default="2,4,5,8", help="the switchable model's bit widths (QADT-R's DBWT set)")
     p.add_argument("--batch", type=int, default=128, help="training batch (the zoo's)")

@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
     from qadtr._config import write_json
 
-    p = argparse.ArgumentParser(prog="python -m bench.replay_speed", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m bench.replay_speed", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="zoo/resnet20_w8a8", help="model.pt or its folder")
     p.add_argument("--bits", type=int, default=8, help="bit width (w = a) to export and replay")
     p.add_argument("--patches", required=True, help="folder of patch files (qadtr.attack)")

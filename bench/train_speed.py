@@ -9,7 +9,6 @@ and saved to bench/results/train_speed.json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -45,7 +44,9 @@ def step_time(model, opt, x, y, steps: int) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=5, help="optimizer steps per model per round")
     args = p.parse_args()

@@ -149,7 +149,9 @@ def status(cache: str | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m devices.arm_emu", description=__doc__.split("\n")[0],
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m devices.arm_emu", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("action", choices=("setup", "start", "stop", "status"))
     p.add_argument("--profile", choices=list(PROFILES), help="the emulated core (setup/start/stop)")

@@ -12,7 +12,6 @@ Input formats (how uint8 HWC images become the model's input bytes; the runner f
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -93,7 +92,9 @@ def accuracy(runner, images: np.ndarray, labels: np.ndarray, *, input_format: st
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m eval.accuracy", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m eval.accuracy", description=__doc__.split("\n")[0])
     p.add_argument("artifact", help="a .tflite (or .onnx, through devices.onnxrt)")
     p.add_argument("--data", default="cifar10", help="dataset name (qadtr.data)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")

@@ -20,7 +20,6 @@ number of uint8 levels and x + delta is clipped to [0, 1], so the perturbed inpu
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -150,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
     from qadtr._errors import QadtrError
 
-    p = argparse.ArgumentParser(prog="python -m eval.amplification", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m eval.amplification", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoints", nargs="+", required=True, help="float, quantized and DQ checkpoints")
     p.add_argument("--eps", default="1,2,4,8", help="perturbation sizes in uint8 levels (x/255)")
     p.add_argument("--kinds", default="random,fgsm", help=f"perturbations: {','.join(KINDS)}")

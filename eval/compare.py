@@ -17,7 +17,6 @@ deployed side agrees within its `Gate` (P8); `--strict` turns a failed gate into
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import platform
 import sys
@@ -456,7 +455,9 @@ def document(results: list[Comparison], skipped: list[dict], *, store: str | Pat
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m eval.compare", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m eval.compare", description=__doc__.split("\n")[0])
     p.add_argument("--store", required=True, help="the SQLite result store of eval.on_device")
     p.add_argument("--reference", default="fakequant", help="runtime every other run is compared with")
     p.add_argument("--runs", nargs="+", default=(), help="compare only these runs (run ids or unique prefixes)")

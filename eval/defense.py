@@ -28,7 +28,6 @@ budget), OUT/defense.md (a summary table per network and every row) and the patc
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -242,7 +241,9 @@ def markdown(rows: list[dict], budget: Budget) -> str:
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m eval.defense", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m eval.defense", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoints", nargs="+", required=True, help="defended (and baseline) checkpoints")
     p.add_argument("--surrogate", required=True,
                    help="an undefended checkpoint for transfer attacks (e.g. zoo/resnet20_float)")

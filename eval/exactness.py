@@ -14,7 +14,6 @@ VNNI, so MLAS dispatches its AVX2 kernels) on that many images. Writes OUT/exact
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import subprocess
 import sys
@@ -151,7 +150,9 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m eval.exactness", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m eval.exactness", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", nargs="+", required=True, help="quantized checkpoints (each at its first bit width)")
     p.add_argument("--images", type=int, default=200, help="CIFAR-10 test images (subset seed 0)")
     p.add_argument("--avx2-images", type=int, default=0, help="also run ORT on an emulated AVX2-only CPU on this many")

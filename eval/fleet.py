@@ -6,7 +6,6 @@ behind `python -m eval.on_device`; see its docstring for what each run does).
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 from dataclasses import dataclass, field

@@ -39,7 +39,9 @@ from qadtr._errors import QadtrError
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.on_device", description=__doc__.split("\n")[0],
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m eval.on_device", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--list-devices", action="store_true",
                    help="show each device's runtimes and power meters, then exit")

@@ -151,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     from eval.fleet import table
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m eval.pipeline", description=__doc__.split("\n")[0],
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m eval.pipeline", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2])
     p.add_argument("--checkpoint", nargs="+", default=None, help="checkpoints to export and replay (default "
                    f"{', '.join(DEFAULT_CHECKPOINTS)}); CKPT@2,4 picks bit widths of a switchable one")

@@ -10,7 +10,6 @@ the store is HTML-escaped.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -414,7 +413,9 @@ def write_report(store_path: str | Path, out: str | Path, *, compare: str | Path
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m eval.report", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m eval.report", description=__doc__.split("\n")[0])
     p.add_argument("--store", required=True, help="the SQLite result store of eval.on_device")
     p.add_argument("--out", required=True, help="folder for report.html and report.json")
     p.add_argument("--compare", default=None, help="compare.json of eval.compare (summary, disagreements)")

@@ -20,7 +20,6 @@ own "seen" kind is in that set, so no recipe is scored on a set that favours it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -456,7 +455,9 @@ def build(*, defense: list[Path], amplification: Path | None, transfer: list[Pat
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m eval.reproduction", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m eval.reproduction", description=__doc__.split("\n")[0])
     p.add_argument("--defense", nargs="+", default=["eval/results/defense"], help="eval.defense result folders")
     p.add_argument("--amplification", default="eval/results/amplification")
     p.add_argument("--transfer", nargs="*", default=["eval/results/transfer", "eval/results/transfer_untargeted"])

@@ -142,7 +142,9 @@ def write_tables(rows: list[dict], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m eval.strength", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m eval.strength", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoints (model.pt or folders); every bit width")
     p.add_argument("--targets", default="0-9", help="target classes: 0-9 or 0,3,5")
     p.add_argument("--eot", default="plain,rotscale", help=f"EOT variants: {','.join(EOT_VARIANTS)}")

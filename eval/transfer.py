@@ -9,7 +9,6 @@ identical patched bytes. Writes OUT/transfer.json, OUT/transfer.csv and one heat
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from collections import defaultdict
@@ -140,7 +139,9 @@ def write_heatmaps(rows: list[dict], out: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m eval.transfer", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m eval.transfer", description=__doc__.split("\n")[0])
     p.add_argument("--patches", required=True, help="folder of patch files (*.npz) from qadtr.attack")
     p.add_argument("--checkpoints", nargs="+", required=True, help="target checkpoints (model.pt or folders)")
     p.add_argument("--out", required=True, help="results folder")

@@ -381,7 +381,9 @@ def default_out(checkpoint: str, bits: int | None, float_model: bool, suffix: st
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n")[0])
     add_common_args(p)
     p.add_argument("--float", dest="float_model", action="store_true", help="export a float checkpoint as fp32")
     args = p.parse_args(argv)

@@ -147,7 +147,9 @@ def table_md(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m export.table", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m export.table", description=__doc__.split("\n")[0])
     p.add_argument("--zoo", default="zoo", help="folder of checkpoints (<name>/model.pt)")
     p.add_argument("--out", required=True, help="results folder (table.json, table.md, artifacts/)")
     p.add_argument("--data-dir", default=None, help="dataset folder: parity on real test images (default: $QADTR_DATA)")

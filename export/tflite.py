@@ -34,7 +34,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -270,7 +269,9 @@ def _versions() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m export.tflite", description=__doc__.split("\n")[0])
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m export.tflite", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="model.pt (model.json beside it) or its folder")
     p.add_argument("--bits", type=int, required=True, help="weight bits (and activation bits unless --act-bits)")
     p.add_argument("--act-bits", type=int, default=None)

@@ -22,7 +22,6 @@ Changes from the ORT QDQ export (the TensorRT parser rejects both originals):
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -341,7 +340,9 @@ def export_trt(checkpoint: str | Path, out_dir: str | Path, *, bits: int, batch:
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import run_cli
 
-    p = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__.split("\n")[0],
+    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+
+    p = ArgumentParser(prog="python -m export.trt", description=__doc__.split("\n")[0],
                                 epilog=INT4_NOTE)
     p.add_argument("checkpoint", help="model.pt (with model.json beside it) or its folder")
     p.add_argument("--bits", type=int, required=True, help="weight = activation bits (one the model has)")
