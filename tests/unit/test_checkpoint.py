@@ -235,3 +235,16 @@ def test_every_registered_field_type_has_a_json_check():
             assert type_name(tp), f"{name}.{field}"  # TypeError for an annotation check_value cannot check
     with pytest.raises(TypeError, match="has no JSON check"):
         type_name(typing.List[int])
+
+
+def test_written_files_honour_the_umask(tmp_path):
+    import os
+
+    from qadtr._config import write_json
+
+    old = os.umask(0o027)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640  # 0666 & ~027, not mkstemp's 0600
