@@ -389,7 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
-        out = args.out or default_out(args.checkpoint, args.bits, args.float_model)
+        from qadtr._cli import check_count, check_writable
+
+        check_count(args.limit, "--limit")  # parity images: 0 or fewer would prove nothing
+        out = check_writable(args.out or default_out(args.checkpoint, args.bits, args.float_model), "file")
         result = export_onnx(args.checkpoint, out, bits=args.bits, opset=args.opset, data_dir=args.data_dir,
                              limit=args.limit, float_model=args.float_model)
         print(describe(result))

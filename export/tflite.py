@@ -284,8 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from qadtr.checkpoint import resolve
 
+        from qadtr._cli import check_count, check_writable
+
+        check_count(args.n_check, "--n-check")  # parity images: 0 or fewer would prove nothing
         a = args.bits if args.act_bits is None else args.act_bits
-        out = args.out or resolve(args.checkpoint)[0].with_name(f"model_w{args.bits}a{a}.tflite")
+        out = check_writable(args.out or resolve(args.checkpoint)[0].with_name(f"model_w{args.bits}a{a}.tflite"),
+                             "file")
         record = export_tflite(args.checkpoint, out, bits=args.bits, act_bits=args.act_bits,
                                data_dir=args.data_dir, n_check=args.n_check, headroom=not args.no_headroom)
         print(record.summary())

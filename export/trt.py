@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
     p = ArgumentParser(prog="python -m export.trt", description=__doc__.split("\n")[0],
-                                epilog=INT4_NOTE)
+                       epilog=INT4_NOTE)
     p.add_argument("checkpoint", help="model.pt (with model.json beside it) or its folder")
     p.add_argument("--bits", type=int, required=True, help="weight = activation bits (one the model has)")
     p.add_argument("--out", default=None, help="output folder (default: ./<arch>_w<bits>a<bits>_trt)")
@@ -357,7 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from export.onnx import default_out, deployed_line
 
-        out = args.out or str(default_out(args.checkpoint, args.bits, False, suffix="_trt"))
+        from qadtr._cli import check_count, check_writable
+
+        check_count(args.limit, "--limit")  # parity images: 0 or fewer would prove nothing
+        out = str(check_writable(args.out or default_out(args.checkpoint, args.bits, False, suffix="_trt"), "folder"))
         if args.bits < 8:
             print(f"note: --bits {args.bits}: {INT4_NOTE}")
         result, trt = export_trt(args.checkpoint, out, bits=args.bits, data_dir=args.data_dir, limit=args.limit,

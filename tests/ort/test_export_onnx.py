@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,15 @@ def test_deployed_kernels_are_measured_apart_from_the_proof(exported, bits):
     assert f"{r.parity.images} of {r.parity.images} images bit-exact" in dep["summary"]
     if want == "single":  # one rounding, as Brevitas: the deployed integers are the proof's
         assert r.parity.int_mismatches_fused == r.parity.int_mismatches
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--limit", "0"], r"--limit 0: must be >= 1"),
+    (["--limit", "-1"], r"--limit -1: must be >= 1"),
+    (["--out", "{tmp}"], r"is a folder; pass a file path"),
+])
+def test_cli_refuses_counts_and_outputs_before_exporting(args, match, tiny_checkpoint, tmp_path, capsys):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert exp.main([str(tiny_checkpoint), "--bits", "4", *args]) == 1
+    err = capsys.readouterr().err
+    assert re.search(match, err) and "Traceback" not in err and not list(tmp_path.glob("*.onnx"))
