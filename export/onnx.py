@@ -121,8 +121,13 @@ class ExportResult:
 
 # -- export ------------------------------------------------------------------------------------------------
 def export_qcdq(net, path: str | Path, example, *, opset: int = 13) -> None:
-    """Brevitas QCDQ export through TorchScript with ORT-friendly settings (NOTES.md)."""
-    from brevitas.export import export_onnx_qcdq
+    """Brevitas QCDQ export through TorchScript with ORT-friendly settings."""
+    import warnings
+
+    with warnings.catch_warnings():  # brevitas.export imports its equalization module, which warns once that an
+        # optional CUDA kernel package (fast_hadamard_transform) is absent: irrelevant to a QCDQ export
+        warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
+        from brevitas.export import export_onnx_qcdq
 
     export_onnx_qcdq(net, args=example, export_path=str(path), dynamo=False, opset_version=opset,
                      keep_initializers_as_inputs=False,  # initializers as inputs stop ORT constant folding

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("onnxruntime")
@@ -160,3 +161,14 @@ def test_cli_refuses_counts_and_outputs_before_exporting(args, match, tiny_check
     assert exp.main([str(tiny_checkpoint), "--bits", "4", *args]) == 1
     err = capsys.readouterr().err
     assert re.search(match, err) and "Traceback" not in err and not list(tmp_path.glob("*.onnx"))
+
+
+def test_an_export_prints_no_brevitas_optional_kernel_warning(tiny_checkpoint, tiny_images, tmp_path):
+    code = ("import sys, numpy as np\nfrom export.onnx import export_onnx\n"
+            f"export_onnx({str(tiny_checkpoint)!r}, {str(tmp_path / 'w4.onnx')!r}, bits=4, "
+            "images=np.load(sys.argv[1]))\n")
+    np.save(tmp_path / "images.npy", tiny_images)
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "images.npy")], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "fast_hadamard_transform" not in r.stderr and (tmp_path / "w4.onnx").is_file()
