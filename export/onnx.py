@@ -3,13 +3,12 @@
     python -m export.onnx zoo/resnet20_w4a4/model.pt --bits 4 --data-dir ../shared/data --out w4.onnx
     python -m export.onnx zoo/resnet20_float/model.pt --float --out fp32.onnx
 
-The quantized path exports the deployable net (`export._common.deploy_model`: BN folded, int32 bias)
-with Brevitas' QCDQ exporter through TorchScript (the dynamo exporter refuses
-quantized bias). Before returning it proves the file (P11): onnx.checker; graph structure (every
-Conv/Gemm weight comes through DequantizeLinear, no BatchNormalization, expected op counts); which
-convs ORT fuses into QLinearConv at ORT_ENABLE_ALL; and parity on real images: the integer value of
-every quantized activation (ORT node by node vs Brevitas `.int()`), logits in LSBs, argmax agreement.
-`<out>.json` beside the artifact records all of it with the versions and sha256s.
+The quantized path exports the deployable net (`export._common.deploy_model`: BN folded, int32 bias) with
+Brevitas' QCDQ exporter through TorchScript (the dynamo exporter refuses quantized bias). Before returning it
+proves the file: onnx.checker; graph structure (every Conv/Gemm weight through DequantizeLinear, no
+BatchNormalization, expected op counts); which convs ORT fuses into QLinearConv at ORT_ENABLE_ALL; parity on
+real images: every quantized activation's integers (ORT node by node vs Brevitas `.int()`), logits in LSBs,
+argmax agreement. `<out>.json` beside the artifact records all of it with the versions and sha256s.
 
 The proof and the deployment are kept apart. The proof runs the file node by node (ORT_DISABLE_ALL:
 QuantizeLinear, DequantizeLinear and float Conv/Gemm, no fused integer kernel), which computes the same on
@@ -26,6 +25,7 @@ import dataclasses
 import shutil
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from devices._host import fingerprint
 from devices.runtimes import record_path
 from export._onnx_graph import (INPUT, OUTPUT, activation_dq_inputs, check_graph, fusion_report,  # noqa: F401
                                 ort_run, reference_run, with_outputs)  # part of this module's API, re-exported
+from qadtr._cli import check_count, check_writable
 from qadtr._config import config_to_dict, register_config, sha256_file, write_json
 from qadtr._errors import QadtrError
 
@@ -42,11 +43,9 @@ EXPORTER_VERSION = 2  # 2: proof at ORT_DISABLE_ALL, deployed kernels recorded a
 PROOF_LEVEL = "disable"  # node by node in float: no CPU-specific integer kernel decides the proof
 DEPLOY_LEVEL = "all"  # what a deployment runs: QDQ fused into QLinearConv / QGemm / QLinearAdd
 PARITY_IMAGES = 1000  # CIFAR-10 test images for the parity check: ~1 min of Brevitas ResNet-20 at low priority
-# Pass criteria. NOTES.md measured 0 mismatches below 8 bits on its model; that is reported as `exact`.
-# A pass asks that ORT computes every layer as Brevitas does when both see the same upstream integers,
-# except rare one-step flips: Brevitas requantizes an fp32 float conv sum, ORT an exact int32 accumulator
-# times an fp32 multiplier, so a value within fp32 noise of a .5 boundary can round either way (both
-# disagree with a float64 integer reference there). End to end such a flip can grow downstream.
+# Pass criteria: ORT computes every layer as Brevitas does on the same upstream integers, except rare one-step
+# flips (Brevitas requantizes an fp32 conv sum, ORT an exact int32 sum times an fp32 multiplier: a value within
+# fp32 noise of a .5 boundary rounds either way); end to end a flip can grow. No mismatch at all is `exact`.
 MAX_INT_MISMATCH = 1e-4  # per-layer fraction of integer activation elements allowed to differ
 MAX_INT_STEP = 1  # per layer, no integer activation may differ by more than this
 MIN_ARGMAX_AGREE = 0.99  # over non-tie samples (TIE_RULE), end to end on the deployed kernels
@@ -95,7 +94,7 @@ class Parity:
     int_mismatches_local: int | None  # per layer: Brevitas fed ORT's node-by-node upstream integers, vs ORT
     int_max_step: int  # largest end-to-end |ORT - Brevitas| node by node, in steps
     int_max_step_local: int  # largest per-layer difference, in steps
-    exact: bool  # no integer activation differs end to end node by node (the NOTES.md target below 8 bits)
+    exact: bool  # no integer activation differs end to end node by node
     per_tensor: dict  # module -> mismatches (only tensors that differ)
     logits: dict  # CompareResult.to_dict() at ORT_DISABLE_ALL (the proof)
     summary: str
@@ -122,10 +121,7 @@ class ExportResult:
 # -- export ------------------------------------------------------------------------------------------------
 def export_qcdq(net, path: str | Path, example, *, opset: int = 13) -> None:
     """Brevitas QCDQ export through TorchScript with ORT-friendly settings."""
-    import warnings
-
-    with warnings.catch_warnings():  # brevitas.export imports its equalization module, which warns once that an
-        # optional CUDA kernel package (fast_hadamard_transform) is absent: irrelevant to a QCDQ export
+    with warnings.catch_warnings():  # brevitas.export warns that an optional CUDA kernel package is absent
         warnings.filterwarnings("ignore", message="fast_hadamard_transform package not found")
         from brevitas.export import export_onnx_qcdq
 
@@ -136,8 +132,6 @@ def export_qcdq(net, path: str | Path, example, *, opset: int = 13) -> None:
 
 
 def export_float(net, path: str | Path, example, *, opset: int = 13) -> None:
-    import warnings
-
     import torch
 
     with torch.no_grad(), warnings.catch_warnings():
@@ -252,8 +246,7 @@ def parity_images(*, images: np.ndarray | None, data_dir: str | Path | None, dat
         return split.images, f"{dataset}/test subset of {len(split.images)} (seed 0)"
     if images is not None:
         return np.asarray(images, np.uint8), f"{len(images)} given images"
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), "64 random 32x32 images (no --data-dir)"
+    return np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), np.uint8), "64 random images (no --data-dir)"
 
 
 # -- library entry point -----------------------------------------------------------------------------------
@@ -394,8 +387,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
-        from qadtr._cli import check_count, check_writable
-
         check_count(args.limit, "--limit")  # parity images: 0 or fewer would prove nothing
         out = check_writable(args.out or default_out(args.checkpoint, args.bits, args.float_model), "file")
         result = export_onnx(args.checkpoint, out, bits=args.bits, opset=args.opset, data_dir=args.data_dir,
