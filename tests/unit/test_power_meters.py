@@ -3,6 +3,7 @@ pynvml, the zero-order-hold integration, idle baselines, and the reasons a meter
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import types
@@ -148,7 +149,8 @@ def test_ina_power1_input(tmp_path):
         assert m.scope.startswith("ina219 at hwmon1 (power1_input) every 2 ms")
         m.start()
         time.sleep(0.2)
-        (d / "power1_input").write_text("3000000\n")  # 3 W from here on
+        (d / "power1_input.new").write_text("3000000\n")  # 3 W from here on, changed at once as sysfs does (a
+        os.replace(d / "power1_input.new", d / "power1_input")  # truncating write lets the 2 ms sampler read "")
         time.sleep(0.2)
         joules, seconds = m.stop()
     finally:
