@@ -38,7 +38,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib
-import importlib.util
 import json
 import os
 import platform
@@ -56,7 +55,7 @@ if ROOT not in sys.path:
 
 from devices import _host  # noqa: E402  (the runner layer: importable only once ROOT is on sys.path)
 from devices.power import METERS, open_meter  # noqa: E402
-from devices.runtimes import board_runtimes, feed_format, make_runner, nvidia_gpu, read_logits  # noqa: E402
+from devices.runtimes import board_runtimes, feed_format, make_runner, probe, read_logits  # noqa: E402
 from qadtr._errors import QadtrError  # noqa: E402
 
 VERSION = 1  # of the job file and the line protocol; the host refuses an agent speaking another
@@ -86,16 +85,12 @@ def _version(dist: str | None) -> str | None:
 
 
 def runtime_status(name: str) -> dict:
+    reason = probe(name, board=True)  # the host's own check, worded for a board
+    if reason is not None:
+        return {"available": False, "reason": reason}
     row = BOARD[name]
-    if not row.requires:
-        return {"available": True, "version": None}
-    missing = [m for m in row.requires if importlib.util.find_spec(m) is None]
-    if missing:
-        return {"available": False, "reason": f"{', '.join(missing)} not installed on the board; {row.board_install}"}
     version = _version(row.dist)
-    if row.gpu:
-        if nvidia_gpu() is None:
-            return {"available": False, "reason": "no NVIDIA GPU on the board (no /dev/nvidia0, no Jetson GPU node)"}
+    if row.gpu and row.requires:
         version = version or getattr(importlib.import_module(row.requires[0]), "__version__", None)  # apt installs
     return {"available": True, "version": version}
 
@@ -199,6 +194,7 @@ def open_runner(job: dict, files: dict):
         raise AgentError(f"runtime {runtime!r} is not available on this board: {status['reason']}")
     if runtime == "tensorrt":  # engines are built on the board once, then reused from its engine folder
         options["engine_cache"] = files["engines"]
+        options["onnx_sha256"] = job["artifact"]["sha256"]  # checked by check_files above: not hashed twice
     return make_runner(runtime, files["artifact"], **options).activate()
 
 

@@ -118,8 +118,9 @@ def nvidia_gpu() -> str | None:
     return None
 
 
-def probe(name: str) -> str | None:
-    """None when runtime `name` can run here, else the reason it can't (nothing is imported)."""
+def probe(name: str, *, board: bool = False) -> str | None:
+    """None when runtime `name` can run here, else the reason it can't (nothing is imported). `board`: the
+    agent asks on a board, so the reason says so and quotes the row's board install line."""
     info = get_runtime(name)
     missing = []
     for module in info.requires:
@@ -129,10 +130,13 @@ def probe(name: str) -> str | None:
             found = False
         if not found:
             missing.append(module)
+    where = "on the board" if board else "here"
     if missing:
-        return f"{', '.join(missing)} not installed; {info.install}"
+        return f"{', '.join(missing)} not installed{' on the board' if board else ''}; " \
+               f"{info.board_install if board else info.install}"
     if info.gpu and nvidia_gpu() is None:
-        return "no NVIDIA GPU here (no /dev/nvidia0, no Jetson /dev/nvhost-ctrl-gpu); run it on the device"
+        return f"no NVIDIA GPU {where} (no /dev/nvidia0, no Jetson /dev/nvhost-ctrl-gpu)" + \
+            ("" if board else "; run it on the device")
     return None
 
 

@@ -111,13 +111,16 @@ class TensorRTRunner(Runner):
     name = "tensorrt"
 
     def __init__(self, path: str | Path, *, batch: tuple[int, int, int] = (1, 32, 128),
-                 save_engine: str | Path | None = None, engine_cache: str | Path | None = None):
+                 save_engine: str | Path | None = None, engine_cache: str | Path | None = None,
+                 onnx_sha256: str | None = None):
         """Args:
             path: a TensorRT-bound .onnx (built here on activation) or an .engine built on this device.
             batch: (min, opt, max) batch sizes of the optimization profile when building from .onnx.
             save_engine: also write the engine built from the .onnx there (to reuse it as `path` later).
             engine_cache: a folder of engines built here before, keyed by the ONNX's sha256, the TensorRT
                 version, the GPU and the profile: a hit skips the build (a board's replays reuse one engine).
+            onnx_sha256: the .onnx's sha256 when the caller has just verified it (the agent has), so the cache
+                key is not computed by hashing the file a second time.
         """
         super().__init__()
         self.path = Path(path)
@@ -127,6 +130,7 @@ class TensorRTRunner(Runner):
             raise RunnerError(f"batch={batch}; pass (min, opt, max) with 1 <= min <= opt <= max")
         self.batch, self.save_engine = tuple(int(b) for b in batch), save_engine
         self.engine_cache = None if engine_cache is None else Path(engine_cache)
+        self.onnx_sha256 = onnx_sha256
         self.kernels = "TensorRT INT8 (not activated yet)"
         self._buffers: dict[str, tuple[int, int]] = {}  # tensor -> (device pointer, bytes)
 
@@ -162,7 +166,7 @@ class TensorRTRunner(Runner):
             return self.path.read_bytes(), self.path.name
         cached = None
         if self.engine_cache is not None:
-            sha = hashlib.sha256(self.path.read_bytes()).hexdigest()
+            sha = self.onnx_sha256 or hashlib.sha256(self.path.read_bytes()).hexdigest()
             key = hashlib.sha256(json.dumps([sha, version, gpu, list(self.batch)]).encode()).hexdigest()[:24]
             cached = self.engine_cache / f"{key}.engine"
             if use_cache and cached.is_file():

@@ -189,11 +189,35 @@ def _kind(value: Any) -> str:
     return "null" if value is None else f"{kinds.get(type(value), type(value).__name__)} {reprlib.repr(value)}"
 
 
-def _umask() -> int:
-    """The process umask (read by setting and restoring it: there is no getter before Python 3.13's os)."""
+def _proc_umask() -> int | None:
+    """The process umask as Linux reports it (/proc/self/status), read without changing it; None elsewhere."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _toggled_umask() -> int:
+    """The umask read by setting and restoring it (os has no getter before Python 3.13): done once, at import,
+    because toggling it per write would race with other threads creating files (eval.fleet replays in threads)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_IMPORT_UMASK = _proc_umask()
+if _IMPORT_UMASK is None:
+    _IMPORT_UMASK = _toggled_umask()
+
+
+def _umask() -> int:
+    """The umask now where the OS reports it without side effects, else the one at import."""
+    mask = _proc_umask()
+    return _IMPORT_UMASK if mask is None else mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
