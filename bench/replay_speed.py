@@ -49,7 +49,7 @@ def _artifacts(args: argparse.Namespace, tmp: Path) -> dict[str, Path]:
             from export.tflite import export_tflite
 
             path = tmp / "model.tflite"
-            export_tflite(args.checkpoint, path, bits=args.bits, data_dir=args.data_dir, n_check=200)
+            export_tflite(args.checkpoint, path, bits=args.bits, data_dir=args.data_dir, limit=200)
         out["litert-xnnpack"] = out["litert-builtin"] = path
     return out
 

@@ -37,7 +37,7 @@ def _export_all(args, tmp: Path, images: np.ndarray) -> dict[str, Path]:
     return {
         "onnx_int8": export_onnx(args.checkpoint, tmp / "int8.onnx", bits=args.bits, images=proof).path,
         "onnx_fp32": export_onnx(args.float, tmp / "fp32.onnx", bits=None, images=proof, float_model=True).path,
-        "tflite_int8": Path(export_tflite(args.checkpoint, tmp / "int8.tflite", bits=args.bits, images=proof).artifact),
+        "tflite_int8": export_tflite(args.checkpoint, tmp / "int8.tflite", bits=args.bits, images=proof).path,
     }
 
 

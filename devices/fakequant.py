@@ -39,19 +39,19 @@ class FakeQuantRunner(Runner):
         self.bits = None if bits is None else tuple(bits)
         self.expect_sha256 = ""  # the export record's source_sha256, checked on activate
         if self.artifact.suffix in (".onnx", ".tflite"):
-            record = export_record(self.artifact) or {}
-            if not record.get("source"):
+            record = export_record(self.artifact)
+            if record is None or not record.source:
                 raise RunnerError(f"{self.artifact.name}: no exporter JSON naming its source checkpoint; "
                                   "pass the checkpoint itself")
-            src = Path(record["source"])
+            src = Path(record.source)
             if not src.exists() and (self.artifact.parent / src.name).exists():
                 src = self.artifact.parent / src.name  # a relative source moved together with the export
-            record_bits = tuple(record.get("bits") or ()) or None
+            record_bits = record.bits
             if self.bits is not None and record_bits and self.bits != record_bits:
                 raise RunnerError(f"bits={self.bits} but {self.artifact.name} was exported at {record_bits}; "
                                   "drop bits or pass the checkpoint itself")
             self.checkpoint, self.bits = src, self.bits or record_bits
-            self.expect_sha256 = record.get("source_sha256", "")
+            self.expect_sha256 = record.source_sha256
         else:
             self.checkpoint = self.artifact
         self.kernels = "torch fake-quant (not activated yet)"

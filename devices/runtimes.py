@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,18 +117,24 @@ def nvidia_gpu() -> str | None:
     return None
 
 
-def probe(name: str, *, board: bool = False) -> str | None:
-    """None when runtime `name` can run here, else the reason it can't (nothing is imported). `board`: the
-    agent asks on a board, so the reason says so and quotes the row's board install line."""
-    info = get_runtime(name)
+def missing_modules(modules) -> list[str]:
+    """Those of `modules` (top-level names) that cannot be imported here, found without importing them."""
     missing = []
-    for module in info.requires:
+    for module in modules:
         try:
             found = importlib.util.find_spec(module) is not None
         except (ImportError, ValueError):  # a broken install raises instead of returning None
             found = False
         if not found:
             missing.append(module)
+    return missing
+
+
+def probe(name: str, *, board: bool = False) -> str | None:
+    """None when runtime `name` can run here, else the reason it can't (nothing is imported). `board`: the
+    agent asks on a board, so the reason says so and quotes the row's board install line."""
+    info = get_runtime(name)
+    missing = missing_modules(info.requires)
     where = "on the board" if board else "here"
     if missing:
         return f"{', '.join(missing)} not installed{' on the board' if board else ''}; " \
@@ -146,16 +151,21 @@ def record_path(artifact: str | Path) -> Path:
     return Path(f"{artifact}.json")
 
 
-def export_record(artifact: str | Path) -> dict | None:
-    """The `_data` of the exporter's record beside an .onnx/.tflite (source, bits, exporter), or None."""
+def export_record(artifact: str | Path):
+    """The ExportRecord (devices.export_record) beside an .onnx/.tflite, or None when it has none or it is unreadable.
+
+    Its reader is imported here, not at the top: this file runs on boards, which get no qadtr._config and no
+    records (a board's blobs travel without them, so the import below never runs there).
+    """
     path = record_path(artifact)
     if not path.is_file():
         return None
+    from devices.export_record import read_record
+
     try:
-        data = json.loads(path.read_text()).get("_data")
-    except (ValueError, AttributeError):
+        return read_record(path)
+    except QadtrError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def accepts(name: str, artifact: str | Path) -> str | None:
@@ -170,11 +180,12 @@ def accepts(name: str, artifact: str | Path) -> str | None:
         takes = ", ".join("checkpoint folders" if a == CHECKPOINT_DIR else a for a in info.artifacts)
         return f"runtime {name!r} takes {takes}, not {path.name}"
     record = export_record(path) if kind in (".onnx", ".tflite") else None
-    if name == "fakequant" and kind in (".onnx", ".tflite") and not (record and record.get("source")):
+    if name == "fakequant" and kind in (".onnx", ".tflite") and (record is None or not record.source):
         return (f"{path.name} has no export record ({record_path(path).name} naming its source checkpoint); "
                 "give fakequant the checkpoint itself")
-    if name == "tensorrt" and record and record.get("exporter", "export.trt") != "export.trt":
-        return f"{path.name} was made by {record['exporter']}, not TensorRT-bound; export with `python -m export.trt`"
+    if name == "tensorrt" and record is not None and record.exporter not in ("trt", ""):
+        return (f"{path.name} was made by export.{record.exporter}, not TensorRT-bound; "
+                "export with `python -m export.trt`")
     return None
 
 

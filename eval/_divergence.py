@@ -117,8 +117,8 @@ def _tflite_reference(net, artifact: Path, images: np.ndarray) -> tuple[list[str
     from export.tflite import build_tflite, reference_ints
     from qadtr.predict import to_tensor
 
-    record = export_record(artifact) or {}
-    built = build_tflite(net, *images.shape[1:3], headroom=bool(record.get("headroom", True)))
+    record = export_record(artifact)  # the headroom it was built with; without a record, the exporter's default
+    built = build_tflite(net, *images.shape[1:3], headroom=True if record is None else record.extra["headroom"])
     _, ref = reference_ints(net, to_tensor(images), built.activations)  # name -> (N, H, W, C) int8 storage integers
     return list(built.activations), ref  # forward order: the order build_tflite emits them
 

@@ -55,13 +55,13 @@ def model_key(run) -> ModelKey:
     checkpoint, sha = "", opts.get("source_sha256", "")
     bits = tuple(opts["bits"]) if opts.get("bits") else None
     if art.suffix in (".onnx", ".tflite", ".engine"):
-        record = export_record(art) or {}
-        sha = sha or record.get("source_sha256", "")
-        bits = bits or (tuple(record["bits"]) if record.get("bits") else None)
-        src = Path(record.get("source", ""))
-        if record.get("source") and not src.exists() and (art.parent / src.name).exists():
-            src = art.parent / src.name  # moved together with the export (as devices.fakequant does)
-        checkpoint = str(src) if record.get("source") and src.exists() else ""
+        record = export_record(art)
+        if record is not None:
+            sha, bits = sha or record.source_sha256, bits or record.bits
+            src = Path(record.source)
+            if record.source and not src.exists() and (art.parent / src.name).exists():
+                src = art.parent / src.name  # moved together with the export (as devices.fakequant does)
+            checkpoint = str(src) if record.source and src.exists() else ""
     else:
         pt = resolve(art)[0]
         checkpoint, sha = (str(pt) if pt.exists() else ""), sha or run.artifact_sha256

@@ -87,9 +87,9 @@ def jobs_for(runtime: str, path: Path, bits: tuple[int, int] | None, data: str) 
     checkpoint = path.is_dir() or path.suffix == ".pt"
     if runtime == "fakequant" and checkpoint:
         return _checkpoint_jobs(path, bits, data)
-    record = (export_record(path) or {}) if not checkpoint else {}
+    record = export_record(path) if not checkpoint else None
     sha = sha256_file(resolve(path)[0] if checkpoint else path)
-    if record.get("artifact_sha256") and record["artifact_sha256"] != sha:
+    if record is not None and record.artifact_sha256 and record.artifact_sha256 != sha:
         raise QadtrError(f"{record_path(path)} describes another file (its artifact_sha256 is not "
                          f"{path.name}'s): the artifact was replaced after its export; export it again")
     if runtime == "fakequant":  # an export: the reference is its source checkpoint at the export's bits
@@ -100,8 +100,8 @@ def jobs_for(runtime: str, path: Path, bits: tuple[int, int] | None, data: str) 
                                 f"found from {Path.cwd()}; give it as --model CHECKPOINT{at}")
         return _checkpoint_jobs(Path(runner.checkpoint), runner.bits or bits, data)
     file = resolve(path)[0] if checkpoint else path
-    rbits = tuple(record["bits"]) if record.get("bits") else bits
-    return [Job(runtime, file, file.name, sha, rbits, record.get("source_sha256", ""))]
+    rbits = record.bits if record is not None and record.bits else bits
+    return [Job(runtime, file, file.name, sha, rbits, "" if record is None else record.source_sha256)]
 
 
 def plan(device, models: list[str], runtimes: list[str] | None, data: str) -> tuple[list[Job], list[dict]]:

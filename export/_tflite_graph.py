@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from export.registry import get_exporter
 from qadtr._errors import QadtrError
 
-EXPORTER_VERSION = 2  # 2: the record saves the proof's verdict and the host fingerprint (older ones are redone)
+EXPORTER_VERSION = get_exporter("tflite").version  # the registry row's; written into every file's description
 
 
 # -- flatbuffer graph ---------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
 import tempfile
 import warnings
@@ -32,14 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from devices._host import fingerprint
-from devices.runtimes import record_path
+from export._common import ExportResult, publish, record_fields
 from export._onnx_graph import (INPUT, OUTPUT, activation_dq_inputs, check_graph, fusion_report,  # noqa: F401
                                 ort_run, reference_run, with_outputs)  # part of this module's API, re-exported
 from qadtr._cli import check_count, check_writable
-from qadtr._config import config_to_dict, register_config, sha256_file, write_json
+from export.registry import get_exporter
 from qadtr._errors import QadtrError
 
-EXPORTER_VERSION = 2  # 2: proof at ORT_DISABLE_ALL, deployed kernels recorded apart; an artifact of another is redone
+EXPORTER_VERSION = get_exporter("onnx").version  # the registry row's (its history is told there)
 PROOF_LEVEL = "disable"  # node by node in float: no CPU-specific integer kernel decides the proof
 DEPLOY_LEVEL = "all"  # what a deployment runs: QDQ fused into QLinearConv / QGemm / QLinearAdd
 PARITY_IMAGES = 1000  # CIFAR-10 test images for the parity check: ~1 min of Brevitas ResNet-20 at low priority
@@ -50,32 +49,6 @@ MAX_INT_MISMATCH = 1e-4  # per-layer fraction of integer activation elements all
 MAX_INT_STEP = 1  # per layer, no integer activation may differ by more than this
 MIN_ARGMAX_AGREE = 0.99  # over non-tie samples (TIE_RULE), end to end on the deployed kernels
 FLOAT_TOL = 1e-4  # fp32 export: logits compared in units of 1e-4 (ORT and torch sum in different orders)
-
-
-@register_config
-@dataclass(frozen=True)
-class ExportInfo:
-    """What an exported artifact is, where it came from and how well it matched the reference."""
-
-    VERSION = 2
-    exporter: str  # "export.onnx" | "export.trt"
-    artifact: str  # file name of the artifact, beside this JSON
-    artifact_sha256: str
-    artifact_bytes: int
-    source: str  # checkpoint path as given
-    source_sha256: str  # of model.pt
-    arch: str
-    bits: tuple = ()  # (w, a); () = fp32 export
-    opset: int = 13
-    versions: dict = field(default_factory=dict)  # exporter stack: torch, brevitas, onnx, onnxruntime
-    graph: dict = field(default_factory=dict)  # op counts of the artifact
-    fusion: dict = field(default_factory=dict)  # what ORT_ENABLE_ALL runs: fused vs float nodes by name
-    parity: dict = field(default_factory=dict)  # Parity.to_dict()
-    extra: dict = field(default_factory=dict)  # exporter-specific (e.g. the TensorRT build spec)
-    argv: tuple = ()
-    exporter_version: int = EXPORTER_VERSION
-    proof: dict = field(default_factory=dict)  # {"passed", "on": what ran the proof, "summary"}: the artifact's verdict
-    host: dict = field(default_factory=dict)  # devices._host.fingerprint() of the machine that exported and proved it
 
 
 @dataclass(frozen=True)
@@ -105,17 +78,6 @@ class Parity:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    path: Path  # the artifact
-    info_path: Path  # its JSON
-    info: ExportInfo
-    parity: Parity
-
-    def __bool__(self) -> bool:
-        return bool(self.parity)
 
 
 # -- export ------------------------------------------------------------------------------------------------
@@ -281,30 +243,31 @@ def load_for_export(checkpoint: str | Path, bits: int | None, float_model: bool)
     return deploy_model(checkpoint, bits)
 
 
-def export_onnx(checkpoint: str | Path, out_path: str | Path, *, bits: int | None, opset: int = 13,
-                images: np.ndarray | None = None, data_dir: str | Path | None = None, limit: int = PARITY_IMAGES,
-                float_model: bool = False, exporter: str = "export.onnx") -> ExportResult:
-    """Export `checkpoint` at `bits` (w = a) to QDQ ONNX, prove it and write `<out>.json` beside it.
+def export_onnx(checkpoint: str | Path, out: str | Path, *, bits: int | None, images: np.ndarray | None = None,
+                data_dir: str | Path | None = None, limit: int = PARITY_IMAGES, opset: int = 13,
+                float_model: bool = False) -> ExportResult:
+    """Export `checkpoint` at `bits` (w = a) to QDQ ONNX, prove it, then put it at `out` with `<out>.json`.
 
     Args:
         checkpoint: model.pt (with model.json) or its folder.
-        out_path: the .onnx to write.
+        out: the .onnx to write.
         bits: weight = activation bits of the hidden layers; must be one the checkpoint was trained at.
-        opset: ONNX opset (13: per-channel QDQ, the TensorRT and ORT baseline).
         images: (N, H, W, 3) uint8 parity images when no `data_dir` is given.
         data_dir: dataset folder; the parity check then runs on `limit` test images.
+        opset: ONNX opset (13: per-channel QDQ, the TensorRT and ORT baseline).
         float_model: export a float checkpoint as an fp32 ONNX (the fp32 baseline); `bits` is ignored.
 
     Returns:
-        ExportResult, truthy when parity passed.
+        ExportResult (export._common), its record as saved.
 
     Raises:
-        QadtrError: a float checkpoint without `float_model`, bits the checkpoint lacks, a graph that fails
-            the structural checks, or failed parity (the artifact and its JSON are still written).
+        QadtrError: a float checkpoint without `float_model`, bits the checkpoint lacks, or a graph that fails
+            the structural checks (nothing written); ProofFailed: failed parity (export._common.publish: the
+            artifact is `<out>.rejected` with its record, nothing under `out`).
 
     Example:
         >>> r = export_onnx("zoo/resnet20_w4a4/model.pt", "/tmp/w4.onnx", bits=4, data_dir="../shared/data")
-        >>> print(r.parity.summary)
+        >>> print(r.record.summary)
     """
     import onnx
 
@@ -313,9 +276,8 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, *, bits: int | Non
     net, ck = load_for_export(checkpoint, bits, float_model)
     dataset = ck.train.data if getattr(ck.train, "data", None) else "cifar10"
     imgs, source = parity_images(images=images, data_dir=data_dir, dataset=dataset, limit=limit)
-    out_path = Path(out_path)
     with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / out_path.name
+        staged = Path(tmp) / Path(out).name
         example = to_tensor(imgs[:1])  # (1, 3, H, W)
         (export_float if float_model else export_qcdq)(net, staged, example, opset=opset)
         model = onnx.load(str(staged))
@@ -326,38 +288,42 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, *, bits: int | Non
         graph = check_graph(model, net, quantized=not float_model)
         fusion = fusion_report(staged)
         parity = check_parity(net, staged, imgs, bits=None if float_model else bits, image_source=source)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staged), out_path)
-    info = ExportInfo(exporter=exporter, artifact=out_path.name, artifact_sha256=sha256_file(out_path),
-                      artifact_bytes=out_path.stat().st_size, source=str(checkpoint), source_sha256=ck.sha256,
-                      arch=ck.model.arch, bits=() if float_model else (bits, bits), opset=opset, versions=versions(),
-                      graph=graph, fusion=fusion, parity=parity.to_dict(), argv=tuple(sys.argv),
-                      proof=proof_record(parity), host=fingerprint())
-    info_path = record_path(out_path)
-    write_json(info_path, config_to_dict(info))
-    if not parity:
-        raise QadtrError(f"{parity.summary}; see {info_path}")
-    return ExportResult(out_path, info_path, info, parity)
+        return publish(staged, Path(out), failure=parity.summary, **record_fields(
+            "onnx", checkpoint, ck, None if float_model else (bits, bits), ops=graph, fusion=fusion,
+            extra={"opset": opset}, versions=versions(), **proof_fields(parity)))
 
 
-def proof_record(parity: Parity) -> dict:
-    """The artifact's verdict as saved in its record; `reusable` reads it back."""
+def proof_fields(parity: Parity) -> dict:
+    """The ExportRecord fields of an ORT proof (export.onnx and export.trt); `reusable` reads `passed` back."""
     on = ("ORT_DISABLE_ALL (node by node: QuantizeLinear, DequantizeLinear, float Conv/Gemm; no fused int8 kernel)"
           if parity.int_tensors else "ORT_ENABLE_ALL fp32 (no integer kernel)")
-    return {"passed": parity.passed, "on": on, "reference": "Brevitas fake-quant deploy net", "images": parity.images,
-            "summary": parity.summary}
+    return {"passed": parity.passed, "proof": on, "reference": "Brevitas fake-quant deploy net",
+            "images": parity.images, "image_source": parity.image_source, "summary": parity.summary,
+            "parity": parity.to_dict()}
+
+
+def table_row(record) -> dict:
+    """export.table's columns for an ONNX export (ExportRecord): ORT's fusion and the proof's figures."""
+    p, logits = record.parity, record.parity["logits"]
+    figures = {"int_elements": p["int_elements"], "int_off_end_to_end": p["int_mismatches_fused"],
+               "int_off_per_layer": p["int_mismatches_local"], "int_max_step": p["int_max_step"],
+               "argmax_agree": logits["argmax_agree"], "ties": logits["ties"], "n": logits["n"],
+               "max_dlogit_lsb": logits["max_abs_lsb"], "passed": p["passed"], "exact": p["exact"]}
+    return {"runtime": "onnxruntime CPU, ORT_ENABLE_ALL", "integer_ops": record.fusion.get("qlinearconv", 0),
+            "float_convs": record.fusion.get("float_conv", 0), "figures": {"onnxrt": figures}}
 
 
 def describe(result: ExportResult) -> str:
-    f = result.info.fusion
+    f, record = result.record.fusion, result.record
     conv = f"{f['qlinearconv']} QLinearConv, {f['float_conv']} float Conv at ORT_ENABLE_ALL"
-    return (f"wrote {result.path} ({result.info.artifact_bytes / 1024:.1f} KiB; {conv})\n"
-            f"{result.parity.summary}\n{deployed_line(result.parity)}info: {result.info_path}")
+    return (f"wrote {result.path} ({record.artifact_bytes / 1024:.1f} KiB; {conv})\n"
+            f"{record.summary}\n{deployed_line(record)}info: {result.record_path}")
 
 
-def deployed_line(parity: Parity) -> str:
+def deployed_line(record) -> str:
     """'deployed here: ...' plus a newline, or '' (fp32 exports record no deployment apart from the proof)."""
-    return f"deployed here: {parity.deployed['summary']}\n" if parity.deployed else ""
+    deployed = record.parity["deployed"]  # {} for fp32
+    return f"deployed here: {deployed['summary']}\n" if deployed else ""
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:

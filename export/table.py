@@ -2,9 +2,10 @@
 
     python -m export.table --zoo zoo --data-dir ../shared/data --out export/results
 
-For each checkpoint (zoo/*/model.pt) and each of its bit widths it runs `export.onnx` (fp32 for a float
-checkpoint), `export.trt` and `export.tflite` exactly as their CLIs do, proof included, and collects
-what each proof measured against the Brevitas fake-quant (deploy) network on the same test images:
+For each checkpoint (zoo/*/model.pt) and each of its bit widths it runs every exporter of the registry
+(export.registry: `export.onnx`, fp32 for a float checkpoint, `export.trt`, `export.tflite`) exactly as
+their CLIs do, proof included, and collects what each proof measured against the Brevitas fake-quant
+(deploy) network on the same test images:
     int act off   integer activations that differ, end to end / per layer (the layer fed the runtime's
                   own upstream integers), over all compared elements
     argmax        top-1 agreement over non-tie images (export._compare.TIE_RULE), ties counted apart
@@ -18,18 +19,16 @@ already in table.json for the same checkpoint sha256 is not redone.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from devices.runtimes import record_path
+from export._common import ProofFailed
+from export.registry import EXPORTERS, export, get_exporter, load
 from qadtr._errors import QadtrError
-
-EXPORTERS = ("onnx", "trt", "tflite")
 
 
 def _cells(zoo: Path) -> list[tuple[str, Path, int | None, str]]:
-    """(checkpoint name, model.pt, bits or None for float, exporter) for every zoo entry."""
+    """(checkpoint name, model.pt, bits or None for float, exporter) for every zoo entry and registered exporter."""
     from qadtr.checkpoint import read_checkpoint_info
 
     models = sorted(zoo.glob("*/model.pt"))
@@ -46,77 +45,26 @@ def _cells(zoo: Path) -> list[tuple[str, Path, int | None, str]]:
     return out
 
 
-def _onnx_figures(parity: dict) -> dict:
-    logits = parity["logits"]
-    return {"int_elements": parity["int_elements"], "int_off_end_to_end": parity["int_mismatches_fused"],
-            "int_off_per_layer": parity["int_mismatches_local"], "int_max_step": parity["int_max_step"],
-            "argmax_agree": logits["argmax_agree"], "ties": logits["ties"], "n": logits["n"],
-            "max_dlogit_lsb": logits["max_abs_lsb"], "passed": parity["passed"], "exact": parity["exact"]}
-
-
 def export_cell(name: str, pt: Path, bits: int | None, exporter: str, out: Path, data_dir: str | None,
                 limit: int) -> dict:
     """Run one exporter; returns the row (figures, or the reason it was refused or failed)."""
-    from qadtr._config import read_json
-
+    info = get_exporter(exporter)
     row = {"checkpoint": name, "bits": "float" if bits is None else f"w{bits}a{bits}", "exporter": exporter}
     stem = out / "artifacts" / name / f"{exporter}_{row['bits']}"
     try:
-        if exporter == "onnx":
-            from export.onnx import export_onnx
-
-            path = stem.with_suffix(".onnx")
-            try:
-                r = export_onnx(pt, path, bits=bits, data_dir=data_dir, limit=limit, float_model=bits is None)
-                info = r.info
-            except QadtrError as e:  # failed parity still writes the artifact and its JSON: keep the figures
-                if not record_path(path).is_file():
-                    raise
-                row["error"] = str(e)
-                info = read_json(record_path(path))["_data"]
-                info = argparse.Namespace(**info)
-            row.update(runtime="onnxruntime CPU, ORT_ENABLE_ALL", bytes=info.artifact_bytes,
-                       integer_ops=info.fusion.get("qlinearconv", 0), float_convs=info.fusion.get("float_conv", 0),
-                       figures={"onnxrt": _onnx_figures(info.parity)})
-        elif exporter == "trt":
-            if bits is None:
-                raise QadtrError("a float checkpoint has no INT8 TensorRT form here; use export.onnx --float")
-            from export.trt import export_trt
-
-            r, check = export_trt(pt, stem, bits=bits, data_dir=data_dir, limit=limit)
-            row.update(runtime="TensorRT-bound ONNX, parity under onnxruntime CPU", bytes=r.info.artifact_bytes,
-                       integer_ops=r.info.fusion.get("qlinearconv", 0), float_convs=r.info.fusion.get("float_conv", 0),
-                       offline_check=check.get("tool") if check.get("built") else None,
-                       uint8_as_float=len(r.info.extra.get("uint8_as_float", [])),
-                       figures={"onnxrt": _onnx_figures(r.info.parity)})
-        else:
-            if bits is None:
-                raise QadtrError("the TFLite exporter writes full-integer models; export a quantized checkpoint")
-            from export.tflite import export_tflite
-
-            rec = export_tflite(pt, stem.with_suffix(".tflite"), bits=bits, data_dir=data_dir, n_check=limit)
-            figures = {}
-            for kernels, p in rec.parity.items():
-                lg = p["logits"]
-                figures[f"litert-{kernels}"] = {
-                    "int_elements": p["act_elements"], "int_off_end_to_end": p["act_mismatch"], "int_off_per_layer": None,
-                    "int_max_step": p["act_max_step"], "argmax_agree": lg["argmax_agree"], "ties": lg["ties"],
-                    "n": lg["n"], "max_dlogit_lsb": lg["max_abs_lsb"], "passed": p["passed"],
-                    "exact": p["act_mismatch"] == 0}
-            row.update(runtime="LiteRT (XNNPACK and builtin kernels)", bytes=Path(rec.artifact).stat().st_size,
-                       figures=figures)
+        if bits is None and info.fp32_refusal:
+            raise QadtrError(info.fp32_refusal)
+        target = stem if info.out == "folder" else stem.with_suffix(info.suffix)
+        try:
+            record = export(exporter, pt, target, bits=bits, data_dir=data_dir, limit=limit,
+                            **({"float_model": True} if bits is None else {})).record
+        except ProofFailed as e:  # the rejected artifact's record holds the figures that failed: keep them
+            row["error"] = str(e)
+            record = e.result.record
+        row.update(bytes=record.artifact_bytes, **load(info.table_row)(record))
     except QadtrError as e:
         row["error"] = str(e)
     return row
-
-
-def _exporter_version(exporter: str) -> int:
-    """The version of the exporter a row came from: a row of another version is measured again."""
-    if exporter == "tflite":
-        from export._tflite_graph import EXPORTER_VERSION
-    else:  # onnx and trt: export.trt builds on export.onnx's export and proof
-        from export.onnx import EXPORTER_VERSION
-    return EXPORTER_VERSION
 
 
 def _pct(v) -> str:
@@ -173,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, pt, bits, exporter in tqdm(cells, desc="export", disable=not sys.stderr.isatty()):
             sha = sha256_file(pt)
             key = (name, "float" if bits is None else f"w{bits}a{bits}", exporter)
-            version = _exporter_version(exporter)
+            version = get_exporter(exporter).version
             if any((r["checkpoint"], r["bits"], r["exporter"]) == key and r.get("source_sha256") == sha
                    and r.get("exporter_version") == version for r in rows):
                 continue  # the same source through the same exporter version: its row stands
@@ -184,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = [r for r in rows if (r["checkpoint"], r["bits"], r["exporter"]) != key] + [row]
             print(f"{name} {key[1]} {exporter}: {row.get('error') or 'ok'}", flush=True)
             write_json(path, {"argv": sys.argv, "rows": rows})  # after every cell: nothing is lost
-        rows.sort(key=lambda r: (r["checkpoint"], r["bits"], EXPORTERS.index(r["exporter"])))
+        rows.sort(key=lambda r: (r["checkpoint"], r["bits"], list(EXPORTERS).index(r["exporter"])))
         (out / "table.md").write_text(table_md(rows))
         print(table_md(rows))
         print(f"wrote {path} and {out / 'table.md'}")

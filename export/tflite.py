@@ -37,16 +37,14 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from devices.runtimes import record_path
+from export._common import ExportResult, deploy_model, publish, record_fields
 from export._tflite_graph import (EXPORTER_VERSION, Built, _Q, build_tflite, check_exportable,  # noqa: F401
                                   with_outputs)  # with_outputs: part of this module's API, re-exported
-from qadtr._config import atomic_write_bytes, config_to_dict, register_config, sha256_file, write_json
 from qadtr._errors import QadtrError
 
 KERNEL_SETS = ("xnnpack", "builtin")
@@ -65,36 +63,32 @@ _MAX_ACT_MISMATCH = {"xnnpack": 1e-2, "builtin": 1.0}  # fraction of all compare
 _MIN_ARGMAX = {"xnnpack": 0.98, "builtin": 0.50}  # over non-tie samples (export._compare.TIE_RULE)
 
 
-@register_config
-@dataclass(frozen=True)
-class TfliteExport:
-    """What `<artifact>.json` records beside a .tflite."""
+INPUT = "pixels: float32 (B, H, W, 3) NHWC in [0, 1]; normalisation and QUANTIZE inside"
+OUTPUT = "logits: float32 (B, classes), DEQUANTIZE of a 16x8 FULLY_CONNECTED"
 
-    VERSION = 2
-    artifact: str  # path of the .tflite
-    artifact_sha256: str
-    source: str  # checkpoint path
-    source_sha256: str
-    arch: str
-    bits: tuple = ()  # (w, a)
-    headroom: bool = True  # weights scaled by 2^k per channel (same real values), see export.tflite._affine
-    input: str = "pixels: float32 (B, H, W, 3) NHWC in [0, 1]; normalisation and QUANTIZE inside"
-    output: str = "logits: float32 (B, classes), DEQUANTIZE of a 16x8 FULLY_CONNECTED"
-    op_counts: dict = field(default_factory=dict)
-    parity: dict = field(default_factory=dict)  # kernel set -> figures (see `_prove`)
-    versions: dict = field(default_factory=dict)
-    exporter_version: int = EXPORTER_VERSION
-    proof: dict = field(default_factory=dict)  # {"passed", "on", "summary"}: the verdict `export._common.reusable` reads
-    host: dict = field(default_factory=dict)  # devices._host.fingerprint() of the machine that proved it
 
-    def summary(self) -> str:
-        lines = [f"{self.artifact} ({Path(self.artifact).stat().st_size / 1024:.1f} KiB) w{self.bits[0]}a{self.bits[1]}"]
-        for k, p in self.parity.items():
-            lines.append(f"  {k:8s}: {p['act_mismatch']}/{p['act_elements']} integer activations off "
-                         f"(max {p['act_max_step']} step), argmax agree {100 * p['logits']['argmax_agree']:.2f}% "
-                         f"({p['logits']['ties']} ties), max |dlogit| {p['logits']['max_abs_lsb']:.2f} LSB, "
-                         f"n={p['logits']['n']}")
-        return "\n".join(lines)
+def describe(result: ExportResult) -> str:
+    """The CLI's summary of an export: size and bits, then each kernel set's figures."""
+    r = result.record
+    lines = [f"{result.path} ({r.artifact_bytes / 1024:.1f} KiB) w{r.bits[0]}a{r.bits[1]}"]
+    for k, p in r.parity.items():
+        lines.append(f"  {k:8s}: {p['act_mismatch']}/{p['act_elements']} integer activations off "
+                     f"(max {p['act_max_step']} step), argmax agree {100 * p['logits']['argmax_agree']:.2f}% "
+                     f"({p['logits']['ties']} ties), max |dlogit| {p['logits']['max_abs_lsb']:.2f} LSB, "
+                     f"n={p['logits']['n']}")
+    return "\n".join(lines)
+
+
+def table_row(record) -> dict:
+    """export.table's columns for a TFLite export (ExportRecord): the proof's figures per LiteRT kernel set."""
+    figures = {}
+    for kernels, p in record.parity.items():
+        lg = p["logits"]
+        figures[f"litert-{kernels}"] = {
+            "int_elements": p["act_elements"], "int_off_end_to_end": p["act_mismatch"], "int_off_per_layer": None,
+            "int_max_step": p["act_max_step"], "argmax_agree": lg["argmax_agree"], "ties": lg["ties"],
+            "n": lg["n"], "max_dlogit_lsb": lg["max_abs_lsb"], "passed": p["passed"], "exact": p["act_mismatch"] == 0}
+    return {"runtime": "LiteRT (XNNPACK and builtin kernels)", "figures": figures}
 
 
 # -- proof -------------------------------------------------------------------------------------------
@@ -182,34 +176,32 @@ def _proof_images(arch: str, dataset: str, images: np.ndarray | None, data_dir, 
     return rand, f"{len(rand)} random {side}x{side} images (pass --data-dir for real ones)"
 
 
-def export_tflite(checkpoint: str | Path, out_path: str | Path, *, bits: int, act_bits: int | None = None,
-                  images: np.ndarray | None = None, data_dir: str | Path | None = None, n_check: int = 500,
-                  kernels: tuple[str, ...] = KERNEL_SETS, headroom: bool = True) -> TfliteExport:
-    """Export a checkpoint at (bits, act_bits) to a full-integer .tflite, prove it, then write it.
+def export_tflite(checkpoint: str | Path, out: str | Path, *, bits: int, images: np.ndarray | None = None,
+                  data_dir: str | Path | None = None, limit: int = 500, act_bits: int | None = None,
+                  kernels: tuple[str, ...] = KERNEL_SETS, headroom: bool = True) -> ExportResult:
+    """Export a checkpoint at (bits, act_bits) to a full-integer .tflite, prove it, then put it at `out`.
 
     Args:
         checkpoint: a qadtr model.pt (model.json beside it), quantized.
-        out_path: the .tflite to write; `<out>.json` (same stem) records provenance and parity.
+        out: the .tflite to write; `<out>.json` records provenance and parity.
         bits: weight bits of the hidden convs (and activation bits unless `act_bits`).
-        images: uint8 (N, H, W, 3) for the parity check; else `n_check` test images from `data_dir`;
+        images: uint8 (N, H, W, 3) for the parity check; else `limit` test images from `data_dir`;
             else random images.
         kernels: the LiteRT kernel sets the artifact must pass under.
         headroom: scale each channel's integer weights by a power of two into the int8 range (same real
             weights; fewer double-rounding flips on the builtin kernels; see `_affine`).
 
     Returns:
-        The `TfliteExport` record also written as JSON.
+        ExportResult (export._common), its record as saved.
 
     Raises:
         QadtrError: float checkpoint, bits it lacks or > 8, a layer TFLite can't express (all before
-            anything is written), or a failed parity check (nothing written).
+            anything is written); ProofFailed: a failed parity check (export._common.publish: the artifact
+            is `<out>.rejected` with its record, nothing under `out`).
 
     Example:
         >>> export_tflite("zoo/resnet20_w4a4/model.pt", "/tmp/r20_w4a4.tflite", bits=4, data_dir="../shared/data")
     """
-    from devices._host import fingerprint
-    from export._common import deploy_model
-
     act_bits = bits if act_bits is None else act_bits
     if bits > 8 or act_bits > 8:
         raise QadtrError(f"w{bits}a{act_bits}: the TFLite exporter carries at most 8-bit integers (int8 kernels); "
@@ -217,13 +209,13 @@ def export_tflite(checkpoint: str | Path, out_path: str | Path, *, bits: int, ac
     bad = [k for k in kernels if k not in KERNEL_SETS]
     if bad or not kernels:
         raise QadtrError(f"kernel sets {list(kernels)}: choose from {list(KERNEL_SETS)}")
-    out_path = Path(out_path)
-    if out_path.suffix != ".tflite":
-        raise QadtrError(f"{out_path}: the artifact must end in .tflite (its record is written as .json beside it)")
+    out = Path(out)
+    if out.suffix != ".tflite":
+        raise QadtrError(f"{out}: the artifact must end in .tflite (its record is written as .json beside it)")
     net, ck = deploy_model(checkpoint, bits, act_bits)
     check_exportable(net)
     dataset = getattr(ck.train, "data", None) or "cifar10"
-    imgs, described = _proof_images(ck.model.arch, dataset, images, data_dir, n_check)
+    imgs, described = _proof_images(ck.model.arch, dataset, images, data_dir, limit)
     h, w = imgs.shape[1:3]
     built = build_tflite(net, h, w, headroom=headroom)
     debug = build_tflite(net, h, w, debug=True, headroom=headroom)
@@ -231,28 +223,25 @@ def export_tflite(checkpoint: str | Path, out_path: str | Path, *, bits: int, ac
     for k, p in parity.items():
         p["images"] = described
     failed = [k for k, p in parity.items() if not p["passed"]]
-    if failed:
-        def first_off(k: str) -> str:
-            off = [(n, v) for n, v in parity[k]["per_tensor"].items() if v[0]]
-            return f", first at {off[0][0]} ({off[0][1][0]} of {off[0][1][1]})" if off else ""
 
-        detail = "; ".join(f"{k}: {parity[k]['act_mismatch_frac']:.2%} activations off{first_off(k)}, argmax agree "
-                           f"{parity[k]['logits']['argmax_agree']:.2%}" for k in failed)
-        raise QadtrError(f"TFLite parity check failed ({detail}); nothing written. Thresholds: "
-                         f"activations {_MAX_ACT_MISMATCH}, argmax {_MIN_ARGMAX}")
-    atomic_write_bytes(out_path, built.data)
-    record = TfliteExport(artifact=str(out_path), artifact_sha256=sha256_file(out_path), source=str(checkpoint),
-                          source_sha256=ck.sha256, arch=ck.model.arch, bits=(bits, act_bits), headroom=headroom,
-                          op_counts=built.op_counts, parity=parity, versions=_versions(),
-                          proof={"passed": True, "on": ", ".join(f"LiteRT {k}" for k in parity),
-                                 "reference": "Brevitas fake-quant deploy net",
-                                 "summary": "; ".join(f"{k}: {p['act_mismatch']} of {p['act_elements']} integer "
-                                                      f"activations off, argmax agree "
-                                                      f"{100 * p['logits']['argmax_agree']:.2f}%"
-                                                      for k, p in parity.items())},
-                          host=fingerprint())
-    write_json(record_path(out_path), config_to_dict(record))
-    return record
+    def first_off(k: str) -> str:
+        off = [(n, v) for n, v in parity[k]["per_tensor"].items() if v[0]]
+        return f", first at {off[0][0]} ({off[0][1][0]} of {off[0][1][1]})" if off else ""
+
+    detail = "; ".join(f"{k}: {parity[k]['act_mismatch_frac']:.2%} activations off{first_off(k)}, argmax agree "
+                       f"{parity[k]['logits']['argmax_agree']:.2%}" for k in failed)
+    summary = "; ".join(f"{k}: {p['act_mismatch']} of {p['act_elements']} integer activations off, argmax agree "
+                        f"{100 * p['logits']['argmax_agree']:.2f}%" for k, p in parity.items())
+    with tempfile.TemporaryDirectory(prefix="qadtr-tflite-") as tmp:
+        staged = Path(tmp) / out.name
+        staged.write_bytes(built.data)
+        return publish(staged, out, failure=f"TFLite parity check failed ({detail}; thresholds: activations "
+                                            f"{_MAX_ACT_MISMATCH}, argmax {_MIN_ARGMAX})", **record_fields(
+            "tflite", checkpoint, ck, (bits, act_bits), passed=not failed,
+            proof=", ".join(f"LiteRT {k}" for k in parity),
+            reference="Brevitas fake-quant deploy net", summary=summary, images=len(imgs), image_source=described,
+            parity=parity, ops=built.op_counts, versions=_versions(),
+            extra={"headroom": headroom, "input": INPUT, "output": OUTPUT}))
 
 
 def _versions() -> dict[str, str]:
@@ -290,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         a = args.bits if args.act_bits is None else args.act_bits
         out = check_writable(args.out or resolve(args.checkpoint)[0].with_name(f"model_w{args.bits}a{a}.tflite"),
                              "file")
-        record = export_tflite(args.checkpoint, out, bits=args.bits, act_bits=args.act_bits,
-                               data_dir=args.data_dir, n_check=args.n_check, headroom=not args.no_headroom)
-        print(record.summary())
+        result = export_tflite(args.checkpoint, out, bits=args.bits, act_bits=args.act_bits,
+                               data_dir=args.data_dir, limit=args.n_check, headroom=not args.no_headroom)
+        print(describe(result))
 
     return run_cli("export.tflite", body, argv)
 

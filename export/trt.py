@@ -2,7 +2,7 @@
 
     python -m export.trt zoo/resnet20_w4a4/model.pt --bits 4 --data-dir ../shared/data --out trt_w4/
 
-Writes into OUT/: `model.onnx` (TensorRT-bound), `model.onnx.json` (ExportInfo: parity, fusion, versions),
+Writes into OUT/: `model.onnx` (TensorRT-bound), `model.onnx.json` (ExportRecord: parity, fusion, versions),
 `trt_build.json` (optimization profile, trtexec flags, a Python builder snippet) and `build_engine.sh`.
 Engines are not portable across TensorRT versions or GPUs, so the device (e.g. a Jetson with JetPack's
 TensorRT) builds its own engine from these files. Here the file is checked without a GPU: by
@@ -23,6 +23,7 @@ Changes from the ORT QDQ export (the TensorRT parser rejects both originals):
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 from collections import Counter
@@ -30,8 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from devices.runtimes import record_path
 from devices.tensorrt import build_engine
+from export import onnx as onnx_export
+from export._common import ExportResult, publish, record_fields
+from qadtr._config import write_json
 from qadtr._errors import QadtrError
 
 INT4_NOTE = ("TensorRT has no INT4/INT2 convolution kernels (INT4 is weight-only, for GEMM/MatMul): a "
@@ -279,23 +282,20 @@ echo "wrote $(pwd)/model.engine"
 """
 
 
-def export_trt(checkpoint: str | Path, out_dir: str | Path, *, bits: int, batch: tuple[int, int, int] = (1, 32, 128),
-               opset: int = 13, images: np.ndarray | None = None, data_dir: str | Path | None = None,
-               limit: int = 1000):
-    """Write the TensorRT-bound ONNX, its ExportInfo JSON, trt_build.json and build_engine.sh into `out_dir`.
+def export_trt(checkpoint: str | Path, out: str | Path, *, bits: int, images: np.ndarray | None = None,
+               data_dir: str | Path | None = None, limit: int = 1000, batch: tuple[int, int, int] = (1, 32, 128),
+               opset: int = 13) -> ExportResult:
+    """Write the TensorRT-bound ONNX, its ExportRecord, trt_build.json and build_engine.sh into the folder `out`.
 
-    Returns:
-        (ExportResult of the TensorRT-bound ONNX, offline-check dict).
+    The file is proven under ORT and built offline (`offline_check`) in a temporary folder; only then do the
+    four files go into `out` (export._common.publish; the record's `extra["offline_check"]` says what built it).
 
     Raises:
-        QadtrError: unsupported request (float checkpoint, missing bits, bad batch range), failed parity,
-            or a TensorRT(-RTX) parser/builder failure.
+        QadtrError: unsupported request (float checkpoint, missing bits, bad batch range) or a TensorRT(-RTX)
+            parser/builder failure (nothing written); ProofFailed: failed parity (`out/model.onnx.rejected`).
     """
     import onnx
 
-    from devices._host import fingerprint
-    from export import onnx as onnx_export
-    from qadtr._config import config_to_dict, sha256_file, write_json
     from qadtr.predict import to_tensor
 
     if not 1 <= batch[0] <= batch[1] <= batch[2]:
@@ -303,38 +303,41 @@ def export_trt(checkpoint: str | Path, out_dir: str | Path, *, bits: int, batch:
     net, ck = onnx_export.load_for_export(checkpoint, bits, float_model=False)
     dataset = ck.train.data if getattr(ck.train, "data", None) else "cifar10"
     imgs, source = onnx_export.parity_images(images=images, data_dir=data_dir, dataset=dataset, limit=limit)
-    out_dir = Path(out_dir)
+    out = Path(out)
     with tempfile.TemporaryDirectory() as tmp:
-        qdq = Path(tmp) / "qdq.onnx"
+        qdq, staged = Path(tmp) / "qdq.onnx", Path(tmp) / "model.onnx"
         onnx_export.export_qcdq(net, qdq, to_tensor(imgs[:1]), opset=opset)
         original = onnx.load(str(qdq))
         tensors = onnx_export.activation_dq_inputs(original)  # names are kept by make_trt_bound
         model, emulated = make_trt_bound(original)
-    check_trt_bound(model)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "model.onnx"
-    onnx.save(model, str(path))
-    ops = dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
-    fusion = onnx_export.fusion_report(path)
-    parity = onnx_export.check_parity(net, path, imgs, bits=bits, image_source=source, tensors=tensors)
-    spec = build_spec(path.name, (3, *imgs.shape[1:3]), batch)  # images are (N, H, W, 3)
-    trt = offline_check(path, spec, out_dir)
-    write_json(out_dir / "trt_build.json", {**spec, "offline_check": trt})
-    sh = out_dir / "build_engine.sh"
-    sh.write_text(BUILD_SH.format(trtexec=spec["trtexec"]))
-    sh.chmod(0o755)
-    info = onnx_export.ExportInfo(
-        exporter="export.trt", artifact=path.name, artifact_sha256=sha256_file(path),
-        artifact_bytes=path.stat().st_size, source=str(checkpoint), source_sha256=ck.sha256, arch=ck.model.arch,
-        bits=(bits, bits), opset=opset, versions=onnx_export.versions(), graph=ops, fusion=fusion,
-        parity=parity.to_dict(), extra={"trt_build": "trt_build.json", "offline_check": trt, "bits_note": INT4_NOTE,
-               "uint8_as_float": emulated, "uint8_note": UINT8_NOTE},
-        argv=tuple(sys.argv), proof=onnx_export.proof_record(parity), host=fingerprint())
-    info_path = record_path(path)
-    write_json(info_path, config_to_dict(info))
-    if not parity:
-        raise QadtrError(f"TensorRT-bound ONNX under ORT: {parity.summary}; see {info_path}")
-    return onnx_export.ExportResult(path, info_path, info, parity), trt
+        check_trt_bound(model)
+        onnx.save(model, str(staged))
+        ops = dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+        fusion = onnx_export.fusion_report(staged)
+        parity = onnx_export.check_parity(net, staged, imgs, bits=bits, image_source=source, tensors=tensors)
+        spec = build_spec(staged.name, (3, *imgs.shape[1:3]), batch)  # images are (N, H, W, 3)
+        trt = offline_check(staged, spec, Path(tmp)) if parity else {}  # a rejected file is not built
+        fields = record_fields("trt", checkpoint, ck, (bits, bits), ops=ops, fusion=fusion,
+                               versions=onnx_export.versions(), extra={"opset": opset, "trt_build": "trt_build.json", "offline_check": trt,
+                                      "bits_note": INT4_NOTE, "uint8_as_float": emulated, "uint8_note": UINT8_NOTE},
+                               **onnx_export.proof_fields(parity))
+        if parity:  # the build recipe (and an engine built here) beside the artifact, before it is published
+            write_json(out / "trt_build.json", {**spec, "offline_check": trt})
+            sh = out / "build_engine.sh"
+            sh.write_text(BUILD_SH.format(trtexec=spec["trtexec"]))
+            sh.chmod(0o755)
+            if (Path(tmp) / "model.engine").is_file():
+                shutil.move(str(Path(tmp) / "model.engine"), out / "model.engine")
+        return publish(staged, out / staged.name, failure=f"TensorRT-bound ONNX under ORT: {parity.summary}",
+                       **fields)
+
+
+def table_row(record) -> dict:
+    """export.table's columns for a TensorRT-bound export: ORT's columns plus what built it offline."""
+    check = record.extra["offline_check"]
+    return {**onnx_export.table_row(record), "runtime": "TensorRT-bound ONNX, parity under onnxruntime CPU",
+            "offline_check": check.get("tool") if check.get("built") else None,
+            "uint8_as_float": len(record.extra["uint8_as_float"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -363,15 +366,16 @@ def main(argv: list[str] | None = None) -> int:
         out = str(check_writable(args.out or default_out(args.checkpoint, args.bits, False, suffix="_trt"), "folder"))
         if args.bits < 8:
             print(f"note: --bits {args.bits}: {INT4_NOTE}")
-        result, trt = export_trt(args.checkpoint, out, bits=args.bits, data_dir=args.data_dir, limit=args.limit,
-                                 batch=(args.min_batch, args.opt_batch, args.max_batch))
-        f = result.info.fusion
-        print(f"wrote {result.path} ({result.info.artifact_bytes / 1024:.1f} KiB), {Path(out) / 'trt_build.json'}, "
+        result = export_trt(args.checkpoint, out, bits=args.bits, data_dir=args.data_dir, limit=args.limit,
+                            batch=(args.min_batch, args.opt_batch, args.max_batch))
+        record = result.record
+        f, trt = record.fusion, record.extra["offline_check"]
+        print(f"wrote {result.path} ({record.artifact_bytes / 1024:.1f} KiB), {Path(out) / 'trt_build.json'}, "
               f"{Path(out) / 'build_engine.sh'}")
         print(f"ORT check of the TensorRT-bound file: {f['qlinearconv']} QLinearConv, {f['float_conv']} float Conv")
-        print(result.parity.summary)
-        print(deployed_line(result.parity), end="")
-        emulated = result.info.extra["uint8_as_float"]
+        print(record.summary)
+        print(deployed_line(record), end="")
+        emulated = record.extra["uint8_as_float"]
         if emulated:
             print(f"note: {len(emulated)} unsigned 8-bit tensor(s) written as float for TensorRT: {UINT8_NOTE}")
         built = f"built with {trt['tool']} ({trt['engine_bytes'] / 1024:.1f} KiB engine)" if trt["built"] \

@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def exports(tiny_checkpoint, tiny_images, tmp_path_factory):
-    """bits -> (TfliteExport, path) for the tiny checkpoint at w2a2, w4a4, w8a8."""
+    """bits -> (ExportRecord, path) for the tiny checkpoint at w2a2, w4a4, w8a8."""
     out = tmp_path_factory.mktemp("tflite")
-    return {b: (T.export_tflite(tiny_checkpoint, out / f"w{b}.tflite", bits=b, images=tiny_images), out / f"w{b}.tflite")
-            for b in (2, 4, 8)}
+    return {b: (T.export_tflite(tiny_checkpoint, out / f"w{b}.tflite", bits=b, images=tiny_images).record,
+                out / f"w{b}.tflite") for b in (2, 4, 8)}
 
 
 def _model(path: Path):
@@ -60,7 +60,7 @@ def test_graph_structure(exports, bits):
     counts = {}
     for kind, _ in ops:
         counts[kind] = counts.get(kind, 0) + 1
-    assert counts == record.op_counts
+    assert counts == record.ops
     clamps = 3 if bits < 8 else 0  # stem relu, relu1, relu2 clamp to 2^a - 1 below 8 bits
     assert counts == {"SUB": 1, "DIV": 1, "QUANTIZE": 2, "CONV_2D": 3, "DEPTHWISE_CONV_2D": 1, "ADD": 1,
                       "MEAN": 1, "FULLY_CONNECTED": 1, "DEQUANTIZE": 1, **({"MINIMUM": clamps} if clamps else {})}
@@ -80,12 +80,16 @@ def test_graph_structure(exports, bits):
 
 def test_record_beside_artifact(exports, tiny_checkpoint):
     record, path = exports[4]
+    from devices.export_record import ExportRecord
+    from export._common import ExportResult
+
     saved = config_from_dict(read_json(Path(f"{path}.json")))
-    assert saved == record and isinstance(saved, T.TfliteExport)
+    assert saved == record and isinstance(saved, ExportRecord) and saved.exporter == "tflite"
     assert saved.artifact_sha256 == sha256_file(path) and saved.source_sha256 == sha256_file(tiny_checkpoint)
     assert saved.bits == (4, 4) and set(saved.parity) == {"xnnpack", "builtin"}
     assert {"exporter", "ai-edge-litert", "brevitas"} <= set(saved.versions)
-    assert "w4a4" in record.summary() and "builtin" in record.summary()
+    summary = T.describe(ExportResult(path, Path(f"{path}.json"), record))
+    assert "w4a4" in summary and "builtin" in summary
 
 
 def test_headroom_keeps_the_real_weights(tiny_checkpoint):
@@ -100,6 +104,7 @@ def test_headroom_keeps_the_real_weights(tiny_checkpoint):
         assert T._prove(net, built, debug, images, kernels=("xnnpack",))["xnnpack"]["act_mismatch"] == 0
 
 
+@pytest.mark.slow  # a real ResNet-20/8 exported and proven: ~13 s on 2 cores
 @pytest.mark.parametrize("arch", ["resnet20", "resnet8"])
 def test_shortcuts_option_a_and_projection(arch):
     """Stride-2 PAD + VALID convs, STRIDED_SLICE/PAD option-A shortcuts (resnet20), 1x1 projections (resnet8)."""
@@ -154,11 +159,13 @@ def test_float_checkpoint(float_checkpoint, tmp_path):
     assert not (tmp_path / "m.tflite").exists()
 
 
-def test_failed_parity_writes_nothing(tiny_checkpoint, tiny_images, tmp_path, monkeypatch):
+def test_failed_parity_writes_nothing_under_the_final_name(tiny_checkpoint, tiny_images, tmp_path, monkeypatch):
     monkeypatch.setitem(T._MIN_ARGMAX, "xnnpack", 1.01)  # unreachable: forces the failure branch
-    with pytest.raises(QadtrError, match=r"parity check failed \(xnnpack.*nothing written"):
+    with pytest.raises(QadtrError, match=r"parity check failed \(xnnpack.*nothing written under m\.tflite"):
         T.export_tflite(tiny_checkpoint, tmp_path / "m.tflite", bits=8, images=tiny_images[:4])
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite.rejected", "m.tflite.rejected.json"]
+    rejected = config_from_dict(read_json(tmp_path / "m.tflite.rejected.json"))
+    assert not rejected and rejected.artifact == "m.tflite.rejected" and not rejected.parity["xnnpack"]["passed"]
 
 
 def test_unexportable_networks(tiny_checkpoint):
@@ -178,6 +185,7 @@ def test_unexportable_networks(tiny_checkpoint):
         T.check_exportable(net)
 
 
+@pytest.mark.slow  # three CLI subprocesses: ~20 s
 def test_cli_success_and_bad_input(tiny_checkpoint, tmp_path):
     out = tmp_path / "m.tflite"
     r = subprocess.run([sys.executable, "-m", "export.tflite", str(tiny_checkpoint), "--bits", "8", "--out", str(out),

@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
+from devices.export_record import ExportRecord  # noqa: E402
 from export import onnx as exp  # noqa: E402
 from qadtr._errors import QadtrError  # noqa: E402
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, tiny_images, tmp_path_factory):
-    """bits -> ExportResult, one export per bit width for the whole module."""
+    """bits -> ExportResult (export._common), one export per bit width for the whole module."""
     out = tmp_path_factory.mktemp("onnx")
     return {b: exp.export_onnx(tiny_checkpoint, out / f"w{b}.onnx", bits=b, images=tiny_images) for b in (2, 4, 8)}
 
@@ -42,15 +43,15 @@ def float_checkpoint(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_export_proves_itself(exported, bits):
     r = exported[bits]
-    assert r and r.path.is_file() and r.info_path == Path(f"{r.path}.json")
-    p = r.parity
-    assert p.int_tensors == 7  # quant_input, relu, relu1, q_main, q_short, relu2, pool_quant
-    assert p.int_max_step_local <= exp.MAX_INT_STEP
-    assert p.int_mismatches_local <= exp.MAX_INT_MISMATCH * p.int_elements
-    assert p.logits["argmax_agree"] == 1.0
+    assert r and r.path.is_file() and r.record_path == Path(f"{r.path}.json")
+    p = r.record.parity
+    assert p["int_tensors"] == 7  # quant_input, relu, relu1, q_main, q_short, relu2, pool_quant
+    assert p["int_max_step_local"] <= exp.MAX_INT_STEP
+    assert p["int_mismatches_local"] <= exp.MAX_INT_MISMATCH * p["int_elements"]
+    assert p["logits"]["argmax_agree"] == 1.0
     if bits == 2:
-        assert p.exact  # ternary weights, 2-bit activations: ORT is bit-exact with Brevitas here
-    assert r.info.fusion["qlinearconv"] == 3 and r.info.fusion["float_conv"] == 0  # all convs on int8 kernels
+        assert p["exact"]  # ternary weights, 2-bit activations: ORT is bit-exact with Brevitas here
+    assert r.record.fusion["qlinearconv"] == 3 and r.record.fusion["float_conv"] == 0  # all convs on int8 kernels
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -68,9 +69,10 @@ def test_export_info_json(exported, tiny_checkpoint, bits):
     from qadtr._config import config_from_dict, sha256_file
 
     r = exported[bits]
-    d = json.loads(r.info_path.read_text())
-    assert d["_type"] == "ExportInfo" and d["_version"] == exp.ExportInfo.VERSION
+    d = json.loads(r.record_path.read_text())
+    assert d["_type"] == "ExportRecord" and d["_version"] == ExportRecord.VERSION
     info = config_from_dict(d)
+    assert info == r.record and info.exporter == "onnx" and info.exporter_version == exp.EXPORTER_VERSION
     assert info.artifact_sha256 == sha256_file(r.path) and info.bits == (bits, bits)
     assert info.source_sha256 == sha256_file(tiny_checkpoint)
     assert {"onnx", "onnxruntime", "brevitas", "torch"} <= set(info.versions)
@@ -79,8 +81,8 @@ def test_export_info_json(exported, tiny_checkpoint, bits):
 
 def test_float_export(float_checkpoint, tiny_images, tmp_path):
     r = exp.export_onnx(float_checkpoint, tmp_path / "fp32.onnx", bits=None, images=tiny_images, float_model=True)
-    assert r and r.info.bits == () and r.info.graph.get("QuantizeLinear", 0) == 0
-    assert r.parity.logits["argmax_agree"] == 1.0
+    assert r and r.record.bits is None and r.record.ops.get("QuantizeLinear", 0) == 0
+    assert r.record.parity["logits"]["argmax_agree"] == 1.0
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -100,16 +102,18 @@ def test_float_checkpoint_needs_float_flag(float_checkpoint, tiny_images, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_parity_failure_raises_after_writing_json(tiny_checkpoint, tiny_images, tmp_path, monkeypatch):
-    monkeypatch.setattr(exp, "MAX_INT_STEP", -1)  # any comparison now fails
-    with pytest.raises(QadtrError, match=r"FAILED parity .*see .*x\.onnx\.json"):
-        exp.export_onnx(tiny_checkpoint, tmp_path / "x.onnx", bits=2, images=tiny_images)
-    saved = json.loads((tmp_path / "x.onnx.json").read_text())["_data"]
-    assert saved["parity"]["passed"] is False and saved["proof"]["passed"] is False
-    from export._common import reusable
+def test_parity_failure_rejects_the_artifact_with_its_record(tiny_checkpoint, tiny_images, tmp_path, monkeypatch):
+    from export._common import ProofFailed, reusable
 
-    assert reusable(tmp_path / "x.onnx", saved["source_sha256"], exp.EXPORTER_VERSION) == \
+    monkeypatch.setattr(exp, "MAX_INT_STEP", -1)  # any comparison now fails
+    with pytest.raises(ProofFailed, match=r"FAILED parity .*nothing written under x\.onnx: .*x\.onnx\.rejected\.json"):
+        exp.export_onnx(tiny_checkpoint, tmp_path / "x.onnx", bits=2, images=tiny_images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.onnx.rejected", "x.onnx.rejected.json"]
+    saved = json.loads((tmp_path / "x.onnx.rejected.json").read_text())["_data"]
+    assert saved["parity"]["passed"] is False and saved["passed"] is False and saved["artifact"] == "x.onnx.rejected"
+    assert reusable(tmp_path / "x.onnx.rejected", saved["source_sha256"], exp.EXPORTER_VERSION) == \
         "its proof failed (or was never run)"  # a refused artifact is never reused
+    assert reusable(tmp_path / "x.onnx", saved["source_sha256"], exp.EXPORTER_VERSION) == "no artifact and record yet"
 
 
 def test_reuse_needs_same_source_version_file_and_a_passed_proof(exported, tiny_checkpoint, tmp_path):
@@ -121,7 +125,7 @@ def test_reuse_needs_same_source_version_file_and_a_passed_proof(exported, tiny_
     src = sha256_file(tiny_checkpoint)
     art = tmp_path / "w4.onnx"
     shutil.copy(exported[4].path, art)
-    shutil.copy(exported[4].info_path, f"{art}.json")
+    shutil.copy(exported[4].record_path, f"{art}.json")
     assert reusable(art, src, exp.EXPORTER_VERSION) is None
     assert reusable(art, "0" * 64, exp.EXPORTER_VERSION) == "another source checkpoint"
     assert reusable(art, src, exp.EXPORTER_VERSION - 1).startswith("another exporter version")
@@ -139,16 +143,16 @@ def test_deployed_kernels_are_measured_apart_from_the_proof(exported, bits):
     from devices._host import fingerprint
     from devices.intexec import expected_semantics
 
-    r = exported[bits]
-    dep, host = r.parity.deployed, fingerprint()
+    r, p = exported[bits], exported[bits].record.parity
+    dep, host = p["deployed"], fingerprint()
     assert dep["level"] == "all" and dep["int8_dot"] == host["int8_dot"] and dep["isa"] == host["isa"]
-    assert r.info.host["isa"] == host["isa"] and r.info.proof["passed"] is True
-    assert r.info.proof["on"].startswith("ORT_DISABLE_ALL") and r.info.exporter_version == exp.EXPORTER_VERSION
+    assert r.record.host["isa"] == host["isa"] and r.record.passed is True
+    assert r.record.proof.startswith("ORT_DISABLE_ALL") and r.record.exporter_version == exp.EXPORTER_VERSION
     want = expected_semantics("onnxrt", host)
     assert dep["explained_by"] == want, dep["summary"]
-    assert f"{r.parity.images} of {r.parity.images} images bit-exact" in dep["summary"]
+    assert f"{p['images']} of {p['images']} images bit-exact" in dep["summary"]
     if want == "single":  # one rounding, as Brevitas: the deployed integers are the proof's
-        assert r.parity.int_mismatches_fused == r.parity.int_mismatches
+        assert p["int_mismatches_fused"] == p["int_mismatches"]
 
 
 @pytest.mark.parametrize("args, match", [
@@ -163,6 +167,7 @@ def test_cli_refuses_counts_and_outputs_before_exporting(args, match, tiny_check
     assert re.search(match, err) and "Traceback" not in err and not list(tmp_path.glob("*.onnx"))
 
 
+@pytest.mark.slow  # an export in a fresh interpreter: ~13 s
 def test_an_export_prints_no_brevitas_optional_kernel_warning(tiny_checkpoint, tiny_images, tmp_path):
     code = ("import sys, numpy as np\nfrom export.onnx import export_onnx\n"
             f"export_onnx({str(tiny_checkpoint)!r}, {str(tmp_path / 'w4.onnx')!r}, bits=4, "

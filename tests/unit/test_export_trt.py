@@ -26,11 +26,12 @@ STUB = {"tool": None, "built": False, "engine_bytes": 0, "log": ["offline check 
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, tiny_images, tmp_path_factory):
-    """bits -> (ExportResult, out dir), with the TensorRT(-RTX) build stubbed out (see test_rtx_offline_build)."""
+    """bits -> (ExportResult of export._common, out dir), with the TensorRT(-RTX) build stubbed out
+    (see test_rtx_offline_build)."""
     out = tmp_path_factory.mktemp("trt")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(trt, "offline_check", lambda *a, **k: STUB)
-        return {b: (trt.export_trt(tiny_checkpoint, out / f"w{b}", bits=b, images=tiny_images)[0], out / f"w{b}")
+        return {b: (trt.export_trt(tiny_checkpoint, out / f"w{b}", bits=b, images=tiny_images), out / f"w{b}")
                 for b in (2, 4, 8)}
 
 
@@ -70,9 +71,10 @@ def test_trt_bound_graph(exported, bits):
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_trt_bound_parity_under_ort(exported, bits):
     result, _ = exported[bits]
-    assert result and result.parity.int_tensors == 7 and result.parity.logits["argmax_agree"] == 1.0
-    assert result.parity.int_max_step_local <= onnx_export.MAX_INT_STEP
-    emulated = result.info.extra["uint8_as_float"]
+    p = result.record.parity
+    assert result and p["int_tensors"] == 7 and p["logits"]["argmax_agree"] == 1.0
+    assert p["int_max_step_local"] <= onnx_export.MAX_INT_STEP
+    emulated = result.record.extra["uint8_as_float"]
     assert len(emulated) == (4 if bits == 8 else 1)  # pooled features always; every ReLU output at a=8
     assert all("pool_quant" in n or "relu" in n for n in emulated)
 
@@ -88,7 +90,8 @@ def test_build_spec_files(exported, bits):
     sh = out / "build_engine.sh"
     assert sh.stat().st_mode & 0o111 and spec["trtexec"] in sh.read_text()
     info = json.loads((out / "model.onnx.json").read_text())
-    assert info["_type"] == "ExportInfo" and info["_data"]["exporter"] == "export.trt"
+    assert info["_type"] == "ExportRecord" and info["_data"]["exporter"] == "trt"
+    assert info["_data"]["extra"]["offline_check"] == STUB
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -211,6 +214,9 @@ def test_export_refusals(tiny_checkpoint, tiny_images, tmp_path, monkeypatch):
     monkeypatch.setattr(onnx_export, "MAX_INT_STEP", -1)
     with pytest.raises(QadtrError, match=r"TensorRT-bound ONNX under ORT: FAILED parity"):
         trt.export_trt(tiny_checkpoint, tmp_path / "c", bits=2, images=tiny_images)
+    # the one failure rule: nothing under the final name, no build recipe for it, the record says rejected
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["model.onnx.rejected", "model.onnx.rejected.json"]
+    assert json.loads((tmp_path / "c" / "model.onnx.rejected.json").read_text())["_data"]["passed"] is False
 
 
 def test_cli_bad_input_is_one_line(tmp_path):
