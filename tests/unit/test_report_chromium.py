@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from eval.report import SECTIONS, write_report
+from test_report import two_runs  # noqa: F401 (a fixture: an agreeing and a diverging run)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed "
@@ -41,7 +42,7 @@ def test_report_renders(report_inputs, tmp_path):
     assert "<title>qadtr-edge report: fake-quant vs deployed</title>" in dom
     for sid, title in SECTIONS:
         assert re.search(f'<section id="{sid}"><h2>{title}</h2>', dom), sid
-    assert n_img >= 9 and f'data-imgcheck="{n_img}:0"' in dom
+    assert n_img >= 10 and f'data-imgcheck="{n_img}:0"' in dom
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in dom  # escaped text stays text in the DOM
 
 
@@ -54,3 +55,34 @@ def test_probe_catches_broken_images_and_errors(tmp_path):
     dom, console = render(page, tmp_path)
     assert 'data-imgcheck="2:1"' in dom
     assert any("undefinedFunction" in line for line in console)
+
+
+def screenshot(page: Path, png: Path, tmp: Path, *, size: tuple[int, int] = (1400, 1000)) -> Path:
+    """The first screen of `page` (a `size` viewport) as a PNG at `png`."""
+    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp / 'shot'}",
+                        "--hide-scrollbars", f"--window-size={size[0]},{size[1]}", f"--screenshot={png}",
+                        page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and png.is_file(), r.stderr[-2000:]
+    return png
+
+
+def test_first_screen_shows_the_verdict(two_runs, tmp_path):
+    """The verdict comes first and its colours are on the first screen; the screenshot is kept in tmp_path."""
+    import numpy as np
+    from PIL import Image
+
+    store, doc = two_runs
+    page = write_report(store, tmp_path / "report", compare=doc)
+    dom, console = render(page, tmp_path)
+    assert console == []
+    first = re.search(r'<section id="(\w+)">', dom)[1]
+    assert first == "verdict" and "Does the deployed model behave like its fake-quant simulation?" in dom
+    png = screenshot(page, tmp_path / "report" / "first_screen.png", tmp_path)
+    im = np.asarray(Image.open(png).convert("RGB")).astype(int)  # (H, W, 3)
+    assert im.shape[:2] == (1000, 1400)
+
+    def share(rgb: tuple[int, int, int]) -> float:
+        return float((np.abs(im - np.array(rgb)).sum(-1) < 12).mean())
+
+    # the cells' fill: green (#dafbe1) for the run that agrees, red (#ffebe9) for the one that diverges
+    assert share((0xda, 0xfb, 0xe1)) > 0.005 and share((0xff, 0xeb, 0xe9)) > 0.005
