@@ -1,0 +1,134 @@
+"""One query attack run into a folder: the library of `python -m eval.query_attack`.
+
+    result = run_query_attack(attack="sparse-rs", cfg=SparseRSConfig(...), runtime="litert-builtin",
+                              artifact="w4.tflite", images=images, labels=labels, indices=idx, data="cifar10/test",
+                              out="runs/q1", resume=False)
+
+OUT holds state.npz (the checkpoint, `_state`), then result.json (`QueryResult`, typed JSON) and patch.npz (a
+qadtr patch file, replayable with eval.on_device once eval.query is imported to read its config). An OUT with a
+state and no result is an interrupted run: it continues only with resume=True (`--resume`, as qadtr.train), which
+also refuses a state from other flags or inputs; an OUT with a result is finished: resume=True returns it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from devices._host import fingerprint
+from devices.runtimes import make_runner
+from eval.query import QUERY_ATTACKS
+from eval.query._outcome import QueryOutcome
+from eval.query._state import inputs_key
+from eval.query.refine import milestones, reference_asr, start_from_patch
+from qadtr._config import config_from_dict, config_to_dict, read_json, register_config, sha256_file, write_json
+from qadtr._errors import QadtrError
+from qadtr.attacks import EOTConfig, Patch, Placement, load_patch, save_patch
+
+
+@register_config
+@dataclass(frozen=True)
+class QueryResult:
+    VERSION = 1
+    attack: str  # a key of eval.query.QUERY_ATTACKS
+    config: Any  # its typed config (SparseRSConfig, DecisionConfig)
+    runtime: str  # the registered runtime queried
+    kernels: str  # what the runner executed (Runner.kernels)
+    versions: dict  # the runtime versions the runner reported
+    artifact: str
+    artifact_sha256: str
+    data: str  # e.g. "cifar10/test"
+    indices: tuple[int, ...]  # the attacked images' indexes in `data`
+    n: int  # images the ASR counts (its definition's eligible ones)
+    asr: dict  # qadtr.attacks.ASR.to_dict(): value, k, n, Wilson 95% CI, target, definition
+    budget: int  # queries per image, the clean one included
+    queries: dict  # eval.query._outcome.QueryOutcome.query_stats()
+    host: dict  # devices._host.fingerprint()
+    refine: dict | None  # transfer-then-refine milestones (eval.query.refine.milestones); None otherwise
+    extra: dict  # attack-specific summaries (the decision attack's visible patch pixels)
+
+
+def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, images: np.ndarray, labels: np.ndarray,
+                     indices: np.ndarray, data: str, out: str | Path, resume: bool = False, init: str | Path | None = None,
+                     eval_seed: int = 1, reference: str | Path | None = None, runner_options: dict | None = None,
+                     progress: bool = False) -> QueryResult:
+    """Attack `images` through runtime `runtime` on `artifact` and write OUT (module docstring).
+
+    `init`: a universal patch file to refine (sparse-rs, universal); its fake-quant ASR on the same bytes is
+    measured on `reference` (default: the artifact itself, whose export record names its checkpoint) through the
+    fakequant runtime, when that runs here.
+    """
+    if attack not in QUERY_ATTACKS:
+        raise QadtrError(f"unknown query attack {attack!r}; known: {', '.join(QUERY_ATTACKS)}")
+    _, run = QUERY_ATTACKS[attack].load()
+    out = Path(out)
+    state, result_path = out / "state.npz", out / "result.json"
+    if result_path.is_file():
+        if not resume:
+            raise QadtrError(f"{out} already holds a finished query attack; choose another --out (--resume prints it)")
+        return config_from_dict(read_json(result_path))
+    if state.is_file() and not resume:
+        raise QadtrError(f"{out} holds an interrupted query attack; pass --resume to continue it or choose another --out")
+    start = None
+    if init is not None:
+        if attack != "sparse-rs" or not cfg.universal:
+            raise QadtrError("--init refines a universal patch: use --attack sparse-rs --universal")
+        patch = load_patch(init)
+        if abs(patch.size - cfg.size) > 1e-9 or patch.target != cfg.target:
+            raise QadtrError(f"{Path(init).name} is a {patch.size:.0%} patch for target {patch.target}; run with "
+                             f"--size {patch.size} --target {'none' if patch.target is None else patch.target}")
+        start = start_from_patch(patch, len(images), images.shape[1:3], eval_seed=eval_seed)
+    sha = sha256_file(artifact)
+    key = inputs_key(artifact_sha256=sha, runtime=runtime, images=images, labels=labels,
+                     extra=f"{sha256_file(init) if init else ''}:{eval_seed}")
+    out.mkdir(parents=True, exist_ok=True)
+    kwargs = {"start": start} if start is not None else {}
+    with make_runner(runtime, artifact, **(runner_options or {})) as runner:
+        outcome = run(runner, images, labels, cfg, state_path=state, inputs=key, progress=progress, **kwargs)
+        kernels, versions = runner.kernels, dict(runner.versions)
+    refined = None
+    if start is not None:
+        refined = milestones(outcome, reference=_reference(reference or artifact, images, labels, start, cfg.target))
+    asr = outcome.asr(labels)
+    extra = {}
+    if "visible_pixels" in outcome.extra:
+        vis = outcome.extra["visible_pixels"][outcome.eligible & (outcome.first_success >= 0)]
+        extra["visible_pixels_median"] = float(np.median(vis)) if len(vis) else None
+        extra["patch_pixels"] = int(outcome.extra["side"]) ** 2
+    result = QueryResult(attack=attack, config=cfg, runtime=runtime, kernels=kernels, versions=versions,
+                         artifact=str(artifact), artifact_sha256=sha, data=data,
+                         indices=tuple(int(i) for i in indices), n=asr.rate.n, asr=asr.to_dict(), budget=cfg.budget,
+                         queries=outcome.query_stats(), host=fingerprint(), refine=refined, extra=extra)
+    save_patch(_patch_file(outcome, cfg, attack, indices, data), out / "patch.npz")
+    write_json(result_path, config_to_dict(result))  # last: its presence marks the run finished
+    return result
+
+
+def _reference(path: str | Path, images, labels, start, target):
+    """The start patch's ASR on the fake-quant reference, or None (with a note) when it cannot run here."""
+    try:
+        with make_runner("fakequant", path) as ref:
+            return reference_asr(ref, images, labels, start, target)
+    except QadtrError as e:
+        print(f"note: no fake-quant reference ASR ({e}); pass --reference CHECKPOINT", file=sys.stderr)
+        return None
+
+
+def _patch_file(outcome: QueryOutcome, cfg, attack: str, indices: np.ndarray, data: str) -> Patch:
+    """The result as a qadtr patch file: per-image values and places (a universal patch with places that differ
+    per image is stored once per image), or one universal patch at a fixed place."""
+    side = outcome.patches.shape[-1]
+    values = outcome.patches.astype(np.float32) / np.float32(255)  # rebuild rounds these back to the same bytes
+    xy = outcome.xy
+    if outcome.universal and (xy == xy[0]).all():
+        return Patch(values=values, attack=attack, config=cfg, size=cfg.size, side=side, target=cfg.target,
+                     eot=EOTConfig(location="fixed", xy=(int(xy[0, 0]), int(xy[0, 1]))), seed=cfg.seed, data=data)
+    if outcome.universal:
+        values = np.ascontiguousarray(np.broadcast_to(values, (len(xy), *values.shape)))
+    return Patch(values=values, attack=attack, config=cfg, size=cfg.size, side=side, target=cfg.target,
+                 eot=EOTConfig(), seed=cfg.seed, data=data, indices=np.asarray(indices, np.int64),
+                 placement=Placement(xy[:, 0], xy[:, 1], np.zeros(len(xy)), np.ones(len(xy)), np.ones(len(xy))))

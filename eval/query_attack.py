@@ -1,0 +1,84 @@
+"""Patch attacks that query a deployed artifact: `python -m eval.query_attack --artifact m.tflite --runtime
+litert-builtin --images 100 --budget 500 --target 3 --out runs/q1`.
+
+The attacked images are the dataset's test subset `qadtr.data.subset_indices(len(test), --images, seed=1)`, the
+one every replay evaluates universal patches on. Writes OUT/result.json (typed JSON: n, ASR with its Wilson 95% CI,
+the budget, queries-to-success quantiles, the runner's kernels, the host fingerprint), OUT/patch.npz and, while
+running, OUT/state.npz: an interrupted run continues with the same command plus --resume. `--init PATCH.npz`
+refines a white-box universal patch (transfer-then-refine) and reports the queries it takes to beat its replayed
+ASR and to reach its fake-quant ASR. The library is eval/query/run.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from eval.query import QUERY_ATTACKS
+    from qadtr._cli import ArgumentParser, check_writable, run_cli
+    from qadtr._errors import QadtrError
+
+    p = ArgumentParser(prog="python -m eval.query_attack", description=__doc__.split("\n")[0])
+    p.add_argument("--artifact", required=True, help="the deployed file: .tflite, .onnx, or a checkpoint for fakequant")
+    p.add_argument("--runtime", required=True, help="a registered runtime (python -m eval.on_device --list-runtimes)")
+    p.add_argument("--attack", default="sparse-rs", choices=list(QUERY_ATTACKS), help="score-based or top-1 only")
+    p.add_argument("--data", default="cifar10")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--images", type=int, default=100, help="test images attacked (the seed-1 subset; 0 = all)")
+    p.add_argument("--budget", type=int, default=1000, help="queries per image, its clean query included")
+    p.add_argument("--target", default="none", help="target class, or 'none' for untargeted")
+    p.add_argument("--size", type=float, default=0.1, help="patch share of the image area (0.1 = 10x10 on 32x32)")
+    p.add_argument("--universal", action="store_true", help="one patch for all images (default: one per image)")
+    p.add_argument("--location", default="per-image", help="per-image | shared (universal) | fixed")
+    p.add_argument("--init", default=None, help="universal patch file to refine (transfer-then-refine)")
+    p.add_argument("--eval-seed", type=int, default=1, help="seed of --init's placements (eval.transfer's default)")
+    p.add_argument("--reference", default=None, help="checkpoint for --init's fake-quant ASR (default: the artifact's "
+                   "export record source)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=256, help="rows per runner call")
+    p.add_argument("--save-every", type=int, default=25, help="iterations between checkpoints")
+    p.add_argument("--out", required=True, help="run folder: state.npz, result.json, patch.npz")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        from eval.query.run import run_query_attack
+        from qadtr.attacks import parse_target
+        from qadtr.data import load_split, subset_indices
+
+        config_cls, _ = QUERY_ATTACKS[args.attack].load()
+        fields = {"size": args.size, "target": parse_target(args.target), "budget": args.budget,
+                  "location": args.location, "seed": args.seed, "batch": args.batch, "save_every": args.save_every}
+        if args.attack == "sparse-rs":
+            fields["universal"] = args.universal
+        elif args.universal:
+            raise QadtrError("--universal: the decision attack is per-image; drop --universal or use --attack sparse-rs")
+        try:
+            cfg = config_cls(**fields)
+        except ValueError as e:
+            raise QadtrError(str(e)) from None
+        if args.images < 0:
+            raise QadtrError(f"--images {args.images}: must be >= 0 (0 = all)")
+        check_writable(args.out, "folder")
+        test = load_split(args.data, "test", args.data_dir)
+        idx = subset_indices(len(test.labels), args.images, seed=1)
+        result = run_query_attack(attack=args.attack, cfg=cfg, runtime=args.runtime, artifact=args.artifact,
+                                  images=test.images[idx], labels=test.labels[idx], indices=idx,
+                                  data=f"{args.data}/test", out=args.out, resume=args.resume, init=args.init,
+                                  eval_seed=args.eval_seed, reference=args.reference, progress=True)
+        a, q = result.asr["asr"], result.queries
+        print(f"{args.attack} on {result.runtime} ({result.kernels}): ASR {100 * a['value']:.2f}% "
+              f"[{100 * a['ci95'][0]:.2f}, {100 * a['ci95'][1]:.2f}] (n={a['n']}), budget {result.budget}, "
+              f"queries to success median {q['to_success']['p50']}")
+        if result.refine:
+            print(f"refine: replayed {result.refine['replayed_asr']:.2%}, reference {result.refine['reference_asr']}, "
+                  f"queries to exceed replayed {result.refine['queries_to_exceed_replayed']}, to reference "
+                  f"{result.refine['queries_to_reference']}")
+        print(f"wrote {args.out}/result.json, patch.npz")
+
+    return run_cli("eval.query_attack", body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

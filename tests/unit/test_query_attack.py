@@ -1,0 +1,237 @@
+"""Query attacks on deployed artifacts (eval/query): through real runners on the tiny 8x8 exports, and through a
+numpy runner whose class is the patch's colour, where success is reachable by construction."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devices._runner import Runner, TensorSpec
+from devices.runtimes import make_runner
+from eval.query._search import paste
+from eval.query.decision import DecisionConfig, decision_attack
+from eval.query.refine import milestones, start_from_patch
+from eval.query.sparse_rs import SparseRSConfig, sparse_rs
+from qadtr._errors import QadtrError
+from qadtr.attacks import EOTConfig, Patch, UniversalConfig, attack_success, eval_placements, rebuild
+
+ROOT = Path(__file__).resolve().parents[2]
+LABELS = np.arange(32) % 10
+
+
+class ColourRunner(Runner):
+    """A 4-class 'model' over NHWC float32 images: logits are the mean red, green and blue minus 0.5 plus a
+    constant class 3 at 0.15; random images read as class 3, a patch of one strong colour wins its class."""
+
+    name = "colour"
+    kernels = "numpy colour means (test model)"
+
+    def __init__(self, artifact=None):
+        super().__init__()
+
+    def _activate(self) -> None:
+        pass
+
+    def _input_spec(self):
+        return [TensorSpec("pixels", np.dtype(np.float32), (None, None, None, 3))]
+
+    def _infer(self, feed):
+        x = feed["pixels"]  # (B, H, W, 3)
+        rgb = (x ** 4).mean(axis=(1, 2)) - 0.2  # (B, 3): strong colours dominate
+        return {"logits": np.concatenate([rgb, np.full((len(x), 1), 0.05, np.float32)], axis=1).astype(np.float32)}
+
+
+class Wrapped(Runner):
+    """A real runner behind the contract, counting rows and calls; optionally scrambling all but the top-1
+    (`scramble`) or dying with SIGKILL at call `kill_at` (a kill -9 in the middle of an attack)."""
+
+    def __init__(self, inner, *, scramble: bool = False, kill_at: int | None = None, raise_at: int | None = None):
+        super().__init__()
+        self.inner, self.scramble, self.kill_at, self.raise_at = inner, scramble, kill_at, raise_at
+        self.name, self.kernels = inner.name, inner.kernels
+        self.rows, self.calls = 0, 0
+        self._rng = np.random.default_rng(123)
+
+    def _activate(self) -> None:
+        self.inner.activate()
+
+    def _deactivate(self) -> None:
+        self.inner.deactivate()
+
+    def _input_spec(self):
+        return self.inner.input_spec()
+
+    def _infer(self, feed):
+        self.calls += 1
+        if self.kill_at is not None and self.calls == self.kill_at:
+            os.kill(os.getpid(), 9)
+        if self.calls == self.raise_at:
+            raise KeyboardInterrupt  # an interruption the process survives: the state file is all that is kept
+        out = self.inner.infer(feed)
+        name, logits = next(iter(out.items()))
+        self.rows += len(logits)
+        if self.scramble:  # same argmax, every other value and every margin replaced by noise
+            top = logits.reshape(len(logits), -1).argmax(axis=1)
+            noise = self._rng.random((len(logits), logits.shape[-1])).astype(np.float32)
+            noise[np.arange(len(top)), top] = 2.0
+            out = {name: noise}
+        return out
+
+
+@pytest.fixture(scope="module")
+def tiny_images8():
+    return np.random.default_rng(1).integers(0, 256, (32, 8, 8, 3), dtype=np.uint8)
+
+
+def onnx_runner(tiny_exports):
+    pytest.importorskip("onnxruntime")
+    return make_runner("onnxrt", tiny_exports["onnx"])
+
+
+def test_loss_strictly_falls_to_success_on_a_reachable_model(tiny_images8):
+    """Targeted at red (class 0) on the colour model: every accepted step lowers the mean margin, and it ends fooled."""
+    labels = np.full(32, 3)
+    with ColourRunner() as r:
+        out = sparse_rs(r, tiny_images8, labels, SparseRSConfig(size=0.5, target=0, budget=80, seed=1))
+    losses = out.extra["losses"]  # (T,) mean margin after each iteration
+    assert (np.diff(losses) <= 0).all() and losses[-1] < losses[0]
+    assert out.asr(labels).rate.value == 1.0
+    assert (out.first_success[out.eligible] >= 2).all() and (out.first_success <= 80).all()
+
+
+@pytest.mark.parametrize("universal,target", [(False, None), (False, 3), (True, 3), (True, None)])
+def test_budget_and_asr_definitions_on_onnxrt(tiny_exports, tiny_images8, universal, target):
+    budget = 12
+    with Wrapped(onnx_runner(tiny_exports)) as r:
+        out = sparse_rs(r, tiny_images8, LABELS, SparseRSConfig(size=0.2, target=target, budget=budget,
+                                                               universal=universal, batch=64))
+        rows, calls = r.rows, r.calls
+        again = r.inner.infer(_feed(r, paste(tiny_images8, out.patches, out.xy)))
+    assert rows <= len(tiny_images8) * budget and out.queries.max() <= budget and rows == out.queries.sum()
+    assert calls <= budget  # batched: one call per iteration (64-row batches hold all 32 images)
+    adv = next(iter(again.values())).argmax(axis=1)
+    eligible = LABELS != target if target is not None else out.clean_pred == LABELS
+    assert (out.eligible == eligible).all()
+    assert (adv[eligible] == out.adv_pred[eligible]).all()  # the recorded predictions are the patched bytes'
+    assert out.asr(LABELS) == attack_success(out.clean_pred, np.where(eligible, adv, out.clean_pred), LABELS, target)
+
+
+def _feed(runner, images):
+    from devices.runtimes import feed_format
+
+    return feed_format(runner).feed(images)
+
+
+@pytest.mark.parametrize("attack", ["per-image", "universal", "decision"])
+def test_resume_after_interruption_is_bit_identical(tmp_path, tiny_images8, attack):
+    labels = np.full(32, 3)
+    if attack == "decision":
+        cfg, run = DecisionConfig(size=0.3, target=1, budget=40, save_every=5), decision_attack
+    else:
+        cfg, run = SparseRSConfig(size=0.3, target=1, budget=40, universal=attack == "universal", save_every=5), \
+            sparse_rs
+    with ColourRunner() as r:
+        whole = run(r, tiny_images8, labels, cfg, state_path=tmp_path / "a.npz")
+    with Wrapped(ColourRunner(), raise_at=14) as r:  # after two checkpoints (every 5 iterations), mid-iteration
+        with pytest.raises(KeyboardInterrupt):
+            run(r, tiny_images8, labels, cfg, state_path=tmp_path / "b.npz")
+    with ColourRunner() as r:
+        resumed = run(r, tiny_images8, labels, cfg, state_path=tmp_path / "b.npz")
+    _same(whole, resumed)
+
+
+def test_resume_after_kill_9_is_bit_identical(tmp_path, tiny_exports, tiny_images8):
+    """A real SIGKILL in a child process mid-attack, then a resume here: the same bytes as one uninterrupted run."""
+    pytest.importorskip("onnxruntime")
+    cfg = SparseRSConfig(size=0.2, target=3, budget=30, save_every=4)
+    np.save(tmp_path / "images.npy", tiny_images8)
+    script = (f"import numpy as np, sys; sys.path[:0] = [{str(ROOT)!r}, {str(Path(__file__).parent)!r}]\n"
+              "from test_query_attack import Wrapped, LABELS\nfrom devices.runtimes import make_runner\n"
+              "from eval.query.sparse_rs import SparseRSConfig, sparse_rs\n"
+              f"with Wrapped(make_runner('onnxrt', {str(tiny_exports['onnx'])!r}), kill_at=15) as r:\n"
+              f"    sparse_rs(r, np.load({str(tmp_path / 'images.npy')!r}), LABELS, SparseRSConfig(size=0.2, target=3, "
+              f"budget=30, save_every=4), state_path={str(tmp_path / 'b.npz')!r})\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert (tmp_path / "b.npz").is_file()
+    with onnx_runner(tiny_exports) as r:
+        resumed = sparse_rs(r, tiny_images8, LABELS, cfg, state_path=tmp_path / "b.npz")
+    with onnx_runner(tiny_exports) as r:
+        whole = sparse_rs(r, tiny_images8, LABELS, cfg)
+    _same(whole, resumed)
+
+
+def _same(a, b) -> None:
+    for field in ("patches", "xy", "clean_pred", "adv_pred", "queries", "first_success", "trace"):
+        assert np.array_equal(getattr(a, field), getattr(b, field)), field
+
+
+def test_decision_attack_reads_only_the_top1(tiny_images8):
+    """Scrambling every logit but the argmax changes nothing: the attack saw labels only."""
+    labels, cfg = np.full(32, 3), DecisionConfig(size=0.3, target=2, budget=40)
+    with ColourRunner() as r:
+        plain = decision_attack(r, tiny_images8, labels, cfg)
+    with Wrapped(ColourRunner(), scramble=True) as r:
+        scrambled = decision_attack(r, tiny_images8, labels, cfg)
+    _same(plain, scrambled)
+    assert plain.asr(labels).rate.k > 0  # it did find adversarial patches, then shrank them
+    vis = plain.extra["visible_pixels"][(plain.first_success >= 0) & (plain.clean_pred != 2)]
+    assert len(vis) and (vis > 0).all() and (vis <= plain.extra["side"] ** 2).all()  # clean-fooled ones shrink to 0
+    assert vis.min() < plain.extra["side"] ** 2
+
+
+def test_refine_starts_from_the_replayed_bytes(tiny_exports, tiny_images8):
+    side = 3
+    values = np.random.default_rng(0).random((3, side, side)).astype(np.float32)
+    patch = Patch(values=values, attack="universal", config=UniversalConfig(size=0.15), size=0.15, side=side,
+                  target=3, eot=EOTConfig())
+    start = start_from_patch(patch, 32, (8, 8), eval_seed=1)
+    placement = eval_placements(patch, 32, (8, 8), 1)
+    assert np.array_equal(paste(tiny_images8, start.patches, start.xy), rebuild(tiny_images8, values, placement))
+    with onnx_runner(tiny_exports) as r:
+        out = sparse_rs(r, tiny_images8, LABELS, SparseRSConfig(size=0.15, target=3, budget=10, universal=True),
+                        start=start)
+    m = milestones(out, reference=None)
+    assert m["replayed_asr"] == out.trace[0, 2] / out.eligible.sum() and m["final_asr"] >= m["replayed_asr"]
+    rotated = Patch(values=values, attack="universal", config=UniversalConfig(size=0.15), size=0.15, side=side,
+                    target=3, eot=EOTConfig(max_angle=10.0))
+    with pytest.raises(QadtrError, match="axis-aligned"):
+        start_from_patch(rotated, 32, (8, 8), eval_seed=1)
+
+
+def test_bad_input_is_one_line(tiny_exports, tiny_images8):
+    with pytest.raises(ValueError, match="budget=0: must be >= 2"):
+        SparseRSConfig(budget=0)
+    with pytest.raises(ValueError, match="needs universal=True"):
+        SparseRSConfig(location="shared")
+    with onnx_runner(tiny_exports) as r:
+        with pytest.raises(QadtrError, match="target 10 is no class of this model"):
+            sparse_rs(r, tiny_images8, LABELS, SparseRSConfig(size=0.2, target=10, budget=5))
+        big = np.zeros((4, 16, 16, 3), np.uint8)
+        with pytest.raises(QadtrError, match="takes 8x8 images"):
+            sparse_rs(r, big, LABELS[:4], SparseRSConfig(size=0.2, budget=5))
+
+
+def test_cli_writes_a_typed_result_and_resumes(tmp_path, tiny_dataset, tiny_exports, capsys):
+    pytest.importorskip("onnxruntime")
+    from eval.query_attack import main
+
+    argv = ["--artifact", str(tiny_exports["onnx"]), "--runtime", "onnxrt", "--images", "12", "--budget", "6",
+            "--size", "0.2", "--out", str(tmp_path / "q")]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "q" / "result.json").read_text())
+    assert result["_type"] == "QueryResult" and result["_data"]["budget"] == 6
+    assert set(result["_data"]["asr"]["asr"]) == {"value", "k", "n", "ci95"} and result["_data"]["host"]["machine"]
+    assert (tmp_path / "q" / "patch.npz").is_file()
+    assert main(argv) == 1 and "already holds a finished query attack" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0
+    capsys.readouterr()
+    assert main([*argv[:6], "--budget", "0", "--out", str(tmp_path / "r")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: budget=0") and err[1].startswith("FAILED") and len(err) == 2
