@@ -11,10 +11,35 @@ import torch
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "data: needs the real datasets in ../shared/data (skipped when absent)")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds (real data or real models)")
-    config.addinivalue_line("markers", "ssh: tests/ssh, against a real sshd on 127.0.0.1 (skipped without OpenSSH)")
+# --- markers: registered, and deselected by default, in pyproject.toml ([tool.pytest.ini_options]) ---------
+FOLDER_MARKS = {"emu": "emu", "ssh": "ssh"}  # a folder whose every test is of one kind: tests/<folder> -> marker
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own `-m` deselection sees the items
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks every test of a FOLDER_MARKS folder, and `gpu` on a test parametrized as `name` over the runtimes
+    (tests/unit/test_runner_contract.py) where that runtime needs an NVIDIA GPU."""
+    from devices.runtimes import RUNTIMES
+
+    gpu = {name for name, info in RUNTIMES.items() if info.gpu}
+    for item in items:
+        path = Path(item.path).resolve()
+        folder = path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else None
+        if folder in FOLDER_MARKS:
+            item.add_marker(FOLDER_MARKS[folder])
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("name") in gpu:
+            item.add_marker("gpu")
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    """Says what the default selection left out and how to run it, so that a deselected test is never silent."""
+    deselected = terminalreporter.stats.get("deselected", [])
+    if deselected and config.option.markexpr:
+        terminalreporter.write_line(f"{len(deselected)} tests deselected by -m {config.option.markexpr!r} (without -m: "
+                                    "the fast set, pyproject.toml addopts); `make test` or `python -m pytest -m ''` "
+                                    "runs every test")
 
 
 def make_tiny_checkpoint(out: Path, bits=((2, 2), (4, 4), (8, 8)), steps: int = 5, seed: int = 0) -> Path:

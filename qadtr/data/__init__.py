@@ -60,17 +60,32 @@ DATASETS: dict[str, DatasetInfo] = {
 _MODULES = {"cifar10": cifar10, "gtsrb": gtsrb}  # looked up at call time, so tests can monkeypatch `read`
 
 
-def resolve_data_dir(data_dir: str | Path | None) -> Path:
-    """The data directory: the argument (--data-dir) if given, else env QADTR_DATA.
+# `../shared/data` beside a source checkout: where this project's machines and CI's clean clone keep the datasets
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+DOWNLOAD_SUBDIR = "data"  # <cache>/data: where the official archives go when no data directory is found
 
-    Raises:
-        QadtrError: neither is set.
-    """
+
+def _locate(data_dir: str | Path | None, cache_dir: str | Path | None) -> tuple[Path, bool]:
+    """(the data directory, whether it is the download fallback); see `resolve_data_dir`."""
     if data_dir is None or str(data_dir) == "":
         data_dir = os.environ.get("QADTR_DATA") or None
-    if data_dir is None:
-        raise QadtrError("no data directory given; pass --data-dir DIR or set QADTR_DATA=DIR")
-    return Path(data_dir).expanduser()
+    if data_dir is not None:
+        return Path(data_dir).expanduser(), False
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA, False
+    return _cache.resolve_cache_dir(cache_dir) / DOWNLOAD_SUBDIR, True
+
+
+def resolve_data_dir(data_dir: str | Path | None, *, cache_dir: str | Path | None = None) -> Path:
+    """The data directory: the argument (--data-dir) if given, else env QADTR_DATA, else `../shared/data`
+    beside the repository when it exists, else `<cache>/data`, where `load_split` downloads the official
+    archive (cache: `cache_dir`, else env QADTR_CACHE, else ~/.cache/qadtr).
+
+    Example:
+        >>> resolve_data_dir("/data")
+        PosixPath('/data')
+    """
+    return _locate(data_dir, cache_dir)[0]
 
 
 def load_split(name: str, split: str, data_dir: str | Path | None = None, *,
@@ -80,7 +95,8 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None, *,
     Args:
         name: a key of `DATASETS` ("cifar10", "gtsrb").
         split: "train" or "test".
-        data_dir: the directory holding the dataset; None reads env QADTR_DATA.
+        data_dir: the directory holding the dataset; None: env QADTR_DATA, else `../shared/data` beside the
+            repository, else the official archive downloaded into `<cache>/data` (`resolve_data_dir`).
         cache_dir: where decoded arrays are cached; None reads env QADTR_CACHE, else ~/.cache/qadtr.
         download: fetch the official archive into `data_dir` when no source is found there.
 
@@ -88,7 +104,8 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None, *,
         A `Split` with images (N, 32, 32, 3) uint8 RGB and labels (N,) int64.
 
     Raises:
-        QadtrError: unknown name or split, no data directory, no (or an incomplete) source in it.
+        QadtrError: unknown name or split, no data directory, no (or an incomplete) source in it, or
+            no data found anywhere and the download failed.
 
     Example:
         >>> train = load_split("gtsrb", "train", "/data", cache_dir="/tmp/qadtr-cache")
@@ -97,7 +114,13 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None, *,
         raise QadtrError(f"unknown dataset {name!r}; use one of {sorted(DATASETS)}")
     if split not in SPLITS:
         raise QadtrError(f"unknown split {split!r} for {name}; use one of {list(SPLITS)}")
-    root = resolve_data_dir(data_dir)
+    root, fallback = _locate(data_dir, cache_dir)
+    if fallback:  # nothing named and nothing beside the repository: the official archive, into the cache
+        try:
+            return load_split(name, split, root, cache_dir=cache_dir, download=True)
+        except QadtrError as e:
+            raise QadtrError(f"no {name} found: pass --data-dir DIR, set QADTR_DATA=DIR or put it in {SHARED_DATA} "
+                             f"(README \"Data\"); fetching it into {root} failed: {e}") from None
     if not root.is_dir():
         if not download or root.exists():
             raise QadtrError(f"data directory {root} does not exist or is not a directory; fix --data-dir / "

@@ -13,7 +13,6 @@ import hashlib
 import io
 import lzma
 import os
-import shutil
 import sys
 import tarfile
 import zipfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from urllib.request import urlopen
 
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from qadtr._errors import QadtrError
 
@@ -140,6 +140,12 @@ def md5_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _length(response) -> int | None:
+    """The response's Content-Length in bytes, None when the server sends none."""
+    length = getattr(response, "headers", {}).get("Content-Length")
+    return int(length) if length and length.isdigit() else None
+
+
 def download(url: str, dest: Path, *, md5: str | None) -> Path:
     """Fetch `url` to `dest` through a temporary `.part` file, checking `md5` when one is known.
 
@@ -150,8 +156,12 @@ def download(url: str, dest: Path, *, md5: str | None) -> Path:
     part = dest.with_name(f".{dest.name}.part")
     print(f"downloading {url} -> {dest}", file=sys.stderr)
     try:
-        with urlopen(url, timeout=60) as response, open(part, "wb") as f:
-            shutil.copyfileobj(response, f, 1 << 20)
+        with urlopen(url, timeout=60) as response, open(part, "wb") as f, \
+                tqdm(total=_length(response), unit="B", unit_scale=True, desc=dest.name,
+                     disable=not sys.stderr.isatty()) as bar:  # a bar on a terminal; the line above otherwise
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                f.write(chunk)
+                bar.update(len(chunk))
     except OSError as e:  # URLError, HTTPError, timeouts and disk errors are all OSErrors
         part.unlink(missing_ok=True)
         raise QadtrError(f"could not download {url} ({e}); download it by hand into {dest.parent}") from None

@@ -10,6 +10,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("ai_edge_litert")
 
+pytestmark = pytest.mark.slow  # every exporter at every bit width: ~20 s
+
 
 def test_table_covers_every_exporter_and_bit_width(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     from export.table import main

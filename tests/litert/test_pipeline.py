@@ -9,6 +9,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("ai_edge_litert")
 
+pytestmark = pytest.mark.slow  # the main job end to end, twice: ~2 min on 2 cores
+
 
 def test_pipeline_exports_replays_compares_and_reports(tiny_dataset, tiny_patches, tiny_checkpoint, tmp_path, capsys):
     from eval.on_device import main

@@ -128,6 +128,7 @@ def replay_into(store, runtime: str, artifact, replay_path, options: dict) -> No
     store.finish(run.run_id)
 
 
+@pytest.mark.slow  # a replay, compare and report through the CLI: ~13 s
 def test_compare_store_and_cli(w4, tiny_checkpoint, tiny_dataset, tiny_patches, tmp_path, capsys):
     from eval.compare import compare_store, main
     from eval.replay import make_replay

@@ -126,6 +126,7 @@ def test_agent_refusals(fields, args, match, tiny_exports, tiny_images, tmp_path
     assert re.search(match, lines[0]["message"]), lines[0]["message"]
 
 
+@pytest.mark.slow  # the agent in a bare interpreter: ~14 s loaded
 def test_agent_is_standalone_and_reads_a_board_meter(tiny_exports, tiny_images, tmp_path):
     """The board gets the runner layer only (devices/ssh.py BOARD_FILES: stdlib + numpy + the runtimes, Python
     3.8 for JetPack 5) and runs from that copy alone: no torch, no Brevitas, nothing else of the project; a

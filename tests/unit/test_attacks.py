@@ -153,6 +153,7 @@ def _random_patch_asr(net, patch, images, labels):
     return evaluate_patch(net, dataclasses.replace(patch, values=noise), images, labels).rate.value
 
 
+@pytest.mark.slow  # a universal patch optimised to its target: ~15 s each, loaded
 @pytest.mark.parametrize("optimizer,lr", [("adam", 0.2), ("sign", 0.05)])
 def test_universal_patch_reaches_the_target(dull_images, optimizer, lr):
     images, labels = dull_images
@@ -167,6 +168,7 @@ def test_universal_patch_reaches_the_target(dull_images, optimizer, lr):
     assert all(p.requires_grad for p in net.parameters())  # attack_mode restored the model
 
 
+@pytest.mark.slow  # two attacks optimised to their target: ~25 s loaded
 def test_lavan_and_location_patches_reach_the_target(dull_images):
     images, labels = dull_images
     net = CornerNet()
@@ -178,6 +180,7 @@ def test_lavan_and_location_patches_reach_the_target(dull_images):
     assert evaluate_patch(net, per_image, images[:8], labels[:8]).rate.value == 1.0
 
 
+@pytest.mark.slow  # ~13 s loaded
 def test_location_search_moves_patches_downhill():
     """A model that prefers the patch near the top-left: the greedy search walks it there."""
     class TopLeft(nn.Module):
@@ -198,6 +201,7 @@ def test_location_search_moves_patches_downhill():
     assert np.all(patch.placement.x + patch.placement.y <= 2)
 
 
+@pytest.mark.slow  # patches optimised at three bit widths: ~50 s on a loaded 2-core host
 def test_aqapa_weights_the_weakest_bit_width(tiny_checkpoint):
     from qadtr.checkpoint import load_checkpoint
 

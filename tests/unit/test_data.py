@@ -15,19 +15,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import qadtr.data
 from qadtr import QadtrError
 from qadtr.data import DATASETS, Split, _archive, cifar10, gtsrb, load_split, resolve_data_dir
 
 CLASSES = cifar10.CLASSES
 REAL_DATA = Path(__file__).parents[2].parent / "shared" / "data"
+SHARED_DATA_DEFAULT = qadtr.data.SHARED_DATA  # before any test patches it
 
 
 @pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Every test is offline: a download must go through a test's own fake urlopen."""
+def no_network(monkeypatch, tmp_path):
+    """Every test is offline (a download must go through a test's own fake urlopen) and finds no data beside
+    the repository."""
     def refuse(url, timeout=None):
         raise AssertionError(f"test tried to open {url}")
     monkeypatch.setattr(_archive, "urlopen", refuse)
+    monkeypatch.setattr(qadtr.data, "SHARED_DATA", tmp_path / "no-shared" / "data")
     monkeypatch.delenv("QADTR_DATA", raising=False)
     monkeypatch.delenv("QADTR_CACHE", raising=False)
 
@@ -291,6 +295,47 @@ def test_resolve_data_dir_flag_over_env(tmp_path, monkeypatch):
     assert resolve_data_dir(None) == tmp_path / "env"
 
 
+def test_resolve_data_dir_then_shared_data_beside_the_repo_then_the_cache(tmp_path, monkeypatch):
+    shared = tmp_path / "shared" / "data"
+    monkeypatch.setattr(qadtr.data, "SHARED_DATA", shared)
+    assert resolve_data_dir(None, cache_dir=tmp_path / "c") == tmp_path / "c" / "data"  # nothing beside the repo
+    monkeypatch.setenv("QADTR_CACHE", str(tmp_path / "env-cache"))
+    assert resolve_data_dir("") == tmp_path / "env-cache" / "data"
+    shared.mkdir(parents=True)
+    assert resolve_data_dir(None) == shared
+    monkeypatch.setenv("QADTR_DATA", str(tmp_path / "env"))
+    assert resolve_data_dir(None) == tmp_path / "env"
+    assert resolve_data_dir(tmp_path / "flag") == tmp_path / "flag"
+
+
+def test_shared_data_is_the_folder_beside_the_checkout():
+    checkout = Path(__file__).resolve().parents[2]
+    assert (checkout / "pyproject.toml").is_file() and SHARED_DATA_DEFAULT == checkout.parent / "shared" / "data"
+
+
+def test_no_data_anywhere_downloads_into_the_cache_once(tmp_path, cache, monkeypatch):
+    archive = _write_tar(tmp_path / "src.tar.gz", _batch_members())
+    fetched = []
+    monkeypatch.setattr(_archive, "urlopen", _fake_urlopen({cifar10.URL: archive.read_bytes()}, fetched))
+    monkeypatch.setattr(cifar10, "MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    s = load_split("cifar10", "test", cache_dir=cache)
+    assert s.images.shape == (3, 32, 32, 3) and (cache / "data" / "cifar-10-python.tar.gz").is_file()
+    assert load_split("cifar10", "train", cache_dir=cache).images.shape == (5 * 3, 32, 32, 3)
+    assert fetched == [cifar10.URL]  # the archive in the cache is found the second time
+
+
+def test_no_data_anywhere_offline_says_where_to_put_it(tmp_path, cache, monkeypatch):
+    def offline(url, timeout=None):
+        raise urllib.error.URLError("no route to host")
+    monkeypatch.setattr(_archive, "urlopen", offline)
+    with pytest.raises(QadtrError) as e:
+        load_split("cifar10", "train", cache_dir=cache)
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith(f"no cifar10 found: pass --data-dir DIR, set QADTR_DATA=DIR or put it in "
+                                   f"{tmp_path / 'no-shared' / 'data'} (README \"Data\"); fetching it into "
+                                   f"{cache / 'data'} failed: could not download {cifar10.URL}")
+
+
 def _fake_urlopen(payloads: dict[str, bytes], fetched: list[str]):
     def urlopen(url, timeout=None):
         fetched.append(url)
@@ -341,8 +386,6 @@ def test_errors_before_reading(tmp_path, cache):
         load_split("mnist", "train", tmp_path, cache_dir=cache)
     with pytest.raises(QadtrError, match="unknown split 'val' for cifar10"):
         load_split("cifar10", "val", tmp_path, cache_dir=cache)
-    with pytest.raises(QadtrError, match="pass --data-dir DIR or set QADTR_DATA"):
-        load_split("cifar10", "train", cache_dir=cache)
     with pytest.raises(QadtrError, match="does not exist.*--data-dir / QADTR_DATA.*--download"):
         load_split("cifar10", "train", tmp_path / "nope", cache_dir=cache)
     (tmp_path / "a-file").write_text("")

@@ -22,6 +22,7 @@ pytestmark = [pytest.mark.data, pytest.mark.skipif(not (DATA / "cifar10-jpg.tar.
                                                    reason="needs ../shared/data")]
 
 
+@pytest.mark.slow  # QAT steps of a real ResNet-20 and 1,000 test images
 def test_qat_from_float_weights_on_a_real_subset(tmp_path):
     """Two 8-bit QAT steps from the float ResNet-20: the deployable net keeps float-level accuracy."""
     cfg = TrainConfig(ModelConfig("resnet20", bits=((8, 8),)), epochs=1, lr=0.001, init=str(PRETRAINED),
