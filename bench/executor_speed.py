@@ -32,7 +32,7 @@ def _contenders(checkpoint: Path, bits: int, tmp: Path, images: np.ndarray) -> d
     from export.tflite import export_tflite
 
     files = {".onnx": export_onnx(checkpoint, tmp / "m.onnx", bits=bits, images=images[:100]).path,
-             ".tflite": Path(export_tflite(checkpoint, tmp / "m.tflite", bits=bits, images=images[:100]).artifact)}
+             ".tflite": export_tflite(checkpoint, tmp / "m.tflite", bits=bits, images=images[:100]).path}
     runners = {"fakequant (Brevitas, torch)": make_runner("fakequant", checkpoint, bits=(bits, bits)),
                "onnxrt ORT_ENABLE_ALL": make_runner("onnxrt", files[".onnx"]),
                "litert-xnnpack": make_runner("litert-xnnpack", files[".tflite"]),

@@ -34,114 +34,19 @@ from pathlib import Path
 
 import numpy as np
 
-from devices._intexec_gemm import conv_nhwc
+from devices._intexec_gemm import exact_matmul, im2col, pad_nhwc, proven_bound, storage_span, sum_bound, with_bias
+from devices._intexec_lut import LUT_DTYPES, binary_lut
+from devices._intexec_mlas import (  # noqa: F401 - pair_dot_sat re-exported
+    _dequantize, _fma32, _gap, _quantize, _requant, pair_dot_sat, requant_f32, saturation_error)
 
 SEMANTICS = ("single", "single-u8s8sat")
-I16 = (-32768, 32767)  # VPMADDUBSW saturates each pair sum to int16
 U8_SHIFT = 128  # qdq_s8_to_u8: an int8 tensor with zero point z runs as uint8 with zero point z + 128
-_QRANGE = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
 
 
 def _err(msg: str):
     from devices._runner import RunnerError
 
     return RunnerError(msg)
-
-
-def pair_dot_sat(a: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """VPMADDUBSW + VPMADDWD: a (..., K) u8 times w (K, M) s8 -> (..., M) int64, pairs (2j, 2j+1) saturated to int16."""
-    a = a.astype(np.int32)
-    w = w.astype(np.int32)
-    if a.shape[-1] % 2:  # odd K: MLAS pads K with zero weights
-        a = np.concatenate([a, np.zeros(a.shape[:-1] + (1,), np.int32)], -1)
-        w = np.concatenate([w, np.zeros((1,) + w.shape[1:], np.int32)], 0)
-    pairs = a[..., 0::2, None] * w[0::2] + a[..., 1::2, None] * w[1::2]  # (..., K/2, M)
-    return np.clip(pairs, *I16).sum(-2, dtype=np.int64)
-
-
-def _saturation_error(col, w: np.ndarray, amax: np.ndarray, n: int) -> np.ndarray:
-    """pair_dot_sat minus the exact product, (n, M) int64, for u8 inputs whose K-th column is `col(k)` (n,).
-
-    `amax` (K,) bounds each column's inputs; only the (pair, output) cells whose bound
-    amax[2j] |w[2j]| + amax[2j+1] |w[2j+1]| can leave int16 are evaluated, so layers of small weights (every
-    layer below 8 bits but the stem) cost nothing and the rest of the sum stays exact in BLAS.
-    """
-    k = w.shape[0]
-    if k % 2:  # odd K: MLAS pads K with zero weights
-        w, amax = np.concatenate([w, np.zeros((1, w.shape[1]), w.dtype)]), np.append(amax, 0)
-    w = w.astype(np.int64)
-    bound = amax[0::2, None] * np.abs(w[0::2]) + amax[1::2, None] * np.abs(w[1::2])  # (K/2, M)
-    err = np.zeros((n, w.shape[1]), np.int64)
-    cache: dict[int, np.ndarray] = {}
-    get = lambda i: cache.setdefault(i, col(i).astype(np.int64) if i < k else np.zeros(n, np.int64))  # noqa: E731
-    for j, m in zip(*np.nonzero(bound > I16[1])):  # the cells that can saturate
-        pair = get(2 * j) * w[2 * j, m] + get(2 * j + 1) * w[2 * j + 1, m]  # (n,)
-        err[:, m] += np.clip(pair, *I16) - pair
-    return err
-
-
-def _fma32(x: np.ndarray, y: np.float32, z) -> np.ndarray:
-    """float32 fused multiply-add: x*y+z rounded once (x small integers, so the float64 sum is exact)."""
-    return (x.astype(np.float64) * np.float64(y) + np.asarray(z, np.float64)).astype(np.float32)
-
-
-def _quantize(v: np.ndarray, scale, zp, dtype) -> np.ndarray:
-    """MlasQuantizeLinear: v / scale in float32, round-half-even, + zero point, saturate."""
-    lo, hi = _QRANGE[np.dtype(dtype)]
-    q = np.rint(v.astype(np.float32) / np.float32(scale)).astype(np.int64) + int(zp)
-    return np.clip(q, lo, hi).astype(dtype)
-
-
-def _dequantize(q: np.ndarray, scale, zp, axis: int = 1) -> np.ndarray:
-    scale, zp = np.asarray(scale, np.float32), np.asarray(zp).astype(np.int32)
-    if scale.ndim == 1 and q.ndim > 1:  # per-axis
-        shape = [1] * q.ndim
-        shape[axis] = -1
-        scale, zp = scale.reshape(shape), zp.reshape(shape)
-    return (q.astype(np.int32) - zp).astype(np.float32) * scale
-
-
-def _requant(acc: np.ndarray, scale: np.ndarray, zp: int, dtype, relu: bool) -> np.ndarray:
-    """MlasRequantizeOutput / ConvSym post-process: float32(acc) * scale, round-half-even, + zp, saturate."""
-    lo, hi = _QRANGE[np.dtype(dtype)]
-    q = np.rint(acc.astype(np.int32).astype(np.float32) * scale).astype(np.int64) + zp
-    return np.clip(q, max(lo, zp) if relu else lo, hi).astype(dtype)
-
-
-def _gap(x: np.ndarray) -> np.ndarray:
-    """MlasPoolGlobalKernel average: (B, C, H, W) float32 -> (B, C, 1, 1), 4-lane sums as MLAS does them."""
-    b, c = x.shape[:2]
-    flat = x.reshape(b, c, -1).astype(np.float32)
-    n = flat.shape[-1]
-    lanes = np.zeros((b, c, 4), np.float32)
-    for i in range(0, n - n % 4, 4):  # MLAS_FLOAT32X4 accumulation, one vector at a time
-        lanes = lanes + flat[..., i:i + 4]
-    total = (lanes[..., 0] + lanes[..., 2]) + (lanes[..., 1] + lanes[..., 3])  # MlasReduceAddFloat32x4
-    for i in range(n - n % 4, n):
-        total = total + flat[..., i]
-    return (total / np.float32(n)).reshape(b, c, 1, 1)
-
-
-def _conv_acc(xp: np.ndarray, zp: int, w: np.ndarray, stride, dil, out_hw, saturate: bool) -> np.ndarray:
-    """QLinearConv's int32 accumulator: xp (B, H', W', C) padded u8-domain ints (pads hold zp), w (M, C, KH, KW)
-    int8 -> (B*OH*OW, M) int64 of sum((x - zp) * w), plus, with `saturate`, the AVX2 pair-saturation error.
-
-    The exact sum is devices._intexec_gemm's (float32 BLAS in chunks that cannot round).
-    """
-    b, _, _, c = xp.shape
-    m, _, kh, kw = w.shape
-    (oh, ow), (sh, sw), (dh, dw) = out_hw, stride, dil
-    w2 = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, m)  # (K, M) in (kh, kw, c) order
-
-    def tap(i: int, j: int, x: np.ndarray) -> np.ndarray:  # (B, OH, OW, C): what tap (i, j) sees
-        return x[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
-
-    acc, _ = conv_nhwc(xp - zp, w.transpose(2, 3, 1, 0), (sh, sw), (dh, dw))  # (N, M) exact
-    if saturate:
-        amax = np.broadcast_to(xp.max(axis=(0, 1, 2)), (kh, kw, c)).reshape(-1).astype(np.int64)  # (K,)
-        col = lambda k: tap(k // (kw * c), (k // c) % kw, xp)[..., k % c].reshape(-1)  # noqa: E731 - (N,) column k
-        acc += _saturation_error(col, w2, amax, len(acc))
-    return acc
 
 
 class _Group:
@@ -221,10 +126,31 @@ class OnnxIntGraph:
                     self.groups[q.output[0]] = _Group("add", a=a, b=b, q=q, relu=relu)
                     skip.update(id(x) for x in self._chain(n, q))
         self.skip = skip
+        self.live = {False: self._live(self.output_names), True: self._live(self.output_names + self.int_names)}
         for n in self.nodes:
             if id(n) not in skip and n.op_type not in self.FLOAT_OPS and not n.output[0] in self.const:
                 raise _err(f"{n.name}: op {n.op_type} is not supported by the integer executor; add it to "
                            "devices/_intexec_onnx.py (as ORT executes it) or re-export without it")
+
+    def _live(self, roots: list[str]) -> set[int]:
+        """ids of the nodes that run() must execute to produce `roots`: a fused group reads only its integer
+        inputs, so the float DequantizeLinear of a fused op's input is dead unless something else reads it."""
+        live, seen, todo = set(), set(), list(roots)
+        while todo:
+            t = todo.pop()
+            n = self.producer.get(t)
+            if t in seen or t in self.const or n is None:
+                continue
+            seen.add(t)
+            grp = self.groups.get(t)
+            if grp is not None:
+                live.add(id(n))
+                todo += [d.input[0] for d in (grp.x,) if d is not None] if grp.kind != "add" else [
+                    grp.a.input[0], grp.b.input[0]]
+            elif id(n) not in self.skip:
+                live.add(id(n))
+                todo += [i for i in n.input if i]
+        return live
 
     def _chain(self, start, end) -> list:
         chain, n = [start], start
@@ -266,8 +192,9 @@ class OnnxIntGraph:
             raise _err(f"unknown semantics {semantics!r}; choose one of {SEMANTICS}")
         env = dict(self.const)
         env[self.input_name] = np.asarray(x, np.float32)
+        live = self.live[keep_ints]
         for n in self.nodes:
-            if n.output[0] in self.const:
+            if id(n) not in live:  # constant, fused away, or feeding only fused ops (their float DequantizeLinear)
                 continue
             grp = self.groups.get(n.output[0])
             if grp is not None:
@@ -287,9 +214,8 @@ class OnnxIntGraph:
     def _acc(self, a: np.ndarray, zp_a: int, w2: np.ndarray, semantics: str) -> np.ndarray:
         """a (B, K) u8-domain ints, w2 (K, M) int8 -> int32-exact (B, M) accumulator minus zero-point term."""
         acc = np.matmul((a - zp_a).astype(np.float64), w2.astype(np.float64)).astype(np.int64)  # exact < 2^53
-        if semantics == "single-u8s8sat":
-            acc += _saturation_error(lambda k: a[:, k], w2, a.max(0).astype(np.int64), len(a))
-        return acc
+        err = saturation_error(a, w2, a.max(0)) if semantics == "single-u8s8sat" else None
+        return acc if err is None else acc + err.astype(np.int64)
 
     def _run_conv(self, g: _Group, env: dict, semantics: str) -> np.ndarray:
         at = g.attrs
@@ -297,19 +223,28 @@ class OnnxIntGraph:
             raise _err("grouped/depthwise QLinearConv is not supported by the integer executor")
         xs, xz = self._qparams(g.x)
         ys, yz = self._qparams(g.q)
-        a, za = self._u8(env[g.x.input[0]], xz)  # (B, C, H, W)
+        x = env[g.x.input[0]]  # (B, C, H, W) int8/uint8; x - zp is the same in ORT's u8 domain
         m, c, kh, kw = g.w.shape
-        (sh, sw), (dh, dw) = at.get("strides", [1, 1]), at.get("dilations", [1, 1])
         pt, pl, pb, pr = at.get("pads", [0, 0, 0, 0])
-        b, _, h, w = a.shape
-        xp = np.full((b, h + pt + pb, w + pl + pr, c), za, np.int32)  # NHWC, pads hold the zero point
-        xp[:, pt:pt + h, pl:pl + w] = a.transpose(0, 2, 3, 1)
-        oh, ow = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
-        acc = _conv_acc(xp, za, g.w, (sh, sw), (dh, dw), (oh, ow), semantics == "single-u8s8sat")  # (B*OH*OW, M)
-        acc += 0 if g.bias is None else g.bias
+        xc = pad_nhwc(x.transpose(0, 2, 3, 1), int(xz), (pt, pl, pb, pr))  # (B, H', W', C) f32, pads = zero point
+        w2 = g.w.transpose(2, 3, 1, 0).reshape(kh * kw * c, m)  # (K, M) in (kh, kw, c) order
+        bound = proven_bound(xc, w2, storage_span(x.dtype, int(xz)))
+        cols, (oh, ow) = im2col(xc, kh, kw, at.get("strides", [1, 1]), at.get("dilations", [1, 1]))  # (N, K)
+        acc, bound = exact_matmul(cols, w2, bound), sum_bound(w2, bound)  # (N, M) exact
+        if semantics == "single-u8s8sat":  # the AVX2 pairs on u8 inputs: x - zp + za, pads hold za
+            za = int(xz) + (U8_SHIFT if x.dtype == np.int8 else 0)
+            amax = np.broadcast_to(xc.max(axis=(0, 1, 2)) + za, (kh, kw, c)).reshape(-1)  # (K,) u8 bound
+            err = saturation_error(cols, w2, amax, offset=za)
+            if err is not None:
+                acc = acc + err
+                bound = int(np.abs(acc).max(initial=0))
+        acc, bound = with_bias(acc, g.bias, bound)
         scale = (xs * g.w_scale) / ys  # float32, qlinearconv.cc ComputeOutputScale
-        q = _requant(acc, scale, int(yz), yz.dtype, g.relu)
-        return q.reshape(b, oh, ow, m).transpose(0, 3, 1, 2)
+        if bound < 2 ** 31:  # int32 accumulator: no wrap, float32(acc) is one rounding
+            q = requant_f32(acc, scale, int(yz), yz.dtype, g.relu)
+        else:  # beyond int32, ORT's accumulator wraps: the int64 path
+            q = _requant(acc.astype(np.int64), scale, int(yz), yz.dtype, g.relu)
+        return q.reshape(x.shape[0], oh, ow, m).transpose(0, 3, 1, 2)  # (B, M, OH, OW) view of NHWC
 
     def _run_gemm(self, g: _Group, env: dict, semantics: str) -> np.ndarray:
         xs, xz = self._qparams(g.x)
@@ -320,9 +255,16 @@ class OnnxIntGraph:
         return acc.astype(np.int32).astype(np.float32) * scale
 
     def _run_add(self, g: _Group, env: dict, semantics: str) -> np.ndarray:
+        """8-bit + 8-bit is a function of 65536 value pairs: one table (devices._intexec_lut), filled by _add."""
+        a, b = env[g.a.input[0]], env[g.b.input[0]]
+        if a.dtype in LUT_DTYPES and b.dtype in LUT_DTYPES:
+            return binary_lut(lambda va, vb: self._add(g, va, vb), a, b)
+        return self._add(g, a, b)
+
+    def _add(self, g: _Group, a_q: np.ndarray, b_q: np.ndarray) -> np.ndarray:
         (sa, za0), (sb, zb0), (sc, zc0) = self._qparams(g.a), self._qparams(g.b), self._qparams(g.q)
-        a, za = self._u8(env[g.a.input[0]], za0)
-        b, zb = self._u8(env[g.b.input[0]], zb0)
+        a, za = self._u8(a_q, za0)
+        b, zb = self._u8(b_q, zb0)
         signed_out = zc0.dtype == np.int8
         zc = int(zc0) + (U8_SHIFT if signed_out else 0)
         r_ac, r_bc = np.float32(sa / sc), np.float32(sb / sc)

@@ -3,8 +3,8 @@
     g = TfliteIntGraph("r20.tflite")
     outs, ints = g.run(pixels, "double", keep_ints=True)   # pixels: float32 (B, H, W, 3) in [0, 1]
 
-Every integer op accumulates exactly (int64 / exact float64 dot products) and then requantizes the way
-one LiteRT kernel set does:
+Every integer op accumulates exactly (float32 / float64 sums proven exact, devices/_intexec_gemm.py, or int64)
+and then requantizes the way one LiteRT kernel set does:
 
 "double"  TFLite's builtin kernels (tensorflow/lite/kernels/internal/reference/integer_ops/conv.h,
           depthwise_conv.h, fully_connected.h, add.h; reference/reduce.h QuantizedMeanOrSum;
@@ -37,12 +37,15 @@ Float ops (SUB, DIV of the normalisation) are float32 element-wise, as every ker
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
-from devices._intexec_gemm import conv_nhwc
+from devices._intexec_gemm import conv_nhwc, pad_nhwc, storage_span, sum_bound, with_bias
+from devices._intexec_lut import LUT_DTYPES, binary_lut, channel_lut
+from devices._intexec_round import (  # noqa: F401 - the rounding primitives, re-exported
+    _I32_MAX, _I32_MIN, _FIX, mbqm, mbqm64, quantize_multiplier, rdbpot, rdbpot_half_up, requant_fixed, rint_f32,
+    round_away, srdhm)
 from devices._runner import RunnerError
 
 SEMANTICS = ("single", "double")
@@ -50,87 +53,10 @@ SEMANTICS = ("single", "double")
 # CONV_2D runs on ruy, whose rounding right shift rounds halves toward +inf, not away from zero, so it
 # departs from "double" on negative ties (measured: 1.6% of an unclamped 4-bit conv output).
 BUILTIN_X86 = "double-ruy"
-_I32_MIN, _I32_MAX = -(2 ** 31), 2 ** 31 - 1  # int32 saturation bounds (gemmlowp)
 _QMIN = {"INT8": -128, "INT16": -32768, "INT32": _I32_MIN}  # storage ranges of quantized tensors
 _QMAX = {"INT8": 127, "INT16": 32767, "INT32": _I32_MAX}
 _NP = {"INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FLOAT32": np.float32,
        "UINT8": np.uint8}
-_FIX = ("run the artifact under LiteRT instead (devices.litert.LiteRTRunner), or export it with "
-        "export.tflite, whose graphs use only the ops this executor implements")
-
-
-# -- rounding primitives (double) ---------------------------------------------------------------------
-def quantize_multiplier(m: float) -> tuple[int, int]:
-    """QuantizeMultiplier (quantization_util.cc): m = q * 2^shift, q an int32 in [2^30, 2^31)."""
-    if m == 0.0:
-        return 0, 0
-    frac, shift = math.frexp(m)  # frac in [0.5, 1)
-    q = math.floor(frac * 2.0 ** 31 + 0.5)  # TfLiteRound: half away from zero (frac > 0)
-    if q == 2 ** 31:  # frac rounded up to 1.0
-        q, shift = q // 2, shift + 1
-    if shift < -31:  # too small for the shift range: flush to zero (as TFLite does)
-        q, shift = 0, 0
-    return int(q), int(shift)
-
-
-def srdhm(a, b) -> np.ndarray:
-    """SaturatingRoundingDoublingHighMul (gemmlowp fixedpoint.h): round(a*b / 2^31), halves away from 0."""
-    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-    ab = a * b  # |ab| <= 2^62: exact in int64
-    # gemmlowp: v = ab + (ab >= 0 ? 2^30 : 1 - 2^30), then C++ '/' 2^31 (toward zero). For v < 0 truncation is
-    # floor((v + 2^31 - 1) / 2^31) = floor((ab + 2^30) / 2^31), the same expression as for v >= 0: one shift.
-    q = (ab + (1 << 30)) >> 31
-    if np.any(b == _I32_MIN):  # the one overflow, INT32_MIN * INT32_MIN (never with a positive multiplier)
-        q = np.where((a == _I32_MIN) & (b == _I32_MIN), _I32_MAX, q)
-    return q
-
-
-def rdbpot(x, exponent) -> np.ndarray:
-    """RoundingDivideByPOT (gemmlowp): x / 2^exponent, round to nearest, halves away from zero."""
-    x, e = np.asarray(x, np.int64), np.asarray(exponent, np.int64)
-    mask = (np.int64(1) << e) - 1
-    threshold = (mask >> 1) + (x < 0)
-    return (x >> e) + ((x & mask) > threshold)
-
-
-def mbqm(x, q, shift) -> np.ndarray:
-    """MultiplyByQuantizedMultiplier(int32 x, ...) (common.h): left shift, SRDHM, RoundingDivideByPOT."""
-    q, shift = np.asarray(q, np.int64), np.asarray(shift, np.int64)
-    x = np.asarray(x, np.int64)
-    if (shift > 0).any():  # left shift: the int32 product wraps as in C++ (never for in-range scales)
-        x = (((x << np.maximum(shift, 0)) - _I32_MIN) % 2 ** 32) + _I32_MIN
-    return rdbpot(srdhm(x, q), np.maximum(-shift, 0))
-
-
-def mbqm64(x, q, shift) -> np.ndarray:
-    """MultiplyByQuantizedMultiplier(int64 x, ...) (common.cc, 16x8 kernels): one rounding, half up.
-
-    round(x * q / 2^(31 - shift)) with the full int32 multiplier; measured bit-exact on LiteRT 2.3.0 (the
-    older 15-bit `reduced_multiplier` form flips ~5% of the int16 logits). |x| < 2^32 keeps x * q in int64.
-    """
-    x, q, shift = np.asarray(x, np.int64), np.asarray(q, np.int64), np.asarray(shift, np.int64)
-    if x.size and np.abs(x).max() >= 2 ** 32:
-        raise RunnerError(f"16x8 accumulator {int(np.abs(x).max())} >= 2^32 would overflow int64 here; {_FIX}")
-    total = 31 - shift
-    return (x * q + (np.int64(1) << (total - 1))) >> total
-
-
-def rdbpot_half_up(x, exponent) -> np.ndarray:
-    """ruy's rounding right shift (x86 kernels behind the builtin optimized CONV_2D): halves toward +inf."""
-    e = np.asarray(exponent, np.int64)
-    return (np.asarray(x, np.int64) + ((np.int64(1) << e) >> 1)) >> e
-
-
-def rint_f32(v) -> np.ndarray:
-    """float32 -> integer, round half to even (XNNPACK's magic bias / cvtps / nearbyint)."""
-    return np.rint(np.asarray(v, np.float32)).astype(np.int64)
-
-
-def round_away(v) -> np.ndarray:
-    """std::round (TfLiteRound): to nearest, halves away from zero; exact for any float."""
-    a = np.abs(v)
-    f = np.floor(a)
-    return (np.sign(v) * (f + (a - f >= 0.5))).astype(np.int64)
 
 
 # -- graph ----------------------------------------------------------------------------------------------
@@ -204,7 +130,7 @@ class TfliteIntGraph:
             args = [vals[i] if i in vals else self.tensors[i].data if i >= 0 else None for i in ins]
             tin = [self.tensors[i] if i >= 0 else None for i in ins]
             y = _OPS[kind](self, semantics, args, tin, self.tensors[outs[0]], opt)
-            vals[outs[0]] = y.astype(_NP[self.tensors[outs[0]].type])
+            vals[outs[0]] = y.astype(_NP[self.tensors[outs[0]].type], copy=False)
         outputs = {self.tensors[i].name: vals[i] for i in self._out}
         ints = {self.tensors[i].name: v for i, v in vals.items()
                 if keep_ints and i != self._in and self.tensors[i].quantized} if keep_ints else {}
@@ -228,35 +154,35 @@ class TfliteIntGraph:
 
 # -- ops: each (graph, semantics, args, input tensors, output tensor, options) -> array ------------------
 def _requant(sem: str, acc: np.ndarray, s_in: np.float32, s_w: np.ndarray, out: _Tensor, lo: int, hi: int,
-             ruy: bool = False):
-    """Per-channel requantization of an int accumulator (..., C) into out's integers."""
+             ruy: bool = False, bound: int | None = None):
+    """Per-channel requantization of an integer accumulator (..., C), held in any numeric dtype (|acc| <= bound
+    where known), into out's integers (float or int64 values in [lo, hi])."""
     if sem != "single":  # conv.cc PopulateConvolutionQuantizationParams: double effective scale
         qs = [quantize_multiplier(float(s_in) * float(w) / float(out.scale[0])) for w in s_w]
         q, shift = np.array([q for q, _ in qs], np.int64), np.array([s for _, s in qs], np.int64)
-        if ruy and sem == BUILTIN_X86:  # ruy: same high mul, then halves toward +inf
-            y = rdbpot_half_up(srdhm(acc << np.maximum(shift, 0), q), np.maximum(-shift, 0))
-        else:
-            y = mbqm(acc, q, shift)
-    else:  # convolution-nhwc.c: float input_scale * kernel_scale / output_scale
+        # ruy (ruy and BUILTIN_X86): the same high mul, then halves toward +inf; else mbqm
+        y = requant_fixed(acc, q, shift, bound, half_up=ruy and sem == BUILTIN_X86)
+    else:  # convolution-nhwc.c: float input_scale * kernel_scale / output_scale; rint = round half to even
         scale = (np.float32(s_in) * s_w.astype(np.float32)) / np.float32(out.scale[0])
-        y = rint_f32(acc.astype(np.float32) * scale)
-    return np.clip(y + out.zp0, lo, hi)
+        y = np.rint(np.multiply(acc, scale, dtype=np.float32))  # acc: float32 rounds once, as int -> float does
+    y += y.dtype.type(out.zp0)  # beyond 2^24 (float32) the sum may round, but it is clamped away either way
+    return np.clip(y, lo, hi, out=y)
 
 
-def _pad_same(x: np.ndarray, k: tuple[int, int], s: int, fill: int) -> np.ndarray:
-    """SAME padding (TFLite: the extra row/column on the far side), filled with the input zero point."""
+def _same_pads(x: np.ndarray, k: tuple[int, int], s: int) -> tuple[int, int, int, int]:
+    """SAME padding (TFLite: the extra row/column on the far side): (top, left, bottom, right)."""
     _, h, w, _ = x.shape  # (N, H, W, C)
     ph = max((-(-h // s) - 1) * s + k[0] - h, 0)
     pw = max((-(-w // s) - 1) * s + k[1] - w, 0)
-    return np.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), constant_values=fill)
+    return ph // 2, pw // 2, ph - ph // 2, pw - pw // 2
 
 
 def _padded(g, x: np.ndarray, xt: _Tensor, kh: int, kw: int, opt) -> np.ndarray:
-    """x - zp (conv.h: input_offset = -zero_point) after SAME/VALID padding: (N, H', W', C) int64."""
+    """x - zp (conv.h: input_offset = -zero_point) after SAME/VALID padding: (N, H', W', C) float32 integers."""
     if (opt.dilationHFactor or 1) != 1 or (opt.dilationWFactor or 1) != 1 or opt.strideH != opt.strideW:
         raise RunnerError(f"dilated or anisotropic-stride convolution is not implemented; {_FIX}")
-    x = x.astype(np.int64) - xt.zp0
-    return _pad_same(x, (kh, kw), opt.strideH, 0) if g._pad[opt.padding] == "SAME" else x
+    same = g._pad[opt.padding] == "SAME"
+    return pad_nhwc(x, xt.zp0, _same_pads(x, (kh, kw), opt.strideH) if same else (0, 0, 0, 0))
 
 
 def _windows(g, x: np.ndarray, xt: _Tensor, kh: int, kw: int, opt):
@@ -270,19 +196,30 @@ def _windows(g, x: np.ndarray, xt: _Tensor, kh: int, kw: int, opt):
 def _conv2d(g, sem, args, tin, out, opt):
     x, w, b = args[0], args[1], args[2]  # w: (Cout, KH, KW, Cin)
     xc = _padded(g, x, tin[0], w.shape[1], w.shape[2], opt)  # (N, H', W', Cin), zero point removed
-    s = opt.strideH
-    acc, (ho, wo) = conv_nhwc(xc, w.transpose(1, 2, 3, 0), (s, s), (1, 1))  # (N*Ho*Wo, Cout), exact
-    acc = acc.reshape(x.shape[0], ho, wo, -1) + (b.astype(np.int64) if b is not None else 0)
-    return _requant(sem, acc, tin[0].scale[0], tin[1].scale, out, *g._clamp_range(out, opt.fusedActivationFunction),
-                    ruy=True)
+    s, w4 = opt.strideH, w.transpose(1, 2, 3, 0)  # (KH, KW, Cin, Cout)
+    span = storage_span(x.dtype, tin[0].zp0)  # |x - zp| <= span
+    acc, (ho, wo) = conv_nhwc(xc, w4, (s, s), (1, 1), span)  # (N*Ho*Wo, Cout), exact
+    acc, bound = with_bias(acc, b, sum_bound(w4.reshape(-1, w.shape[0]), span))
+    return _requant(sem, acc.reshape(x.shape[0], ho, wo, -1), tin[0].scale[0], tin[1].scale, out,
+                    *g._clamp_range(out, opt.fusedActivationFunction), ruy=True, bound=bound)
 
 
 def _depthwise(g, sem, args, tin, out, opt):
+    """A 1x1 stride-1 depthwise conv of int8 is a per-channel map of 256 values: one table (devices._intexec_lut)."""
+    w = args[1]  # (1, KH, KW, C * multiplier)
+    if w.shape[1:3] == (1, 1) and opt.strideH == opt.strideW == 1 and args[0].dtype in LUT_DTYPES:
+        grid = lambda v: _depthwise_taps(g, sem, [v[None, :, None], *args[1:]], tin, out, opt)[0, :, 0]  # noqa: E731
+        return channel_lut(lambda v: grid(v).astype(_NP[out.type]), args[0])
+    return _depthwise_taps(g, sem, args, tin, out, opt)
+
+
+def _depthwise_taps(g, sem, args, tin, out, opt):
     x, w, b = args[0], args[1].astype(np.int64), args[2]  # w: (1, KH, KW, C * multiplier)
     if (opt.depthMultiplier or 1) != 1 and w.shape[3] != x.shape[3]:
         raise RunnerError(f"depthwise multiplier {opt.depthMultiplier} is not implemented; {_FIX}")
     taps = _windows(g, x, tin[0], w.shape[1], w.shape[2], opt)
-    acc = sum(t * w[0, i, j, :] for (i, j), t in taps.items()) + (b.astype(np.int64) if b is not None else 0)
+    acc = sum(t.astype(np.int64) * w[0, i, j, :] for (i, j), t in taps.items())
+    acc = acc + (b.astype(np.int64) if b is not None else 0)
     return _requant(sem, acc, tin[0].scale[0], tin[1].scale, out, *g._clamp_range(out, opt.fusedActivationFunction))
 
 
@@ -305,6 +242,13 @@ def _fully_connected(g, sem, args, tin, out, opt):
 
 
 def _add(g, sem, args, tin, out, opt):
+    """int8 + int8 is a function of 65536 value pairs: one table (devices._intexec_lut), filled by _add_ints."""
+    if all(v.dtype in LUT_DTYPES for v in args):
+        return binary_lut(lambda a, b: _add_ints(g, sem, [a, b], tin, out, opt).astype(_NP[out.type]), *args)
+    return _add_ints(g, sem, args, tin, out, opt)
+
+
+def _add_ints(g, sem, args, tin, out, opt):
     a, b = (v.astype(np.int64) for v in args)
     lo, hi = g._clamp_range(out, opt.fusedActivationFunction if opt is not None else 0)
     if sem != "single":
@@ -384,7 +328,10 @@ def _dequantize(g, sem, args, tin, out, opt):
 def _pad(g, sem, args, tin, out, opt):
     pads = args[1].astype(np.int64)  # (rank, 2)
     fill = out.zp0 if out.quantized else 0  # quantized PAD fills with the output zero point
-    return np.pad(args[0], [tuple(p) for p in pads], constant_values=fill)
+    x = args[0]
+    y = np.full([d + int(p0) + int(p1) for d, (p0, p1) in zip(x.shape, pads)], fill, x.dtype)
+    y[tuple(slice(int(p0), int(p0) + d) for d, (p0, _) in zip(x.shape, pads))] = x
+    return y
 
 
 def _strided_slice(g, sem, args, tin, out, opt):

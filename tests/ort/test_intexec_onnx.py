@@ -152,6 +152,7 @@ def one_gemm(k: int = 64, n: int = 4) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
 
 
+@pytest.mark.slow  # ORT under qemu-x86_64 -cpu Haswell: ~11 s
 def test_saturation_under_haswell(tmp_path):
     x = np.concatenate([np.ones((1, 64)), np.random.default_rng(0).random((3, 64))]).astype(np.float32)
     g = OnnxIntGraph(one_gemm())
@@ -162,6 +163,7 @@ def test_saturation_under_haswell(tmp_path):
     assert np.array_equal(exact, ort_run(one_gemm(), x)["logits"]) == host_has_vnni()
 
 
+@pytest.mark.slow  # ORT under qemu-x86_64 -cpu Haswell: 4-9 s each
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_tiny_logits_bit_exact_under_haswell(exports, feed, bits, tmp_path):
     (ref,) = haswell_run(exports[bits].read_bytes(), feed, tmp_path)

@@ -1,0 +1,135 @@
+"""The integer executors' fast helpers against the straightforward int64 computation, extremes included.
+
+devices/_intexec_gemm.py (exact float32 GEMM and its bounds), _intexec_round.py (requant_fixed = mbqm),
+_intexec_lut.py (tables of an op = the op), _intexec_mlas.py (vectorised pair saturation, float32 requant).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from devices import _intexec_gemm as G
+from devices import _intexec_lut as L
+from devices import _intexec_mlas as M
+from devices import _intexec_round as R
+
+RNG = np.random.default_rng(0)
+K_MAX = 576  # the largest K of the zoo's convolutions (3 x 3 x 64)
+
+
+def extremes(lo: int, hi: int, shape) -> np.ndarray:
+    """Random integers in [lo, hi] with the first rows at the extremes (lo, hi) and the rest random."""
+    x = RNG.integers(lo, hi + 1, shape).astype(np.int64)
+    x[0], x[1] = lo, hi
+    return x
+
+
+# -- _intexec_gemm -------------------------------------------------------------------------------------------
+def test_pad_nhwc_removes_the_zero_point_and_zero_pads():
+    x = extremes(-128, 127, (2, 5, 4, 3)).astype(np.int8)
+    got = G.pad_nhwc(x, -128, (1, 2, 0, 1))
+    want = np.pad(x.astype(np.int64) + 128, ((0, 0), (1, 0), (2, 1), (0, 0)))
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("lo, hi, wmax", [(-255, 255, 127), (0, 255, 8), (-3, 3, 2)])
+def test_exact_matmul_is_the_int64_product_at_the_extremes(lo, hi, wmax):
+    cols = extremes(lo, hi, (64, K_MAX))
+    w = extremes(-wmax - 1, wmax, (K_MAX, 5))
+    w[:, 0] = -wmax - 1  # a column of the largest weights: sum_bound beyond 2^24 at 8 bits (chunked path)
+    bound = max(-lo, hi)
+    got = G.exact_matmul(cols.astype(np.float32), w, bound)
+    assert np.array_equal(got.astype(np.int64), cols @ w)
+    assert got.dtype == (np.float32 if G.sum_bound(w, bound) < G.F32_EXACT else np.float64)
+    assert G.sum_bound(w, bound) == bound * np.abs(w).sum(0).max()
+
+
+def test_conv_nhwc_matches_a_direct_convolution():
+    x = extremes(-128, 127, (2, 6, 7, 4)).astype(np.int8)
+    w = extremes(-128, 127, (3, 3, 4, 5))
+    xc = G.pad_nhwc(x, 3, (1, 1, 1, 1))
+    acc, (oh, ow) = G.conv_nhwc(xc, w, (2, 2), (1, 1), G.storage_span(np.int8, 3))
+    xi = xc.astype(np.int64)
+    want = np.array([[[np.einsum("ijc,ijcm->m", xi[b, 2 * i:2 * i + 3, 2 * j:2 * j + 3], w) for j in range(ow)]
+                      for i in range(oh)] for b in range(2)])  # (B, OH, OW, M)
+    assert (oh, ow) == (3, 4) and np.array_equal(acc.reshape(want.shape).astype(np.int64), want)
+
+
+def test_bounds_and_bias():
+    assert G.storage_span(np.int8, -128) == 255 and G.storage_span(np.uint8, 0) == 255
+    assert G.storage_span(np.int8, 0) == 128 and G.storage_span(np.int16, 0) == 32768
+    acc = np.float32([[2 ** 24 - 2, -5]])
+    bias = np.int32([1, 2 ** 31 - 1])
+    total, bound = G.with_bias(acc.copy(), bias, 2 ** 24 - 2)
+    assert total.dtype == np.float64 and bound == 2 ** 24 - 2 + 2 ** 31 - 1
+    assert np.array_equal(total.astype(np.int64), acc.astype(np.int64) + bias)
+    small, b2 = G.with_bias(np.float32([[7, -8]]), np.int32([-2, 3]), 8)
+    assert small.dtype == np.float32 and b2 == 11 and small.tolist() == [[5, -5]]
+    xc = np.float32([[3, -200]])
+    assert G.proven_bound(xc, np.ones((2, 1), np.int8), 255) == 255  # proves one GEMM: static
+    assert G.proven_bound(xc, np.full((K_MAX, 1), 127, np.int8), 255) == 200  # does not: measured
+
+
+# -- _intexec_round ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("half_up", [False, True])
+def test_requant_fixed_equals_mbqm(half_up):
+    acc = extremes(-(2 ** 21), 2 ** 21, (400, 6))  # |acc| * q < 2^53: the float64 path
+    acc[2:40] = RNG.integers(-300, 300, (38, 6))  # ties: small accumulators hit x.5 often
+    mults = [R.quantize_multiplier(m) for m in (0.5, 2 ** -9, 0.0123, 0.999999, 2 ** -31, 0.0)]
+    q, shift = np.array([m for m, _ in mults]), np.array([s for _, s in mults])
+    if half_up:
+        want = R.rdbpot_half_up(R.srdhm(acc, q), -shift)
+    else:
+        want = R.mbqm(acc, q, shift)
+    for held in (acc, acc.astype(np.float64), acc.astype(np.float32)):  # float32 is exact below 2^24
+        got = R.requant_fixed(held, q, shift, 2 ** 21, half_up=half_up)
+        assert got.dtype == np.float64 and np.array_equal(got.astype(np.int64), want)
+    big = extremes(-(2 ** 31), 2 ** 31 - 1, (50, 6))  # beyond the float64 proof: the int64 definition
+    assert R.requant_fixed(big, q, shift, None, half_up=half_up).dtype == np.int64
+    assert np.array_equal(R.requant_fixed(big, q, shift, None), R.mbqm(big, q, shift))
+    up = R.quantize_multiplier(3.0)  # left shift: the int64 definition
+    assert np.array_equal(R.requant_fixed(acc[:5, :1], [up[0]], [up[1]], 2 ** 21), R.mbqm(acc[:5, :1], *up))
+
+
+# -- _intexec_lut --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("da, db", [(np.int8, np.int8), (np.uint8, np.int8), (np.uint8, np.uint8)])
+def test_binary_lut_is_the_op(da, db):
+    a = extremes(np.iinfo(da).min, np.iinfo(da).max, (3, 40, 7)).astype(da)
+    b = extremes(np.iinfo(db).min, np.iinfo(db).max, (3, 40, 7)).astype(db)
+    op = lambda u, v: np.clip((u.astype(np.int64) * 3 - v * 7 + 5) >> 2, -128, 127).astype(np.int8)  # noqa: E731
+    got = L.binary_lut(op, a, b)
+    assert got.dtype == np.int8 and np.array_equal(got, op(a, b))
+    assert np.array_equal(L.binary_lut(op, a, b[:1, :1, :1]), op(a, b[:1, :1, :1]))  # broadcasting
+    assert L.values(np.int8)[[0, -1]].tolist() == [-128, 127] and len(L.values(np.uint8)) == 256
+
+
+def test_channel_lut_is_the_per_channel_op():
+    x = extremes(-128, 127, (4, 6, 5, 3)).astype(np.int8)
+    scale = np.array([0.5, -1.25, 3.0])
+    op = lambda v: np.rint(v * scale).astype(np.int64)  # noqa: E731 - column c depends on channel c
+    assert np.array_equal(L.channel_lut(op, x), op(x))
+
+
+# -- _intexec_mlas -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [K_MAX, 27, 7])
+def test_saturation_error_is_pair_dot_sat_minus_exact(k):
+    a = extremes(0, 255, (300, k))
+    w = extremes(-128, 127, (k, 6))
+    w[:, 0] = 127  # every pair saturates on the 255 rows
+    w[:, 1] = RNG.integers(-4, 4, k)  # none can
+    err = M.saturation_error(a - 9, w, a.max(0), offset=9)  # cols hold x - zp, offset the zero point
+    assert np.array_equal(a @ w + err.astype(np.int64), M.pair_dot_sat(a, w))
+    assert err[1, 0] < 0 and not err[:, 1].any()  # row 1 is all 255: its pairs saturate
+    assert M.saturation_error(a, np.ones((k, 2), np.int8), a.max(0)) is None  # nothing can saturate
+
+
+def test_requant_f32_is_the_int64_requant():
+    acc = extremes(-(2 ** 31 - 1), 2 ** 31 - 1, (200, 4))
+    acc[2:100] = RNG.integers(-2 ** 20, 2 ** 20, (98, 4))
+    scale = np.float32([1e-4, 3.3e-3, 0.5, 1e-9])
+    for dtype, zp in ((np.uint8, 0), (np.int8, -128), (np.int8, 5)):
+        for relu in (False, True):
+            want = M._requant(acc, scale, zp, dtype, relu)
+            got = M.requant_f32(acc.astype(np.float64), scale, zp, dtype, relu)
+            assert got.dtype == want.dtype and np.array_equal(got, want)
