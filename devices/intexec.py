@@ -62,6 +62,8 @@ def candidates(artifact: str | Path) -> list[str]:
 def expected_semantics(runtime: str, host: dict) -> str | None:
     """The semantics a runtime computes on a host (devices._host.fingerprint()), where one is known."""
     x86 = host.get("machine") in ("x86_64", "AMD64")
+    if runtime == "onnxrt" and host.get("machine") in ("aarch64", "arm64"):  # MLAS on ARM sums u8 x s8 exactly
+        return "single"  # (UDOT/SDOT or widening UMULL + UADALP into int32; tests/emu checks it on both boards)
     if runtime == "onnxrt" and x86:  # ORT's own answer to the probe first, the cpuinfo flags where it was not asked
         kind = host.get("ort_u8s8") if host.get("ort_u8s8") in ("exact", "pairs-int16-saturating") else host.get(
             "int8_dot")

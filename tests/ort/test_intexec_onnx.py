@@ -44,9 +44,14 @@ def host_has_vnni() -> bool:
 NATIVE = "single" if host_has_vnni() else "single-u8s8sat"  # what ORT on this host computes
 
 
-def ort_run(model, x: np.ndarray, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+def ort_run(model, x: np.ndarray, outputs: list[str] | None = None, *, exact_u8s8: bool = False
+            ) -> dict[str, np.ndarray]:
+    """ORT_ENABLE_ALL on this host; exact_u8s8: with `session.x64quantprecision = 1`, which makes MLAS's AVX2 u8s8
+    kernels sum in int32 instead of saturating int16 pairs (a no-op on VNNI kernels, which are exact anyway)."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
+    if exact_u8s8:
+        so.add_session_config_entry("session.x64quantprecision", "1")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     s = ort.InferenceSession(model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"])
     return dict(zip([o.name for o in s.get_outputs()], s.run(None, {s.get_inputs()[0].name: x})))
@@ -117,11 +122,19 @@ def test_logits_bit_exact_with_native_ort(exports, feed, bits):
 def test_integer_tensors_bit_exact_with_native_ort(exports, feed, bits):
     from export.onnx import with_outputs, activation_dq_inputs
 
-    if not host_has_vnni():
-        pytest.skip("with integer graph outputs ORT fuses differently; exact per tensor only on VNNI kernels")
+    # Exposing the integer tensors as outputs changes which nodes ORT fuses, so on AVX2 the saturating fused set
+    # differs from the deployed graph's; with exact u8s8 sums (VNNI kernels, or x64quantprecision on AVX2) every
+    # kernel ORT picks is `single`, on every host.
     m = onnx.load(str(exports[bits]))
     names = list(activation_dq_inputs(m))
-    ref = ort_run(with_outputs(m, names), feed)
+    probe = with_outputs(m, names)
+    if not host_has_vnni() and bits == 8:
+        # ORT 1.31.1 cannot build an 8-bit QDQ session with x64quantprecision ("Attempt to replace the existing
+        # tensor"; the zoo's w8a8 export too): no exact fused reference exists here, and saying so is the check.
+        with pytest.raises(Exception, match="replace the existing tensor"):
+            ort_run(probe, feed, exact_u8s8=True)
+        return
+    ref = ort_run(probe, feed, exact_u8s8=not host_has_vnni())
     outs, ints = OnnxIntGraph(exports[bits]).run(feed, "single", keep_ints=True)
     assert list(ints) == names
     for k in names:
