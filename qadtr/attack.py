@@ -85,7 +85,17 @@ def run(args: argparse.Namespace) -> list[Path]:
     from qadtr.bits import parse_bits
     from qadtr._config import write_json
 
+    from qadtr._distributed import OnDevice, resolve_device
+
     check_args(args)
+    device = resolve_device(args.device)
+    if device.type != "cpu" and args.attack == "aqapa":
+        raise QadtrError("--attack aqapa runs on the CPU only so far (it switches the bit widths of the whole model); "
+                         "pass --device cpu")
+
+    def placed(net):  # the attacks build their tensors on the CPU; the network runs on --device
+        return net if device.type == "cpu" else OnDevice(net, device)
+
     try:
         sizes = [float(s) for s in args.size.split(",")]
         bits = parse_bits(args.bits if args.bits not in ("float", "32") else "")
@@ -102,7 +112,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     elif not have:
         if bits:
             raise QadtrError(f"--bits {args.bits}: {args.checkpoint} is a float model; drop --bits")
-        net, src_bits = model, ()
+        net, src_bits = placed(model), ()
     else:
         if len(bits) != 1 and len(have) != 1:
             raise QadtrError(f"--bits: pick one of the model's bit widths {have} (e.g. --bits {have[0][0]}), "
@@ -110,7 +120,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         (w, a) = bits[0] if bits else have[0]
         if (w, a) not in have:
             raise QadtrError(f"--bits {args.bits}: the model has {have}")
-        net, src_bits = deploy_net(model, w, a), ((w, a),)
+        net, src_bits = placed(deploy_net(model, w, a)), ((w, a),)
     data = args.data or (ck.train.data if ck.train is not None else "cifar10")
     info = DATASETS.get(data)  # an unknown name: load_split refuses it with the known ones
     if info is not None and info.num_classes != ck.model.num_classes:
@@ -135,7 +145,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         patch = patch.with_source(model_sha256=ck.sha256, bits=src_bits, data=source)
         path = save_patch(patch, out / patch_name(patch))
         report = {}
-        eval_nets = [(f"w{w}a{a}", deploy_net(model, w, a)) for w, a in src_bits] if have else [("float", net)]
+        eval_nets = [(f"w{w}a{a}", placed(deploy_net(model, w, a))) for w, a in src_bits] if have else [("float", net)]
         for key, eval_net in eval_nets:
             asr = evaluate_patch(eval_net, patch, test.images[eval_idx], test.labels[eval_idx], seed=args.eval_seed)
             report[key] = asr.to_dict()
@@ -176,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-subset", type=int, default=2000, help="evaluate (location: attack) N test images (0 = all)")
     p.add_argument("--eval-seed", type=int, default=1, help="seed of the evaluation placements")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (cuda when torch sees a GPU, else cpu): where "
+                   "the network runs; patches and placements stay on the CPU; aqapa: cpu only")
     args = p.parse_args(argv)
     return run_cli("qadtr.attack", lambda: print(f"wrote {len(run(args))} patch file(s) to {args.out}"), argv)
 

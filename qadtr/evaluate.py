@@ -10,6 +10,7 @@ import sys
 
 from qadtr._cli import ArgumentParser, check_count, check_writable, run_cli
 from qadtr._config import write_json
+from qadtr._distributed import resolve_device
 from qadtr._errors import QadtrError
 from qadtr._stats import Proportion
 from qadtr.checkpoint import load_checkpoint
@@ -27,13 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--limit", type=int, default=0, help="evaluate a fixed pseudo-random subset of N images (0 = all)")
     p.add_argument("--json", default=None, help="also write the accuracies to this JSON file")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (cuda when torch sees a GPU, else cpu)")
     args = p.parse_args(argv)
 
     def body() -> None:
         check_count(args.limit, "--limit", zero="all images")
+        device = resolve_device(args.device)
         if args.json:
             check_writable(args.json, "file", "--json")
-        model, ck = load_checkpoint(args.checkpoint)
+        model, ck = load_checkpoint(args.checkpoint)  # loaded on the CPU (map_location), whichever device saved it
+        model.to(device)
         data = args.data or (ck.train.data if ck.train is not None else "cifar10")
         info = datasets.DATASETS.get(data)  # None: load_split refuses the unknown name with the known ones
         if info is not None and info.num_classes != ck.model.num_classes:  # else accuracy reads 0.00%, no error
@@ -43,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = split.images, split.labels
         results = {}
         for form in (FORMS if ck.model.is_quant else ("deploy",)):
-            acc = accuracy_per_bits(model, images, labels, form=form, progress=sys.stderr.isatty())
+            acc = accuracy_per_bits(model, images, labels, form=form, progress=sys.stderr.isatty(), device=device)
             results[form] = {k: v.to_dict() for k, v in acc.items()}
             metric = f"{args.split}_acc" + ("" if form == "deploy" else "_trained")
             recorded = ck.metrics.get(metric, {}) if not args.limit else {}
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                 label = key if not ck.model.is_quant else f"{key} {form}"
                 print(f"{ck.model.arch} {label:15s} {data}/{args.split} top-1 {p_}{note}")
         if random_inference(ck):  # DWQ: the checkpoint asks for a random precision per batch at inference
-            p_ = Proportion(int((predict(RandomPrecision(model, seed=0), images) == labels).sum()), len(labels))
+            p_ = Proportion(int((predict(RandomPrecision(model, seed=0), images, device=device) == labels).sum()),
+                            len(labels))
             results["random"] = {"per_batch_of": 500, "seed": 0, **p_.to_dict()}
             print(f"{ck.model.arch} {'random deploy':15s} {data}/{args.split} top-1 {p_}  (a random precision "
                   f"per batch of 500, seed 0)")

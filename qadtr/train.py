@@ -2,6 +2,8 @@
 
 Runs are resumable (`--resume` continues from `OUT/last.pt`, replaying exactly the batches an
 uninterrupted run sees) and end with OUT/model.pt + OUT/model.json (config, versions, sha256, metrics).
+Several processes: `torchrun --nproc_per_node N -m qadtr.train ...` (see README, "Training on GPUs and
+several processes").
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from qadtr._cli import ArgumentParser, check_writable, run_cli
+from qadtr._distributed import is_main_process
 from qadtr._errors import QadtrError
 from qadtr._trainer import train
 from qadtr.bits import parse_bits
@@ -37,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
     p.add_argument("--init", default="", help="start from these weights (.th or model.pt)")
     p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="the global batch: under torchrun each of the N "
+                   "processes takes batch-size / N images of it (a multiple of N)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -47,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--out", required=True, help="run folder: model.pt, model.json, last.pt, history.json")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (cuda when torch sees a GPU, else cpu); "
+                   "under torchrun each process takes GPU LOCAL_RANK")
     args = p.parse_args(argv)
 
     def body() -> None:
@@ -63,13 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                 recipe=recipe, data=args.data, epochs=args.epochs,
                 batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
                 init=args.init, switch=args.switch, train_subset=args.train_subset,
-                eval_subset=args.eval_subset, save_every=args.save_every,
+                eval_subset=args.eval_subset, save_every=args.save_every, device=args.device,
                 recipe_config=recipe_config(recipe, args.recipe_arg))
         except ValueError as e:
             raise QadtrError(str(e)) from None
         check_writable(args.out, "folder")  # before training: a read-only --out would lose the trained model
         pt = train(cfg, args.out, data_dir=args.data_dir, resume=args.resume, download=args.download)
-        print(f"wrote {pt} (+ {pt.with_suffix('.json').name})")
+        if is_main_process():  # under torchrun: rank 0 wrote it
+            print(f"wrote {pt} (+ {pt.with_suffix('.json').name})")
 
     return run_cli("qadtr.train", body, argv)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qadtr._config import register_config
+from qadtr._distributed import DEVICES
 from qadtr.data import DATASETS
 from qadtr.models import ModelConfig
 from qadtr.recipes import RECIPE_CONFIGS, RECIPES
@@ -34,6 +35,7 @@ class TrainConfig:
     eval_subset: int = 0  # evaluate on the first N test images (0 = all)
     save_every: int = 100  # optimizer steps between resume states (and at every epoch end)
     recipe_config: Any = None  # the recipe's own frozen config (DqConfig, ...); filled with defaults if None
+    device: str = "cpu"  # cpu | cuda | auto (cuda when torch sees one); --resume may switch it
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -54,6 +56,8 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr} must be positive")
         if self.switch not in SWITCH_MODES:
             raise ValueError(f"switch={self.switch!r}; choose one of {SWITCH_MODES}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device={self.device!r}; choose one of {DEVICES} (auto: cuda when torch sees one)")
         if self.train_subset < 0 or self.eval_subset < 0:
             raise ValueError("train_subset and eval_subset must be >= 0 (0 = all)")
         if self.recipe_config is not None:

@@ -226,3 +226,37 @@ def test_evaluate_refuses_a_negative_limit_other_classes_and_a_folder_for_json(t
 def test_zoo_refuses_entry_names_it_does_not_plan(tmp_path):
     r = _cli("qadtr.zoo", "--only", "resnet20_w4a", "--out", str(tmp_path / "zoo"))  # built nothing and PASSED before
     _one_line_error(r, "--only resnet20_w4a: not zoo entries; choose from resnet20_float, ")
+
+
+# --- devices (issue 18): --device cpu|cuda|auto ------------------------------------------------------------
+
+def test_train_config_refuses_an_unknown_device_and_resume_ignores_the_device():
+    from qadtr._trainer import _resume_json
+
+    with pytest.raises(ValueError, match="device='tpu'; choose one of"):
+        _cfg(device="tpu")
+    assert _resume_json(_cfg(device="auto")) == _resume_json(_cfg())  # a run may resume on another device
+    assert _resume_json(_cfg(lr=0.01)) != _resume_json(_cfg())
+
+
+@pytest.mark.parametrize("args", [
+    ["qadtr.train", "--model", "test_qnet", "--bits", "4", "--data-dir", "/nonexistent", "--out", "x"],
+    ["qadtr.evaluate", "/nonexistent/model.pt"],
+    ["qadtr.attack", "/nonexistent/model.pt", "--out", "x"],
+])
+def test_device_cuda_without_a_gpu_is_one_line_naming_the_fix(args):
+    if torch.cuda.is_available():
+        pytest.skip("this host has a CUDA GPU: --device cuda is valid here")
+    _one_line_error(_cli(*args, "--device", "cuda"), "--device cuda: torch")  # before the data or checkpoint
+    _one_line_error(_cli(*args, "--device", "tpu"), "'tpu'")
+
+
+def test_evaluate_on_device_auto_matches_cpu(tiny_checkpoint, tiny_dataset, capsys):
+    from qadtr.evaluate import main
+
+    assert main([str(tiny_checkpoint), "--limit", "8"]) == 0
+    cpu = capsys.readouterr().out
+    assert main([str(tiny_checkpoint), "--limit", "8", "--device", "auto"]) == 0
+    auto = capsys.readouterr().out
+    if not torch.cuda.is_available():  # auto is the cpu here: the same lines
+        assert [ln for ln in auto.splitlines() if "top-1" in ln] == [ln for ln in cpu.splitlines() if "top-1" in ln]
