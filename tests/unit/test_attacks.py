@@ -343,6 +343,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     (["--bits", "3"], "the model has"),
     (["--scale", "1"], "two numbers"),
 ])
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_cli_bad_input_exits_1_with_one_line(tiny_checkpoint, tmp_path, args, match):
     res = _cli(str(tiny_checkpoint), "--out", str(tmp_path), *args)
     assert res.returncode == 1
@@ -384,6 +385,7 @@ def test_cli_writes_patch_files(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     assert "PASSED" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_transfer_evaluates_every_patch_on_every_bit_width(tiny_checkpoint, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     import qadtr.data
@@ -410,6 +412,7 @@ def test_transfer_evaluates_every_patch_on_every_bit_width(tiny_checkpoint, tmp_
                                                         "heatmap_universal_s10_t1.png"]
 
 
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_strength_sweep_writes_rows_and_resumes(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     """eval.strength on the 8x8 test model: one row per (bits, eot, target); a re-run makes nothing new."""
     import qadtr.data

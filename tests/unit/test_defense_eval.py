@@ -39,6 +39,7 @@ def surrogate(tmp_path) -> Path:
     return _checkpoint(tmp_path / "float", "float", bits=())
 
 
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_defense_rows_for_every_threat_and_resume(tiny_dataset, surrogate, tmp_path, monkeypatch):
     import eval._threats
     import eval.defense
@@ -86,6 +87,7 @@ def test_defense_random_precision_gets_an_expectation_attack(tiny_dataset, surro
     assert {r["evaluated_on"] for r in rows} == {"w2a2", "w4a4", "random"}
 
 
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_defense_scope_limits_networks_and_source_bits(tiny_dataset, surrogate, tmp_path):
     from eval._threats import Budget
     from eval.defense import parse_scope, run
@@ -152,6 +154,7 @@ def _quant_model():
     return model.eval()
 
 
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_evaluate_honours_random_inference(tiny_dataset, tmp_path, capsys):
     from qadtr.evaluate import main
 

@@ -233,6 +233,7 @@ def test_qadtr_ablation_flags_remove_their_component():
     assert not torch.equal(pool_gir, pool_off) and torch.equal(pool_no_noise, pool_off)  # the noise is GIR's
 
 
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_resume_of_a_stateful_recipe_is_bit_identical(tiny_dataset, tmp_path, monkeypatch):
     import qadtr.recipes as recipes
 

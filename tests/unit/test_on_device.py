@@ -39,6 +39,7 @@ def _fakequant_preds(tiny_checkpoint, replay, bits):
     return predict(deploy_net(model, *bits), replay.images)
 
 
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_cli_fakequant_every_bit_width(tiny_dataset, tiny_checkpoint, tiny_patches, tmp_path, capsys):
     store, out = tmp_path / "res" / "s.sqlite", tmp_path / "m.json"
     rc = on_device.main(["--model", str(tiny_checkpoint.parent), "--patches", str(tiny_patches), "--eval-subset", str(SUBSET),

@@ -45,6 +45,7 @@ def _weights(pt: Path) -> dict[str, torch.Tensor]:
     return torch.load(pt, weights_only=True)
 
 
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_training_is_deterministic_and_records_metrics(fake_cifar, tmp_path):
     a = train(_cfg(), tmp_path / "a", data_dir=fake_cifar)
     b = train(_cfg(), tmp_path / "b", data_dir=fake_cifar)
@@ -56,6 +57,7 @@ def test_training_is_deterministic_and_records_metrics(fake_cifar, tmp_path):
     assert ck.train == _cfg() and ck.metrics["steps"] == 2 * (60 // 16)
 
 
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(fake_cifar, tmp_path, monkeypatch):
     import qadtr.recipes as recipes
 
@@ -84,6 +86,7 @@ def test_resume_after_a_crash_ends_where_an_uninterrupted_run_does(fake_cifar, t
         train(_cfg(), tmp_path / "crash", data_dir=fake_cifar)
 
 
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_float_training_from_a_checkpoint_init(fake_cifar, tmp_path):
     cfg = _cfg(model=ModelConfig("test_qnet"), recipe="float", switch="all", epochs=1)
     f = train(cfg, tmp_path / "f", data_dir=fake_cifar)
@@ -126,6 +129,7 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     (["qadtr.train", "--bits", "4", "--out", "x", "--data-dir", "/nonexistent"], "/nonexistent"),
     (["qadtr.evaluate", "/nonexistent/model.pt"], "not found; train one"),
 ])
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_cli_user_errors_are_one_line_and_exit_1(args, message, tmp_path):
     r = _cli(*args)
     assert r.returncode == 1, r.stderr
@@ -133,6 +137,7 @@ def test_cli_user_errors_are_one_line_and_exit_1(args, message, tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("FAILED |")
 
 
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_train_and_evaluate_cli(fake_cifar, tmp_path):
     out = tmp_path / "run"
     r = _cli("qadtr.train", "--model", "test_qnet", "--bits", "4", "--epochs", "1", "--batch-size", "16",
@@ -166,6 +171,7 @@ def _one_line_error(r: subprocess.CompletedProcess, message: str) -> None:
                                                                  "python -m qadtr.attack --help)"),
     (["qadtr.zoo", "--bogus"], "unrecognized arguments: --bogus (see python -m qadtr.zoo --help)"),
 ])
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_cli_flag_errors_are_one_line_and_exit_1_not_usage_and_2(args, message):
     _one_line_error(_cli(*args), message)
 
@@ -174,6 +180,7 @@ def test_cli_flag_errors_are_one_line_and_exit_1_not_usage_and_2(args, message):
     ("--num-classes", "0", "num_classes=0; a classifier needs at least 2"),  # was replaced by the dataset's 10
     ("--seed", "-1", "--seed -1: must be >= 0"),  # numpy refused it with a traceback after the data loaded
 ])
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_train_refuses_counts_it_would_replace_or_misread(flag, value, message, tmp_path):
     _one_line_error(_cli("qadtr.train", "--model", "test_qnet", "--bits", "4", "--data-dir", "/nonexistent",
                          "--out", str(tmp_path / "run"), flag, value), message)
@@ -244,6 +251,7 @@ def test_train_config_refuses_an_unknown_device_and_resume_ignores_the_device():
     ["qadtr.evaluate", "/nonexistent/model.pt"],
     ["qadtr.attack", "/nonexistent/model.pt", "--out", "x"],
 ])
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_device_cuda_without_a_gpu_is_one_line_naming_the_fix(args):
     if torch.cuda.is_available():
         pytest.skip("this host has a CUDA GPU: --device cuda is valid here")
@@ -251,6 +259,7 @@ def test_device_cuda_without_a_gpu_is_one_line_naming_the_fix(args):
     _one_line_error(_cli(*args, "--device", "tpu"), "'tpu'")
 
 
+@pytest.mark.slow  # a CLI in a subprocess or a real training loop: 5-30 s on 2 cores
 def test_evaluate_on_device_auto_matches_cpu(tiny_checkpoint, tiny_dataset, capsys):
     from qadtr.evaluate import main
 
