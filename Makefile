@@ -27,7 +27,7 @@ DATA ?=
 PY := $(VENV)/bin/python
 # the extras each command installs (pyproject.toml): the main job's runtimes and plots; every test's needs
 EXTRAS_demo := onnx,litert,plots
-EXTRAS_test := dev
+EXTRAS_test := dev,trt-check
 
 .PHONY: demo test quick env board _demo _test _quick
 .DEFAULT_GOAL := demo

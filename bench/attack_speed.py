@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    patch = universal_patch(net, train.images, train.labels, cfg, callback=callback, progress=sys.stderr.isatty())
+    patch = universal_patch(net, train.images, train.labels, cfg, callback=callback, progress=True)
     total = time.perf_counter() - start
     reached = bool(checks) and checks[-1]["asr"]["value"] >= args.asr
 

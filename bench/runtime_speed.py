@@ -128,7 +128,7 @@ def describe(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import run_cli
+    from qadtr._cli import DATA_DIR_HELP, run_cli
     from qadtr._config import write_json
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="zoo/resnet20_w8a8", help="quantized checkpoint")
     p.add_argument("--bits", type=int, default=8)
     p.add_argument("--float", default="zoo/resnet20_float", help="float checkpoint (the fp32 baseline)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--images", type=int, default=1024, help="test images per replay pass")
     p.add_argument("--proof-images", type=int, default=64, help="images each export proves itself on")
     p.add_argument("--rounds", type=int, default=5)

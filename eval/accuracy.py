@@ -90,14 +90,14 @@ def accuracy(runner, images: np.ndarray, labels: np.ndarray, *, input_format: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import run_cli
+    from qadtr._cli import DATA_DIR_HELP, run_cli
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
     p = ArgumentParser(prog="python -m eval.accuracy", description=__doc__.split("\n")[0])
     p.add_argument("artifact", help="a .tflite (or .onnx, through devices.onnxrt)")
     p.add_argument("--data", default="cifar10", help="dataset name (qadtr.data)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--kernels", default="xnnpack", choices=("xnnpack", "builtin"), help="LiteRT kernel set")
     p.add_argument("--input-format", default="auto", choices=INPUT_FORMATS)

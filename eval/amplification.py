@@ -146,7 +146,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import run_cli
+    from qadtr._cli import DATA_DIR_HELP, run_cli
     from qadtr._errors import QadtrError
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kinds", default="random,fgsm", help=f"perturbations: {','.join(KINDS)}")
     p.add_argument("--images", type=int, default=500, help="test images (a fixed pseudo-random subset; 0 = all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random perturbations")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--out", required=True, help="results folder")
     args = p.parse_args(argv)
 

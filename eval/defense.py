@@ -239,7 +239,7 @@ def markdown(rows: list[dict], budget: Budget) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import run_cli
+    from qadtr._cli import DATA_DIR_HELP, run_cli
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adaptive-temperature", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-seed", type=int, default=1)
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     args = p.parse_args(argv)
 
     def body() -> None:

@@ -148,7 +148,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import run_cli
+    from qadtr._cli import DATA_DIR_HELP, run_cli
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
@@ -156,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", nargs="+", required=True, help="quantized checkpoints (each at its first bit width)")
     p.add_argument("--images", type=int, default=200, help="CIFAR-10 test images (subset seed 0)")
     p.add_argument("--avx2-images", type=int, default=0, help="also run ORT on an emulated AVX2-only CPU on this many")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
-    p.add_argument("--out", default="eval/results/exactness", help="output folder")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument("--out", required=True, help="output folder (e.g. eval/results/exactness; no default: the "
+                                                 "committed results are in the source tree)")
     args = p.parse_args(argv)
 
     def body() -> None:

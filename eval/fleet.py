@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from qadtr._errors import QadtrError
+from qadtr.progress import progress as progress_bar
 
 if TYPE_CHECKING:
     from eval.store import RunRecord
@@ -170,8 +171,6 @@ def replay_run(store, device, job: Job, replay, *, batch_size: int = 100, warmup
     """
     import time
 
-    from tqdm import tqdm
-
     from eval.store import StoreError
 
     spec = dict(device=device.name, runtime=job.runtime, artifact=str(job.artifact), artifact_sha256=job.sha256,
@@ -188,8 +187,8 @@ def replay_run(store, device, job: Job, replay, *, batch_size: int = 100, warmup
     expected, t0 = start, time.perf_counter()
     with device.replay(job.runtime, job.artifact, replay.images, batch_size=batch_size, warmup=warmup, start=start,
                        options=job.runner_options) as batches, \
-            tqdm(total=len(replay), initial=start, unit="img", disable=not progress, leave=False,
-                 desc=f"{device.name} {job.runtime} {job.label}") as bar:
+            progress_bar(total=len(replay), initial=start, unit="img", enabled=progress, leave=False,
+                         desc=f"{device.name} {job.runtime} {job.label}") as bar:
         for batch in batches:
             if expected == start and batches.kernels != run.kernels:
                 if run.kernels:

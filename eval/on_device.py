@@ -33,7 +33,7 @@ from pathlib import Path
 from devices.inventory import describe_devices, load_inventory
 from eval.fleet import list_runs, replay_on_devices, table
 from eval.pipeline import DEFAULT_SUBSET, run_pipeline
-from qadtr._cli import run_cli
+from qadtr._cli import DATA_DIR_HELP, run_cli
 from qadtr._config import write_json
 from qadtr._errors import QadtrError
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                    "model.pt[@w4a4]); repeat for several")
     p.add_argument("--patches", default=None, help="folder of patch files (*.npz) from qadtr.attack")
     p.add_argument("--data", default="cifar10", help="dataset whose test split the patches are replayed on")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--eval-subset", type=int, default=None, help="test images for universal patches (0 = all; "
                    "default 2000, pipeline 200)")
     p.add_argument("--eval-seed", type=int, default=1, help="seed of the evaluation placements")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             res = run_pipeline(checkpoints=args.checkpoint, patches=args.patches, device=args.device,
                                out=args.out or "runs/main", data_dir=args.data_dir, runtimes=runtimes,
                                eval_subset=DEFAULT_SUBSET if args.eval_subset is None else args.eval_subset,
-                               inventory=args.inventory, progress=sys.stderr.isatty())
+                               inventory=args.inventory, progress=True)
             print(table(res["on_device"]))
             print(f"report: {res['report']}")
             return
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                           data_dir=args.data_dir, eval_subset=2000 if args.eval_subset is None else args.eval_subset, eval_seed=args.eval_seed,
                           store_path=args.store, replay_dir=args.replay_dir, runtimes=runtimes,
                           batch_size=args.batch_size, warmup=args.warmup, inventory=args.inventory, fresh=args.fresh,
-                          progress=sys.stderr.isatty())
+                          progress=True)
         out = Path(args.out) if args.out else Path(args.store).parent / "on_device.json"
         write_json(out, result)
         print(table(result))

@@ -149,7 +149,7 @@ def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = 
 
 def main(argv: list[str] | None = None) -> int:
     from eval.fleet import table
-    from qadtr._cli import run_cli
+    from qadtr._cli import DATA_DIR_HELP, run_cli
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="local", help="device or group names from the inventory, comma-separated")
     p.add_argument("--inventory", default=None, help="device inventory TOML (default: the built-in one)")
     p.add_argument("--runtimes", default=None, help="comma-separated runtimes (default: every one the device has)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--eval-subset", type=int, default=DEFAULT_SUBSET, help="test images per universal patch "
                    f"(0 = all; default {DEFAULT_SUBSET})")
     p.add_argument("--transfer", default=None, help=f"transfer-matrix JSON for the report (default {DEFAULT_TRANSFER})")
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else None
         res = run_pipeline(checkpoints=args.checkpoint, patches=args.patches, device=args.device, out=args.out,
                            data_dir=args.data_dir, eval_subset=args.eval_subset, runtimes=runtimes,
-                           inventory=args.inventory, transfer=args.transfer, progress=sys.stderr.isatty())
+                           inventory=args.inventory, transfer=args.transfer, progress=True)
         print(table(res["on_device"]))
         print(f"report: {res['report']}")
 

@@ -16,7 +16,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from eval.query import QUERY_ATTACKS
-    from qadtr._cli import ArgumentParser, check_writable, run_cli
+    from qadtr._cli import ArgumentParser, DATA_DIR_HELP, check_writable, run_cli
     from qadtr._errors import QadtrError
 
     p = ArgumentParser(prog="python -m eval.query_attack", description=__doc__.split("\n")[0])
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtime", required=True, help="a registered runtime (python -m eval.on_device --list-runtimes)")
     p.add_argument("--attack", default="sparse-rs", choices=list(QUERY_ATTACKS), help="score-based or top-1 only")
     p.add_argument("--data", default="cifar10")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--images", type=int, default=100, help="test images attacked (the seed-1 subset; 0 = all)")
     p.add_argument("--budget", type=int, default=1000, help="queries per image, its clean query included")
     p.add_argument("--target", default="none", help="target class, or 'none' for untargeted")

@@ -44,6 +44,7 @@ from qadtr._config import atomic_write_bytes, read_versioned_npz, sha256_file, w
 from eval._replay_checks import INFO_FIELDS, PATCH_FIELDS, check_counts, check_rows, fields
 from qadtr._errors import QadtrError
 from qadtr._stats import Proportion
+from qadtr.progress import progress as progress_bar
 
 if TYPE_CHECKING:
     from qadtr.attacks import ASR
@@ -209,8 +210,6 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
         >>> path = make_replay("patches/", "cifar10", "../shared/data", eval_subset=2000)
         >>> replay = load_replay(path)
     """
-    from tqdm import tqdm
-
     import qadtr.data  # attribute lookup at call time: tests swap in an in-memory dataset
     from qadtr.data import subset_indices
     from qadtr.attacks import eval_placements, load_patch, rebuild
@@ -259,7 +258,8 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
             pass  # corrupt, edited or another version: rebuilt below
 
     blocks = [(clean_idx, test.images[clean_idx], -1)]  # (test indices, images (n, H, W, 3), patch index)
-    for k, (idx, p) in enumerate(tqdm(list(zip(idxs, loaded)), disable=not progress, desc="replay")):
+    pairs = list(zip(idxs, loaded))
+    for k, (idx, p) in enumerate(progress_bar(pairs, enabled=progress, desc="replay", unit="patch")):
         placement = eval_placements(p, len(idx), hw, eval_seed)  # all n at once: the draws transfer makes
         adv = np.concatenate([rebuild(test.images[idx[i:i + _CHUNK]],
                                       p.values[i:i + _CHUNK] if p.per_image else p.values,

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from qadtr._errors import QadtrError
+from qadtr.progress import progress
 
 EOT_VARIANTS = {
     "plain": dict(),
@@ -50,8 +51,6 @@ def _row_key(r: dict) -> tuple:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from tqdm import tqdm
-
     from qadtr._config import read_json, write_json
     from qadtr.data import subset_indices
     from qadtr.attacks import EOTConfig, UniversalConfig, evaluate_patch, patch_name, save_patch, universal_patch
@@ -88,7 +87,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                     jobs.append((path, model, ck, bits, key, v, cfg))
     print(f"{len(rows)} row(s) already in {result_path}; {len(jobs)} patch(es) to make")
     nets: dict = {}
-    for path, model, ck, bits, key, v, cfg in tqdm(jobs, desc="strength", disable=not sys.stderr.isatty()):
+    for path, model, ck, bits, key, v, cfg in progress(jobs, desc="strength", unit="patch"):
         if train is None:
             data = ck.train.data if ck.train is not None else "cifar10"
             train, test = load_split(data, "train", args.data_dir), load_split(data, "test", args.data_dir)
@@ -140,7 +139,7 @@ def write_tables(rows: list[dict], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import run_cli
+    from qadtr._cli import DATA_DIR_HELP, run_cli
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
@@ -157,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-subset", type=int, default=2000, help="test images the ASR is measured on (0 = all)")
     p.add_argument("--eval-seed", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--out", required=True, help="results folder (resumable)")
     args = p.parse_args(argv)
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from qadtr.progress import progress as progress_bar
+
 
 def _targets(checkpoints: list[str]):
     """[(label, net, checkpoint sha256, data)] for every bit width of every checkpoint."""
@@ -43,8 +45,6 @@ def _source_label(patch, names_by_sha: dict[str, str]) -> str:
 def transfer(patch_dir: str | Path, checkpoints: list[str], *, data_dir: str | None, eval_subset: int,
              eval_seed: int, progress: bool = False) -> list[dict]:
     """One row per (patch, evaluated-on model): attack, size, target class, source and the ASR."""
-    from tqdm import tqdm
-
     from qadtr._errors import QadtrError
     from qadtr.data import subset_indices
     from qadtr.attacks import evaluate_patch, load_patch
@@ -65,8 +65,8 @@ def transfer(patch_dir: str | Path, checkpoints: list[str], *, data_dir: str | N
     subset_idx = subset_indices(len(test.labels), eval_subset, seed=1)
     clean_cache: dict[tuple[str, str], np.ndarray] = {}
     rows = []
-    for (path, patch), (label, net, _, _) in tqdm([(p, t) for p in patches for t in targets], disable=not progress,
-                                                  desc="transfer"):
+    for (path, patch), (label, net, _, _) in progress_bar([(p, t) for p in patches for t in targets],
+                                                          enabled=progress, desc="transfer", unit="pair"):
         if patch.per_image:
             if patch.data != f"{data}/test":
                 raise QadtrError(f"{path.name} was made on {patch.data}, not {data}/test; re-run the attack on {data}")
@@ -137,7 +137,7 @@ def write_heatmaps(rows: list[dict], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import run_cli
+    from qadtr._cli import DATA_DIR_HELP, run_cli
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patches", required=True, help="folder of patch files (*.npz) from qadtr.attack")
     p.add_argument("--checkpoints", nargs="+", required=True, help="target checkpoints (model.pt or folders)")
     p.add_argument("--out", required=True, help="results folder")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--eval-subset", type=int, default=2000, help="test images for universal patches (0 = all)")
     p.add_argument("--eval-seed", type=int, default=1, help="seed of the evaluation placements")
     args = p.parse_args(argv)
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         from qadtr._config import write_json
 
         rows = transfer(args.patches, args.checkpoints, data_dir=args.data_dir, eval_subset=args.eval_subset,
-                        eval_seed=args.eval_seed, progress=sys.stderr.isatty())
+                        eval_seed=args.eval_seed, progress=True)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "transfer.json", {"argv": sys.argv, "rows": rows})

@@ -71,6 +71,17 @@ def deploy_model(checkpoint: str | Path, w: int, a: int | None = None) -> tuple[
     return deploy_net(model, w, a), ck
 
 
+def default_out(checkpoint: str | Path, bits: int | None, float_model: bool = False, suffix: str = ".onnx", *,
+                act_bits: int | None = None) -> Path:
+    """An exporter CLI's output when --out is absent: `./<arch>_w<W>a<A><suffix>` in the working directory, never
+    beside the checkpoint (a zoo folder is the source tree's, not a scratch folder)."""
+    from qadtr.checkpoint import read_checkpoint_info
+
+    arch = read_checkpoint_info(checkpoint).model.arch
+    a = bits if act_bits is None else act_bits
+    return Path(f"{arch}_{'fp32' if float_model else f'w{bits}a{a}'}{suffix}")
+
+
 def rejected_path(out: str | Path) -> Path:
     """Where the artifact of a failed proof for `out` is kept (its record: record_path of that)."""
     return Path(f"{out}{REJECTED}")

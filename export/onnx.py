@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from devices._host import fingerprint
-from export._common import ExportResult, publish, record_fields
+from export._common import ExportResult, default_out, publish, record_fields
 from export._onnx_graph import (INPUT, OUTPUT, activation_dq_inputs, check_graph, fusion_report,  # noqa: F401
                                 ort_run, reference_run, with_outputs)  # part of this module's API, re-exported
 from qadtr._cli import check_count, check_writable
@@ -333,13 +333,6 @@ def add_common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="dataset folder: parity on real test images (else random)")
     p.add_argument("--limit", type=int, default=PARITY_IMAGES, help="parity images from the test split")
     p.add_argument("--opset", type=int, default=13, help="ONNX opset (default 13)")
-
-
-def default_out(checkpoint: str, bits: int | None, float_model: bool, suffix: str = ".onnx") -> Path:
-    from qadtr.checkpoint import read_checkpoint_info
-
-    arch = read_checkpoint_info(checkpoint).model.arch
-    return Path(f"{arch}_{'fp32' if float_model else f'w{bits}a{bits}'}{suffix}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ from pathlib import Path
 from export._common import ProofFailed
 from export.registry import EXPORTERS, export, get_exporter, load
 from qadtr._errors import QadtrError
+from qadtr.progress import progress
 
 
 def _cells(zoo: Path) -> list[tuple[str, Path, int | None, str]]:
@@ -108,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         import os
 
-        from tqdm import tqdm
-
         from qadtr._config import read_json, sha256_file, write_json
 
         data_dir = args.data_dir or os.environ.get("QADTR_DATA")  # None: the exporters prove on random images
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = read_json(path)["rows"] if path.is_file() else []
         only = {s for s in args.only.split(",") if s}
         cells = [c for c in _cells(Path(args.zoo)) if not only or c[0] in only]
-        for name, pt, bits, exporter in tqdm(cells, desc="export", disable=not sys.stderr.isatty()):
+        for name, pt, bits, exporter in progress(cells, desc="export", unit="cell"):
             sha = sha256_file(pt)
             key = (name, "float" if bits is None else f"w{bits}a{bits}", exporter)
             version = get_exporter(exporter).version

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export._common import ExportResult, deploy_model, publish, record_fields
+from export._common import ExportResult, default_out, deploy_model, publish, record_fields
 from export._tflite_graph import (EXPORTER_VERSION, Built, _Q, build_tflite, check_exportable,  # noqa: F401
                                   with_outputs)  # with_outputs: part of this module's API, re-exported
 from qadtr._errors import QadtrError
@@ -264,24 +264,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="model.pt (model.json beside it) or its folder")
     p.add_argument("--bits", type=int, required=True, help="weight bits (and activation bits unless --act-bits)")
     p.add_argument("--act-bits", type=int, default=None)
-    p.add_argument("--out", default=None, help="the .tflite to write (default: <checkpoint dir>/model_w<W>a<A>.tflite)")
-    p.add_argument("--data-dir", default=None, help="check parity on real test images from this folder")
-    p.add_argument("--n-check", type=int, default=500, help="images in the parity check")
+    p.add_argument("--out", default=None, help="the .tflite to write (default: ./<arch>_w<W>a<A>.tflite)")
+    p.add_argument("--data-dir", default=None, help="check parity on real test images from this folder (else random)")
+    p.add_argument("--limit", "--n-check", dest="limit", type=int, default=500,
+                   help="images in the parity check (--n-check: its old name)")
     p.add_argument("--no-headroom", action="store_true", help="write Brevitas' integer weights unscaled")
     args = p.parse_args(argv)
 
     def body() -> None:
-        from qadtr.checkpoint import resolve
-
         from qadtr._cli import check_count, check_writable
 
-        check_count(args.n_check, "--n-check")  # parity images: 0 or fewer would prove nothing
-        a = args.bits if args.act_bits is None else args.act_bits
-        out = check_writable(args.out or resolve(args.checkpoint)[0].with_name(f"model_w{args.bits}a{a}.tflite"),
-                             "file")
+        check_count(args.limit, "--limit")  # parity images: 0 or fewer would prove nothing
+        out = check_writable(args.out or default_out(args.checkpoint, args.bits, suffix=".tflite",
+                                                     act_bits=args.act_bits), "file")
         result = export_tflite(args.checkpoint, out, bits=args.bits, act_bits=args.act_bits,
-                               data_dir=args.data_dir, limit=args.n_check, headroom=not args.no_headroom)
+                               data_dir=args.data_dir, limit=args.limit, headroom=not args.no_headroom)
         print(describe(result))
+        print(f"wrote {result.path} and its record {result.record_path}")
 
     return run_cli("export.tflite", body, argv)
 

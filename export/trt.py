@@ -358,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
-        from export.onnx import default_out, deployed_line
+        from export._common import default_out
+        from export.onnx import deployed_line
 
         from qadtr._cli import check_count, check_writable
 

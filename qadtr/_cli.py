@@ -13,6 +13,10 @@ from typing import Callable, NoReturn
 
 from qadtr._errors import QadtrError
 
+# every --data-dir's help: where qadtr.data.resolve_data_dir looks when the flag is absent
+DATA_DIR_HELP = ("dataset folder (default: $QADTR_DATA, else ../shared/data beside the repository, else the "
+                 "official archive downloaded into the cache)")
+
 
 def run_cli(module: str, body: Callable[[], None], argv: list[str] | None = None) -> int:
     """Run a CLI body; user errors print one line and return 1, bugs keep their traceback.

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from qadtr._config import atomic_write_bytes, config_to_dict, write_json
 from qadtr._distributed import World, broadcast_state_, global_batchnorm, join_world, leave_world, wrap
@@ -32,6 +31,7 @@ from qadtr import data as datasets  # module attribute: tests swap datasets.load
 from qadtr.models import bits_of, create_model, load_pretrained_
 from qadtr.models._calibrate import calibrate_
 from qadtr.predict import accuracy_per_bits, to_tensor
+from qadtr.progress import progress
 from qadtr.recipes import STATEFUL, get_recipe
 from qadtr.train_config import TrainConfig
 
@@ -144,8 +144,7 @@ def fit(model: nn.Module, cfg: TrainConfig, train, test, out: Path, *, resume: b
         atomic_write_bytes(state_path, buf.getvalue())
 
     model.train()
-    bar = tqdm(total=total, initial=step, desc=f"{cfg.recipe} {out.name}", unit="step", disable=not world.main,
-               mininterval=1 if sys.stderr.isatty() else 30, dynamic_ncols=True)
+    bar = progress(total=total, initial=step, desc=f"{cfg.recipe} {out.name}", unit="step", enabled=world.main)
     t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)  # wall time since the start, by epoch
     with global_batchnorm(model, world):
         step_fn = wrap(_Step(model, cfg, recipe_state), world)

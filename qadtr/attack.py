@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> list[Path]:
                          "it on the dataset it was trained on (omit --data)")
     test = load_split(data, "test", args.data_dir)
     eval_idx = subset_indices(len(test.labels), args.eval_subset, seed=1)
-    progress = sys.stderr.isatty()
+    progress = True  # qadtr.progress: a bar on a terminal, log lines elsewhere
     out = Path(args.out)
     written = []
     for cfg in configs:
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import ArgumentParser, run_cli
+    from qadtr._cli import DATA_DIR_HELP, ArgumentParser, run_cli
 
     p = ArgumentParser(prog="python -m qadtr.attack", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="model.pt (with model.json beside it) or its folder")
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", default="none", help="target class index, or 'none' (untargeted)")
     p.add_argument("--out", required=True, help="folder for the patch files")
     p.add_argument("--data", default=None, help="dataset (default: the checkpoint's)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the attack's)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="default: the attack's")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from qadtr._cli import ArgumentParser, check_count, check_writable, run_cli
+from qadtr._cli import ArgumentParser, DATA_DIR_HELP, check_count, check_writable, run_cli
 from qadtr._config import write_json
 from qadtr._distributed import resolve_device
 from qadtr._errors import QadtrError
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m qadtr.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="model.pt (with model.json beside it) or its folder")
     p.add_argument("--data", default=None, help="dataset name (default: the one the checkpoint trained on)")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--download", action="store_true", help="fetch the official dataset archive if missing")
     p.add_argument("--split", default="test", choices=("train", "test"))
     p.add_argument("--limit", type=int, default=0, help="evaluate a fixed pseudo-random subset of N images (0 = all)")
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = split.images, split.labels
         results = {}
         for form in (FORMS if ck.model.is_quant else ("deploy",)):
-            acc = accuracy_per_bits(model, images, labels, form=form, progress=sys.stderr.isatty(), device=device)
+            acc = accuracy_per_bits(model, images, labels, form=form, progress=True, device=device)
             results[form] = {k: v.to_dict() for k, v in acc.items()}
             metric = f"{args.split}_acc" + ("" if form == "deploy" else "_trained")
             recorded = ck.metrics.get(metric, {}) if not args.limit else {}
@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"per batch of 500, seed 0)")
         if args.json:
             write_json(args.json, results)
+            print(f"wrote {args.json}")
 
     return run_cli("qadtr.evaluate", body, argv)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from qadtr._stats import Proportion
+from qadtr.progress import progress as bar
 from qadtr.models import at_bits, bits_of, deploy_net
 
 
@@ -21,7 +21,7 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: nn.Module, images: np.ndarray, batch_size: int = 500, progress: bool = False,
-            device: torch.device | None = None) -> np.ndarray:
+            device: torch.device | None = None, desc: str = "eval") -> np.ndarray:
     """Argmax predictions (N,) of `model` in eval mode on uint8 HWC images.
 
     `device`: move `model` there and run each batch there (None: where the model's parameters are).
@@ -33,7 +33,7 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 500, progres
     model.eval()
     try:
         out = []
-        for i in tqdm(range(0, len(images), batch_size), disable=not progress, leave=False, desc="eval"):
+        for i in bar(range(0, len(images), batch_size), enabled=progress, leave=False, desc=desc, unit="batch"):
             x = to_tensor(images[i:i + batch_size]).to(dev)  # (B, 3, H, W), moved once per batch
             out.append(model(x).argmax(1).cpu().numpy())  # (B,)
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
@@ -58,13 +58,14 @@ def accuracy_per_bits(model: nn.Module, images: np.ndarray, labels: np.ndarray, 
     if form not in FORMS:
         raise ValueError(f"form={form!r}; choose one of {FORMS}")
     if not bits_of(model):
-        correct = int((predict(model, images, progress=progress, device=device) == labels).sum())
+        correct = int((predict(model, images, progress=progress, device=device, desc="eval float") == labels).sum())
         return {"float": Proportion(correct, len(labels))}
     result = {}
     for w, a in bits_of(model):
         if keys is not None and f"w{w}a{a}" not in keys:
             continue
         net = deploy_net(model, w, a) if form == "deploy" else at_bits(model, w, a)
-        correct = int((predict(net, images, progress=progress, device=device) == labels).sum())
+        correct = int((predict(net, images, progress=progress, device=device, desc=f"eval w{w}a{a} {form}")
+                       == labels).sum())
         result[f"w{w}a{a}"] = Proportion(correct, len(labels))
     return result

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from qadtr._cli import ArgumentParser, check_writable, run_cli
+from qadtr._cli import ArgumentParser, DATA_DIR_HELP, check_writable, run_cli
 from qadtr._distributed import is_main_process
 from qadtr._errors import QadtrError
 from qadtr._trainer import train
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(the fields of DqConfig, PbatConfig, DwqConfig, QadtrConfig)")
     p.add_argument("--per-bit-bn", action="store_true", help="separate BatchNorm per bit width")
     p.add_argument("--data", default="cifar10")
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--download", action="store_true", help="fetch the official dataset archive if missing")
     p.add_argument("--num-classes", type=int, default=None, help="default: the dataset's")
     p.add_argument("--init", default="", help="start from these weights (.th or model.pt)")

@@ -143,12 +143,13 @@ def report(out: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import ArgumentParser, check_writable, run_cli
+    from qadtr._cli import ArgumentParser, DATA_DIR_HELP, check_writable, run_cli
     from qadtr._errors import QadtrError
 
     p = ArgumentParser(prog="python -m qadtr.zoo", description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", default=None, help="dataset folder (default: $QADTR_DATA)")
-    p.add_argument("--out", default="zoo")
+    p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
+    p.add_argument("--out", default=None, help="the folder to build the zoo in (required; --report reads it, "
+                                               "default zoo)")
     p.add_argument("--pretrained", default=DEFAULT_FLOAT, help="float ResNet-20 weights to start from")
     p.add_argument("--only", default="", help="comma-separated entry names (default: all)")
     p.add_argument("--report", action="store_true", help="print the Markdown table of OUT/zoo.json and exit")
@@ -156,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         if args.report:
-            print(report(Path(args.out)))
+            print(report(Path(args.out or "zoo")))
             return
+        if args.out is None:  # the committed zoo is the source tree's: never a default target
+            raise QadtrError("--out is required: the folder to build the zoo in (e.g. --out runs/zoo; --out zoo "
+                             "rebuilds the committed one)")
         only = [s for s in args.only.split(",") if s]
         unknown = sorted(set(only) - {e.name for e in PLAN})
         if unknown:  # else nothing would be built and the run would still pass
@@ -168,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in summary.items():
             accs = ", ".join(f"{k} {100 * v['value']:.2f}%" for k, v in s["test_acc"].items())
             print(f"{name:16s} {accs}  ({s['epochs']} epochs)")
+        print(f"wrote {len(summary)} zoo entries under {args.out} (table: {Path(args.out) / 'zoo.json'})")
 
     return run_cli("qadtr.zoo", body, argv)
 

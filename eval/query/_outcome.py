@@ -7,7 +7,6 @@ query included; `trace` holds (iteration, queries spent on all images, images fo
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,6 +15,7 @@ import numpy as np
 
 from eval.query._state import save_state
 from qadtr.attacks import ASR, attack_success
+from qadtr.progress import progress as progress_bar
 
 QUANTILES = (0.25, 0.5, 0.75, 0.9)  # of queries-to-success over the fooled images
 
@@ -56,11 +56,8 @@ def drive(step: Callable[[int], bool], *, start: int, n_iter: int, snapshot: Cal
     """Run `step(it)` for it = start .. n_iter - 1 until it returns False (nothing left to attack: it ran no
     iteration); every `save_every` iterations and at the end, write `snapshot(it)` (arrays, meta) to
     `state_path`. Returns the iterations done."""
-    from tqdm import tqdm
-
     it = start
-    bar = tqdm(total=n_iter, initial=start, desc=desc, disable=not progress, file=sys.stderr,
-               mininterval=1 if sys.stderr.isatty() else 30, dynamic_ncols=True)  # a line every 30 s in a log
+    bar = progress_bar(total=n_iter, initial=start, desc=desc, unit="iter", enabled=progress)
     try:
         while it < n_iter and step(it):
             it += 1

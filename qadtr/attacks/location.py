@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 from qadtr._config import register_config
 from qadtr.attacks._place import EOTConfig, Placement, apply_patch, patch_side, sample_placements
 from qadtr.attacks.patchfile import Patch
 from qadtr.attacks.universal import _check_common, attack_mode, check_data, targeted_loss, untargeted_loss
 from qadtr.predict import to_tensor
+from qadtr.progress import progress as progress_bar
 
 MOVES = ((0, -1), (0, 1), (-1, 0), (1, 0))  # (dx, dy) unit moves: up, down, left, right
 
@@ -76,7 +76,8 @@ def location_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg
 
     log = []
     with attack_mode(model):
-        for start in tqdm(range(0, n, cfg.batch_size), disable=not progress, desc="location", leave=False):
+        batches = range(0, n, cfg.batch_size)
+        for start in progress_bar(batches, enabled=progress, desc="location", unit="batch", leave=False):
             sl = slice(start, min(n, start + cfg.batch_size))
             x, y = to_tensor(images[sl]), torch.from_numpy(labels[sl]).long()  # (B, 3, H, W), (B,)
             patch = torch.from_numpy(values[sl].copy()).requires_grad_(True)  # (B, 3, s, s)

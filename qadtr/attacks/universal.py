@@ -31,13 +31,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from qadtr._config import register_config
 from qadtr._errors import QadtrError
 from qadtr.attacks._place import EOTConfig, apply_patch, patch_side, sample_placements
 from qadtr.attacks.patchfile import Patch
 from qadtr.predict import to_tensor
+from qadtr.progress import progress as progress_bar
 
 OPTIMIZERS = ("sign", "adam")
 SCHEDULES = ("cosine", "constant")
@@ -141,7 +141,7 @@ def optimise_patch(objective: Objective, images: np.ndarray, labels: np.ndarray,
         param = init.clone().requires_grad_(True)
         values = lambda: param  # noqa: E731
     log, order = [], np.zeros(0, dtype=np.int64)
-    bar = tqdm(range(steps), disable=not progress, desc=desc, leave=False)
+    bar = progress_bar(range(steps), enabled=progress, desc=desc, unit="step", leave=False)
     for step in bar:
         if len(order) < batch_size:  # epochs over a fresh permutation: every image is used equally
             order = np.concatenate([order, rng.permutation(n)])
@@ -192,7 +192,7 @@ def universal_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cf
         images: (N, H, W, 3) uint8 training images.
         labels: (N,) int labels.
         cfg: the attack configuration.
-        progress: show a tqdm bar.
+        progress: show progress (qadtr.progress: a bar on a terminal, log lines elsewhere).
         callback: see `optimise_patch` (early stopping).
 
     Returns:

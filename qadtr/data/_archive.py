@@ -23,9 +23,9 @@ from pathlib import Path
 from urllib.request import urlopen
 
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from qadtr._errors import QadtrError
+from qadtr.progress import progress
 
 Want = Callable[[str], bool]  # member name -> read it?
 
@@ -157,8 +157,7 @@ def download(url: str, dest: Path, *, md5: str | None) -> Path:
     print(f"downloading {url} -> {dest}", file=sys.stderr)
     try:
         with urlopen(url, timeout=60) as response, open(part, "wb") as f, \
-                tqdm(total=_length(response), unit="B", unit_scale=True, desc=dest.name,
-                     disable=not sys.stderr.isatty()) as bar:  # a bar on a terminal; the line above otherwise
+                progress(total=_length(response), unit="B", desc=dest.name) as bar:  # bytes: a bar or log lines
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 f.write(chunk)
                 bar.update(len(chunk))

@@ -247,7 +247,8 @@ def test_tensorrt_runner_refusals(tmp_path, monkeypatch):
 def test_tensorrt_build_engine_offline(tiny_checkpoint, tiny_images, tmp_path):
     """The runner's build step, ahead of time with TensorRT-RTX (no GPU): parses and builds the tiny model."""
     onnx = pytest.importorskip("onnx")
-    rtx = pytest.importorskip("tensorrt_rtx")
+    rtx = pytest.importorskip("tensorrt_rtx", reason="needs the trt-check extra: pip install -e \".[trt-check]\" "
+                                                       "(make test installs it)")
     from devices.tensorrt import build_engine
     from export._common import deploy_model
     from export.onnx import export_qcdq

@@ -107,7 +107,8 @@ def test_original_qdq_is_rejected_by_check(qdq, bits):
 
 
 def test_rtx_offline_build(exported, tmp_path):
-    pytest.importorskip("tensorrt_rtx")
+    pytest.importorskip("tensorrt_rtx", reason="needs the trt-check extra: pip install -e \".[trt-check]\" "
+                                                 "(make test installs it)")
     result, out = exported[4]
     spec = json.loads((out / "trt_build.json").read_text())
     check = trt.offline_check(result.path, spec, tmp_path)
