@@ -19,6 +19,7 @@ import numpy as np
 
 from qadtr._errors import QadtrError
 from qadtr._stats import Proportion
+from qadtr.progress import progress as progress_bar
 
 INPUT_FORMATS = ("auto", "float01", "int8-minus-128")
 
@@ -62,7 +63,7 @@ def make_runner(path: str | Path, kernels: str):
 
 
 def accuracy(runner, images: np.ndarray, labels: np.ndarray, *, input_format: str = "auto",
-             batch_size: int = 100) -> tuple[Proportion, str]:
+             batch_size: int = 100, progress: bool = False) -> tuple[Proportion, str]:
     """Top-1 accuracy of an active runner on uint8 (N, H, W, 3) images; also returns the format used.
 
     The first output is taken as the scores (logits or probabilities, float or quantized: argmax is
@@ -78,7 +79,7 @@ def accuracy(runner, images: np.ndarray, labels: np.ndarray, *, input_format: st
         raise QadtrError(f"{runner.name}: the model takes {inp.shape[1:]} per image, the data is {images.shape[1:]}")
     step = batch_size if inp.shape[0] is None else inp.shape[0]  # a fixed batch (MLPerf: 1) is kept
     correct = 0
-    for i in range(0, len(images), step):
+    for i in progress_bar(range(0, len(images), step), enabled=progress, desc=runner.name, unit="batch"):
         chunk = images[i:i + step]  # (B, H, W, 3)
         real = len(chunk)
         if real < step and inp.shape[0] is not None:  # fixed batch: pad with copies, score the real ones
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         split = subset(load_split(args.data, args.split, args.data_dir), args.limit)
         with runner:
             acc, fmt = accuracy(runner, split.images, split.labels, input_format=args.input_format,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, progress=True)
         line = f"{Path(args.artifact).name} [{runner.name}, input {fmt}] {args.data}/{args.split} top-1 {acc}"
         print(line)
         if args.json:

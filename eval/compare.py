@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from qadtr._errors import QadtrError
+from qadtr.progress import stage
 from qadtr._stats import FAMILY_METHOD, PAIRED_METHOD, STABILITY_METHOD, PairedDifference, Proportion, family, stability
 
 TIE_RULE = ("a sample ties on a side when its top-2 logits there differ by less than half a reference logit "
@@ -325,6 +326,8 @@ def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images:
         raise QadtrError(f"runs {ref_run.run_id[:12]} and {run.run_id[:12]} replayed different files; compare runs "
                          "of one replay")
     replay, key = replay_of(run), model_key(ref_run)
+    stage(f"eval.compare: {run.device} {run.runtime} vs {ref_run.runtime} on {len(replay)} images (agreement, "
+          "attribution, divergence)")
     check_source(key, ref_run)  # before its LSB grid or deploy net is computed
     ref_logits, out_logits = store.logits(ref_run.run_id), store.logits(run.run_id)
     changed = artifact_change(run)  # before anything reads or reruns the artifact

@@ -83,6 +83,7 @@ def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int
     from export.tflite import with_outputs
     from qadtr._config import sha256_file
     from qadtr.checkpoint import read_checkpoint_info, resolve
+    from qadtr.progress import stage
 
     pt = resolve(checkpoint)[0]
     bits = read_checkpoint_info(pt).model.bits[0][0]
@@ -97,6 +98,7 @@ def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int
     nchw, nhwc = (FeedFormat("x", layout, "float01", (None,) * 4).feed(images)["x"]  # the bytes every replay feeds
                   for layout in ("NCHW", "NHWC"))
     rows = []
+    stage(f"eval.exactness: {name}: ONNX Runtime node by node and fused on {len(images)} images")
     # ONNX: node by node with every activation exposed; fused (deployed) on logits only
     model = onnx.load(str(onnx_path))
     tensors = list(onnx_export.activation_dq_inputs(model))
@@ -109,6 +111,7 @@ def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int
             print(f"{name}: no emulated AVX2 run: {got}")
         else:
             real["onnxrt ORT_ENABLE_ALL, emulated Haswell (AVX2, no VNNI)"] = {onnx_export.OUTPUT: got}
+    stage(f"eval.exactness: {name}: the integer executor on the ONNX file (single, single-u8s8sat)")
     graph = load_graph(onnx_path)
     ours = {s: graph.run(nchw, SEMANTICS[s].graph_name, keep_ints=True) for s in ("single", "single-u8s8sat")}
     for kernels, sem in PAIRS:
@@ -118,6 +121,7 @@ def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int
             compared = tensors if "DISABLE" in kernels else []
             rows.append(_row(name, kernels, sem, got[onnx_export.OUTPUT], outs[graph.output_names[0]][:n],
                              (len(compared), _ints_differ(got, ints, compared)) if compared else None))
+    stage(f"eval.exactness: {name}: LiteRT xnnpack, ref and builtin against the executor")
     # TFLite: every quantized tensor exposed, under each kernel set
     tgraph = load_graph(tfl_path)
     ours = {s: tgraph.run(nhwc, SEMANTICS[s].graph_name, keep_ints=True) for s in ("xnnpack", "double", "double-ruy")}

@@ -37,6 +37,7 @@ from export._onnx_graph import (INPUT, OUTPUT, activation_dq_inputs, check_graph
 from qadtr._cli import check_count, check_writable
 from export.registry import get_exporter
 from qadtr._errors import QadtrError
+from qadtr.progress import stage
 
 EXPORTER_VERSION = get_exporter("onnx").version  # the registry row's (its history is told there)
 PROOF_LEVEL = "disable"  # node by node in float: no CPU-specific integer kernel decides the proof
@@ -128,6 +129,7 @@ def check_parity(net, model_path: str | Path, images: np.ndarray, *, bits: int |
         return Parity(bool(res), len(images), image_source, 0, 0, 0, None, None, 0, 0, res.mismatch_frac == 0, {},
                       res.to_dict(), str(res))
 
+    stage(f"export.onnx: proving on {len(images)} images (ORT node by node vs the Brevitas net)")
     ref_logits, ref_ints, step = reference_run(net, images, batch_size)
     tensors = activation_dq_inputs(model) if tensors is None else tensors
     missing = sorted(set(tensors.values()) - set(ref_ints))
@@ -145,6 +147,7 @@ def check_parity(net, model_path: str | Path, images: np.ndarray, *, bits: int |
     res = compare(ref_logits, got[OUTPUT], lsb=step, atol_lsb=0.5, max_mismatch_frac=1.0,
                   min_argmax_agree=MIN_ARGMAX_AGREE, name=f"w{bits} logits ({PROOF_LEVEL})")
     del got, proof_ints, local_ints
+    stage("export.onnx: the deployed kernels (ORT_ENABLE_ALL) on this host, attributed by the integer executor")
     # the deployment on this host: the plain file (extra outputs make ORT fuse less), attributed by the executor
     deployed_logits = ort_run(model.SerializeToString(), images, batch_size, DEPLOY_LEVEL)[OUTPUT]
     deployed, deployed_ints = _deployed(model_path, images, deployed_logits, ref_logits, step)
@@ -279,6 +282,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, bits: int | None, im
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / Path(out).name
         example = to_tensor(imgs[:1])  # (1, 3, H, W)
+        stage(f"export.onnx: tracing the {'fp32' if float_model else f'w{bits}a{bits}'} net to ONNX (opset {opset})")
         (export_float if float_model else export_qcdq)(net, staged, example, opset=opset)
         model = onnx.load(str(staged))
         try:

@@ -46,6 +46,7 @@ from export._common import ExportResult, default_out, deploy_model, publish, rec
 from export._tflite_graph import (EXPORTER_VERSION, Built, _Q, build_tflite, check_exportable,  # noqa: F401
                                   with_outputs)  # with_outputs: part of this module's API, re-exported
 from qadtr._errors import QadtrError
+from qadtr.progress import stage
 
 KERNEL_SETS = ("xnnpack", "builtin")
 _ARCH_INPUT = {"test_qnet": 8}  # input side when no images are given; every dataset here is 32x32
@@ -217,8 +218,10 @@ def export_tflite(checkpoint: str | Path, out: str | Path, *, bits: int, images:
     dataset = getattr(ck.train, "data", None) or "cifar10"
     imgs, described = _proof_images(ck.model.arch, dataset, images, data_dir, limit)
     h, w = imgs.shape[1:3]
+    stage(f"export.tflite: lowering the w{bits}a{act_bits or bits} net to a full-integer flatbuffer")
     built = build_tflite(net, h, w, headroom=headroom)
     debug = build_tflite(net, h, w, debug=True, headroom=headroom)
+    stage(f"export.tflite: proving on {len(imgs)} images under LiteRT's {' and '.join(kernels)} kernels")
     parity = json.loads(json.dumps(_prove(net, built, debug, imgs, kernels=kernels)))  # as saved: lists, not tuples
     for k, p in parity.items():
         p["images"] = described

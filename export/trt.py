@@ -36,6 +36,7 @@ from export import onnx as onnx_export
 from export._common import ExportResult, publish, record_fields
 from qadtr._config import write_json
 from qadtr._errors import QadtrError
+from qadtr.progress import stage
 
 INT4_NOTE = ("TensorRT has no INT4/INT2 convolution kernels (INT4 is weight-only, for GEMM/MatMul): a "
              "sub-8-bit network runs on int8 kernels carrying the same clamped 4-/2-bit integers, which is "
@@ -316,6 +317,8 @@ def export_trt(checkpoint: str | Path, out: str | Path, *, bits: int, images: np
         fusion = onnx_export.fusion_report(staged)
         parity = onnx_export.check_parity(net, staged, imgs, bits=bits, image_source=source, tensors=tensors)
         spec = build_spec(staged.name, (3, *imgs.shape[1:3]), batch)  # images are (N, H, W, 3)
+        if parity:
+            stage("export.trt: the offline TensorRT-RTX parse and build check")
         trt = offline_check(staged, spec, Path(tmp)) if parity else {}  # a rejected file is not built
         fields = record_fields("trt", checkpoint, ck, (bits, bits), ops=ops, fusion=fusion,
                                versions=onnx_export.versions(), extra={"opset": opset, "trt_build": "trt_build.json", "offline_check": trt,

@@ -24,7 +24,10 @@ def run_cli(module: str, body: Callable[[], None], argv: list[str] | None = None
     Every run ends with `PASSED | 3.2s | python -m MODULE ARGV` (or FAILED), as Polygraphy's tools do. `argv` is
     what the CLI's main() was given (None: the command line), so a CLI called by another names its own command.
     """
+    from qadtr.progress import show_stages  # qadtr.progress imports nothing of qadtr: no cycle
+
     command = " ".join(["python -m", module, *(sys.argv[1:] if argv is None else argv)])
+    show_stages()  # the library's stage() lines reach a person running a command, not a test or an importer
     start = time.perf_counter()
     try:
         body()

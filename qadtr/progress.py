@@ -12,6 +12,7 @@ the last state when it closes.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Iterable
@@ -66,6 +67,35 @@ class LogLines(tqdm):
             self._line()
         self.disable = True
         self._decr_instances(self)
+
+
+# the stages of a long library call (export, proof, attribution): silent in library use and tests (logging's
+# default shows WARNING and up), one stderr line each under a CLI (qadtr._cli.run_cli calls show_stages)
+STAGES = logging.getLogger("qadtr.stage")
+
+
+def stage(message: str) -> None:
+    """Announce the next stage of a long call, e.g. stage("export.onnx: proving on 1000 images")."""
+    STAGES.info(message)
+
+
+class _StageLines(logging.Handler):
+    """A line per stage on whatever sys.stderr is when it is written (a test's capture replaces it per test)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(record.getMessage() + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):  # a closed or broken stderr: a progress line is not worth a failure
+            pass
+
+
+def show_stages() -> None:
+    """Print every stage() line to stderr from now on; idempotent (one handler however often called)."""
+    if not any(isinstance(h, _StageLines) for h in STAGES.handlers):
+        STAGES.addHandler(_StageLines())
+    STAGES.setLevel(logging.INFO)
+    STAGES.propagate = False  # not twice under an application's own root handler
 
 
 def progress(iterable: Iterable | None = None, *, total: float | None = None, desc: str = "", unit: str = "it",

@@ -102,3 +102,19 @@ def test_export_default_output_is_not_beside_the_checkpoint(module, tiny_checkpo
     out = default_out(tiny_checkpoint, 4, suffix=suffix)
     assert out.parent == type(out)(".") and out.name == f"test_qnet_w4a4{suffix}"
     assert default_out(tiny_checkpoint, 4, suffix=".tflite", act_bits=8).name == "test_qnet_w4a8.tflite"
+
+
+def test_stage_lines_reach_a_person_running_a_command_only(capsys, monkeypatch):
+    """stage() is silent in library use and shows one stderr line per stage under a CLI (run_cli)."""
+    import logging
+
+    from qadtr._cli import run_cli
+
+    monkeypatch.setattr(qp.STAGES, "handlers", [])  # as in a fresh process that ran no CLI
+    monkeypatch.setattr(qp.STAGES, "level", logging.NOTSET)
+    qp.stage("export.onnx: proving on 5 images")
+    assert "proving" not in capsys.readouterr().err
+    assert run_cli("t", lambda: qp.stage("export.onnx: proving on 5 images"), []) == 0
+    assert run_cli("t", lambda: qp.stage("second"), []) == 0  # one handler, however many CLIs ran
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["export.onnx: proving on 5 images", "second"]
