@@ -29,7 +29,6 @@ from eval.query._search import check_common, fooled, p_selection, paste, random_
     propose_squares
 from eval.query._state import load_state, restore_rng
 from qadtr._config import config_to_dict, register_config
-from qadtr._errors import QadtrError
 from qadtr.attacks import patch_side
 
 ARRAYS = ("patches", "xy", "pred", "clean", "eligible", "queries", "first_success", "trace", "visible")
@@ -60,10 +59,7 @@ def decision_attack(runner, images: np.ndarray, labels: np.ndarray, cfg: Decisio
                     state_path: str | Path | None = None, inputs: str = "", progress: bool = False) -> QueryOutcome:
     """Per-image patches for uint8 (N, H, W, 3) `images` from top-1 labels of the active `runner` only."""
     n, h, w, _ = images.shape
-    try:
-        side = patch_side(cfg.size, (h, w))
-    except ValueError as e:
-        raise QadtrError(str(e)) from None
+    side = patch_side(cfg.size, (h, w))  # a PatchSizeError (a QadtrError) for a patch that does not fit
     targeted, n_iter = cfg.target is not None, cfg.budget - 1
     top1 = LabelOracle(Oracle(runner, n_images=n, budget=cfg.budget, batch=cfg.batch))
     key = config_to_dict(cfg)

@@ -82,10 +82,7 @@ def sparse_rs(runner, images: np.ndarray, labels: np.ndarray, cfg: SparseRSConfi
             model's, a state file of another run.
     """
     n, h, w, _ = images.shape
-    try:
-        side = patch_side(cfg.size, (h, w))
-    except ValueError as e:
-        raise QadtrError(str(e)) from None
+    side = patch_side(cfg.size, (h, w))  # a PatchSizeError (a QadtrError) for a patch that does not fit
     targeted, n_iter = cfg.target is not None, cfg.budget - 2
     oracle = Oracle(runner, n_images=n, budget=cfg.budget, batch=cfg.batch)
     key = config_to_dict(cfg)

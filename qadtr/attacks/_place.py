@@ -108,16 +108,21 @@ class Placement:
         return cls(np.full(n, x), np.full(n, y), np.zeros(n), np.ones(n), np.ones(n))
 
 
+class PatchSizeError(QadtrError, ValueError):
+    """A patch size that is no fraction of the image, or a patch larger than the image: one line for a user (a
+    QadtrError, wherever it is raised) and a ValueError for a library caller."""
+
+
 def patch_side(size: float, hw: tuple[int, int]) -> int:
     """Side in pixels of a square patch covering `size` (a fraction) of an image of `hw` pixels.
 
     Rounded to the nearest pixel: on 32x32, 2% -> 5 px (2.4%), 5% -> 7 px (4.8%), 10% -> 10 px (9.8%).
     """
     if not 0.0 < size < 1.0:
-        raise ValueError(f"patch size {size} must be a fraction of the image area in (0, 1), e.g. 0.05")
+        raise PatchSizeError(f"patch size {size} must be a fraction of the image area in (0, 1), e.g. 0.05")
     side = max(1, round(math.sqrt(size * hw[0] * hw[1])))
     if side > min(hw):
-        raise ValueError(f"a {size:.0%} patch ({side} px) does not fit a {hw[0]}x{hw[1]} image")
+        raise PatchSizeError(f"a {size:.0%} patch ({side} px) does not fit a {hw[0]}x{hw[1]} image")
     return side
 
 
