@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +46,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from devices._host import fingerprint
     from devices.runtimes import feed_format
+    from qadtr._scratch import scratch
     from qadtr.checkpoint import read_checkpoint_info, resolve
     from qadtr.data import load_split, subset
 
@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> dict:
     images = subset(load_split("cifar10", "test", args.data_dir), max(args.batch, 100)).images  # (N, 32, 32, 3)
     batch = images[:args.batch]
     times: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="qadtr-bench-") as tmp:
+    with scratch("bench") as tmp:
         runners = _contenders(pt, bits, Path(tmp), images)
         feeds = {name: feed_format(r).feed(batch) for name, r in runners.items()}  # the bytes every replay uses
         for name, r in runners.items():  # warm-up: allocations, XNNPACK packing, torch's first-call costs

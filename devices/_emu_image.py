@@ -16,13 +16,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from qadtr._errors import QadtrError
 from qadtr._pins import BOARD, pinned
+from qadtr._scratch import make_scratch
 
 SUITE, ARCH = "bookworm", "arm64"  # Debian 12, as on Raspberry Pi OS 12 and close to JetPack 6's Ubuntu 22.04
 PACKAGES = ("python3", "openssh-server", "libstdc++6")  # libstdc++6: the runtime wheels' C++ code needs it
@@ -144,7 +144,8 @@ def build_image(cache: Path, *, mirrors: tuple[str, ...] = MIRRORS, log=print) -
     """Debian arm64 (python3, sshd) + the pinned aarch64 wheels + the board user, as one cached tarball."""
     out = image_path(cache)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="build-", dir=out.parent))
+    # beside the image, not in /tmp (often a small tmpfs); one a kill -9 left is swept, unless something is mounted in it
+    work = make_scratch("emu-build", dir=out.parent, remove=remove_tree)
     root = work / "root"
     try:
         t0 = time.perf_counter()

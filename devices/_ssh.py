@@ -206,7 +206,7 @@ def _capped(argv: list[str], timeout: float, cap: int) -> tuple[int, bytes, str]
         t.start()
     try:
         rc = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except BaseException:  # the timeout, Ctrl-C or SIGTERM (qadtr._cli.run_cli): no ssh/scp outlives its step
         proc.kill()
         proc.wait()
         raise

@@ -22,6 +22,7 @@ import numpy as np
 
 from devices._runner import Runner, RunnerError, TensorSpec
 from devices.runtimes import export_record
+from qadtr.bits import bits_name
 
 
 class FakeQuantRunner(Runner):
@@ -79,8 +80,8 @@ class FakeQuantRunner(Runner):
                 raise RunnerError(f"{self.checkpoint} runs at {have}; pass bits=(w, a) to choose one")
             bits = bits or have[0]
             if bits not in have:
-                raise RunnerError(f"{self.checkpoint} has no w{bits[0]}a{bits[1]}; it was trained at {have}")
-            self._net, what = deploy_net(model, *bits), f"deploy_net w{bits[0]}a{bits[1]}"
+                raise RunnerError(f"{self.checkpoint} has no {bits_name(bits)}; it was trained at {have}")
+            self._net, what = deploy_net(model, *bits), f"deploy_net {bits_name(bits)}"
         self.bits = bits
         self._torch = torch
         self.kernels = f"torch {torch.__version__} fake-quant (Brevitas {brevitas.__version__}), {what}"

@@ -124,15 +124,14 @@ def _tflite_reference(net, artifact: Path, images: np.ndarray) -> tuple[list[str
 
 
 def _tflite(net, artifact: Path, images: np.ndarray, kernels: str) -> tuple[list[str], dict, dict, bool]:
-    import tempfile
-
     from devices.litert import LiteRTRunner
     from export.tflite import with_outputs
+    from qadtr._scratch import scratch
     from qadtr.predict import to_tensor
 
     layers, ref = _tflite_reference(net, artifact, images)
     feed = {"pixels": np.ascontiguousarray(to_tensor(images).permute(0, 2, 3, 1).numpy())}  # (N, H, W, 3)
-    with tempfile.TemporaryDirectory(prefix="qadtr-divergence-") as tmp:
+    with scratch("divergence") as tmp:
         debug = Path(tmp) / "debug.tflite"
         debug.write_bytes(with_outputs(artifact.read_bytes(), layers))
         with LiteRTRunner(artifact, kernels=kernels, num_threads=1) as real, \

@@ -17,6 +17,7 @@ import numpy as np
 
 from eval._report_html import defined
 from eval._report_names import bits_key, label_key, short_patch
+from qadtr.bits import bits_name
 
 MARKERS = "osD^vP"  # one per bit width; colour says the runtime
 
@@ -186,7 +187,7 @@ def fig_asr_vs_bits(runs: list[dict], reference: str = "fakequant") -> str | Non
     for i, name in enumerate(names):
         ax.plot([], [], linestyle="-" if i == 0 else "none", marker=MARKERS[i % len(MARKERS)], color="#57606a",
                 markerfacecolor="#57606a" if i == 0 else "none", label=_t(f"runtime: {name}"))
-    ax.set_xticks(range(len(xs)), ["float" if b is None else f"w{b[0]}a{b[1]}" for b in xs])
+    ax.set_xticks(range(len(xs)), [bits_name(b) for b in xs])
     ax.set(xlabel="bit width of the model (weights, activations)", ylabel="ASR %",
            title=f"ASR against bit width (lines: {names[0]}; open markers: the other runtimes)")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -224,12 +225,11 @@ def fig_latency(runs: list[dict]) -> str | None:
 
 
 def fig_transfer(rows: list[dict]) -> list[str]:
-    import tempfile
-
     from eval.transfer import write_heatmaps
+    from qadtr._scratch import scratch
 
     _plt()
-    with tempfile.TemporaryDirectory(prefix="qadtr-report-") as tmp:
+    with scratch("report") as tmp:
         return [base64.b64encode(p.read_bytes()).decode() for p in write_heatmaps(rows, Path(tmp))]
 
 

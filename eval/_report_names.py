@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from eval._runs import bits_name
+from qadtr.bits import bits_name
 
 _BITS = re.compile(r"w(\d+)a(\d+)")
 

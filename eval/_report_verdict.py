@@ -17,6 +17,7 @@ import re
 from eval._report_host import host_line
 from eval._report_html import STATUS, Html, defined, esc, pp, status_badge
 from eval._report_names import bits_key, label_key, short_patch
+from qadtr.bits import bits_name
 
 PHRASE = {"agrees": "behaves like its simulation", "differs": "predictions differ; no ASR gap significant",
           "diverges": "diverges from its simulation"}
@@ -164,7 +165,7 @@ def findings(comparisons: list[dict]) -> list[str]:
     if good:
         rts = sorted({c["out"] for c in good})
         bits = sorted({_bits(c) for c in good}, key=bits_key)
-        names = ", ".join("float" if b is None else f"w{b[0]}a{b[1]}" for b in bits)
+        names = ", ".join(bits_name(b) for b in bits)
         sems = sorted({(c.get("attribution") or {}).get("explained_by") for c in good} - {None})
         out.append(f"{', '.join(rts)} behave{'s' if len(rts) == 1 else ''} like the simulation in {len(good)} of "
                    f"{len(comparisons)} comparisons ({names}"
@@ -190,7 +191,7 @@ def verdict_block(comparisons: list[dict], runs: list[dict]) -> str:
     rows: dict[tuple[str, str], dict] = {}
     for c in comparisons:
         rows.setdefault((c["info"].get("device", ""), c["out"]), {}).setdefault(_bits(c), []).append(c)
-    head = "".join(f"<th>{'float' if b is None else f'w{b[0]}a{b[1]}'}</th>" for b in bits)
+    head = "".join(f"<th>{bits_name(b)}</th>" for b in bits)
     body = ""
     for (dev, rt), by_bits in sorted(rows.items()):
         tds = ""

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from qadtr._errors import QadtrError
+from qadtr.bits import bits_name
 
 LSB_SOURCE = ("fake-quant logit grid: input scale of the last QuantLinear times its per-class weight scale, the "
               "step of its int32 accumulator (export.onnx.reference_run), from {checkpoint} at w{w}a{a}")
@@ -69,10 +70,6 @@ def model_key(run) -> ModelKey:
         found = re.search(r"w(\d+)a(\d+)", run.kernels or "")  # devices.fakequant: "..., deploy_net w4a4"
         bits = (int(found[1]), int(found[2])) if found else None
     return ModelKey(sha, None if bits is None else (int(bits[0]), int(bits[1])), checkpoint)
-
-
-def bits_name(bits) -> str:
-    return "float" if bits is None else f"w{bits[0]}a{bits[1]}"
 
 
 def pair_runs(runs: list, *, reference: str = "fakequant", only: Sequence[str] = ()) -> tuple[list, list[dict]]:

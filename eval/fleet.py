@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 from qadtr._errors import QadtrError
 from qadtr.progress import progress as progress_bar
+from qadtr.bits import bits_name
 
 if TYPE_CHECKING:
     from eval.store import RunRecord
@@ -25,6 +27,9 @@ LATENCY = ("per-batch inference time (the runner's timed call: no feed preparati
            "warm-up calls of each session; per image = batch time / images in the batch, percentiles over images "
            "(at batch size 1 the single-inference latency)")
 THROUGHPUT = "images / summed batch inference time (the runtime's own speed; replay and store overhead excluded)"
+# Set by run_fleet when its main thread is interrupted (Ctrl-C, or SIGTERM through qadtr._cli.run_cli): every device's
+# replay stops at its next batch and closes (its stream, its scratch folder) instead of replaying on to the end.
+STOPPING = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -66,12 +71,12 @@ def _checkpoint_jobs(path: Path, bits: tuple[int, int] | None, data: str) -> lis
         raise QadtrError(f"{pt} was trained on {trained_on}, the replay is {data}; pass --data {trained_on}")
     have = [tuple(b) for b in ck.model.bits]
     if bits is not None and bits not in have:
-        raise QadtrError(f"{pt} has no w{bits[0]}a{bits[1]}; it was trained at "
-                         f"{', '.join(f'w{w}a{a}' for w, a in have) or 'float'}: pick one of those after '@'")
+        raise QadtrError(f"{pt} has no {bits_name(bits)}; it was trained at "
+                         f"{', '.join(bits_name(b) for b in have) or 'float'}: pick one of those after '@'")
     sha = sha256_file(pt)
     if not have:
         return [Job("fakequant", pt, pt.name, sha, None, sha)]
-    return [Job("fakequant", pt, f"{pt.name}@w{w}a{a}", sha, (w, a), sha, {"bits": (w, a)})
+    return [Job("fakequant", pt, f"{pt.name}@{bits_name((w, a))}", sha, (w, a), sha, {"bits": (w, a)})
             for w, a in ([bits] if bits else have)]
 
 
@@ -96,7 +101,7 @@ def jobs_for(runtime: str, path: Path, bits: tuple[int, int] | None, data: str) 
     if runtime == "fakequant":  # an export: the reference is its source checkpoint at the export's bits
         runner = make_runner("fakequant", path)  # never activated: it only resolves the export record
         if not resolve(runner.checkpoint)[0].is_file():
-            at = f"@w{runner.bits[0]}a{runner.bits[1]}" if runner.bits else ""
+            at = f"@{bits_name(runner.bits)}" if runner.bits else ""
             raise MissingSource(f"{record_path(path).name} names source checkpoint {runner.checkpoint}, not "
                                 f"found from {Path.cwd()}; give it as --model CHECKPOINT{at}")
         return _checkpoint_jobs(Path(runner.checkpoint), runner.bits or bits, data)
@@ -190,6 +195,8 @@ def replay_run(store, device, job: Job, replay, *, batch_size: int = 100, warmup
             progress_bar(total=len(replay), initial=start, unit="img", enabled=progress, leave=False,
                          desc=f"{device.name} {job.runtime} {job.label}") as bar:
         for batch in batches:
+            if STOPPING.is_set():
+                raise KeyboardInterrupt(f"{device.name}: stopped after {expected} of {len(replay)} samples")
             if expected == start and batches.kernels != run.kernels:
                 if run.kernels:
                     raise QadtrError(f"{job.runtime} now runs {batches.kernels!r}, the run started on {run.kernels!r}; "
@@ -242,7 +249,7 @@ def run_metrics(store, run_id: str, replay, *, energy_reason: str = "") -> dict:
     bits = run.options.get("bits")
     return {"run_id": run.run_id, "device": run.device, "emulated": run.emulated, "runtime": run.runtime,
             "kernels": run.kernels, "artifact": run.artifact, "artifact_sha256": run.artifact_sha256,
-            "bits": f"w{bits[0]}a{bits[1]}" if bits else None, "replay": run.replay, "replay_sha256": run.replay_sha256,
+            "bits": bits_name(bits) if bits else None, "replay": run.replay, "replay_sha256": run.replay_sha256,
             "samples": run.samples, "clean_accuracy": replay.clean_accuracy(pred).to_dict(), "asr": asr,
             "latency": {"definition": LATENCY, "batches": len(rows), "warmup_calls": run.options.get("warmup"),
                         "batch_size": run.options.get("batch_size"),
@@ -272,6 +279,7 @@ def replay_on_devices(*, devices: str = "local", models: list[str], patches: str
         replay_dir = Path(replay_dir) if replay_dir else Path(store_path).parent / "replays"
         replay = load_replay(make_replay(patches, data, data_dir, eval_subset=eval_subset, eval_seed=eval_seed,
                                          out=replay_dir, progress=progress))
+        Store(store_path).close()  # the schema exists before any thread writes (WAL: one writer at a time, readers free)
     except BaseException:
         for d in opened:  # a remote device holds a scratch folder; each device is closed once its jobs ran
             d.close()
@@ -283,7 +291,7 @@ def replay_on_devices(*, devices: str = "local", models: list[str], patches: str
     def on_device(device, jobs: list[Job], skipped: list[dict]) -> tuple[dict, list[dict], list[dict]]:
         """Every job of one device, in its own Store connection (a fleet runs one of these per thread)."""
         runs = []
-        with Store(store_path) as store, device:
+        with device, Store(store_path) as store:  # the device first: it is closed even if the store fails
             info = device.describe()
             reason = energy_note(device)
             for job in jobs:
@@ -293,7 +301,6 @@ def replay_on_devices(*, devices: str = "local", models: list[str], patches: str
                 runs.append({**metrics, "model": job.label, "replayed_now": out.replayed, "wall_s_now": out.wall_s})
         return info, [{"device": device.name, **s} for s in skipped], runs
 
-    Store(store_path).close()  # the schema exists before any thread writes (WAL: one writer at a time, readers free)
     for device, (info, skipped, runs) in zip([p[0] for p in planned], run_fleet(on_device, planned)):
         result["devices"][device.name] = info
         result["skipped"] += skipped
@@ -304,13 +311,22 @@ def replay_on_devices(*, devices: str = "local", models: list[str], patches: str
 def run_fleet(fn, tasks: list[tuple]) -> list:
     """`fn(*task)` for every task, one thread per task when there are several (`--device a,b,c`: the
     boards replay concurrently); results in task order. Every task runs to its end; then the first
-    bug is raised as is, or the devices' user errors as one QadtrError (their partial runs stay stored)."""
+    bug is raised as is, or the devices' user errors as one QadtrError (their partial runs stay stored).
+    An interrupt of the caller (Ctrl-C, SIGTERM) sets STOPPING: each task stops at its next batch, then it re-raises."""
     if len(tasks) == 1:
         return [fn(*tasks[0])]
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, wait
 
-    with ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="device") as pool:
+    pool = ThreadPoolExecutor(max_workers=len(tasks), thread_name_prefix="device")
+    try:
         futures = [pool.submit(fn, *t) for t in tasks]
+        wait(futures)
+    except BaseException:
+        STOPPING.set()
+        raise
+    finally:
+        pool.shutdown(wait=True)  # the devices have closed (their scratch folders are gone) before this returns
+        STOPPING.clear()
     errors = [f.exception() for f in futures if f.exception() is not None]
     bugs = [e for e in errors if not isinstance(e, QadtrError)]
     if bugs:

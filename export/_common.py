@@ -49,6 +49,7 @@ class ProofFailed(QadtrError):
         self.result = result
 from qadtr.checkpoint import Checkpoint, load_checkpoint
 from qadtr.models import bits_of, deploy_net
+from qadtr.bits import bits_name
 
 
 def deploy_model(checkpoint: str | Path, w: int, a: int | None = None) -> tuple[nn.Module, Checkpoint]:
@@ -66,8 +67,8 @@ def deploy_model(checkpoint: str | Path, w: int, a: int | None = None) -> tuple[
         raise QadtrError(f"{checkpoint} is a float model; exporters take a quantized one "
                          "(train with `python -m qadtr.train --bits 8`)")
     if (w, a) not in bits_of(model):
-        have = ", ".join(f"w{x}a{y}" for x, y in bits_of(model))
-        raise QadtrError(f"{checkpoint} has no w{w}a{a}; it was trained at {have}: pass one of those to --bits")
+        have = ", ".join(bits_name(b) for b in bits_of(model))
+        raise QadtrError(f"{checkpoint} has no {bits_name((w, a))}; it was trained at {have}: pass one of those to --bits")
     return deploy_net(model, w, a), ck
 
 
@@ -79,7 +80,7 @@ def default_out(checkpoint: str | Path, bits: int | None, float_model: bool = Fa
 
     arch = read_checkpoint_info(checkpoint).model.arch
     a = bits if act_bits is None else act_bits
-    return Path(f"{arch}_{'fp32' if float_model else f'w{bits}a{a}'}{suffix}")
+    return Path(f"{arch}_{'fp32' if float_model else bits_name((bits, a))}{suffix}")
 
 
 def rejected_path(out: str | Path) -> Path:

@@ -8,13 +8,13 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from qadtr._errors import QadtrError
+from qadtr._scratch import scratch
 
 INPUT, OUTPUT = "input", "logits"  # the exported graph's input and output names
 
@@ -89,7 +89,7 @@ def fusion_report(model_path: str | Path) -> dict:
     """Which nodes ORT_ENABLE_ALL runs on integer kernels (QLinearConv, QLinearAdd, ...) and which in float."""
     from devices.onnxrt import OnnxrtRunner
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch("onnx") as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         with OnnxrtRunner(model_path, graph_optimization="all", intra_op_threads=1,
                           optimized_model_path=optimized) as runner:

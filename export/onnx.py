@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,9 @@ from export._onnx_graph import (INPUT, OUTPUT, activation_dq_inputs, check_graph
 from qadtr._cli import check_count, check_writable
 from export.registry import get_exporter
 from qadtr._errors import QadtrError
+from qadtr._scratch import scratch
 from qadtr.progress import stage
+from qadtr.bits import bits_name
 
 EXPORTER_VERSION = get_exporter("onnx").version  # the registry row's (its history is told there)
 PROOF_LEVEL = "disable"  # node by node in float: no CPU-specific integer kernel decides the proof
@@ -233,7 +234,7 @@ def load_for_export(checkpoint: str | Path, bits: int | None, float_model: bool)
     from qadtr.checkpoint import load_checkpoint, read_checkpoint_info
 
     info = read_checkpoint_info(checkpoint)
-    have = ", ".join(str(w) if w == a else f"w{w}a{a}" for w, a in info.model.bits)
+    have = ", ".join(str(w) if w == a else bits_name((w, a)) for w, a in info.model.bits)
     if float_model:
         if info.model.is_quant:
             raise QadtrError(f"{checkpoint} is quantized ({have}); drop --float and pass --bits with one of those")
@@ -279,10 +280,10 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, bits: int | None, im
     net, ck = load_for_export(checkpoint, bits, float_model)
     dataset = ck.train.data if getattr(ck.train, "data", None) else "cifar10"
     imgs, source = parity_images(images=images, data_dir=data_dir, dataset=dataset, limit=limit)
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch("onnx") as tmp:
         staged = Path(tmp) / Path(out).name
         example = to_tensor(imgs[:1])  # (1, 3, H, W)
-        stage(f"export.onnx: tracing the {'fp32' if float_model else f'w{bits}a{bits}'} net to ONNX (opset {opset})")
+        stage(f"export.onnx: tracing the {'fp32' if float_model else bits_name((bits, bits))} net to ONNX (opset {opset})")
         (export_float if float_model else export_qcdq)(net, staged, example, opset=opset)
         model = onnx.load(str(staged))
         try:

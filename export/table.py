@@ -26,6 +26,7 @@ from export._common import ProofFailed
 from export.registry import EXPORTERS, export, get_exporter, load
 from qadtr._errors import QadtrError
 from qadtr.progress import progress
+from qadtr.bits import bits_name
 
 
 def _cells(zoo: Path) -> list[tuple[str, Path, int | None, str]]:
@@ -50,7 +51,7 @@ def export_cell(name: str, pt: Path, bits: int | None, exporter: str, out: Path,
                 limit: int) -> dict:
     """Run one exporter; returns the row (figures, or the reason it was refused or failed)."""
     info = get_exporter(exporter)
-    row = {"checkpoint": name, "bits": "float" if bits is None else f"w{bits}a{bits}", "exporter": exporter}
+    row = {"checkpoint": name, "bits": bits_name(None if bits is None else (bits, bits)), "exporter": exporter}
     stem = out / "artifacts" / name / f"{exporter}_{row['bits']}"
     try:
         if bits is None and info.fp32_refusal:
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [c for c in _cells(Path(args.zoo)) if not only or c[0] in only]
         for name, pt, bits, exporter in progress(cells, desc="export", unit="cell"):
             sha = sha256_file(pt)
-            key = (name, "float" if bits is None else f"w{bits}a{bits}", exporter)
+            key = (name, bits_name(None if bits is None else (bits, bits)), exporter)
             version = get_exporter(exporter).version
             if any((r["checkpoint"], r["bits"], r["exporter"]) == key and r.get("source_sha256") == sha
                    and r.get("exporter_version") == version for r in rows):

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,9 @@ from export._common import ExportResult, default_out, deploy_model, publish, rec
 from export._tflite_graph import (EXPORTER_VERSION, Built, _Q, build_tflite, check_exportable,  # noqa: F401
                                   with_outputs)  # with_outputs: part of this module's API, re-exported
 from qadtr._errors import QadtrError
+from qadtr._scratch import scratch
 from qadtr.progress import stage
+from qadtr.bits import bits_name
 
 KERNEL_SETS = ("xnnpack", "builtin")
 _ARCH_INPUT = {"test_qnet": 8}  # input side when no images are given; every dataset here is 32x32
@@ -71,7 +72,7 @@ OUTPUT = "logits: float32 (B, classes), DEQUANTIZE of a 16x8 FULLY_CONNECTED"
 def describe(result: ExportResult) -> str:
     """The CLI's summary of an export: size and bits, then each kernel set's figures."""
     r = result.record
-    lines = [f"{result.path} ({r.artifact_bytes / 1024:.1f} KiB) w{r.bits[0]}a{r.bits[1]}"]
+    lines = [f"{result.path} ({r.artifact_bytes / 1024:.1f} KiB) {bits_name(r.bits)}"]
     for k, p in r.parity.items():
         lines.append(f"  {k:8s}: {p['act_mismatch']}/{p['act_elements']} integer activations off "
                      f"(max {p['act_max_step']} step), argmax agree {100 * p['logits']['argmax_agree']:.2f}% "
@@ -127,7 +128,7 @@ def _prove(net, built: Built, debug: Built, images: np.ndarray, *, kernels=KERNE
     from qadtr.predict import to_tensor
 
     figures = {}
-    with tempfile.TemporaryDirectory(prefix="qadtr-tflite-") as tmp:
+    with scratch("tflite") as tmp:
         paths = {"real": Path(tmp) / "model.tflite", "debug": Path(tmp) / "debug.tflite"}
         paths["real"].write_bytes(built.data)
         paths["debug"].write_bytes(debug.data)
@@ -205,7 +206,7 @@ def export_tflite(checkpoint: str | Path, out: str | Path, *, bits: int, images:
     """
     act_bits = bits if act_bits is None else act_bits
     if bits > 8 or act_bits > 8:
-        raise QadtrError(f"w{bits}a{act_bits}: the TFLite exporter carries at most 8-bit integers (int8 kernels); "
+        raise QadtrError(f"{bits_name((bits, act_bits))}: the TFLite exporter carries at most 8-bit integers (int8 kernels); "
                          "use export.onnx for wider types")
     bad = [k for k in kernels if k not in KERNEL_SETS]
     if bad or not kernels:
@@ -218,7 +219,7 @@ def export_tflite(checkpoint: str | Path, out: str | Path, *, bits: int, images:
     dataset = getattr(ck.train, "data", None) or "cifar10"
     imgs, described = _proof_images(ck.model.arch, dataset, images, data_dir, limit)
     h, w = imgs.shape[1:3]
-    stage(f"export.tflite: lowering the w{bits}a{act_bits or bits} net to a full-integer flatbuffer")
+    stage(f"export.tflite: lowering the {bits_name((bits, act_bits or bits))} net to a full-integer flatbuffer")
     built = build_tflite(net, h, w, headroom=headroom)
     debug = build_tflite(net, h, w, debug=True, headroom=headroom)
     stage(f"export.tflite: proving on {len(imgs)} images under LiteRT's {' and '.join(kernels)} kernels")
@@ -235,7 +236,7 @@ def export_tflite(checkpoint: str | Path, out: str | Path, *, bits: int, images:
                        f"{parity[k]['logits']['argmax_agree']:.2%}" for k in failed)
     summary = "; ".join(f"{k}: {p['act_mismatch']} of {p['act_elements']} integer activations off, argmax agree "
                         f"{100 * p['logits']['argmax_agree']:.2f}%" for k, p in parity.items())
-    with tempfile.TemporaryDirectory(prefix="qadtr-tflite-") as tmp:
+    with scratch("tflite") as tmp:
         staged = Path(tmp) / out.name
         staged.write_bytes(built.data)
         return publish(staged, out, failure=f"TFLite parity check failed ({detail}; thresholds: activations "

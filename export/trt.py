@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from export import onnx as onnx_export
 from export._common import ExportResult, publish, record_fields
 from qadtr._config import write_json
 from qadtr._errors import QadtrError
+from qadtr._scratch import scratch
 from qadtr.progress import stage
 
 INT4_NOTE = ("TensorRT has no INT4/INT2 convolution kernels (INT4 is weight-only, for GEMM/MatMul): a "
@@ -305,7 +305,7 @@ def export_trt(checkpoint: str | Path, out: str | Path, *, bits: int, images: np
     dataset = ck.train.data if getattr(ck.train, "data", None) else "cifar10"
     imgs, source = onnx_export.parity_images(images=images, data_dir=data_dir, dataset=dataset, limit=limit)
     out = Path(out)
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch("trt") as tmp:
         qdq, staged = Path(tmp) / "qdq.onnx", Path(tmp) / "model.onnx"
         onnx_export.export_qcdq(net, qdq, to_tensor(imgs[:1]), opset=opset)
         original = onnx.load(str(qdq))

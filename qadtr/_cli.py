@@ -1,13 +1,18 @@
 """Shared CLI plumbing: one-line user errors with exit code 1, a PASSED/FAILED closing line, an argparse that
-answers a bad flag the same way, and output paths checked before the work starts."""
+answers a bad flag the same way, output paths checked before the work starts, and SIGTERM / SIGHUP handled as
+Ctrl-C (cleanup runs)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -16,6 +21,38 @@ from qadtr._errors import QadtrError
 # every --data-dir's help: where qadtr.data.resolve_data_dir looks when the flag is absent
 DATA_DIR_HELP = ("dataset folder (default: $QADTR_DATA, else ../shared/data beside the repository, else the "
                  "official archive downloaded into the cache)")
+# `kill PID` and a closed terminal: while a CLI runs, they raise Terminated so that cleanup runs as on Ctrl-C
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread as Ctrl-C is: every `finally` and `with` runs (scratch folders,
+    ssh streams, child processes), then run_cli exits 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_interrupt() -> Iterator[None]:
+    """Inside the block, STOP_SIGNALS raise Terminated in the main thread instead of ending the process on the spot.
+    A signal whose handler is not the default (nohup's ignored SIGHUP, an embedding program's own) is left alone,
+    and so is every signal outside the main thread (Python runs handlers there only)."""
+    saved = {}
+    if threading.current_thread() is threading.main_thread():
+        for s in STOP_SIGNALS:
+            if signal.getsignal(s) == signal.SIG_DFL:
+                saved[s] = signal.signal(s, _terminate)
+    try:
+        yield
+    finally:
+        for s, old in saved.items():
+            signal.signal(s, old)
 
 
 def run_cli(module: str, body: Callable[[], None], argv: list[str] | None = None) -> int:
@@ -30,14 +67,15 @@ def run_cli(module: str, body: Callable[[], None], argv: list[str] | None = None
     show_stages()  # the library's stage() lines reach a person running a command, not a test or an importer
     start = time.perf_counter()
     try:
-        body()
+        with stop_signals_interrupt():  # SIGTERM / SIGHUP clean up as Ctrl-C does (scratch folders: qadtr._scratch)
+            body()
     except QadtrError as e:
         print(f"error: {e}", file=sys.stderr)
         print(f"FAILED | {time.perf_counter() - start:.1f}s | {command}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"INTERRUPTED | {time.perf_counter() - start:.1f}s | {command}", file=sys.stderr)
-        return 130
+        return 128 + getattr(e, "signum", signal.SIGINT)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
     print(f"PASSED | {time.perf_counter() - start:.1f}s | {command}")
     return 0
 
@@ -85,6 +123,8 @@ def check_writable(path: str | Path, kind: str, flag: str = "--out") -> Path:
     except OSError as e:
         raise QadtrError(f"{flag} {path}: cannot write in {parent} ({e.strerror or type(e).__name__}); pass a "
                          "writable location") from None
-    os.close(fd)
-    os.unlink(probe)
+    try:
+        os.close(fd)
+    finally:
+        os.unlink(probe)
     return path

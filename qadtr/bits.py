@@ -1,7 +1,7 @@
 """Bit widths as one small value type: parse and format "w4a8" in one place.
 
-    >>> Bits.parse("w4a8"), str(Bits(4, 4)), parse_bits("2,4,8")
-    (Bits(w=4, a=8), 'w4a4', ((2, 2), (4, 4), (8, 8)))
+    >>> Bits.parse("w4a8"), str(Bits(4, 4)), parse_bits("2,4,8"), bits_name((4, 8)), bits_names(((2, 2), (4, 4)))
+    (Bits(w=4, a=8), 'w4a4', ((2, 2), (4, 4), (8, 8)), 'w4a8', 'w2a2+w4a4')
 """
 
 from __future__ import annotations
@@ -37,6 +37,19 @@ class Bits:
 
     def __str__(self) -> str:
         return f"w{self.w}a{self.a}"
+
+
+def bits_name(bits: tuple[int, int] | Bits | None) -> str:
+    """The one name of a bit width: (4, 8) or Bits(4, 8) -> "w4a8"; None or () -> "float"."""
+    if not bits:
+        return "float"
+    w, a = bits.pair if isinstance(bits, Bits) else bits
+    return str(Bits(int(w), int(a)))
+
+
+def bits_names(pairs) -> str:
+    """Several bit widths as one name: ((2, 2), (4, 4)) -> "w2a2+w4a4"; () or None -> "float"."""
+    return "+".join(bits_name(p) for p in pairs) if pairs else "float"
 
 
 def parse_bits(text: str) -> tuple[tuple[int, int], ...]:

@@ -12,6 +12,7 @@ import torch.nn as nn
 from qadtr._stats import Proportion
 from qadtr.progress import progress as bar
 from qadtr.models import at_bits, bits_of, deploy_net
+from qadtr.bits import bits_name
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -62,10 +63,10 @@ def accuracy_per_bits(model: nn.Module, images: np.ndarray, labels: np.ndarray, 
         return {"float": Proportion(correct, len(labels))}
     result = {}
     for w, a in bits_of(model):
-        if keys is not None and f"w{w}a{a}" not in keys:
+        if keys is not None and bits_name((w, a)) not in keys:
             continue
         net = deploy_net(model, w, a) if form == "deploy" else at_bits(model, w, a)
-        correct = int((predict(net, images, progress=progress, device=device, desc=f"eval w{w}a{a} {form}")
+        correct = int((predict(net, images, progress=progress, device=device, desc=f"eval {bits_name((w, a))} {form}")
                        == labels).sum())
-        result[f"w{w}a{a}"] = Proportion(correct, len(labels))
+        result[bits_name((w, a))] = Proportion(correct, len(labels))
     return result

@@ -37,6 +37,7 @@ from qadtr.attacks.patchfile import Patch
 from qadtr.attacks.universal import (_check_common, attack_images, attack_mode, check_data, optimise_patch,
                                      targeted_loss, untargeted_loss)
 from qadtr.models import bits_of, deploy_net
+from qadtr.bits import bits_name
 
 
 @register_config
@@ -83,7 +84,7 @@ def aqapa_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: A
     images, labels = attack_images(images, labels, cfg.target)
     side = patch_side(cfg.size, images.shape[1:3])
     nets = [deploy_net(model, w, a) for w, a in bits]
-    keys = [f"w{w}a{a}" for w, a in bits]
+    keys = [bits_name(b) for b in bits]
     ema: list[torch.Tensor | None] = [None]
 
     def objective(adv: torch.Tensor, y: torch.Tensor):

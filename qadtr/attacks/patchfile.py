@@ -27,6 +27,7 @@ from qadtr._config import atomic_write_bytes, check_value, config_to_dict, field
     read_versioned_npz, write_json
 from qadtr._errors import QadtrError
 from qadtr.attacks._place import EOTConfig, Placement
+from qadtr.bits import bits_names
 
 MAGIC = b"QADTR-PATCH"
 FORMAT_VERSION = 1
@@ -70,7 +71,7 @@ class Patch:
 
 def patch_name(patch: Patch) -> str:
     """A file stem naming source, attack, size and target: `w8a8_universal_s10_t3`."""
-    bits = "float" if not patch.bits else "+".join(f"w{w}a{a}" for w, a in patch.bits)
+    bits = bits_names(patch.bits)
     target = "untargeted" if patch.target is None else f"t{patch.target}"
     return f"{bits}_{patch.attack}_s{round(100 * patch.size):02d}_{target}"
 

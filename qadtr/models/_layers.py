@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from qadtr.bits import Bits
 
 SUPPORTED_BITS = (2, 3, 4, 5, 6, 8)
 
@@ -37,7 +38,7 @@ class QuantSpec:
 
     @property
     def key(self) -> str:
-        return f"w{self.w}a{self.a}"
+        return str(Bits(self.w, self.a))
 
 
 class Layers:

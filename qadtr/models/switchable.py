@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from qadtr._config import check_state_dict, register_config
 from qadtr._errors import QadtrError
-from qadtr.bits import Bits
+from qadtr.bits import Bits, bits_name
 from qadtr.models._layers import SUPPORTED_BITS, QuantSpec
 from qadtr.models._registry import get_builder, list_models
 
@@ -68,7 +68,7 @@ class QuantNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         build = get_builder(cfg.arch)
-        self.nets = nn.ModuleDict({f"w{w}a{a}": build(cfg.spec(w, a), cfg.num_classes) for w, a in cfg.bits})
+        self.nets = nn.ModuleDict({bits_name((w, a)): build(cfg.spec(w, a), cfg.num_classes) for w, a in cfg.bits})
         first = next(iter(self.nets.values()))
         for net in list(self.nets.values())[1:]:
             _tie_(net, first, share_bn=not cfg.per_bit_bn)

@@ -33,6 +33,7 @@ from qadtr.models import bits_of, deploy_net, running_at
 from qadtr.recipes._registry import register_recipe
 from qadtr.recipes._inner import generator, n_adversarial, pgd
 from qadtr.recipes.qat import bits_for_step
+from qadtr.bits import bits_name
 
 ATTACKS = ("pgd", "none")
 
@@ -86,7 +87,7 @@ def dwq_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg) -> tupl
             x = torch.cat([adv, x[n_adv:]])  # (B, 3, H, W)
         logits = model(x)  # (B, classes)
     loss = F.cross_entropy(logits, y)
-    return loss, {f"loss_w{w}a{a}": loss.item(), "adv_frac": n_adv / len(x)}
+    return loss, {f"loss_{bits_name((w, a))}": loss.item(), "adv_frac": n_adv / len(x)}
 
 
 class RandomPrecision(nn.Module):
@@ -100,7 +101,7 @@ class RandomPrecision(nn.Module):
         super().__init__()
         bits = bits or bits_of(model)
         self.nets = nn.ModuleList([deploy_net(model, w, a) for w, a in bits])
-        self.keys = [f"w{w}a{a}" for w, a in bits]
+        self.keys = [bits_name(b) for b in bits]
         self.g = torch.Generator().manual_seed(seed)
         self.last = ""
 

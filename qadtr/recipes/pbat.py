@@ -38,6 +38,7 @@ from qadtr.recipes._registry import register_recipe
 from qadtr.recipes._inner import (TARGET_MODES, generator, location_patches, n_adversarial, random_targets,
                                   rng)
 from qadtr.recipes.qat import bits_for_step
+from qadtr.bits import bits_name
 
 
 @register_config
@@ -91,7 +92,7 @@ def pbat_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg) -> tup
             mixed = torch.cat([adv, x[n_adv:]])  # (B, 3, H, W)
             loss = F.cross_entropy(model(mixed), y)
         total = total + loss / len(bits)
-        logs[f"loss_w{w}a{a}"] = loss.item()
-        logs[f"inner_asr_w{w}a{a}"] = success.float().mean().item()
+        logs[f"loss_{bits_name((w, a))}"] = loss.item()
+        logs[f"inner_asr_{bits_name((w, a))}"] = success.float().mean().item()
     logs["patched_frac"] = n_adv / len(x)
     return total, logs

@@ -57,6 +57,7 @@ from qadtr.models import bits_of, running_at
 from qadtr.recipes._registry import register_recipe
 from qadtr.recipes._inner import TARGET_MODES, attack_losses, generator, n_adversarial, rng
 from qadtr.recipes.qat import bits_for_step
+from qadtr.bits import bits_name
 
 DBWT_MODES = ("cycle", "random")
 GIR_FORMS = ("square", "relu", "signed")
@@ -133,7 +134,7 @@ def refresh_patch(model, patch: torch.Tensor, x: torch.Tensor, y: torch.Tensor, 
     """A-QAPA steps on one (3, s, s) universal patch in place; returns the last per-bit weights and success."""
     side, hw = patch.shape[-1], tuple(x.shape[-2:])
     targets = None if target is None else torch.full_like(y, target)
-    keys = [f"w{w}a{a}" for w, a in bits]
+    keys = [bits_name(b) for b in bits]
     with attack_mode(model):
         for _ in range(steps):
             pl = sample_placements(len(x), side=side, hw=hw, eot=EOTConfig(), rng=place_rng)
@@ -219,7 +220,7 @@ def qadtr_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg, state
         with running_at(model, w, a):
             loss = F.cross_entropy(model(x), y)
         total = total + loss / len(bits_now)
-        logs[f"loss_w{w}a{a}"] = loss.item()
+        logs[f"loss_{bits_name((w, a))}"] = loss.item()
     if rc.gir and rc.gir_weight > 0 and step % rc.gir_every == 0:
         others = [b for b in bits_of(model) if b != bits_now[0]]
         b2 = others[int(torch.randint(len(others), (1,), generator=generator(cfg.seed, step, "gir")))]

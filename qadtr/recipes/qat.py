@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from qadtr.models import bits_of, running_at
 from qadtr.recipes._registry import register_recipe
+from qadtr.bits import bits_name
 
 
 def bits_for_step(model, switch: str, step: int, seed: int) -> list[tuple[int, int]]:
@@ -40,5 +41,5 @@ def qat_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg) -> tupl
             logits = model(x)  # (B, classes)
         loss = F.cross_entropy(logits, y)
         total = total + loss / len(bits)
-        logs[f"loss_w{w}a{a}"] = loss.item()
+        logs[f"loss_{bits_name((w, a))}"] = loss.item()
     return total, logs

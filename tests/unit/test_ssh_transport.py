@@ -71,7 +71,8 @@ def test_ssh_failures_are_told_apart():
 
 @pytest.fixture
 def device(tmp_path):
-    return SshDevice(_spec(runtimes=("onnxrt", "tensorrt", "fakequant", "null")))
+    with SshDevice(_spec(runtimes=("onnxrt", "tensorrt", "fakequant", "null"))) as device:  # close(): its scratch folder
+        yield device
 
 
 IMAGES = np.zeros((10, 8, 8, 3), np.uint8)
