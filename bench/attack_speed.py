@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from qadtr.bits import bits_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> dict:
         raise QadtrError(str(e)) from None
     if bits_of(model):
         (w, a) = bits[0] if bits else bits_of(model)[0]
-        net, key = deploy_net(model, w, a), f"w{w}a{a}"
+        net, key = deploy_net(model, w, a), bits_name((w, a))
     elif bits:
         raise QadtrError(f"--bits {args.bits}: {args.checkpoint} is a float model; drop --bits")
     else:
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import run_cli
+    from qadtr._cli import check_writable, run_cli
     from qadtr._config import write_json
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
+        check_writable(args.out, "folder")  # before the timed runs: a bad --out lost them
         res = run(args)
         stamp = res["utc"].replace(":", "").replace("-", "")
         ckpt = Path(res["checkpoint"])

@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,12 +69,11 @@ def timed_steps(recipe: str, fn, model, opt, cfg, state: dict, batches, first: i
     return time.perf_counter() - start, time.process_time() - cpu
 
 
-def main() -> None:
-    from qadtr.recipes import get_recipe
+def main(argv: list[str] | None = None) -> int:
+    from qadtr._cli import ArgumentParser, check_writable, run_cli  # one line and exit 1 for a bad flag
 
-    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
-
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m bench.defense_cost", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(RESULTS), help="folder for defense_cost_<utc>.json (default bench/results)")
     p.add_argument("--model", default="resnet20")
     p.add_argument("--bits", default="2,4,5,8", help="the switchable model's bit widths (QADT-R's DBWT set)")
     p.add_argument("--batch", type=int, default=128, help="training batch (the zoo's)")
@@ -83,7 +83,19 @@ def main() -> None:
     p.add_argument("--init", default="", help="optional float weights (e.g. zoo/resnet20_float/model.pt)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default; 1 makes CPU time a clean "
                    "measure of work on a busy machine)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        check_writable(args.out, "folder")  # before minutes of timing, not after
+        measure(args)
+
+    return run_cli("bench.defense_cost", body, argv)
+
+
+def measure(args) -> None:
+    """Time every recipe's step side by side (interleaved rounds) and save the ratios to args.out."""
+    from qadtr.recipes import get_recipe
+
     if args.threads:
         torch.set_num_threads(args.threads)
     recipes = ["qat"] + [r for r in args.recipes.split(",") if r and r != "qat"]
@@ -120,8 +132,8 @@ def main() -> None:
                     "torch": torch.__version__, "load_avg_1m": os.getloadavg()[0]},
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"defense_cost_{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) / f"defense_cost_{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     for r in recipes:
         print(f"{r:6s} {mean[r]:.3f} s/step  x{result['ratio_to_qat'][r]:.2f} QAT "
@@ -131,4 +143,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

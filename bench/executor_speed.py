@@ -78,13 +78,13 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import run_cli
+    from qadtr._cli import ArgumentParser, check_writable, run_cli  # ArgumentParser: one line, exit 1 on a bad flag
     from qadtr._config import write_json
-
-    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
     p = ArgumentParser(prog="python -m bench.executor_speed", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="zoo/resnet20_w4a4")
+    p.add_argument("--out", default=str(RESULTS),
+                   help="folder for executor_speed_<name>_<utc>.json (default bench/results)")
     p.add_argument("--bits", type=int, default=None, help="bit width of a switchable checkpoint (default: its first)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--batch", type=int, default=100)
@@ -97,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if min(args.batch, args.rounds, args.threads) < 1:
             raise QadtrError(f"--batch {args.batch} / --rounds {args.rounds} / --threads {args.threads}: each 1 or more")
+        check_writable(args.out, "folder")  # before the exports and timing, not after
         res = run(args)
         for k, v in sorted(res["images_per_s"].items(), key=lambda kv: -kv[1]):
             print(f"{k:34s} {v:9.0f} img/s  {res['ratio_to_fakequant'][k]:6.2f}x fake-quant")
-        out = RESULTS / f"executor_speed_{Path(res['checkpoint']).parent.name}_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
+        out = Path(args.out) / f"executor_speed_{Path(res['checkpoint']).parent.name}_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
         write_json(out, res)
         print(f"wrote {out}")
 

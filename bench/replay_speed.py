@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,10 +75,11 @@ def run(args: argparse.Namespace) -> dict:
     from eval.fleet import jobs_for
     from eval.replay import make_replay
     from qadtr._errors import QadtrError
+    from qadtr._scratch import scratch
 
     if args.rounds < 1 or args.images < 1:
         raise QadtrError(f"--rounds {args.rounds} / --images {args.images}: use positive numbers")
-    with tempfile.TemporaryDirectory() as tmp_dir:
+    with scratch("bench") as tmp_dir:
         tmp = Path(tmp_dir)
         device = open_device(load_inventory()["local"])
         available = set(device.runtimes())
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import run_cli
+    from qadtr._cli import check_writable, run_cli
     from qadtr._config import write_json
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
+        check_writable(args.out, "folder")  # before the timed runs: a bad --out lost them
         res = run(args)
         path = Path(args.out) / f"replay_speed_{res['utc'].replace(':', '').replace('-', '')}.json"
         write_json(path, res)

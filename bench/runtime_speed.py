@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +58,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from devices.runtimes import feed_format
     from export._common import deploy_model
+    from qadtr._scratch import scratch
     from qadtr.data import load_split, subset
     from qadtr.predict import to_tensor
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> dict:
     images = subset(load_split("cifar10", "test", args.data_dir), args.images).images  # (N, H, W, 3) uint8
     batches = [images[i:i + 64] for i in range(0, len(images), 64)]
     net, _ = deploy_model(args.checkpoint, args.bits)
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch("bench") as tmp:
         paths = _export_all(args, Path(tmp), images)
         sizes = {k: p.stat().st_size for k, p in paths.items()}
         runners = _runners(paths, args.threads)
@@ -128,7 +128,7 @@ def describe(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import DATA_DIR_HELP, run_cli
+    from qadtr._cli import DATA_DIR_HELP, check_writable, run_cli
     from qadtr._config import write_json
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
+        check_writable(args.out, "folder")  # before the timed runs: a bad --out lost them
         res = run(args)
         print(describe(res))
         path = Path(args.out) / f"runtime_speed_{res['utc'].replace(':', '').replace('-', '')}.json"

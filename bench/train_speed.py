@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from qadtr.models import ModelConfig, create_model
 from qadtr.models._calibrate import calibrate_
 
-OUT = Path(__file__).parent / "results" / "train_speed.json"
+RESULTS = Path(__file__).parent / "results"  # default --out: train_speed.json there
 BATCH = 128  # the training batch size of every zoo run
 
 
@@ -43,13 +44,24 @@ def step_time(model, opt, x, y, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def main() -> None:
-    from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
+def main(argv: list[str] | None = None) -> int:
+    from qadtr._cli import ArgumentParser, check_writable, run_cli  # one line and exit 1 for a bad flag
 
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="python -m bench.train_speed", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default=str(RESULTS), help="folder for train_speed.json (default bench/results)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=5, help="optimizer steps per model per round")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+
+    def body() -> None:
+        check_writable(args.out, "folder")  # before the timing, not after
+        measure(rounds=args.rounds, steps=args.steps, out=Path(args.out) / "train_speed.json")
+
+    return run_cli("bench.train_speed", body, argv)
+
+
+def measure(*, rounds: int, steps: int, out: Path) -> None:
+    """Median step time of float, w8a8 and w4a4 ResNet-20 in interleaved rounds, saved to `out`."""
     torch.manual_seed(0)
     x = torch.rand(BATCH, 3, 32, 32)  # (B, 3, 32, 32)
     y = torch.randint(0, 10, (BATCH,))
@@ -58,25 +70,25 @@ def main() -> None:
     for k in models:  # warm-up: first calls allocate and pick kernels
         step_time(models[k], opts[k], x, y, 1)
     times = {k: [] for k in models}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for k in models:
-            times[k].append(step_time(models[k], opts[k], x, y, args.steps))
+            times[k].append(step_time(models[k], opts[k], x, y, steps))
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "what": "ResNet-20 training step (forward+backward+SGD), batch 128, CPU",
         "median_step_s": med,
         "ratio_to_float": {k: med[k] / med["float"] for k in med},
-        "rounds": args.rounds, "steps_per_round": args.steps, "all_step_s": times,
+        "rounds": rounds, "steps_per_round": steps, "all_step_s": times,
         "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(),
                     "torch": torch.__version__},
         "date": time.strftime("%Y-%m-%d"),
     }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     for k in med:
         print(f"{k:6s} {med[k]:.3f} s/step  x{result['ratio_to_float'][k]:.2f} float")
-    print(f"saved {OUT}")
+    print(f"saved {out}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -58,13 +58,13 @@ class Availability:
         return f"{'✓' if self.available else '✗'} {self.kind:7s} {self.name:15s} {self.reason}".rstrip()
 
 
-class Replay(Iterator[Batch]):
+class BatchStream(Iterator[Batch]):
     """The batches of one replay, with what ran them; a context manager that releases the runtime.
 
     `runner`, `kernels` and `feed` are filled when the runtime is up, before the first batch.
     """
 
-    def __init__(self, produce: Callable[[Replay], Iterator[Batch]]):
+    def __init__(self, produce: Callable[[BatchStream], Iterator[Batch]]):
         self.runner = ""  # the runner's name, e.g. "onnxrt-cpu"
         self.kernels = ""  # the kernel set it executed
         self.feed = ""  # the bytes the model received, e.g. "input: NCHW float32 = pixel / 255"
@@ -76,7 +76,7 @@ class Replay(Iterator[Batch]):
     def close(self) -> None:
         self._batches.close()
 
-    def __enter__(self) -> Replay:
+    def __enter__(self) -> BatchStream:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -115,7 +115,7 @@ class Device:
         raise NotImplementedError
 
     def replay(self, runtime: str, artifact: Path, images: np.ndarray, *, batch_size: int = 100, warmup: int = 3,
-               start: int = 0, options: dict | None = None) -> Replay:
+               start: int = 0, options: dict | None = None) -> BatchStream:
         """Run `images[start:]` through `runtime` on `artifact`, in batches; `options` go to the runner."""
         raise NotImplementedError
 

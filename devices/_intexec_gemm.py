@@ -43,6 +43,10 @@ def im2col(xc: np.ndarray, kh: int, kw: int, stride, dilation) -> tuple[np.ndarr
     if kh == kw == sh == sw == 1:
         return x.reshape(b * h * w, c), (oh, ow)
     sb, sy, sx, sc = x.strides
+    if dw == 1:  # (kw, c) of one window row are KW*C adjacent floats: copied as one run, ~3x faster than per pixel
+        rows = np.lib.stride_tricks.as_strided(  # (B, OH, OW, KH, KW*C) view, no copy
+            x, (b, oh, ow, kh, kw * c), (sb, sy * sh, sx * sw, sy * dh, sc), writeable=False)
+        return rows.reshape(b * oh * ow, kh * kw * c), (oh, ow)  # the one copy, same (kh, kw, c) order
     windows = np.lib.stride_tricks.as_strided(  # (B, OH, OW, KH, KW, C) view, no copy
         x, (b, oh, ow, kh, kw, c), (sb, sy * sh, sx * sw, sy * dh, sx * dw, sc), writeable=False)
     return windows.reshape(b * oh * ow, kh * kw * c), (oh, ow)  # the one copy

@@ -47,6 +47,15 @@ def clean(text, limit: int = TEXT) -> str:
     return kept if len(kept) <= limit else kept[:limit - 3] + "..."
 
 
+def shell_path(path: str) -> str:
+    """`path` quoted for a command the user pastes: a leading `~/` stays outside the quotes, so the shell
+    still expands it (shlex.quote("~/.ssh/known_hosts") is a file literally named `~`)."""
+    if path == "~" or path.startswith("~/"):
+        rest = path[2:]
+        return "~/" + shlex.quote(rest) if rest else "~"
+    return shlex.quote(path)
+
+
 class SshError(QadtrError):
     """A board step failed; the message names the device and the fix."""
 
@@ -281,7 +290,7 @@ class Transport:
 
     def error(self, what: str, rc: int, stderr: str) -> SshError:
         """The SshError for a failed ssh/scp: host key, login, connection (ConnectionLost) or the board's own failure."""
-        name, spec, kh = self.spec.name, self.spec, shlex.quote(self.known_hosts)
+        name, spec, kh = self.spec.name, self.spec, shell_path(self.known_hosts)
         scan = f"ssh-keyscan -p {spec.port} {spec.host}"
         if "REMOTE HOST IDENTIFICATION HAS CHANGED" in stderr:
             entry = spec.host if spec.port == 22 else f"[{spec.host}]:{spec.port}"

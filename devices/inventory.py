@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qadtr._errors import QadtrError
+from qadtr._registry import Registry, resolve
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,17 +45,30 @@ else:  # pragma: no cover - Python 3.10
 
 BUILTIN = Path(__file__).with_name("devices.toml")
 USER = Path("~/.config/qadtr/devices.toml")
-KINDS = {"local": "devices.local:LocalDevice", "ssh": "devices.ssh:SshDevice",
-         "arm-emu": "devices.arm_emu:ArmEmuDevice"}  # kind -> "module:Class", imported on first use
 ARM_PROFILES = {"cortex-a72": "~ Raspberry Pi 4", "cortex-a76": "~ Raspberry Pi 5",
                 "neoverse-n1": "~ Jetson Orin CPU (closest to its Cortex-A78AE)"}
 REMOTE_FIELDS = ("host", "port", "user", "key", "known_hosts", "python", "workdir")
-FIELDS = {  # the keys each kind takes; anything else is refused (a misspelt key must not fall back silently)
-    "local": ("kind", "runtimes", "power", "power_idle_s", "groups", "doc"),
-    "ssh": ("kind", "runtimes", "power", "power_idle_s", "groups", "doc", *REMOTE_FIELDS),
-    "arm-emu": ("kind", "runtimes", "power", "power_idle_s", "groups", "doc", *REMOTE_FIELDS, "profile"),
-}
-DEFAULT_PORT = {"ssh": 22, "arm-emu": 2222}
+_COMMON = ("kind", "runtimes", "power", "power_idle_s", "groups", "doc")  # the keys every kind takes
+
+
+@dataclass(frozen=True)
+class DeviceKindInfo:
+    name: str  # what an inventory's `kind = ` takes
+    device: str  # "module:Class" of the Device, imported on first use (open_device)
+    fields: tuple[str, ...]  # the keys its table takes; anything else is refused (a misspelt key must not fall back)
+    default_port: int = 0  # the port when the table gives none (0: the kind has no port)
+    doc: str = ""
+
+
+DEVICE_KINDS: Registry[DeviceKindInfo] = Registry("device kind")
+DEVICE_KINDS.register(DeviceKindInfo("local", "devices.local:LocalDevice", _COMMON, doc="this machine"))
+DEVICE_KINDS.register(DeviceKindInfo("ssh", "devices.ssh:SshDevice", (*_COMMON, *REMOTE_FIELDS), default_port=22,
+                                     doc="a Linux board over SSH, running devices/agent.py"))
+DEVICE_KINDS.register(DeviceKindInfo("arm-emu", "devices.arm_emu:ArmEmuDevice", (*_COMMON, *REMOTE_FIELDS, "profile"),
+                                     default_port=2222, doc="an emulated ARM board (qemu-user, pinned core) over SSH"))
+KINDS = DEVICE_KINDS.view("device")  # kind -> "module:Class" (the older shapes, read by name)
+FIELDS = DEVICE_KINDS.view("fields")  # kind -> the keys it takes
+DEFAULT_PORT = DEVICE_KINDS.view("default_port", where=lambda k: k.default_port > 0)  # kind -> its default port
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # device and group names; also safe in file names
 _HOST = re.compile(r"[A-Za-z0-9_.:\[\]-]+")  # a host name or address; never starts with "-" (checked)
 _PATH = re.compile(r"[A-Za-z0-9_./+-]+")  # remote paths and interpreters: nothing a shell would expand or split
@@ -228,10 +242,7 @@ def select_devices(inventory: dict[str, DeviceSpec], names: str) -> list[DeviceS
 def open_device(spec: DeviceSpec):
     """The Device for a spec (its kind's module is imported now). A board that can't be opened (an arm-emu
     board not set up, a missing key) raises QadtrError naming the fix."""
-    import importlib
-
-    module, cls = KINDS[spec.kind].split(":")
-    return getattr(importlib.import_module(module), cls)(spec)
+    return resolve(DEVICE_KINDS.get(spec.kind).device)(spec)
 
 
 def describe_devices(inventory: dict[str, DeviceSpec]) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from devices._host import cpu_model, fingerprint
-from devices._device import Availability, Batch, Device, Replay, check_replay_args
+from devices._device import Availability, Batch, BatchStream, Device, check_replay_args
 from devices.power import MeterUnavailable, PowerMeter, open_meter
 from devices.runtimes import feed_format, get_runtime, make_runner, probe, read_logits
 from qadtr._errors import QadtrError
@@ -86,7 +86,7 @@ class LocalDevice(Device):
                 "host": fingerprint()}
 
     def replay(self, runtime: str, artifact: Path, images: np.ndarray, *, batch_size: int = 100, warmup: int = 3,
-               start: int = 0, options: dict | None = None) -> Replay:
+               start: int = 0, options: dict | None = None) -> BatchStream:
         """Batches of `images[start:]` through `runtime`; see `devices._device.Device.replay`.
 
         A model with a fixed batch (e.g. MLPerf Tiny's 1) runs at that batch; a short last batch is padded
@@ -98,9 +98,9 @@ class LocalDevice(Device):
             raise QadtrError(f"device {self.name!r} does not offer runtime {runtime!r} (its inventory entry lists "
                              f"{', '.join(self.spec.runtimes)}); add it to `runtimes` or pick one of those")
         runner = make_runner(runtime, artifact, **(options or {}))  # errors now, not at the first batch
-        return Replay(lambda rep: self._batches(rep, runner, images, batch_size, warmup, start))
+        return BatchStream(lambda rep: self._batches(rep, runner, images, batch_size, warmup, start))
 
-    def _batches(self, rep: Replay, runner, images: np.ndarray, batch_size: int, warmup: int,
+    def _batches(self, rep: BatchStream, runner, images: np.ndarray, batch_size: int, warmup: int,
                  start: int) -> Iterator[Batch]:
         if start == len(images):
             return

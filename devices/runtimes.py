@@ -14,7 +14,6 @@ runner's module, and the runner imports its runtime in `activate()`.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import inspect
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from qadtr._errors import QadtrError
+from qadtr._registry import Registry, resolve
 
 CHECKPOINT_DIR = "/"  # in RuntimeInfo.artifacts: a checkpoint directory (model.pt + model.json inside)
 
@@ -47,14 +47,8 @@ class RuntimeInfo:
             raise ValueError(f"RuntimeInfo {self.name!r}: runner={self.runner!r}; write 'module:Class'")
 
 
-RUNTIMES: dict[str, RuntimeInfo] = {}
-
-
-def register_runtime(info: RuntimeInfo) -> RuntimeInfo:
-    if info.name in RUNTIMES:
-        raise ValueError(f"runtime {info.name!r} is registered twice; pick another name")
-    RUNTIMES[info.name] = info
-    return info
+RUNTIMES: Registry[RuntimeInfo] = Registry("runtime")
+register_runtime = RUNTIMES.register  # a second row of one name: ValueError
 
 
 _LITERT = {"runner": "devices.litert:LiteRTRunner", "artifacts": (".tflite",), "requires": ("ai_edge_litert",),
@@ -95,7 +89,7 @@ register_runtime(RuntimeInfo("null", "devices.null:NullRunner", (), in_defaults=
 
 
 def list_runtimes() -> list[str]:
-    return list(RUNTIMES)
+    return RUNTIMES.names()
 
 
 def board_runtimes() -> dict[str, RuntimeInfo]:
@@ -104,9 +98,8 @@ def board_runtimes() -> dict[str, RuntimeInfo]:
 
 
 def get_runtime(name: str) -> RuntimeInfo:
-    if name not in RUNTIMES:
-        raise QadtrError(f"unknown runtime {name!r}; known: {', '.join(RUNTIMES)}")
-    return RUNTIMES[name]
+    """The row of runtime `name`; QadtrError listing the known runtimes for any other name."""
+    return RUNTIMES.get(name)
 
 
 def nvidia_gpu() -> str | None:
@@ -206,9 +199,8 @@ def make_runner(name: str, artifact: str | Path, **options):
     problem = accepts(name, artifact)
     if problem is not None:
         raise QadtrError(problem)
-    module, cls_name = info.runner.split(":")
     try:
-        cls = getattr(importlib.import_module(module), cls_name)
+        cls = resolve(info.runner)
     except ImportError as e:
         raise QadtrError(f"runtime {name!r} cannot be loaded ({e}); {info.install}") from e
     fixed = sorted(set(options) & set(info.kwargs))

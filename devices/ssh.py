@@ -39,7 +39,6 @@ import hashlib
 import io
 import json
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,22 +46,25 @@ from pathlib import Path
 import numpy as np
 
 from devices import _board_lines as lines
-from devices._device import Availability, Batch, Device, Replay, check_replay_args
+from devices._device import Availability, Batch, BatchStream, Device, check_replay_args
 from devices._ssh import (MAX_LINE, ConnectionLost, LineTooLong, Limits, RemoteFailed, SshError, Stream, Transport,
                           clean)
 from devices.runtimes import accepts, board_runtimes, get_runtime
 from qadtr._errors import QadtrError
+from qadtr._scratch import make_scratch
 
 AGENT_VERSION = 1  # devices/agent.py VERSION: the job file and line protocol
 BOARD = board_runtimes()  # runtime -> its row (devices/runtimes.py): the runtimes a board runs, their options
 BOARD_RUNTIMES = {n: (r.requires[0] if r.requires else None) for n, r in BOARD.items()}  # -> module on the board
 # The runner layer as the board gets it, laid out as in the checkout (paths relative to the repository): the agent
-# (job + line protocol), the Runner contract and registry, each board backend, the fingerprint and QadtrError.
+# (job + line protocol), the Runner contract and registry, each board backend, the fingerprint, QadtrError and the
+# registry shape (qadtr/_registry.py).
 # Everything here needs the standard library and numpy only (tests/unit/test_agent.py checks it).
 BOARD_FILES = ("devices/agent.py", "devices/_runner.py", "devices/runtimes.py", "devices/_host.py", "devices/onnxrt.py",
-               "devices/litert.py", "devices/tensorrt.py", "devices/null.py", "qadtr/_errors.py")
+               "devices/litert.py", "devices/tensorrt.py", "devices/null.py", "qadtr/_errors.py",
+               "qadtr/_registry.py")
 BOARD_PACKAGES = {"devices/__init__.py": '"""The runner layer, as devices/ssh.py pushed it to this board."""\n',
-                  "qadtr/__init__.py": '"""QadtrError only (qadtr/_errors.py), as devices/ssh.py pushed it."""\n'}
+                  "qadtr/__init__.py": '"""qadtr/_errors.py and _registry.py, as devices/ssh.py pushed them."""\n'}
 AUTO_METERS = ("tegrastats", "ina", "nvml", "rapl")  # power = "auto" on a board: the first one that reads
 
 
@@ -116,8 +118,10 @@ class SshDevice(Device):
         return "/".join([self.spec.workdir.rstrip("/"), *parts])
 
     def _scratch(self) -> Path:
+        """This device's local folder (the agent folder, job files, the images' .npy): <temp>/qadtr-<kind>-<pid>-*,
+        removed by close(); one a kill -9 left is swept by the next replay of this kind (qadtr._scratch)."""
         if self._tmp is None:
-            self._tmp = Path(tempfile.mkdtemp(prefix=f"qadtr-{self.name}-"))
+            self._tmp = make_scratch(self.kind)
         return self._tmp
 
     def close(self) -> None:
@@ -200,7 +204,7 @@ class SshDevice(Device):
 
     # -- replay -----------------------------------------------------------------------------------------
     def replay(self, runtime: str, artifact: Path, images: np.ndarray, *, batch_size: int = 100, warmup: int = 3,
-               start: int = 0, options: dict | None = None) -> Replay:
+               start: int = 0, options: dict | None = None) -> BatchStream:
         """Batches of `images[start:]` through `runtime` on the board; see `devices._device.Device.replay`."""
         check_replay_args(images, batch_size, warmup, start)
         get_runtime(runtime)
@@ -225,7 +229,8 @@ class SshDevice(Device):
                 raise QadtrError(f"--batch-size {batch_size} exceeds the engine profile's maximum {batch[2]} "
                                  f"(trt_build.json); pass --batch-size {batch[2]} or re-export with a larger --max-batch")
             options["batch"] = list(batch)
-        return Replay(lambda rep: self._batches(rep, runtime, artifact, images, batch_size, warmup, start, options))
+        return BatchStream(lambda rep: self._batches(rep, runtime, artifact, images, batch_size, warmup, start,
+                                                     options))
 
     def _images_file(self, images: np.ndarray) -> tuple[Path, str]:
         """The images as a .npy in the scratch folder, named by its sha256 (the board caches it by that name)."""
@@ -237,7 +242,7 @@ class SshDevice(Device):
             path.write_bytes(buf.getbuffer())
         return path, sha
 
-    def _batches(self, rep: Replay, runtime: str, artifact: Path, images: np.ndarray, batch_size: int, warmup: int,
+    def _batches(self, rep: BatchStream, runtime: str, artifact: Path, images: np.ndarray, batch_size: int, warmup: int,
                  start: int, options: dict) -> Iterator[Batch]:
         if start == len(images):
             return
@@ -267,7 +272,7 @@ class SshDevice(Device):
                                    "re-run the same command to resume") from None
                 time.sleep(self.limits.backoff * 2 ** (attempt - 1))
 
-    def _session(self, rep: Replay, job: dict, local: dict, first: int, total: int, pushed: set,
+    def _session(self, rep: BatchStream, job: dict, local: dict, first: int, total: int, pushed: set,
                  known: dict) -> Iterator[Batch]:
         """One connection: push what is missing, run the agent from `first`, yield its checked batches."""
         agent = self._ensure_agent()
@@ -294,7 +299,7 @@ class SshDevice(Device):
                 self.link.push(local[name], self._work("blobs", Path(job[name]["path"]).name), what=f"pushing the {name}")
                 pushed.add(name)
 
-    def _read(self, stream: Stream, rep: Replay, runtime: str, first: int, total: int, known: dict):
+    def _read(self, stream: Stream, rep: BatchStream, runtime: str, first: int, total: int, known: dict):
         """Yield the stream's batches; return the files the agent needs (a list) or None when it is done.
         `known`: {"step", "asked", "k"} of the run (k is set by its first batch when the artifact did not say)."""
         expected, hello, step = first, False, None

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from qadtr._config import register_config
 from qadtr._errors import QadtrError
 from qadtr._stats import Proportion
+from qadtr.bits import bits_names
 
 LAVAN_SIZE = 0.02  # Karmon et al.: ~2% of the image at one fixed location
 EOT_TEMPERATURE = 1e9  # A-QAPA softmax temperature that makes its weights uniform: the plain expectation
@@ -75,10 +76,6 @@ def profile(ck, budget: Budget) -> Profile:
     return Profile("universal", budget.size, False)
 
 
-def bits_key(bits) -> str:
-    return "float" if not bits else "+".join(f"w{w}a{a}" for w, a in bits)
-
-
 class PatchMaker:
     """Makes patches against a model at given bit widths, cached as patch files under `folder` (resumable)."""
 
@@ -96,13 +93,14 @@ class PatchMaker:
         `net` is the network attacked for a single bit width (default: `deploy_net(model, *bits[0])`);
         A-QAPA takes the switchable `model` itself.
         """
-        from qadtr.attacks import (AqapaConfig, LavanConfig, LocationConfig, UniversalConfig, aqapa_patch, lavan_patch,
-                                   load_patch, location_patch, save_patch, universal_patch)
+        from qadtr._registry import resolve
+        from qadtr.attacks import (AqapaConfig, LavanConfig, LocationConfig, UniversalConfig, attack_for_config,
+                                   load_patch, save_patch)
         from qadtr.models import deploy_net
 
         b = self.budget
         tag = "" if not temperature else ("_eot" if temperature >= EOT_TEMPERATURE else f"_T{temperature:g}")
-        path = self.folder / name / f"{bits_key(bits)}_{attack}_s{round(1000 * size):03d}{tag}.npz"
+        path = self.folder / name / f"{bits_names(bits)}_{attack}_s{round(1000 * size):03d}{tag}.npz"
         if path.is_file():
             return load_patch(path)
         if attack == "aqapa" or not bits:
@@ -111,21 +109,22 @@ class PatchMaker:
             net = deploy_net(model, *bits[0])
         common = dict(size=size, target=b.target, seed=b.seed)
         if attack == "universal":
-            patch = universal_patch(net, self.train_images, self.train_labels,
-                                    UniversalConfig(**common, steps=b.patch_steps, batch_size=b.patch_batch))
+            cfg = UniversalConfig(**common, steps=b.patch_steps, batch_size=b.patch_batch)
         elif attack == "lavan":
-            patch = lavan_patch(net, self.train_images, self.train_labels,
-                                LavanConfig(**common, steps=b.patch_steps, batch_size=b.patch_batch))
+            cfg = LavanConfig(**common, steps=b.patch_steps, batch_size=b.patch_batch)
         elif attack == "aqapa":
-            patch = aqapa_patch(net, self.train_images, self.train_labels,
-                                AqapaConfig(**common, bits=tuple(bits), steps=b.patch_steps, batch_size=b.patch_batch,
-                                            temperature=temperature or b.adaptive_temperature))
-        elif attack == "location":  # per-image: made on the evaluation images themselves
-            patch = location_patch(net, self.test.images[self.eval_idx], self.test.labels[self.eval_idx],
-                                   LocationConfig(**common, steps=b.location_steps))
-            patch = dataclasses.replace(patch, indices=self.eval_idx)
+            cfg = AqapaConfig(**common, bits=tuple(bits), steps=b.patch_steps, batch_size=b.patch_batch,
+                              temperature=temperature or b.adaptive_temperature)
+        elif attack == "location":
+            cfg = LocationConfig(**common, steps=b.location_steps)
         else:
             raise QadtrError(f"unknown attack {attack!r}")
+        make = resolve(attack_for_config(cfg).function)  # the attack of type(cfg)
+        if attack == "location":  # per-image: made on the evaluation images themselves
+            patch = make(net, self.test.images[self.eval_idx], self.test.labels[self.eval_idx], cfg)
+            patch = dataclasses.replace(patch, indices=self.eval_idx)
+        else:
+            patch = make(net, self.train_images, self.train_labels, cfg)
         source = "test" if attack == "location" else "train"
         patch = patch.with_source(model_sha256=ck.sha256, bits=tuple(bits), data=f"{ck_data(ck)}/{source}")
         save_patch(patch, path)

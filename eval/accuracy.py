@@ -91,7 +91,7 @@ def accuracy(runner, images: np.ndarray, labels: np.ndarray, *, input_format: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import DATA_DIR_HELP, run_cli
+    from qadtr._cli import DATA_DIR_HELP, check_writable, run_cli
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from qadtr.data import load_split, subset
 
+        if args.json:
+            check_writable(args.json, "file", "--json")  # before the pass over the test set, not after it
         if args.batch_size < 1:
             raise QadtrError(f"--batch-size {args.batch_size}; pass a positive number")
         runner = make_runner(args.artifact, args.kernels)

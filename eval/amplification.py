@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from qadtr.bits import bits_name
 
 KINDS = ("random", "fgsm")
 
@@ -116,7 +117,7 @@ def run(checkpoints: list[str], *, eps: list[int], kinds: list[str], n_images: i
             test = load_split(ck.train.data if ck.train is not None else "cifar10", "test", data_dir)
             idx = subset_indices(len(test.labels), n_images, seed=1)
         name = Path(path).parent.name if Path(path).suffix == ".pt" else Path(path).name
-        nets = [("float", model)] if not bits_of(model) else [(f"w{w}a{a}", deploy_net(model, w, a))
+        nets = [("float", model)] if not bits_of(model) else [(bits_name((w, a)), deploy_net(model, w, a))
                                                              for w, a in bits_of(model)]
         for key, net in nets:
             for kind in kinds:
@@ -146,7 +147,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import DATA_DIR_HELP, run_cli
+    from qadtr._cli import DATA_DIR_HELP, check_writable, run_cli
     from qadtr._errors import QadtrError
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
@@ -164,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from qadtr._config import write_json
 
+        check_writable(args.out, "folder")  # before the measurements: they were lost to a bad --out
         try:
             eps = [int(e) for e in args.eps.split(",")]
         except ValueError:

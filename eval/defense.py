@@ -33,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from eval._threats import EOT_TEMPERATURE, LAVAN_SIZE, Budget, PatchMaker, bits_key, ck_data, lp_examples, profile, \
+from eval._threats import EOT_TEMPERATURE, LAVAN_SIZE, Budget, PatchMaker, ck_data, lp_examples, profile, \
     robust_accuracy
 from qadtr._errors import QadtrError
+from qadtr.bits import bits_name, bits_names
 
 KINDS = ("seen", "unseen", "adaptive", "transfer", "fgsm", "pgd")
 OTHER_KIND = {"universal": "location", "location": "universal"}
@@ -59,7 +60,7 @@ def parse_scope(text: str) -> tuple[str, ...]:
             keys.append(tok)
             continue
         try:
-            keys += [bits_key((b,)) for b in parse_bits(tok)]
+            keys += [bits_names((b,)) for b in parse_bits(tok)]
         except ValueError:
             raise QadtrError(f"--bits {text!r}: use bit widths like 2,4 or w4a8 (plus 'random' or 'float')") from None
     return tuple(keys)
@@ -120,14 +121,14 @@ def run(checkpoints: list[str], surrogate: str, budget: Budget, out: Path, *, ki
     for name, model, ck in models:
         prof, have = profile(ck, budget), bits_of(model)
         recipe = ck.train.recipe if ck.train is not None else ""
-        nets = [(f"w{w}a{a}", (w, a), deploy_net(model, w, a)) for w, a in have] or [("float", None, model)]
+        nets = [(bits_name((w, a)), (w, a), deploy_net(model, w, a)) for w, a in have] or [("float", None, model)]
         if random_inference(ck):
             nets.append(("random", None, RandomPrecision(model, seed=budget.eval_seed)))
         if scope:
             nets = [n for n in nets if n[0] in scope]
             if not nets:
                 raise QadtrError(f"{name} has none of --bits {','.join(scope)} (it has "
-                                 f"{', '.join(bits_key((b,)) for b in have) or 'float'}); pick among those")
+                                 f"{', '.join(bits_names((b,)) for b in have) or 'float'}); pick among those")
         own_nets = {bits: net for _, bits, net in nets if bits is not None}
         other_size = budget.other_size if abs(budget.other_size - prof.size) > 1e-9 else 0.05
 
@@ -149,7 +150,7 @@ def run(checkpoints: list[str], surrogate: str, budget: Budget, out: Path, *, ki
                           ("unseen-location", "lavan", LAVAN_SIZE, (bits,), {})]
             if "unseen" in kinds:
                 specs += [("unseen-source-bits", prof.attack, prof.size, (b,), {}) for b in have
-                          if b != bits and (not scope or bits_key((b,)) in scope)]
+                          if b != bits and (not scope or bits_names((b,)) in scope)]
             if "adaptive" in kinds:
                 if have:
                     specs.append(("adaptive", "aqapa", prof.size, tuple(have),
@@ -159,7 +160,7 @@ def run(checkpoints: list[str], surrogate: str, budget: Budget, out: Path, *, ki
                 if key == "random":
                     specs.append(("adaptive-eot", "aqapa", prof.size, tuple(have), {"temperature": EOT_TEMPERATURE}))
             for category, attack, size, src_bits, kw in specs:
-                source = f"self:{bits_key(src_bits)}"
+                source = f"self:{bits_names(src_bits)}"
                 row = base(key, category, attack, size, source)
                 if row_key(row) in done:
                     continue
@@ -170,7 +171,7 @@ def run(checkpoints: list[str], surrogate: str, budget: Budget, out: Path, *, ki
                 emit({**row, "seen": category == "seen", "asr": asr.rate.to_dict(), "definition": asr.definition})
             if "transfer" in kinds:
                 for attack in ("universal", "location"):
-                    row = base(key, "transfer", attack, prof.size, f"{s_name}:{bits_key(s_bits)}")
+                    row = base(key, "transfer", attack, prof.size, f"{s_name}:{bits_names(s_bits)}")
                     if row_key(row) in done:
                         continue
                     patch = maker.get(f"surrogate-{_name(surrogate)}", s_model, s_ck, attack, prof.size, s_bits,
@@ -239,7 +240,7 @@ def markdown(rows: list[dict], budget: Budget) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import DATA_DIR_HELP, run_cli
+    from qadtr._cli import DATA_DIR_HELP, check_writable, run_cli
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
@@ -270,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from qadtr.attacks import parse_target
 
+        check_writable(args.out, "folder")  # a file there gave a FileExistsError traceback
         try:
             eps = tuple(float(e) for e in args.eps.split(","))
         except ValueError:

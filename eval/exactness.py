@@ -17,13 +17,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from qadtr._errors import QadtrError
+from qadtr._scratch import scratch
+from qadtr.bits import bits_name
 
 # kernel set (what really ran) -> the executor semantics that claims to model it, and the alternatives shown
 PAIRS = (("onnxrt ORT_DISABLE_ALL", "single"), ("onnxrt ORT_ENABLE_ALL", "single"),
@@ -62,7 +63,7 @@ def _haswell_logits(path: Path, x: np.ndarray) -> np.ndarray | str:
     """ORT_ENABLE_ALL logits under an emulated AVX2-only CPU, or why not."""
     if shutil.which(HASWELL[0]) is None:
         return f"{HASWELL[0]} not installed (apt-get install qemu-user-static)"
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch("exactness") as tmp:
         np.save(f"{tmp}/x.npy", x)
         done = subprocess.run([*HASWELL, str(Path(sys.executable).resolve()), "-c", _ORT_SCRIPT, str(path),
                                f"{tmp}/x.npy", f"{tmp}/y.npy"], capture_output=True, text=True, timeout=3600)
@@ -87,8 +88,8 @@ def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int
 
     pt = resolve(checkpoint)[0]
     bits = read_checkpoint_info(pt).model.bits[0][0]
-    name = f"{checkpoint.name} w{bits}a{bits}"
-    stem = out / "artifacts" / f"{checkpoint.name}_w{bits}a{bits}"
+    name = f"{checkpoint.name} {bits_name((bits, bits))}"
+    stem = out / "artifacts" / f"{checkpoint.name}_{bits_name((bits, bits))}"
     onnx_path, tfl_path = Path(f"{stem}_qdq.onnx"), Path(f"{stem}_int8.tflite")
     src = sha256_file(pt)
     if reusable(onnx_path, src, onnx_export.EXPORTER_VERSION):
@@ -126,7 +127,7 @@ def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int
     tgraph = load_graph(tfl_path)
     ours = {s: tgraph.run(nhwc, SEMANTICS[s].graph_name, keep_ints=True) for s in ("xnnpack", "double", "double-ruy")}
     names = sorted(n for n in ours["double"][1] if n != tgraph.input_name)
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch("exactness") as tmp:
         exposed = Path(tmp) / "exposed.tflite"
         exposed.write_bytes(with_outputs(tfl_path.read_bytes(), names))
         for kset in ("xnnpack", "ref", "builtin"):
@@ -152,7 +153,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import DATA_DIR_HELP, run_cli
+    from qadtr._cli import DATA_DIR_HELP, check_writable, run_cli
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.images < 1 or args.avx2_images < 0:
             raise QadtrError(f"--images {args.images} / --avx2-images {args.avx2_images}: use 1 or more / 0 or more")
+        check_writable(args.out, "folder")  # before the exports and runs, not at exactness.json after them
         images = subset(load_split("cifar10", "test", args.data_dir), args.images).images  # (N, 32, 32, 3) uint8
         out = Path(args.out)
         rows = []

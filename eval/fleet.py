@@ -182,7 +182,8 @@ def replay_run(store, device, job: Job, replay, *, batch_size: int = 100, warmup
                 replay=str(replay.path), replay_sha256=replay.sha256, samples=len(replay),
                 options=job.options(batch_size, warmup), emulated=device.emulated)
     info = device_info if device_info is not None else device.describe()  # a remote describe() costs a round trip
-    run = store.open_run(**spec, device_info=info, fresh=fresh)  # fresh: also clears rows that fail their checks
+    # claim: a second writer of this run stops here; fresh: also clears rows that fail their checks
+    run = store.open_run(**spec, device_info=info, fresh=fresh, claim=True)
     if run.complete:
         return Outcome(run, 0, 0.0)
     done = store.done_samples(run.run_id)
@@ -391,7 +392,7 @@ def list_runs(store_path: str | Path) -> str:
 
     if not Path(store_path).is_file():
         raise QadtrError(f"{store_path} not found; make it with `python -m eval.on_device ... --store {store_path}`")
-    with Store(store_path) as store:
+    with Store(store_path, readonly=True) as store:
         runs = store.runs()
         return "\n".join(f"{r.run_id[:12]} {'done' if r.complete else 'partial':7s} {r.device:10s} {r.runtime:15s} "
                          f"{Path(r.artifact).name} {r.options.get('bits')} replay {r.replay_sha256[:12]} {r.created}"

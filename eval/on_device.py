@@ -33,7 +33,7 @@ from pathlib import Path
 from devices.inventory import describe_devices, load_inventory
 from eval.fleet import list_runs, replay_on_devices, table
 from eval.pipeline import DEFAULT_SUBSET, run_pipeline
-from qadtr._cli import DATA_DIR_HELP, run_cli
+from qadtr._cli import DATA_DIR_HELP, check_writable, run_cli
 from qadtr._config import write_json
 from qadtr._errors import QadtrError
 
@@ -80,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             return
         runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else None
         if not args.model:
+            out = str(check_writable(args.out or "runs/main", "folder"))  # pipeline: --out is its folder
             res = run_pipeline(checkpoints=args.checkpoint, patches=args.patches, device=args.device,
-                               out=args.out or "runs/main", data_dir=args.data_dir, runtimes=runtimes,
+                               out=out, data_dir=args.data_dir, runtimes=runtimes,
                                eval_subset=DEFAULT_SUBSET if args.eval_subset is None else args.eval_subset,
                                inventory=args.inventory, progress=True)
             print(table(res["on_device"]))
@@ -91,12 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             raise QadtrError("--checkpoint is for the pipeline (no --model); with --model pass the artifacts themselves")
         if not args.patches:
             raise QadtrError("give --patches DIR with --model (or drop --model to run the whole pipeline)")
+        check_writable(args.store, "file", "--store")  # an existing store is resumed; a folder is refused
+        check_writable(args.replay_dir or Path(args.store).parent / "replays", "folder", "--replay-dir")
+        out = check_writable(args.out or Path(args.store).parent / "on_device.json", "file")  # before the replays
         result = replay_on_devices(devices=args.device, models=args.model, patches=args.patches, data=args.data,
                           data_dir=args.data_dir, eval_subset=2000 if args.eval_subset is None else args.eval_subset, eval_seed=args.eval_seed,
                           store_path=args.store, replay_dir=args.replay_dir, runtimes=runtimes,
                           batch_size=args.batch_size, warmup=args.warmup, inventory=args.inventory, fresh=args.fresh,
                           progress=True)
-        out = Path(args.out) if args.out else Path(args.store).parent / "on_device.json"
         write_json(out, result)
         print(table(result))
         print(f"wrote {out}; per-image outputs in {args.store}")

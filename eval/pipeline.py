@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from qadtr._errors import QadtrError
+from qadtr.bits import bits_name
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINTS = ("zoo/resnet20_w4a4",)  # relative to the repository
@@ -47,7 +48,7 @@ def _export(checkpoint: Path, bits: int, out: Path, images) -> list[Path]:
 
     src = sha256_file(checkpoint / "model.pt" if checkpoint.is_dir() else checkpoint)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"{checkpoint.name if checkpoint.is_dir() else checkpoint.parent.name}_w{bits}a{bits}"
+    stem = out / f"{checkpoint.name if checkpoint.is_dir() else checkpoint.parent.name}_{bits_name((bits, bits))}"
     onnx_path, tflite_path = Path(f"{stem}_qdq.onnx"), Path(f"{stem}_int8.tflite")
     jobs = ((onnx_path, onnx_export.EXPORTER_VERSION,
              lambda: onnx_export.export_onnx(checkpoint, onnx_path, bits=bits, images=images)),
@@ -85,15 +86,12 @@ def _patches(patches: str | None, checkpoint: Path, out: Path, data_dir: str | N
     committed = _default(DEFAULT_PATCHES)
     if committed.is_dir() and any(committed.glob("*.npz")):
         return committed
-    from qadtr.attack import main as attack_main
+    from qadtr.attacks import UniversalConfig
+    from qadtr.attacks.make import make_patches
 
     made = out / "patches"
-    if not any(made.glob("*.npz")):  # a quick stand-in: one targeted 10% universal patch
-        args = [str(checkpoint), "--size", "0.1", "--target", "3", "--steps", "100", "--out", str(made)]
-        if data_dir:
-            args += ["--data-dir", data_dir]
-        if attack_main(args) != 0:
-            raise QadtrError("making the default patch failed; pass --patches DIR")
+    if not any(made.glob("*.npz")):  # a quick stand-in: one targeted 10% universal patch, 100 steps (~1 min)
+        make_patches(checkpoint, [UniversalConfig(size=0.1, target=3, steps=100)], out=made, data_dir=data_dir)
     return made
 
 
@@ -120,11 +118,11 @@ def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = 
             raise QadtrError(f"{ck} is a float checkpoint; the pipeline replays quantized models (e.g. zoo/resnet20_w4a4)")
         missing = sorted(set(wanted or ()) - set(info.model.bits))
         if missing:
-            raise QadtrError(f"{ck} has no {', '.join(f'w{w}a{a}' for w, a in missing)}; it has "
-                             f"{', '.join(f'w{w}a{a}' for w, a in info.model.bits)}")
+            raise QadtrError(f"{ck} has no {', '.join(bits_name(b) for b in missing)}; it has "
+                             f"{', '.join(bits_name(b) for b in info.model.bits)}")
         for w, a in (b for b in info.model.bits if wanted is None or b in wanted):
             if w != a:
-                raise QadtrError(f"{ck} has w{w}a{a}; the exporters take equal weight and activation bits")
+                raise QadtrError(f"{ck} has {bits_name((w, a))}; the exporters take equal weight and activation bits")
             if proof is None:
                 data = info.train.data if info.train is not None else "cifar10"
                 proof = subset(load_split(data, "test", data_dir), PROOF_IMAGES).images  # (N, H, W, 3) uint8
@@ -149,7 +147,7 @@ def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = 
 
 def main(argv: list[str] | None = None) -> int:
     from eval.fleet import table
-    from qadtr._cli import DATA_DIR_HELP, run_cli
+    from qadtr._cli import DATA_DIR_HELP, check_writable, run_cli
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
@@ -171,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         if args.eval_subset < 0:
             raise QadtrError(f"--eval-subset {args.eval_subset}: give a count of test images, or 0 for all of them")
+        check_writable(args.out, "folder")  # before the exports and replays
         runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else None
         res = run_pipeline(checkpoints=args.checkpoint, patches=args.patches, device=args.device, out=args.out,
                            data_dir=args.data_dir, eval_subset=args.eval_subset, runtimes=runtimes,

@@ -60,7 +60,8 @@ def _from_compare(cmp: dict) -> dict:
 def collect(store_path: str | Path, *, compare: str | Path | dict | None = None, transfer: str | Path | None = None,
             patches: str | Path | None = None) -> dict:
     """Everything the page shows, as JSON-able data (written as report.json)."""
-    from eval._runs import bits_name, model_key
+    from eval._runs import model_key
+    from qadtr.bits import bits_name
     from eval.replay import load_replay
     from eval.store import Store
     from qadtr._config import read_json, sha256_file
@@ -69,7 +70,7 @@ def collect(store_path: str | Path, *, compare: str | Path | dict | None = None,
         raise QadtrError(f"{store_path} not found; make it with `python -m eval.on_device ... --store {store_path}`")
     cmp = read_json(compare) if isinstance(compare, (str, Path)) else (compare or {})
     replays, runs = {}, []
-    with Store(store_path) as store:
+    with Store(store_path, readonly=True) as store:
         for r in store.runs():
             key = model_key(r)
             row = {"run_id": r.run_id, "device": r.device, "runtime": r.runtime, "kernels": r.kernels,
@@ -212,7 +213,7 @@ def rerender(report_json: str | Path, out: str | Path, *, compare: str | Path | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import ArgumentParser, run_cli  # one line and exit 1 for a bad flag
+    from qadtr._cli import ArgumentParser, check_writable, run_cli  # one line and exit 1 for a bad flag
 
     p = ArgumentParser(prog="python -m eval.report", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
+        check_writable(args.out, "folder")  # before the store is read and the figures drawn
         if args.from_report:
             if args.transfer or args.patches:
                 raise QadtrError("--transfer and --patches go with --store; --from-report reuses what report.json holds")

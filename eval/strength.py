@@ -16,13 +16,14 @@ patch file under OUT/patches/. Resumable: a (checkpoint, bits, eot, target, step
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from qadtr._errors import QadtrError
 from qadtr.progress import progress
+from qadtr.bits import bits_name
 
 EOT_VARIANTS = {
     "plain": dict(),
@@ -50,7 +51,12 @@ def _row_key(r: dict) -> tuple:
     return r["checkpoint"], r["bits"], r["eot"], r["target"], r["steps"]
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def run(*, checkpoints: Sequence[str | Path], out: str | Path, targets: str = "0-9", eot: str = "plain,rotscale",
+        size: float = 0.1, steps: int = 500, batch_size: int = 64, optimizer: str = "sign", lr: float = 0.01,
+        schedule: str = "cosine", eval_subset: int = 2000, eval_seed: int = 1, seed: int = 0,
+        data_dir: str | Path | None = None) -> list[dict]:
+    """The sweep over `checkpoints` (every bit width) x the EOT variants `eot` x the classes `targets` (as
+    --targets writes them); rows already in OUT/strength.json are kept, not redone. Returns every row."""
     from qadtr._config import read_json, write_json
     from qadtr.data import subset_indices
     from qadtr.attacks import EOTConfig, UniversalConfig, evaluate_patch, patch_name, save_patch, universal_patch
@@ -59,29 +65,29 @@ def run(args: argparse.Namespace) -> list[dict]:
     from qadtr.predict import predict
     from qadtr.models import bits_of, deploy_net
 
-    targets = parse_targets(args.targets)
-    variants = [v.strip() for v in args.eot.split(",") if v.strip()]
+    classes = parse_targets(targets)
+    variants = [v.strip() for v in eot.split(",") if v.strip()]
     unknown = sorted(set(variants) - set(EOT_VARIANTS))
     if unknown:
         raise QadtrError(f"--eot {unknown}: choose from {sorted(EOT_VARIANTS)}")
     try:
-        configs = {(v, t): UniversalConfig(size=args.size, target=t, steps=args.steps, batch_size=args.batch_size,
-                                           optimizer=args.optimizer, lr=args.lr, schedule=args.schedule,
-                                           eot=EOTConfig(**EOT_VARIANTS[v]), seed=args.seed)
-                   for v in variants for t in targets}
+        configs = {(v, t): UniversalConfig(size=size, target=t, steps=steps, batch_size=batch_size,
+                                           optimizer=optimizer, lr=lr, schedule=schedule,
+                                           eot=EOTConfig(**EOT_VARIANTS[v]), seed=seed)
+                   for v in variants for t in classes}
     except ValueError as e:
         raise QadtrError(str(e)) from None
-    out = Path(args.out)
+    out = Path(out)
     result_path = out / "strength.json"
     rows = read_json(result_path)["rows"] if result_path.is_file() else []
     done = {_row_key(r) for r in rows}
-    models = [(path, *load_checkpoint(path)) for path in args.checkpoints]  # fail early on a bad path
+    models = [(path, *load_checkpoint(path)) for path in checkpoints]  # fail early on a bad path
     train = test = None
     jobs = []
     for path, model, ck in models:
         have = bits_of(model) or [None]
         for bits in have:
-            key = "float" if bits is None else f"w{bits[0]}a{bits[1]}"
+            key = bits_name(bits)
             for (v, t), cfg in configs.items():
                 if (_name(path), key, v, t, cfg.steps) not in done:
                     jobs.append((path, model, ck, bits, key, v, cfg))
@@ -90,8 +96,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     for path, model, ck, bits, key, v, cfg in progress(jobs, desc="strength", unit="patch"):
         if train is None:
             data = ck.train.data if ck.train is not None else "cifar10"
-            train, test = load_split(data, "train", args.data_dir), load_split(data, "test", args.data_dir)
-            idx = subset_indices(len(test.labels), args.eval_subset, seed=1)
+            train, test = load_split(data, "train", data_dir), load_split(data, "test", data_dir)
+            idx = subset_indices(len(test.labels), eval_subset, seed=1)
         if cfg.target >= ck.model.num_classes:
             raise QadtrError(f"--targets: {path} has {ck.model.num_classes} classes (0..{ck.model.num_classes - 1})")
         net = model if bits is None else deploy_net(model, *bits)
@@ -103,12 +109,12 @@ def run(args: argparse.Namespace) -> list[dict]:
         patch = patch.with_source(model_sha256=ck.sha256, bits=() if bits is None else (bits,), data=f"{data}/train")
         name = _name(path)
         file = save_patch(patch, out / "patches" / name / v / patch_name(patch))
-        asr = evaluate_patch(net, patch, test.images[idx], test.labels[idx], seed=args.eval_seed,
+        asr = evaluate_patch(net, patch, test.images[idx], test.labels[idx], seed=eval_seed,
                              clean_pred=nets[(path, key)])
         rows.append({"checkpoint": name, "bits": key, "eot": v, "eot_ranges": EOT_VARIANTS[v], "target": cfg.target,
                      "size": cfg.size, "side": patch.side, "steps": cfg.steps, "optimizer": cfg.optimizer,
                      "lr": cfg.lr, "schedule": cfg.schedule, "seconds": round(seconds, 1),
-                     "patch": str(file.relative_to(out)), "eval_images": len(idx), "eval_seed": args.eval_seed,
+                     "patch": str(file.relative_to(out)), "eval_images": len(idx), "eval_seed": eval_seed,
                      "asr": asr.rate.to_dict(), "definition": asr.definition})
         print(f"{name} {key} {v} target {cfg.target}: {asr.rate} ({seconds:.0f} s)", flush=True)
         if result_path.is_file():  # another sweep may write here concurrently: keep its rows too
@@ -139,7 +145,7 @@ def write_tables(rows: list[dict], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import DATA_DIR_HELP, run_cli
+    from qadtr._cli import DATA_DIR_HELP, check_writable, run_cli
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
@@ -161,7 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
-        rows = run(args)
+        check_writable(args.out, "folder")  # before the attacks: their rows were lost to a bad --out
+        rows = run(checkpoints=args.checkpoints, out=args.out, targets=args.targets, eot=args.eot, size=args.size,
+                   steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                   schedule=args.schedule, eval_subset=args.eval_subset, eval_seed=args.eval_seed,
+                   seed=args.seed, data_dir=args.data_dir)
         write_tables(rows, Path(args.out))
         print(f"wrote {Path(args.out) / 'strength.json'}, strength.csv, strength.md ({len(rows)} rows)")
 

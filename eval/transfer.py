@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from qadtr.progress import progress as progress_bar
+from qadtr.bits import bits_name, bits_names
 
 
 def _targets(checkpoints: list[str]):
@@ -33,12 +34,12 @@ def _targets(checkpoints: list[str]):
         if not bits:
             out.append((f"{name}:float", model, ck.sha256, data))
         for w, a in bits:
-            out.append((f"{name}:w{w}a{a}", deploy_net(model, w, a), ck.sha256, data))
+            out.append((f"{name}:{bits_name((w, a))}", deploy_net(model, w, a), ck.sha256, data))
     return out
 
 
 def _source_label(patch, names_by_sha: dict[str, str]) -> str:
-    bits = "float" if not patch.bits else "+".join(f"w{w}a{a}" for w, a in patch.bits)
+    bits = bits_names(patch.bits)
     return f"{names_by_sha.get(patch.model_sha256, patch.model_sha256[:8] or '?')}:{bits}"
 
 
@@ -137,7 +138,7 @@ def write_heatmaps(rows: list[dict], out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import DATA_DIR_HELP, run_cli
+    from qadtr._cli import DATA_DIR_HELP, check_writable, run_cli
 
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from qadtr._config import write_json
 
+        check_writable(args.out, "folder")  # before the matrix is measured, not at its first write
         rows = transfer(args.patches, args.checkpoints, data_dir=args.data_dir, eval_subset=args.eval_subset,
                         eval_seed=args.eval_seed, progress=True)
         out = Path(args.out)

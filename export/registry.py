@@ -12,13 +12,13 @@ here imports an exporter until it is used; `probe` only looks for the modules a 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
 from devices.runtimes import missing_modules
 from qadtr._errors import QadtrError
+from qadtr._registry import Registry, resolve
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,8 @@ class ExporterInfo:
                              "write a suffix such as '.onnx' and a version >= 1")
 
 
-EXPORTERS: dict[str, ExporterInfo] = {}
-
-
-def register_exporter(info: ExporterInfo) -> ExporterInfo:
-    if info.name in EXPORTERS:
-        raise ValueError(f"exporter {info.name!r} is registered twice; pick another name")
-    EXPORTERS[info.name] = info
-    return info
+EXPORTERS: Registry[ExporterInfo] = Registry("exporter")
+register_exporter = EXPORTERS.register  # a second row of one name: ValueError
 
 
 _ONNX = {"requires": ("onnx", "onnxruntime", "brevitas"), "install": "pip install 'qadtr-edge[onnx]'"}
@@ -74,13 +68,12 @@ register_exporter(ExporterInfo(
 
 
 def list_exporters() -> list[str]:
-    return list(EXPORTERS)
+    return EXPORTERS.names()
 
 
 def get_exporter(name: str) -> ExporterInfo:
-    if name not in EXPORTERS:
-        raise QadtrError(f"unknown exporter {name!r}; known: {', '.join(EXPORTERS)}")
-    return EXPORTERS[name]
+    """The row of exporter `name`; QadtrError listing the known exporters for any other name."""
+    return EXPORTERS.get(name)
 
 
 def probe(name: str) -> str | None:
@@ -91,9 +84,8 @@ def probe(name: str) -> str | None:
 
 
 def load(target: str):
-    """The object a row names as 'module:attr'."""
-    module, attr = target.split(":")
-    return getattr(importlib.import_module(module), attr)
+    """The object a row names as 'module:attr' (qadtr._registry.resolve)."""
+    return resolve(target)
 
 
 def export(name: str, checkpoint: str | Path, out: str | Path, *, bits: int | None, images=None,

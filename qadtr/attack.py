@@ -4,18 +4,21 @@ Universal, LaVAN and A-QAPA patches are optimised on training images and evaluat
 location-optimised patches are per-image, made for (and stored with the indices of) test images.
 Quantized models are attacked through `deploy_net` (BN folded, int32 bias), the integer runtimes' function.
 Each patch is written as OUT/<bits>_<attack>_s<size>_<target>.npz (+ .png, .json, .asr.json).
+The work is `qadtr.attacks.make.make_patches`; this module turns the flags into its attack configs.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
+from qadtr._cli import DATA_DIR_HELP, ArgumentParser, run_cli
 from qadtr._errors import QadtrError
 from qadtr.attacks import parse_target
-from qadtr.data import subset_indices
+from qadtr.attacks.make import check_device, check_job, make_patches
+from qadtr.bits import parse_bits
 
 
 def _pair(text: str, name: str) -> tuple[float, float]:
@@ -32,27 +35,28 @@ _OPTIONS = {"--steps": "steps", "--lr": "lr", "--batch-size": "batch_size", "--o
 _EOT_OPTIONS = {"--max-angle": "max_angle", "--scale": "scale", "--brightness": "brightness"}
 
 
-def make_config(attack: str, args: argparse.Namespace, size: float, bits: tuple):
-    """The attack's config from CLI arguments; a flag the attack does not take, and config errors, become
+def make_config(attack: str, *, size: float, bits: tuple, target: str, seed: int,
+                options: Mapping[str, Any] | None = None, eot: Mapping[str, Any] | None = None):
+    """The attack's config from the flags given (`options`: {"--steps": 100, ...}, `eot`: {"--scale": "0.9,1.1",
+    ...}, both keyed by _OPTIONS / _EOT_OPTIONS); a flag the attack does not take, and config errors, become
     QadtrError (one line, exit 1): no value the user gave is dropped or replaced by a default."""
-    from qadtr.attacks import ATTACKS, EOTConfig
+    from qadtr.attacks import ATTACK_ROWS, EOTConfig
 
-    if attack not in ATTACKS:
-        raise QadtrError(f"unknown attack {attack!r}; choose one of {sorted(ATTACKS)}")
-    cls = ATTACKS[attack][0]
+    if attack not in ATTACK_ROWS:
+        raise QadtrError(f"unknown attack {attack!r}; choose one of {sorted(ATTACK_ROWS)}")
+    cls = ATTACK_ROWS.get(attack).config
     fields = {f.name for f in dataclasses.fields(cls)}
-    given = {flag: getattr(args, name) for flag, name in _OPTIONS.items() if getattr(args, name) is not None}
-    eot_given = {flag: getattr(args, name) for flag, name in _EOT_OPTIONS.items() if getattr(args, name) is not None}
+    given, eot_given = dict(options or {}), dict(eot or {})
     unused = [f for f in given if _OPTIONS[f] not in fields] + ([*eot_given] if "eot" not in fields else [])
     if unused:
         raise QadtrError(f"--attack {attack} takes no {', '.join(unused)}; drop it or pick an attack that does "
-                         f"({', '.join(a for a, (c, _) in sorted(ATTACKS.items()) if _takes(c, unused))})")
+                         f"({', '.join(sorted(r.name for r in ATTACK_ROWS.rows() if _takes(r.config, unused)))})")
     kwargs = {_OPTIONS[f]: v for f, v in given.items()}
-    kwargs.update(size=size, target=parse_target(args.target), seed=args.seed)
+    kwargs.update(size=size, target=parse_target(target), seed=seed)
     try:
         if "eot" in fields:
-            eot = {_EOT_OPTIONS[f]: v if f == "--max-angle" else _pair(v, f[2:]) for f, v in eot_given.items()}
-            kwargs["eot"] = EOTConfig(**eot)
+            ranges = {_EOT_OPTIONS[f]: v if f == "--max-angle" else _pair(v, f[2:]) for f, v in eot_given.items()}
+            kwargs["eot"] = EOTConfig(**ranges)
         if "bits" in fields:
             kwargs["bits"] = bits
         return cls(**kwargs)
@@ -65,100 +69,7 @@ def _takes(cls: type, flags: list[str]) -> bool:
     return all(_OPTIONS[f] in names if f in _OPTIONS else "eot" in names for f in flags)
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """The counts, seeds and --out, refused before a checkpoint is loaded or a patch computed."""
-    from qadtr._cli import check_count, check_writable
-
-    check_count(args.train_subset, "--train-subset", zero="all")
-    check_count(args.eval_subset, "--eval-subset", zero="all")
-    for flag, seed in (("--seed", args.seed), ("--eval-seed", args.eval_seed)):
-        if seed < 0:  # numpy's generators refuse it, after the patch has been computed (--eval-seed)
-            raise QadtrError(f"{flag} {seed}: must be >= 0")
-    check_writable(args.out, "folder")
-
-
-def run(args: argparse.Namespace) -> list[Path]:
-    from qadtr.attacks import ATTACKS, evaluate_patch, patch_name, save_patch
-    from qadtr.checkpoint import load_checkpoint
-    from qadtr.data import DATASETS, load_split
-    from qadtr.models import bits_of, deploy_net
-    from qadtr.bits import parse_bits
-    from qadtr._config import write_json
-
-    from qadtr._distributed import OnDevice, resolve_device
-
-    check_args(args)
-    device = resolve_device(args.device)
-    if device.type != "cpu" and args.attack == "aqapa":
-        raise QadtrError("--attack aqapa runs on the CPU only so far (it switches the bit widths of the whole model); "
-                         "pass --device cpu")
-
-    def placed(net):  # the attacks build their tensors on the CPU; the network runs on --device
-        return net if device.type == "cpu" else OnDevice(net, device)
-
-    try:
-        sizes = [float(s) for s in args.size.split(",")]
-        bits = parse_bits(args.bits if args.bits not in ("float", "32") else "")
-    except ValueError as e:
-        raise QadtrError(f"{e}; --size takes fractions like 0.1 or 0.02,0.05,0.1") from None
-    configs = [make_config(args.attack, args, s, bits) for s in sizes]  # validate every flag before loading
-    model, ck = load_checkpoint(args.checkpoint)
-    target = configs[0].target
-    if target is not None and target >= ck.model.num_classes:
-        raise QadtrError(f"--target {target}: the model has {ck.model.num_classes} classes (0..{ck.model.num_classes - 1})")
-    have = bits_of(model)
-    if args.attack == "aqapa":
-        net, src_bits = model, tuple(bits) or tuple(have)  # aqapa_patch checks the bit widths itself
-    elif not have:
-        if bits:
-            raise QadtrError(f"--bits {args.bits}: {args.checkpoint} is a float model; drop --bits")
-        net, src_bits = placed(model), ()
-    else:
-        if len(bits) != 1 and len(have) != 1:
-            raise QadtrError(f"--bits: pick one of the model's bit widths {have} (e.g. --bits {have[0][0]}), "
-                             "or use --attack aqapa to attack several")
-        (w, a) = bits[0] if bits else have[0]
-        if (w, a) not in have:
-            raise QadtrError(f"--bits {args.bits}: the model has {have}")
-        net, src_bits = placed(deploy_net(model, w, a)), ((w, a),)
-    data = args.data or (ck.train.data if ck.train is not None else "cifar10")
-    info = DATASETS.get(data)  # an unknown name: load_split refuses it with the known ones
-    if info is not None and info.num_classes != ck.model.num_classes:
-        raise QadtrError(f"--data {data} has {info.num_classes} classes but the model {ck.model.num_classes}; attack "
-                         "it on the dataset it was trained on (omit --data)")
-    test = load_split(data, "test", args.data_dir)
-    eval_idx = subset_indices(len(test.labels), args.eval_subset, seed=1)
-    progress = True  # qadtr.progress: a bar on a terminal, log lines elsewhere
-    out = Path(args.out)
-    written = []
-    for cfg in configs:
-        attack_fn = ATTACKS[args.attack][1]
-        if args.attack == "location":  # per-image: attack the evaluation images themselves
-            patch = attack_fn(net, test.images[eval_idx], test.labels[eval_idx], cfg, progress=progress)
-            patch = dataclasses.replace(patch, indices=eval_idx)
-            source = f"{data}/test"
-        else:
-            train = load_split(data, "train", args.data_dir)
-            idx = subset_indices(len(train.labels), args.train_subset, seed=0)
-            patch = attack_fn(net, train.images[idx], train.labels[idx], cfg, progress=progress)
-            source = f"{data}/train"
-        patch = patch.with_source(model_sha256=ck.sha256, bits=src_bits, data=source)
-        path = save_patch(patch, out / patch_name(patch))
-        report = {}
-        eval_nets = [(f"w{w}a{a}", placed(deploy_net(model, w, a))) for w, a in src_bits] if have else [("float", net)]
-        for key, eval_net in eval_nets:
-            asr = evaluate_patch(eval_net, patch, test.images[eval_idx], test.labels[eval_idx], seed=args.eval_seed)
-            report[key] = asr.to_dict()
-            print(f"{path.name} on {key}, {data}/test ({len(eval_idx)} images, placement seed {args.eval_seed}): {asr}")
-        write_json(path.with_suffix(".asr.json"), {"patch": path.name, "eval_seed": args.eval_seed,
-                                                    "eval_images": len(eval_idx), "asr": report})
-        written.append(path)
-    return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    from qadtr._cli import DATA_DIR_HELP, ArgumentParser, run_cli
-
+def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m qadtr.attack", description=__doc__.split("\n")[0])
     p.add_argument("checkpoint", help="model.pt (with model.json beside it) or its folder")
     p.add_argument("--attack", default="universal", help="universal | lavan | location | aqapa")
@@ -188,8 +99,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (cuda when torch sees a GPU, else cpu): where "
                    "the network runs; patches and placements stay on the CPU; aqapa: cpu only")
-    args = p.parse_args(argv)
-    return run_cli("qadtr.attack", lambda: print(f"wrote {len(run(args))} patch file(s) to {args.out}"), argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+
+    def body() -> None:
+        # the counts, seeds, --out and --device, refused before a checkpoint is loaded or a patch computed
+        check_job(out=args.out, train_subset=args.train_subset, eval_subset=args.eval_subset, seed=args.seed,
+                  eval_seed=args.eval_seed)
+        device = check_device(args.attack, args.device)
+        try:
+            sizes = [float(s) for s in args.size.split(",")]
+            bits = parse_bits(args.bits if args.bits not in ("float", "32") else "")
+        except ValueError as e:
+            raise QadtrError(f"{e}; --size takes fractions like 0.1 or 0.02,0.05,0.1") from None
+        options = {f: getattr(args, name) for f, name in _OPTIONS.items() if getattr(args, name) is not None}
+        eot = {f: getattr(args, name) for f, name in _EOT_OPTIONS.items() if getattr(args, name) is not None}
+        configs = [make_config(args.attack, size=s, bits=bits, target=args.target, seed=args.seed, options=options,
+                               eot=eot) for s in sizes]  # every flag validated before the checkpoint is loaded
+        written = make_patches(args.checkpoint, configs, out=args.out, bits=args.bits, data=args.data,
+                               data_dir=args.data_dir, train_subset=args.train_subset, eval_subset=args.eval_subset,
+                               eval_seed=args.eval_seed, device=device)
+        print(f"wrote {len(written)} patch file(s) to {args.out}")
+
+    return run_cli("qadtr.attack", body, argv)
 
 
 if __name__ == "__main__":

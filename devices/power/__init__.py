@@ -13,6 +13,6 @@ The meter files use the standard library only: devices/ssh.py pushes them to boa
 Importing this package reads no hardware.
 """
 
-from devices.power._meter import METERS, MeterUnavailable, PowerMeter, open_meter
+from devices.power._meter import METERS, POWER_METERS, MeterInfo, MeterUnavailable, PowerMeter, open_meter
 
-__all__ = ["METERS", "MeterUnavailable", "PowerMeter", "open_meter"]
+__all__ = ["METERS", "POWER_METERS", "MeterInfo", "MeterUnavailable", "PowerMeter", "open_meter"]

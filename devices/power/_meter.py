@@ -20,11 +20,12 @@ device pushes them there with the rest of the runner layer (devices/ssh.py, BOAR
 from __future__ import annotations
 
 import bisect
-import importlib
 import threading
 import time
+from dataclasses import dataclass
 
 from qadtr._errors import QadtrError
+from qadtr._registry import Registry, resolve
 
 
 class MeterUnavailable(QadtrError):
@@ -152,13 +153,20 @@ class SampledMeter(PowerMeter):
         self._closed.set()
 
 
-# name -> "module:Class"; on a board the agent imports the same files flat (module = the last part)
-METERS: dict[str, str] = {
-    "rapl": "devices.power.rapl:RaplMeter",
-    "tegrastats": "devices.power.tegrastats:TegrastatsMeter",
-    "ina": "devices.power.hwmon_ina:InaMeter",
-    "nvml": "devices.power.nvml:NvmlMeter",
-}
+@dataclass(frozen=True)
+class MeterInfo:
+    name: str  # what an inventory's `power = ` takes
+    meter: str  # "module:Class" of the PowerMeter, imported on first use (on a board: the same pushed files)
+    doc: str = ""
+
+
+POWER_METERS: Registry[MeterInfo] = Registry("power meter")
+for _row in (MeterInfo("rapl", "devices.power.rapl:RaplMeter", "CPU package energy (powercap counters)"),
+             MeterInfo("tegrastats", "devices.power.tegrastats:TegrastatsMeter", "Jetson rails, from tegrastats"),
+             MeterInfo("ina", "devices.power.hwmon_ina:InaMeter", "INA219/INA226/INA260 through Linux hwmon"),
+             MeterInfo("nvml", "devices.power.nvml:NvmlMeter", "an NVIDIA GPU (NVML energy counter or power)")):
+    POWER_METERS.register(_row)
+METERS = POWER_METERS.view("meter")  # name -> "module:Class", the older shape
 
 
 def open_meter(name: str, **kwargs) -> PowerMeter:
@@ -168,7 +176,4 @@ def open_meter(name: str, **kwargs) -> PowerMeter:
         QadtrError: unknown name.
         MeterUnavailable: the meter cannot be read here (the reason).
     """
-    if name not in METERS:
-        raise QadtrError(f"unknown power meter {name!r}; known: {', '.join(METERS)}")
-    module, cls = METERS[name].split(":")
-    return getattr(importlib.import_module(module), cls)(**kwargs)
+    return resolve(POWER_METERS.get(name).meter)(**kwargs)

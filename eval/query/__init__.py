@@ -12,8 +12,9 @@ qadtr/attacks (torch, gradients); these live in eval/ because they query devices
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
+
+from qadtr._registry import Registry, resolve
 
 
 @dataclass(frozen=True)
@@ -25,16 +26,14 @@ class QueryAttackInfo:
 
     def load(self):
         """(config class, attack function), imported on first use."""
-        def get(ref: str):
-            module, attr = ref.split(":")
-            return getattr(importlib.import_module(module), attr)
-
-        return get(self.config), get(self.run)
+        return resolve(self.config), resolve(self.run)
 
 
-QUERY_ATTACKS = {a.name: a for a in (
+QUERY_ATTACKS: Registry[QueryAttackInfo] = Registry("query attack")
+for _row in (
     QueryAttackInfo("sparse-rs", "eval.query.sparse_rs:SparseRSConfig", "eval.query.sparse_rs:sparse_rs",
                     "score-based random search over patch pixels and location (margin loss)"),
     QueryAttackInfo("decision", "eval.query.decision:DecisionConfig", "eval.query.decision:decision_attack",
                     "top-1 label only: find an adversarial patch, then shrink its visible pixels"),
-)}
+):
+    QUERY_ATTACKS.register(_row)

@@ -15,6 +15,7 @@ Example:
 """
 
 from qadtr.attacks._place import EOTConfig, Placement, apply_patch, index_map, patch_side, rebuild, sample_placements
+from qadtr.attacks._registry import ATTACK_ROWS, ATTACKS, AttackInfo, attack_for_config
 from qadtr.attacks.aqapa import AqapaConfig, aqapa_patch
 from qadtr.attacks.asr import ASR, attack_success, eval_placements, evaluate_patch, parse_target
 from qadtr.attacks.lavan import LavanConfig, lavan_patch
@@ -22,14 +23,14 @@ from qadtr.attacks.location import LocationConfig, location_patch
 from qadtr.attacks.patchfile import FORMAT_VERSION, Patch, load_patch, patch_name, save_patch
 from qadtr.attacks.universal import UniversalConfig, universal_patch
 
-ATTACKS = {  # name -> (config class, attack function)
-    "universal": (UniversalConfig, universal_patch),
-    "lavan": (LavanConfig, lavan_patch),
-    "location": (LocationConfig, location_patch),
-    "aqapa": (AqapaConfig, aqapa_patch),
-}
+for _row in (AttackInfo("universal", UniversalConfig, universal_patch, "Brown et al. 2017, EOT placements"),
+             AttackInfo("lavan", LavanConfig, lavan_patch, "Karmon et al. 2018, one fixed location"),
+             AttackInfo("location", LocationConfig, location_patch, "Rao et al. 2020, per image, location search"),
+             AttackInfo("aqapa", AqapaConfig, aqapa_patch, "A-QAPA, one patch across bit widths")):
+    ATTACK_ROWS.register(_row)
 
-__all__ = ["ASR", "ATTACKS", "AqapaConfig", "EOTConfig", "FORMAT_VERSION", "LavanConfig", "LocationConfig", "Patch",
-           "Placement", "UniversalConfig", "apply_patch", "aqapa_patch", "attack_success", "eval_placements",
-           "evaluate_patch", "index_map", "lavan_patch", "load_patch", "location_patch", "parse_target", "patch_name", "patch_side",
-           "rebuild", "sample_placements", "save_patch", "universal_patch"]
+__all__ = ["ASR", "ATTACKS", "ATTACK_ROWS", "AqapaConfig", "AttackInfo", "EOTConfig", "FORMAT_VERSION", "LavanConfig",
+           "LocationConfig", "Patch", "Placement", "UniversalConfig", "apply_patch", "aqapa_patch", "attack_for_config",
+           "attack_success", "eval_placements", "evaluate_patch", "index_map", "lavan_patch", "load_patch",
+           "location_patch", "parse_target", "patch_name", "patch_side", "rebuild", "sample_placements", "save_patch",
+           "universal_patch"]

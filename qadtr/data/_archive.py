@@ -29,6 +29,9 @@ from qadtr.progress import progress
 
 Want = Callable[[str], bool]  # member name -> read it?
 
+# The largest member a loader may read into memory: a CIFAR-10 python batch, the largest real one, is 31 MB; a
+# 1.5 GB member of a 6.9 MB tar.gz (a decompression bomb) is refused from its header, before it is inflated.
+MAX_MEMBER = 256 * 2 ** 20
 # What a truncated or corrupt tar/zip raises while streaming (gzip.BadGzipFile is an OSError).
 _CORRUPT = (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError)
 
@@ -87,6 +90,7 @@ def _iter_tar(path: Path, want: Want) -> Iterator[tuple[str, bytes]]:
         for info in tar:
             name = info.name.removeprefix("./")
             if info.isfile() and want(name):
+                _check_size(path, name, info.size)
                 yield name, tar.extractfile(info).read()
 
 
@@ -94,7 +98,14 @@ def _iter_zip(path: Path, want: Want) -> Iterator[tuple[str, bytes]]:
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             if not info.is_dir() and want(info.filename):
+                _check_size(path, info.filename, info.file_size)  # zipfile reads no more than file_size
                 yield info.filename, zf.read(info)
+
+
+def _check_size(path: Path, name: str, size: int) -> None:
+    if size > MAX_MEMBER:
+        raise QadtrError(f"{path}: member {name} unpacks to {size:,} bytes, more than any dataset file (limit "
+                         f"{MAX_MEMBER:,}); this is not the official archive: delete it and download it again")
 
 
 def _guard(path: Path, members: Iterator[tuple[str, bytes]]) -> Iterator[tuple[str, bytes]]:

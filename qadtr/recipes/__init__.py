@@ -17,18 +17,19 @@ from __future__ import annotations
 
 from typing import Callable
 
-from qadtr._errors import QadtrError
+from qadtr._registry import resolve
 from qadtr.recipes import dq, dwq, pbat, qadtr, qat  # noqa: F401  (each registers its recipes on import)
 from qadtr.recipes._options import parse_overrides
-from qadtr.recipes._registry import RECIPE_CONFIGS, RECIPES, STATEFUL, register_recipe
+from qadtr.recipes._registry import (RECIPE_CONFIGS, RECIPE_ROWS, RECIPES, STATEFUL, RecipeInfo, recipe_for_config,
+                                     register_recipe)
 
-__all__ = ["RECIPES", "RECIPE_CONFIGS", "STATEFUL", "get_recipe", "recipe_config", "register_recipe"]
+__all__ = ["RECIPES", "RECIPE_CONFIGS", "RECIPE_ROWS", "STATEFUL", "RecipeInfo", "get_recipe", "recipe_config",
+           "recipe_for_config", "register_recipe"]
 
 
 def get_recipe(name: str) -> Callable:
-    if name not in RECIPES:
-        raise QadtrError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
-    return RECIPES[name]
+    """The loss function of recipe `name`; QadtrError listing the known recipes for any other name."""
+    return resolve(RECIPE_ROWS.get(name).function, what=f"recipe {name!r}")
 
 
 def recipe_config(name: str, items: list[str] | tuple[str, ...] = ()):
@@ -37,8 +38,7 @@ def recipe_config(name: str, items: list[str] | tuple[str, ...] = ()):
     Values are parsed by the field's declared type (bool: true/false; `int | None`: a number or none;
     bit-width tuples: "2,4,8"). Raises ValueError naming the valid keys for an unknown one.
     """
-    get_recipe(name)  # an unknown name: QadtrError listing the known ones
-    cls = RECIPE_CONFIGS.get(name)
+    cls = RECIPE_ROWS.get(name).config  # an unknown name: QadtrError listing the known ones
     if cls is None:
         if items:
             raise ValueError(f"recipe {name!r} takes no --recipe-arg options; recipes with options: "

@@ -493,3 +493,24 @@ def test_real_cifar10_test_split(tmp_path):
     s = load_split("cifar10", "test", REAL_DATA, cache_dir=tmp_path)
     assert s.images.shape == (10000, 32, 32, 3) and s.images.dtype == np.uint8
     assert np.bincount(s.labels).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_a_member_larger_than_any_dataset_file_is_refused_before_it_is_inflated(tmp_path, cache, kind):
+    """A decompression bomb (a 6.9 MB tar.gz once held a 1.5 GB member: 3.5 GB of memory before its error)."""
+    from qadtr.data import _archive
+
+    assert 31 * 2 ** 20 < _archive.MAX_MEMBER <= 2 ** 30  # the largest real member (a CIFAR-10 batch) fits
+    bomb = bytes(_archive.MAX_MEMBER + 1)  # zeros: a few hundred KB compressed
+    members = {**_folder_members(), "train/cat/0000.jpg": bomb}
+    if kind == "zip":
+        path = tmp_path / "cifar10-jpg.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in members.items():
+                zf.writestr(name, data)
+        got = _archive.iter_members(path, lambda n: n.endswith(".jpg"))
+    else:
+        path = _write_tar(tmp_path / "cifar10-jpg.tar.gz", members)
+        got = _archive.iter_members(path, lambda n: n.endswith(".jpg"))
+    with pytest.raises(QadtrError, match=r"member train/cat/0000.jpg unpacks to 268,435,457 bytes.*not the official archive"):
+        list(got)

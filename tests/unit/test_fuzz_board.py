@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devices import DeviceSpec, Replay
+from devices import BatchStream, DeviceSpec
 from devices import _board_lines as lines
 from devices._ssh import SshError, clean
 from devices.ssh import SshDevice
@@ -131,7 +131,7 @@ def test_the_read_loop_yields_only_finite_contiguous_batches(run, k):
     known = {"step": None, "asked": 3, "k": k}
     got = []
     try:
-        read = device._read(FakeStream(raw), Replay(lambda r: iter(())), "null", 0, 10, known)
+        read = device._read(FakeStream(raw), BatchStream(lambda r: iter(())), "null", 0, 10, known)
         while True:
             got.append(next(read))
     except StopIteration as done:

@@ -56,6 +56,20 @@ def test_conv_nhwc_matches_a_direct_convolution():
     assert (oh, ow) == (3, 4) and np.array_equal(acc.reshape(want.shape).astype(np.int64), want)
 
 
+
+@pytest.mark.parametrize("kernel", [(3, 3), (1, 1), (1, 3), (5, 3)])
+@pytest.mark.parametrize("stride", [(1, 1), (2, 1), (1, 2)])
+@pytest.mark.parametrize("dilation", [(1, 1), (2, 1), (1, 2)])
+def test_im2col_is_every_window_in_kh_kw_c_order(kernel, stride, dilation):
+    """Both copy paths (KW*C runs when dw = 1, per pixel otherwise) give the windows a direct slice gives."""
+    x = np.arange(2 * 11 * 13 * 5, dtype=np.float32).reshape(2, 11, 13, 5)  # every value distinct: order shows
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    cols, (oh, ow) = G.im2col(x, kh, kw, stride, dilation)
+    want = np.stack([x[:, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+                     for i in range(kh) for j in range(kw)], 3)  # (B, OH, OW, KH*KW, C)
+    assert (oh, ow) == ((11 - dh * (kh - 1) - 1) // sh + 1, (13 - dw * (kw - 1) - 1) // sw + 1)
+    assert np.array_equal(cols, want.reshape(2 * oh * ow, kh * kw * 5))
+
 def test_bounds_and_bias():
     assert G.storage_span(np.int8, -128) == 255 and G.storage_span(np.uint8, 0) == 255
     assert G.storage_span(np.int8, 0) == 128 and G.storage_span(np.int16, 0) == 32768

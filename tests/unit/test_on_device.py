@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from devices import Availability, Batch, Replay
+from devices import Availability, Batch, BatchStream
 from devices.local import LocalDevice
 from eval import fleet as od
 from eval import on_device
@@ -86,14 +86,14 @@ def _flaky(monkeypatch, after: int, error: type[BaseException] = RuntimeError):
     def replay(self, *args, **kwargs):
         inner = real(self, *args, **kwargs)
 
-        def produce(outer: Replay):
+        def produce(outer: BatchStream):
             for i, batch in enumerate(inner):
                 if i == after:
                     raise error("connection lost")
                 outer.runner, outer.kernels, outer.feed = inner.runner, inner.kernels, inner.feed
                 yield batch
 
-        return Replay(produce)
+        return BatchStream(produce)
 
     monkeypatch.setattr(LocalDevice, "replay", replay)
 
@@ -151,7 +151,7 @@ class Board:
         def produce(rep):
             rep.kernels = "null on the board"
             yield from self._batches(images, start)
-        return Replay(produce)
+        return BatchStream(produce)
 
 
 def _null_job(tiny_checkpoint):

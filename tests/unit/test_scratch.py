@@ -296,7 +296,7 @@ def test_an_interrupted_fleet_stops_and_closes_every_device(tiny_dataset, tiny_c
     inv = tmp_path / "devices.toml"
     inv.write_text('[devices.a]\nkind = "local"\npower = "none"\ngroups = ["pair"]\n'
                    '[devices.b]\nkind = "local"\npower = "none"\ngroups = ["pair"]\n')
-    from devices import Replay
+    from devices import BatchStream
 
     real, closed, started, lock = LocalDevice.replay, [], set(), threading.Lock()
 
@@ -313,7 +313,7 @@ def test_an_interrupted_fleet_stops_and_closes_every_device(tiny_dataset, tiny_c
                         started.add("interrupted")
                         os.kill(os.getpid(), signal.SIGINT)  # a real signal: it wakes the main thread's wait
                 time.sleep(0.1)
-        return Replay(produce)
+        return BatchStream(produce)
 
     monkeypatch.setattr(LocalDevice, "replay", slow)
     monkeypatch.setattr(LocalDevice, "close", lambda self: closed.append(self.name))

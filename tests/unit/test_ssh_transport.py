@@ -6,11 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from devices import DeviceSpec, Replay
+from devices import BatchStream, DeviceSpec
 from devices._ssh import ConnectionLost, Limits, RemoteFailed, SshError, Transport, tail
 from devices.ssh import SshDevice, trt_batch
 from qadtr import QadtrError
@@ -101,7 +102,7 @@ def test_replay_refusals_before_any_connection(device, tmp_path):
     assert trt_batch(onnx) == (1, 4, 8)
     with pytest.raises(QadtrError, match=r"--batch-size 9 exceeds the engine profile's maximum 8 \(trt_build.json\)"):
         device.replay("tensorrt", onnx, IMAGES, batch_size=9)
-    assert isinstance(device.replay("tensorrt", onnx, IMAGES, batch_size=8), Replay)  # nothing connects until read
+    assert isinstance(device.replay("tensorrt", onnx, IMAGES, batch_size=8), BatchStream)  # nothing connects until read
     with pytest.raises(QadtrError, match=r"device 'pi': key .*nokey not found"):
         SshDevice(_spec(key=str(tmp_path / "nokey")))
 
@@ -224,3 +225,17 @@ def test_the_host_reads_k_and_the_batch_from_the_artifact(tiny_exports, tmp_path
     assert expected_layout("onnxrt", tmp_path / "fixed.onnx", {}, 7) == (1, 10)  # a fixed batch: the agent runs at it
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     assert expected_layout("onnxrt", tmp_path / "junk.onnx", {}, 7) == (None, None)  # unknown: the first batch decides
+
+
+def test_the_known_hosts_hint_leaves_the_tilde_to_the_shell():
+    """The pasted command must reach the real file: a quoted `~` is a folder literally named `~`."""
+    import subprocess
+
+    link = Transport(_spec(), lambda: Limits())  # known_hosts: the default ~/.ssh/known_hosts
+    err = str(link.error("agent info", 255, "Host key verification failed.\r\n"))
+    assert ">> ~/.ssh/known_hosts`" in err and "'~" not in err
+    other = Transport(_spec(known_hosts="~/keys/kh"), lambda: Limits()).error("x", 255, "Host key verification "
+                                                                               "failed.")
+    pasted = str(other).rsplit(">> ", 1)[1].rstrip("`")
+    home = subprocess.run(["bash", "-c", f"printf %s {pasted}"], capture_output=True, text=True).stdout
+    assert home == str(Path.home() / "keys" / "kh")  # what a shell makes of the pasted path: the real file
