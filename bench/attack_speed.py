@@ -29,38 +29,64 @@ def run(args: argparse.Namespace) -> dict:
     import torch
 
     from qadtr._errors import QadtrError
-    from qadtr.data import subset_indices
-    from qadtr.attacks import (EOTConfig, UniversalConfig, attack_success, eval_placements, rebuild,
-                               sample_placements, universal_patch)
+    from qadtr.attacks import EOTConfig, UniversalConfig
     from qadtr.checkpoint import load_checkpoint
-    from qadtr.data import load_split
-    from qadtr.predict import predict, to_tensor
-    from qadtr.models import bits_of, deploy_net
-    from qadtr.bits import parse_bits
+    from qadtr.data import load_split, subset_indices
 
     if args.check_every < 10 or args.check_every % 10:
         raise QadtrError(f"--check-every {args.check_every}: use a multiple of 10 (the attack reports every 10 steps)")
     model, ck = load_checkpoint(args.checkpoint)
+    net, key = _network(args, model)
+    data = ck.train.data if ck.train is not None else "cifar10"
+    train, test = load_split(data, "train", args.data_dir), load_split(data, "test", args.data_dir)
+    check_idx = subset_indices(len(test.labels), args.check_images, seed=2)
+    try:
+        cfg = UniversalConfig(size=args.size, target=args.target, steps=args.max_steps, batch_size=args.batch,
+                              eot=EOTConfig(), seed=args.seed)
+    except ValueError as e:
+        raise QadtrError(str(e)) from None
+    patch, total, checks, check_time = _time_to_patch(args, net, train, test.images[check_idx],
+                                                      check_y=test.labels[check_idx], cfg=cfg)
+    reached = bool(checks) and checks[-1]["asr"]["value"] >= args.asr
+    return {
+        "checkpoint": str(args.checkpoint), "model_sha256": ck.sha256, "bits": key, "size": args.size,
+        "target": args.target, "asr_goal": args.asr, "reached": reached,
+        "steps": checks[-1]["step"] if checks else None,
+        "time_to_patch_s": total - check_time, "check_time_s": check_time, "checks": checks,
+        "check_images": len(check_idx), "batch": args.batch,
+        "throughput": _throughput(args, net, test, patch=patch),
+        "threads": torch.get_num_threads(), "argv": sys.argv,
+        "utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def _network(args: argparse.Namespace, model) -> tuple:
+    """(network, bits key) to attack: --bits of a quantized model (default: its first), or the float model."""
+    from qadtr._errors import QadtrError
+    from qadtr.bits import parse_bits
+    from qadtr.models import bits_of, deploy_net
+
     try:
         bits = parse_bits(args.bits)
     except ValueError as e:
         raise QadtrError(str(e)) from None
     if bits_of(model):
         (w, a) = bits[0] if bits else bits_of(model)[0]
-        net, key = deploy_net(model, w, a), bits_name((w, a))
-    elif bits:
+        return deploy_net(model, w, a), bits_name((w, a))
+    if bits:
         raise QadtrError(f"--bits {args.bits}: {args.checkpoint} is a float model; drop --bits")
-    else:
-        net, key = model, "float"
-    data = ck.train.data if ck.train is not None else "cifar10"
-    train, test = load_split(data, "train", args.data_dir), load_split(data, "test", args.data_dir)
-    check_idx = subset_indices(len(test.labels), args.check_images, seed=2)
-    check_x, check_y = test.images[check_idx], test.labels[check_idx]
-    try:
-        cfg = UniversalConfig(size=args.size, target=args.target, steps=args.max_steps, batch_size=args.batch,
-                              eot=EOTConfig(), seed=args.seed)
-    except ValueError as e:
-        raise QadtrError(str(e)) from None
+    return model, "float"
+
+
+def _time_to_patch(args: argparse.Namespace, net, train, check_x: np.ndarray, *, check_y: np.ndarray,
+                   cfg) -> tuple:
+    """(patch, wall seconds, checks, seconds spent on the checks) of a universal patch optimised until a
+    check every --check-every steps reaches --asr on (check_x, check_y)."""
+    import torch
+
+    from qadtr.attacks import EOTConfig, attack_success, rebuild, sample_placements, universal_patch
+    from qadtr.predict import predict
+
     clean = predict(net, check_x)
     checks: list[dict] = []
     check_time = [0.0]
@@ -81,8 +107,16 @@ def run(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     patch = universal_patch(net, train.images, train.labels, cfg, callback=callback, progress=True)
-    total = time.perf_counter() - start
-    reached = bool(checks) and checks[-1]["asr"]["value"] >= args.asr
+    return patch, time.perf_counter() - start, checks, check_time[0]
+
+
+def _throughput(args: argparse.Namespace, net, test, *, patch) -> dict:
+    """Patched images/s of `rebuild` alone and with the network's forward, on --throughput-images test images."""
+    import torch
+
+    from qadtr.attacks import eval_placements, rebuild
+    from qadtr.data import subset_indices
+    from qadtr.predict import to_tensor
 
     imgs = test.images[subset_indices(len(test.labels), args.throughput_images, seed=3)]
     pl = eval_placements(patch, len(imgs), imgs.shape[1:3], seed=1)
@@ -95,19 +129,10 @@ def run(args: argparse.Namespace) -> dict:
         for i in range(0, len(adv), args.batch_size):
             net(to_tensor(adv[i:i + args.batch_size]))
         t_forward = time.perf_counter() - t0
-    return {
-        "checkpoint": str(args.checkpoint), "model_sha256": ck.sha256, "bits": key, "size": args.size,
-        "target": args.target, "asr_goal": args.asr, "reached": reached,
-        "steps": checks[-1]["step"] if checks else None,
-        "time_to_patch_s": total - check_time[0], "check_time_s": check_time[0], "checks": checks,
-        "check_images": len(check_idx), "batch": args.batch,
-        "throughput": {"images": len(imgs), "batch_size": args.batch_size,
-                       "rebuild_img_per_s": len(imgs) / t_rebuild,
-                       "rebuild_and_forward_img_per_s": len(imgs) / (t_rebuild + t_forward),
-                       "forward_img_per_s": len(imgs) / t_forward},
-        "threads": torch.get_num_threads(), "argv": sys.argv,
-        "utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
+    return {"images": len(imgs), "batch_size": args.batch_size,
+            "rebuild_img_per_s": len(imgs) / t_rebuild,
+            "rebuild_and_forward_img_per_s": len(imgs) / (t_rebuild + t_forward),
+            "forward_img_per_s": len(imgs) / t_forward}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -206,24 +206,50 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, patch:
         >>> res = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=step)
         >>> assert res, str(res)
     """
-    from export._compare import compare
-    from qadtr.attacks import attack_success
-
     ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)  # (M, K)
     labels, patch, test_index = (np.asarray(a).reshape(-1) for a in (labels, patch, test_index))
+    m = len(labels)
+    _check_inputs(ref, out, labels, patch=patch, test_index=test_index, targets=targets)
+    names = list(patch_names) if patch_names is not None else [f"patch {i}" for i in range(len(targets))]
+    pred_r, pred_o = ref.argmax(1), out.argmax(1)  # (M,)
+    tie_r, tie_o = ties(ref, lsb), ties(out, lsb)
+    clean = patch == -1
+    patches, attack = _compare_patches(pred_r, pred_o, labels, patch=patch, test_index=test_index,
+                                       targets=targets, names=names)
+    logits, per_sample = _logit_summary(ref, out, lsb, lsb_source=lsb_source, out_name=out_name)
+    flagged = np.flatnonzero((pred_r != pred_o) | (attack != ""))
+    disagreements = tuple(Disagreement(
+        sample=int(i), test_index=int(test_index[i]), patch=int(patch[i]), label=int(labels[i]),
+        pred_ref=int(pred_r[i]), pred_out=int(pred_o[i]), tie_ref=bool(tie_r[i]), tie_out=bool(tie_o[i]),
+        attack=str(attack[i]), max_dlogit_lsb=None if lsb is None else float(per_sample[i])) for i in flagged)
+    agree_c = _agreement(pred_r[clean], pred_o[clean], tie_r[clean], tie_o[clean])
+    agree_p = _agreement(pred_r[~clean], pred_o[~clean], tie_r[~clean], tie_o[~clean])
+    reasons = _gate_reasons(gate, agree_c, agree_p, extra_ties=int((tie_o & ~tie_r).sum()), m=m, patches=patches)
+    return Comparison(ref=ref_name, out=out_name, n=m, clean=agree_c, patched=agree_p, patches=tuple(patches),
+                      logits=logits, disagreements=disagreements, gate=gate, passed=not reasons,
+                      reasons=tuple(reasons))
+
+
+def _check_inputs(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, *, patch: np.ndarray,
+                  test_index: np.ndarray, targets: Sequence[int | None]) -> None:
+    """Raise QadtrError unless the arrays describe the same replay samples and every patch has a target."""
     m = len(labels)
     if ref.shape != out.shape or ref.ndim != 2 or ref.shape[0] != m or len(patch) != m or len(test_index) != m:
         raise QadtrError(f"logits {ref.shape} vs {out.shape}, {m} labels, {len(patch)} patch indices, "
                          f"{len(test_index)} test indices: they must describe the same replay samples")
     if len(patch) and int(patch.max(initial=-1)) >= len(targets):
         raise QadtrError(f"patch index {int(patch.max())} but only {len(targets)} patch targets given")
-    names = list(patch_names) if patch_names is not None else [f"patch {i}" for i in range(len(targets))]
-    pred_r, pred_o = ref.argmax(1), out.argmax(1)  # (M,)
-    tie_r, tie_o = ties(ref, lsb), ties(out, lsb)
+
+
+def _compare_patches(pred_r: np.ndarray, pred_o: np.ndarray, labels: np.ndarray, *, patch: np.ndarray,
+                     test_index: np.ndarray, targets: Sequence[int | None],
+                     names: Sequence[str]) -> tuple[list[PatchComparison], np.ndarray]:
+    """Each patch's ASR on both sides and its paired difference; (patches, (M,) attack-outcome label per row)."""
+    from qadtr.attacks import attack_success
+
     clean = patch == -1
     clean_row = {int(test_index[i]): int(i) for i in np.flatnonzero(clean)[::-1]}  # test image -> first clean row
-
-    attack = np.full(m, "", dtype=object)
+    attack = np.full(len(labels), "", dtype=object)
     patches = []
     for k, target in enumerate(targets):
         rows = np.flatnonzero(patch == k)  # (n,)
@@ -245,35 +271,37 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, patch:
             asr_out=attack_success(pred_o[crow], pred_o[rows], labels[rows], target).to_dict(),
             diff=diff, ref_only=tuple(int(i) for i in ref_only), out_only=tuple(int(i) for i in out_only),
             stability=stability(ok_o & ~ok_r, ok_r & ~ok_o, both, test_index[rows])))
+    return patches, attack
+
+
+def _logit_summary(ref: np.ndarray, out: np.ndarray, lsb: float | np.ndarray | None, *, lsb_source: str,
+                   out_name: str) -> tuple[dict, np.ndarray]:
+    """(Comparison.logits, (M,) each sample's largest |dlogit| in LSBs, raw units when `lsb` is None)."""
+    from export._compare import compare
 
     step = 1.0 if lsb is None else lsb
     res = compare(ref, out, lsb=step, atol_lsb=0.5, max_mismatch_frac=1.0, name=f"{out_name} logits")
     per_sample = np.abs(out - ref) / np.broadcast_to(np.asarray(step, np.float64), ref.shape)  # (M, K)
-    per_sample = per_sample.max(1) if m else per_sample.reshape(0)
+    per_sample = per_sample.max(1) if len(ref) else per_sample.reshape(0)
     logits = {**res.to_dict(), "lsb": None if lsb is None else np.asarray(lsb, np.float64).reshape(-1).tolist(),
               "lsb_source": lsb_source or ("none: float reference, raw units" if lsb is None else "given")}
     if lsb is None:
         logits["max_abs_lsb"] = None
+    return logits, per_sample
 
-    flagged = np.flatnonzero((pred_r != pred_o) | (attack != ""))
-    disagreements = tuple(Disagreement(
-        sample=int(i), test_index=int(test_index[i]), patch=int(patch[i]), label=int(labels[i]),
-        pred_ref=int(pred_r[i]), pred_out=int(pred_o[i]), tie_ref=bool(tie_r[i]), tie_out=bool(tie_o[i]),
-        attack=str(attack[i]), max_dlogit_lsb=None if lsb is None else float(per_sample[i])) for i in flagged)
 
-    agree_c = _agreement(pred_r[clean], pred_o[clean], tie_r[clean], tie_o[clean])
-    agree_p = _agreement(pred_r[~clean], pred_o[~clean], tie_r[~clean], tie_o[~clean])
+def _gate_reasons(gate: Gate, agree_c: Agreement, agree_p: Agreement, *, extra_ties: int, m: int,
+                  patches: Sequence[PatchComparison]) -> list[str]:
+    """Why `gate` fails (empty when it passes); `extra_ties`: samples tying on the deployed side only."""
     reasons = []
     for what, a in (("clean", agree_c), ("patched", agree_p)):
         if a.n_nontie and a.rate.value < gate.min_agree:
             reasons.append(f"{what} agreement {a.rate} < {100 * gate.min_agree:g}%")
-    extra = int((tie_o & ~tie_r).sum())
-    if m and extra > gate.max_extra_ties * m:
-        reasons.append(f"{extra} of {m} samples tie on the deployed side only (> {100 * gate.max_extra_ties:g}%)")
+    if m and extra_ties > gate.max_extra_ties * m:
+        reasons.append(f"{extra_ties} of {m} samples tie on the deployed side only "
+                       f"(> {100 * gate.max_extra_ties:g}%)")
     for p in patches:
         d = p.asr_out["asr"]["value"] - p.asr_ref["asr"]["value"]
         if abs(d) > gate.max_asr_diff:
             reasons.append(f"{p.name}: ASR differs by {100 * d:+.2f} pp (> {100 * gate.max_asr_diff:g} pp)")
-    return Comparison(ref=ref_name, out=out_name, n=m, clean=agree_c, patched=agree_p, patches=tuple(patches),
-                      logits=logits, disagreements=disagreements, gate=gate, passed=not reasons,
-                      reasons=tuple(reasons))
+    return reasons

@@ -29,6 +29,7 @@ budget), OUT/defense.md (a summary table per network and every row) and the patc
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -74,130 +75,226 @@ def run(checkpoints: list[str], surrogate: str, budget: Budget, out: Path, *, ki
     unseen source bit widths to those; the adaptive attack still spans every bit width the model has
     (that is the deployed defence). Empty: every network.
     """
-    from qadtr._config import config_to_dict, read_json, write_json
-    from qadtr.data import subset_indices
-    from qadtr.attacks import attack_success, evaluate_patch
     from qadtr.checkpoint import load_checkpoint
-    from qadtr.data import load_split
-    from qadtr.predict import predict
-    from qadtr.models import bits_of, deploy_net
-    from qadtr.recipes.dwq import RandomPrecision, random_inference
+    from qadtr.data import load_split, subset_indices
 
-    unknown = sorted(set(kinds) - set(KINDS))
-    if unknown or not kinds:
-        raise QadtrError(f"--kinds {unknown or '(none)'}: choose from {','.join(KINDS)}")
-    names = [_name(p) for p in checkpoints]
-    if len(set(names)) != len(names):
-        raise QadtrError(f"two checkpoints share a folder name ({names}); rows are keyed by it, rename one")
+    names = _check_names(checkpoints, kinds)
     result = out / "defense.json"
-    rows = read_json(result)["rows"] if result.is_file() else []
-    if result.is_file() and read_json(result)["budget"] != config_to_dict(budget):
-        raise QadtrError(f"{out} holds results made with another budget; pass the same flags or another --out")
-    done = {row_key(r) for r in rows}
+    rows = _resumed_rows(result, budget, out=out)
     models = [(n, *load_checkpoint(p)) for n, p in zip(names, checkpoints)]  # fail early on a bad path
-    s_model, s_ck = load_checkpoint(surrogate)
-    s_bits = tuple(bits_of(s_model)[:1])
-    s_net, s_name = (deploy_net(s_model, *s_bits[0]) if s_bits else s_model), f"surrogate:{_name(surrogate)}"
-    datasets = {ck_data(ck) for _, _, ck in models} | {ck_data(s_ck)}
+    sur = _Surrogate.load(surrogate)
+    datasets = {ck_data(ck) for _, _, ck in models} | {ck_data(sur.ck)}
     if len(datasets) != 1:
         raise QadtrError(f"the checkpoints were trained on different datasets {sorted(datasets)}; "
                          "evaluate one at a time")
     data = datasets.pop()
     train, test = load_split(data, "train", data_dir), load_split(data, "test", data_dir)
     idx = subset_indices(len(test.labels), budget.eval_images, seed=1)
-    images, labels = test.images[idx], test.labels[idx]
-    maker = PatchMaker(out / "patches", budget, train, test, idx)
-    surrogate_lp: dict = {}
+    run_ = _Run(budget=budget, kinds=kinds, scope=scope, result=result, rows=rows, done={row_key(r) for r in rows},
+                maker=PatchMaker(out / "patches", budget, train, test, idx), test=test, images=test.images[idx],
+                labels=test.labels[idx], sur=sur)
+    for name, model, ck in models:
+        _evaluate_model(run_, name, model, ck)
+    return rows
 
-    def emit(row: dict) -> None:
-        rows.append(row)
-        done.add(row_key(row))
-        write_json(result, {"argv": sys.argv, "budget": config_to_dict(budget), "rows": rows})  # nothing is lost
+
+def _check_names(checkpoints: list[str], kinds) -> list[str]:
+    """The checkpoints' row names, after checking `kinds` and that no two names clash."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise QadtrError(f"--kinds {unknown or '(none)'}: choose from {','.join(KINDS)}")
+    names = [_name(p) for p in checkpoints]
+    if len(set(names)) != len(names):
+        raise QadtrError(f"two checkpoints share a folder name ({names}); rows are keyed by it, rename one")
+    return names
+
+
+def _resumed_rows(result: Path, budget: Budget, *, out: Path) -> list[dict]:
+    """The rows of an earlier run into `out` (none at first); it must have used the same budget."""
+    from qadtr._config import config_to_dict, read_json
+
+    rows = read_json(result)["rows"] if result.is_file() else []
+    if result.is_file() and read_json(result)["budget"] != config_to_dict(budget):
+        raise QadtrError(f"{out} holds results made with another budget; pass the same flags or another --out")
+    return rows
+
+
+@dataclass
+class _Surrogate:
+    """The undefended model transfer attacks are made on, at its first bit width (or float)."""
+    path: str  # as given: patch folder names come from it
+    model: object
+    ck: object
+    bits: tuple  # () for a float surrogate, else its first (w, a)
+    net: object  # the deployed network at `bits`
+    name: str  # "surrogate:<folder>", the row's source
+    lp: dict = field(default_factory=dict)  # eps -> its L-inf examples, made once for every network
+
+    @classmethod
+    def load(cls, path: str) -> _Surrogate:
+        from qadtr.checkpoint import load_checkpoint
+        from qadtr.models import bits_of, deploy_net
+
+        model, ck = load_checkpoint(path)
+        bits = tuple(bits_of(model)[:1])
+        return cls(path, model, ck, bits, net=deploy_net(model, *bits[0]) if bits else model,
+                   name=f"surrogate:{_name(path)}")
+
+
+@dataclass
+class _Run:
+    """What every network of one `run` is measured with, and its rows so far."""
+    budget: Budget
+    kinds: tuple
+    scope: tuple
+    result: Path  # OUT/defense.json, rewritten after every row
+    rows: list
+    done: set  # row_key of every row in `rows`
+    maker: PatchMaker
+    test: object  # the test split (per-image patches index it)
+    images: np.ndarray  # the fixed test subset
+    labels: np.ndarray
+    sur: _Surrogate
+
+    def emit(self, row: dict) -> None:
+        from qadtr._config import config_to_dict, write_json
+
+        self.rows.append(row)
+        self.done.add(row_key(row))
+        doc = {"argv": sys.argv, "budget": config_to_dict(self.budget), "rows": self.rows}
+        write_json(self.result, doc)  # after every row: nothing is lost
         a = row["asr"] if "asr" in row else row["accuracy"]
         print(f"{row['checkpoint']}:{row['evaluated_on']:7s} {row['category']:18s} {row['attack']:9s} "
               f"{row['source']:28s} {'ASR' if 'asr' in row else 'acc'} {100 * a['value']:6.2f}% (n={a['n']})",
               flush=True)
 
-    for name, model, ck in models:
-        prof, have = profile(ck, budget), bits_of(model)
-        recipe = ck.train.recipe if ck.train is not None else ""
-        nets = [(bits_name((w, a)), (w, a), deploy_net(model, w, a)) for w, a in have] or [("float", None, model)]
-        if random_inference(ck):
-            nets.append(("random", None, RandomPrecision(model, seed=budget.eval_seed)))
-        if scope:
-            nets = [n for n in nets if n[0] in scope]
-            if not nets:
-                raise QadtrError(f"{name} has none of --bits {','.join(scope)} (it has "
-                                 f"{', '.join(bits_names((b,)) for b in have) or 'float'}); pick among those")
-        own_nets = {bits: net for _, bits, net in nets if bits is not None}
-        other_size = budget.other_size if abs(budget.other_size - prof.size) > 1e-9 else 0.05
 
-        def base(key: str, category: str, attack: str, size, source: str, eps=None) -> dict:
-            return {"checkpoint": name, "recipe": recipe, "evaluated_on": key, "category": category, "attack": attack,
-                    "size": size, "source": source, "eps255": eps, "target": budget.target}
+@dataclass
+class _Model:
+    """One checkpoint under evaluation."""
+    name: str
+    model: object
+    ck: object
+    prof: object  # its threat profile (`eval._threats.profile`)
+    have: list  # its bit widths
+    recipe: str
+    own_nets: dict  # (w, a) -> its deployed network, for the networks in scope
+    other_size: float  # the unseen patch size
 
-        for key, bits, net in nets:
-            clean = predict(net, images)
-            row = base(key, "clean", "none", None, "-")
-            if row_key(row) not in done:
-                emit({**row, "accuracy": robust_accuracy(clean, labels).to_dict()})
-            specs = []  # (category, attack, size, source bits, source label, maker kwargs)
-            if bits is not None and "seen" in kinds:
-                specs.append(("seen" if prof.trained else "white-box", prof.attack, prof.size, (bits,), {}))
-            if bits is not None and "unseen" in kinds:
-                specs += [("unseen-attack", OTHER_KIND[prof.attack], prof.size, (bits,), {}),
-                          ("unseen-size", prof.attack, other_size, (bits,), {}),
-                          ("unseen-location", "lavan", LAVAN_SIZE, (bits,), {})]
-            if "unseen" in kinds:
-                specs += [("unseen-source-bits", prof.attack, prof.size, (b,), {}) for b in have
-                          if b != bits and (not scope or bits_names((b,)) in scope)]
-            if "adaptive" in kinds:
-                if have:
-                    specs.append(("adaptive", "aqapa", prof.size, tuple(have),
-                                  {"temperature": budget.adaptive_temperature}))
-                else:
-                    specs.append(("adaptive", "universal", prof.size, (), {}))
-                if key == "random":
-                    specs.append(("adaptive-eot", "aqapa", prof.size, tuple(have), {"temperature": EOT_TEMPERATURE}))
-            for category, attack, size, src_bits, kw in specs:
-                source = f"self:{bits_names(src_bits)}"
-                row = base(key, category, attack, size, source)
-                if row_key(row) in done:
-                    continue
-                patch = maker.get(name, model, ck, attack, size, src_bits, net=own_nets.get(src_bits[0]) if
-                                  len(src_bits) == 1 else None, **kw)
-                asr = evaluate_patch(net, patch, test.images[patch.indices] if patch.per_image else images,
-                                     labels, seed=budget.eval_seed, clean_pred=clean)
-                emit({**row, "seen": category == "seen", "asr": asr.rate.to_dict(), "definition": asr.definition})
-            if "transfer" in kinds:
-                for attack in ("universal", "location"):
-                    row = base(key, "transfer", attack, prof.size, f"{s_name}:{bits_names(s_bits)}")
-                    if row_key(row) in done:
-                        continue
-                    patch = maker.get(f"surrogate-{_name(surrogate)}", s_model, s_ck, attack, prof.size, s_bits,
-                                      net=s_net)
-                    asr = evaluate_patch(net, patch, images, labels, seed=budget.eval_seed, clean_pred=clean)
-                    emit({**row, "seen": False, "asr": asr.rate.to_dict(), "definition": asr.definition})
-            for kind in [k for k in ("fgsm", "pgd") if k in kinds]:
-                for eps in budget.eps255:
-                    jobs = [(kind, "self", net)] + ([("pgd-transfer", s_name, s_net)] if kind == "pgd" else [])
-                    for category, source, src in jobs:
-                        row = base(key, category, kind, None, source, eps)
-                        if row_key(row) in done:
-                            continue
-                        if source == "self":
-                            adv = lp_examples(src, images, labels, kind=kind, eps255=eps, steps=budget.pgd_steps,
-                                              seed=budget.seed)
-                        else:
-                            if eps not in surrogate_lp:
-                                surrogate_lp[eps] = lp_examples(s_net, images, labels, kind=kind, eps255=eps,
-                                                                steps=budget.pgd_steps, seed=budget.seed)
-                            adv = surrogate_lp[eps]
-                        pred = predict(net, adv)
-                        asr = attack_success(clean, pred, labels)
-                        emit({**row, "seen": False, "asr": asr.rate.to_dict(), "definition": asr.definition,
-                              "robust_acc": robust_accuracy(pred, labels).to_dict()})
-    return rows
+    def base(self, key: str, category: str, attack: str, *, size, source: str, eps=None, target) -> dict:
+        return {"checkpoint": self.name, "recipe": self.recipe, "evaluated_on": key, "category": category,
+                "attack": attack, "size": size, "source": source, "eps255": eps, "target": target}
+
+
+def _evaluate_model(run_: _Run, name: str, model, ck) -> None:
+    """Every threat on each network of the checkpoint within --bits."""
+    from qadtr.models import bits_of, deploy_net
+    from qadtr.predict import predict
+    from qadtr.recipes.dwq import RandomPrecision, random_inference
+
+    budget = run_.budget
+    prof, have = profile(ck, budget), bits_of(model)
+    nets = [(bits_name((w, a)), (w, a), deploy_net(model, w, a)) for w, a in have] or [("float", None, model)]
+    if random_inference(ck):
+        nets.append(("random", None, RandomPrecision(model, seed=budget.eval_seed)))
+    if run_.scope:
+        nets = [n for n in nets if n[0] in run_.scope]
+        if not nets:
+            raise QadtrError(f"{name} has none of --bits {','.join(run_.scope)} (it has "
+                             f"{', '.join(bits_names((b,)) for b in have) or 'float'}); pick among those")
+    m = _Model(name, model, ck, prof, have, recipe=ck.train.recipe if ck.train is not None else "",
+               own_nets={bits: net for _, bits, net in nets if bits is not None},
+               other_size=budget.other_size if abs(budget.other_size - prof.size) > 1e-9 else 0.05)
+    for key, bits, net in nets:
+        clean = predict(net, run_.images)
+        row = m.base(key, "clean", "none", size=None, source="-", target=budget.target)
+        if row_key(row) not in run_.done:
+            run_.emit({**row, "accuracy": robust_accuracy(clean, run_.labels).to_dict()})
+        _own_patches(run_, m, key, bits=bits, net=net, clean=clean)
+        if "transfer" in run_.kinds:
+            _transfer_patches(run_, m, key, net=net, clean=clean)
+        for kind in [k for k in ("fgsm", "pgd") if k in run_.kinds]:
+            _lp_attacks(run_, m, key, kind=kind, net=net, clean=clean)
+
+
+def _patch_specs(run_: _Run, m: _Model, key: str, *, bits) -> list[tuple]:
+    """(category, attack, size, source bits, maker kwargs) of each patch made on the model itself."""
+    prof, have, kinds, scope = m.prof, m.have, run_.kinds, run_.scope
+    specs = []
+    if bits is not None and "seen" in kinds:
+        specs.append(("seen" if prof.trained else "white-box", prof.attack, prof.size, (bits,), {}))
+    if bits is not None and "unseen" in kinds:
+        specs += [("unseen-attack", OTHER_KIND[prof.attack], prof.size, (bits,), {}),
+                  ("unseen-size", prof.attack, m.other_size, (bits,), {}),
+                  ("unseen-location", "lavan", LAVAN_SIZE, (bits,), {})]
+    if "unseen" in kinds:
+        specs += [("unseen-source-bits", prof.attack, prof.size, (b,), {}) for b in have
+                  if b != bits and (not scope or bits_names((b,)) in scope)]
+    if "adaptive" in kinds:
+        if have:
+            specs.append(("adaptive", "aqapa", prof.size, tuple(have),
+                          {"temperature": run_.budget.adaptive_temperature}))
+        else:
+            specs.append(("adaptive", "universal", prof.size, (), {}))
+        if key == "random":
+            specs.append(("adaptive-eot", "aqapa", prof.size, tuple(have), {"temperature": EOT_TEMPERATURE}))
+    return specs
+
+
+def _own_patches(run_: _Run, m: _Model, key: str, *, bits, net, clean: np.ndarray) -> None:
+    from qadtr.attacks import evaluate_patch
+
+    budget = run_.budget
+    for category, attack, size, src_bits, kw in _patch_specs(run_, m, key, bits=bits):
+        source = f"self:{bits_names(src_bits)}"
+        row = m.base(key, category, attack, size=size, source=source, target=budget.target)
+        if row_key(row) in run_.done:
+            continue
+        patch = run_.maker.get(m.name, m.model, m.ck, attack, size, src_bits, net=m.own_nets.get(src_bits[0]) if
+                               len(src_bits) == 1 else None, **kw)
+        asr = evaluate_patch(net, patch, run_.test.images[patch.indices] if patch.per_image else run_.images,
+                             run_.labels, seed=budget.eval_seed, clean_pred=clean)
+        run_.emit({**row, "seen": category == "seen", "asr": asr.rate.to_dict(), "definition": asr.definition})
+
+
+def _transfer_patches(run_: _Run, m: _Model, key: str, *, net, clean: np.ndarray) -> None:
+    from qadtr.attacks import evaluate_patch
+
+    budget, sur = run_.budget, run_.sur
+    for attack in ("universal", "location"):
+        row = m.base(key, "transfer", attack, size=m.prof.size, source=f"{sur.name}:{bits_names(sur.bits)}",
+                     target=budget.target)
+        if row_key(row) in run_.done:
+            continue
+        patch = run_.maker.get(f"surrogate-{_name(sur.path)}", sur.model, sur.ck, attack, m.prof.size, sur.bits,
+                               net=sur.net)
+        asr = evaluate_patch(net, patch, run_.images, run_.labels, seed=budget.eval_seed, clean_pred=clean)
+        run_.emit({**row, "seen": False, "asr": asr.rate.to_dict(), "definition": asr.definition})
+
+
+def _lp_attacks(run_: _Run, m: _Model, key: str, *, kind: str, net, clean: np.ndarray) -> None:
+    from qadtr.attacks import attack_success
+    from qadtr.predict import predict
+
+    budget, sur, images, labels = run_.budget, run_.sur, run_.images, run_.labels
+    for eps in budget.eps255:
+        jobs = [(kind, "self", net)] + ([("pgd-transfer", sur.name, sur.net)] if kind == "pgd" else [])
+        for category, source, src in jobs:
+            row = m.base(key, category, kind, size=None, source=source, eps=eps, target=budget.target)
+            if row_key(row) in run_.done:
+                continue
+            if source == "self":
+                adv = lp_examples(src, images, labels, kind=kind, eps255=eps, steps=budget.pgd_steps,
+                                  seed=budget.seed)
+            else:
+                if eps not in sur.lp:
+                    sur.lp[eps] = lp_examples(sur.net, images, labels, kind=kind, eps255=eps,
+                                              steps=budget.pgd_steps, seed=budget.seed)
+                adv = sur.lp[eps]
+            pred = predict(net, adv)
+            asr = attack_success(clean, pred, labels)
+            run_.emit({**row, "seen": False, "asr": asr.rate.to_dict(), "definition": asr.definition,
+                       "robust_acc": robust_accuracy(pred, labels).to_dict()})
 
 
 def _pct(values: list[float]) -> str:

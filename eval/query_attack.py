@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=float, default=0.1, help="patch share of the image area (0.1 = 10x10 on 32x32)")
     p.add_argument("--universal", action="store_true", help="one patch for all images (default: one per image)")
     p.add_argument("--location", default="per-image", help="per-image | shared (universal) | fixed")
+    p.add_argument("--holdout", type=int, default=0, help="with --universal: also measure the final patch on N test "
+                   "images it never queried (the next N of the same seeded permutation; 0 = none)")
     p.add_argument("--init", default=None, help="universal patch file to refine (transfer-then-refine)")
     p.add_argument("--eval-seed", type=int, default=1, help="seed of --init's placements (eval.transfer's default)")
     p.add_argument("--reference", default=None, help="checkpoint for --init's fake-quant ASR (default: the artifact's "
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         from eval.query.run import run_query_attack
         from qadtr.attacks import parse_target
-        from qadtr.data import load_split, subset_indices
+        from qadtr.data import heldout_indices, load_split, subset_indices
 
         config_cls, _ = QUERY_ATTACKS[args.attack].load()
         fields = {"size": args.size, "target": parse_target(args.target), "budget": args.budget,
@@ -58,15 +60,19 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config_cls(**fields)
         except ValueError as e:
             raise QadtrError(str(e)) from None
-        if args.images < 0:
-            raise QadtrError(f"--images {args.images}: must be >= 0 (0 = all)")
+        if args.images < 0 or args.holdout < 0:
+            raise QadtrError(f"--images {args.images} / --holdout {args.holdout}: each must be >= 0")
         check_writable(args.out, "folder")
         test = load_split(args.data, "test", args.data_dir)
         idx = subset_indices(len(test.labels), args.images, seed=1)
+        held = None
+        if args.holdout:
+            h = heldout_indices(len(test.labels), args.images, args.holdout, seed=1)
+            held = (test.images[h], test.labels[h], h)
         result = run_query_attack(attack=args.attack, cfg=cfg, runtime=args.runtime, artifact=args.artifact,
                                   images=test.images[idx], labels=test.labels[idx], indices=idx,
                                   data=f"{args.data}/test", out=args.out, resume=args.resume, init=args.init,
-                                  eval_seed=args.eval_seed, reference=args.reference, progress=True)
+                                  eval_seed=args.eval_seed, reference=args.reference, holdout=held, progress=True)
         a, q = result.asr["asr"], result.queries
         print(f"{args.attack} on {result.runtime} ({result.kernels}): ASR {100 * a['value']:.2f}% "
               f"[{100 * a['ci95'][0]:.2f}, {100 * a['ci95'][1]:.2f}] (n={a['n']}), budget {result.budget}, "
@@ -75,6 +81,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"refine: replayed {result.refine['replayed_asr']:.2%}, reference {result.refine['reference_asr']}, "
                   f"queries to exceed replayed {result.refine['queries_to_exceed_replayed']}, to reference "
                   f"{result.refine['queries_to_reference']}")
+        if result.holdout:
+            h = result.holdout["asr"]["asr"]
+            print(f"held out: ASR {100 * h['value']:.2f}% [{100 * h['ci95'][0]:.2f}, {100 * h['ci95'][1]:.2f}] "
+                  f"(n={h['n']}) on images the attack never queried ({result.holdout['placement']})")
+            if result.holdout["start_asr"]:
+                print(f"held out, the --init patch at the same places: ASR "
+                      f"{100 * result.holdout['start_asr']['asr']['value']:.2f}%")
         print(f"wrote {args.out}/result.json, patch.npz")
 
     return run_cli("eval.query_attack", body, argv)

@@ -211,8 +211,7 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
         >>> replay = load_replay(path)
     """
     import qadtr.data  # attribute lookup at call time: tests swap in an in-memory dataset
-    from qadtr.data import subset_indices
-    from qadtr.attacks import eval_placements, load_patch, rebuild
+    from qadtr.attacks import load_patch
 
     files = _patch_files(patches)
     shas = [sha256_file(f) for f in files]
@@ -224,6 +223,26 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
                                      "patches": shas}).encode()).hexdigest()
     out = Path(out)
     path = out if out.suffix == ".npz" else out / f"replay_{dataset}_{key[:16]}.npz"
+    _check_sources(files, loaded, dataset, n_test=len(test.labels))
+    plan, clean_idx, idxs = _plan(files, shas, loaded, test=test, dataset=dataset, key=key, data_sha=data_sha,
+                                  eval_subset=eval_subset, eval_seed=eval_seed)
+    if _is_current(path, plan):
+        return path
+    arrays = _replay_arrays(test, loaded, clean_idx, idxs=idxs, hw=plan.hw, eval_seed=eval_seed,
+                            progress=progress)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    data = buf.getvalue()
+    atomic_write_bytes(path, data)
+    info = dataclasses.replace(plan, npz_sha256=hashlib.sha256(data).hexdigest(),
+                               created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    info = dataclasses.replace(info, sha256=description_sha256(info.to_dict()["_data"]))
+    write_json(path.with_suffix(".json"), info.to_dict())
+    return path
+
+
+def _check_sources(files: list[Path], loaded: list, dataset: str, *, n_test: int) -> None:
+    """Raise QadtrError for a patch made on another dataset, or a per-image one beyond the test split."""
     for f, p in zip(files, loaded, strict=True):
         source = p.data.split("/")[0]
         if p.per_image and p.data != f"{dataset}/test":
@@ -233,9 +252,16 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
         if source and source != dataset:
             raise QadtrError(f"{f.name} was made on {p.data}, not {dataset}; pass --data {source} or make patches "
                              f"on {dataset} with `python -m qadtr.attack --data {dataset}`")
-        if p.per_image and int(p.indices.max(initial=-1)) >= len(test.labels):
+        if p.per_image and int(p.indices.max(initial=-1)) >= n_test:
             raise QadtrError(f"{f.name} holds test indices up to {int(p.indices.max())} but {dataset}/test has "
-                             f"{len(test.labels)} images; re-run the attack on this copy of {dataset}")
+                             f"{n_test} images; re-run the attack on this copy of {dataset}")
+
+
+def _plan(files: list[Path], shas: list[str], loaded: list, *, test, dataset: str, key: str, data_sha: str,
+          eval_subset: int, eval_seed: int) -> tuple[ReplayInfo, np.ndarray, list[np.ndarray]]:
+    """(the description these inputs give, unsealed; clean rows' test indices; each patch block's test indices)."""
+    from qadtr.data import subset_indices
+
     subset_idx = subset_indices(len(test.labels), eval_subset, seed=1)
     extra = sorted({int(i) for p in loaded if p.per_image for i in p.indices} - {int(i) for i in subset_idx})
     clean_idx = np.concatenate([subset_idx, np.asarray(extra, dtype=np.int64)]).astype(np.int64)
@@ -246,16 +272,29 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
                      bits=tuple(tuple(b) for b in p.bits), model_sha256=p.model_sha256, data=p.data,
                      per_image=p.per_image, first=int(firsts[k]), n=len(idxs[k]))
             for k, (f, sha, p) in enumerate(zip(files, shas, loaded, strict=True))]
-    plan = ReplayInfo(key=key, npz_sha256="", dataset=dataset, data_sha256=data_sha, eval_subset=int(eval_subset),
-                      eval_seed=int(eval_seed), n_subset=len(subset_idx), n_clean=len(clean_idx),
-                      samples=int(firsts[-1]), hw=hw, num_classes=len(test.classes), patches=tuple(refs))
+    plan = ReplayInfo(key=key, npz_sha256="", dataset=dataset, data_sha256=data_sha,
+                      eval_subset=int(eval_subset), eval_seed=int(eval_seed), n_subset=len(subset_idx),
+                      n_clean=len(clean_idx), samples=int(firsts[-1]), hw=hw, num_classes=len(test.classes),
+                      patches=tuple(refs))
+    return plan, clean_idx, idxs
+
+
+def _is_current(path: Path, plan: ReplayInfo) -> bool:
+    """Whether `path` holds the replay `plan` describes (an edited, corrupt or other-version one does not)."""
     if path.is_file() and path.with_suffix(".json").is_file():
         try:  # reused only when its description is the one these inputs give (an edited one is rebuilt)
             cached = load_replay(path, verify=True).info
             if dataclasses.replace(cached, npz_sha256="", created="", sha256="") == plan:
-                return path
+                return True
         except QadtrError:
             pass  # corrupt, edited or another version: rebuilt below
+    return False
+
+
+def _replay_arrays(test, loaded: list, clean_idx: np.ndarray, *, idxs: list[np.ndarray], hw: tuple[int, int],
+                   eval_seed: int, progress: bool) -> dict[str, np.ndarray]:
+    """The .npz arrays: the clean block, then each patch pasted at its evaluation placements."""
+    from qadtr.attacks import eval_placements, rebuild
 
     blocks = [(clean_idx, test.images[clean_idx], -1)]  # (test indices, images (n, H, W, 3), patch index)
     pairs = list(zip(idxs, loaded))
@@ -265,21 +304,11 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
                                       p.values[i:i + _CHUNK] if p.per_image else p.values,
                                       placement[i:i + _CHUNK]) for i in range(0, len(idx), _CHUNK)])
         blocks.append((idx, adv, k))
-
-    arrays = {"magic": np.frombuffer(MAGIC, dtype=np.uint8), "version": np.array(FORMAT_VERSION),
-              "images": np.concatenate([b[1] for b in blocks]),
-              "labels": np.concatenate([test.labels[b[0]] for b in blocks]).astype(np.int64),
-              "test_index": np.concatenate([b[0] for b in blocks]).astype(np.int64),
-              "patch": np.concatenate([np.full(len(b[0]), b[2], dtype=np.int32) for b in blocks])}
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    data = buf.getvalue()
-    atomic_write_bytes(path, data)
-    info = dataclasses.replace(plan, npz_sha256=hashlib.sha256(data).hexdigest(),
-                               created=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    info = dataclasses.replace(info, sha256=description_sha256(info.to_dict()["_data"]))
-    write_json(path.with_suffix(".json"), info.to_dict())
-    return path
+    return {"magic": np.frombuffer(MAGIC, dtype=np.uint8), "version": np.array(FORMAT_VERSION),
+            "images": np.concatenate([b[1] for b in blocks]),
+            "labels": np.concatenate([test.labels[b[0]] for b in blocks]).astype(np.int64),
+            "test_index": np.concatenate([b[0] for b in blocks]).astype(np.int64),
+            "patch": np.concatenate([np.full(len(b[0]), b[2], dtype=np.int32) for b in blocks])}
 
 
 def load_replay(path: str | Path, *, verify: bool = True, sha256: str | None = None) -> Replay:

@@ -58,12 +58,34 @@ def run(*, checkpoints: Sequence[str | Path], out: str | Path, targets: str = "0
     """The sweep over `checkpoints` (every bit width) x the EOT variants `eot` x the classes `targets` (as
     --targets writes them); rows already in OUT/strength.json are kept, not redone. Returns every row."""
     from qadtr._config import read_json, write_json
-    from qadtr.data import subset_indices
-    from qadtr.attacks import EOTConfig, UniversalConfig, evaluate_patch, patch_name, save_patch, universal_patch
     from qadtr.checkpoint import load_checkpoint
-    from qadtr.data import load_split
-    from qadtr.predict import predict
-    from qadtr.models import bits_of, deploy_net
+
+    configs = _configs(targets, eot, size=size, steps=steps, batch_size=batch_size, optimizer=optimizer, lr=lr,
+                       schedule=schedule, seed=seed)
+    out = Path(out)
+    result_path = out / "strength.json"
+    rows = read_json(result_path)["rows"] if result_path.is_file() else []
+    done = {_row_key(r) for r in rows}
+    models = [(path, *load_checkpoint(path)) for path in checkpoints]  # fail early on a bad path
+    jobs = _jobs(models, configs, done)
+    print(f"{len(rows)} row(s) already in {result_path}; {len(jobs)} patch(es) to make")
+    split = None  # (dataset, train, test, eval indices), loaded at the first job
+    nets: dict = {}
+    for job in progress(jobs, desc="strength", unit="patch"):
+        if split is None:
+            split = _load_split(job[2], data_dir, eval_subset=eval_subset)
+        rows.append(_one_patch(job, split, out, nets=nets, eval_seed=eval_seed))
+        if result_path.is_file():  # another sweep may write here concurrently: keep its rows too
+            mine = {_row_key(r) for r in rows}
+            rows += [r for r in read_json(result_path)["rows"] if _row_key(r) not in mine]
+        write_json(result_path, {"argv": sys.argv, "rows": rows})  # after every patch: nothing is lost
+    return rows
+
+
+def _configs(targets: str, eot: str, *, size: float, steps: int, batch_size: int, optimizer: str, lr: float,
+             schedule: str, seed: int) -> dict:
+    """(EOT variant, target) -> the universal patch config, for the --eot and --targets flags."""
+    from qadtr.attacks import EOTConfig, UniversalConfig
 
     classes = parse_targets(targets)
     variants = [v.strip() for v in eot.split(",") if v.strip()]
@@ -71,18 +93,18 @@ def run(*, checkpoints: Sequence[str | Path], out: str | Path, targets: str = "0
     if unknown:
         raise QadtrError(f"--eot {unknown}: choose from {sorted(EOT_VARIANTS)}")
     try:
-        configs = {(v, t): UniversalConfig(size=size, target=t, steps=steps, batch_size=batch_size,
-                                           optimizer=optimizer, lr=lr, schedule=schedule,
-                                           eot=EOTConfig(**EOT_VARIANTS[v]), seed=seed)
-                   for v in variants for t in classes}
+        return {(v, t): UniversalConfig(size=size, target=t, steps=steps, batch_size=batch_size,
+                                        optimizer=optimizer, lr=lr, schedule=schedule,
+                                        eot=EOTConfig(**EOT_VARIANTS[v]), seed=seed)
+                for v in variants for t in classes}
     except ValueError as e:
         raise QadtrError(str(e)) from None
-    out = Path(out)
-    result_path = out / "strength.json"
-    rows = read_json(result_path)["rows"] if result_path.is_file() else []
-    done = {_row_key(r) for r in rows}
-    models = [(path, *load_checkpoint(path)) for path in checkpoints]  # fail early on a bad path
-    train = test = None
+
+
+def _jobs(models: list[tuple], configs: dict, done: set) -> list[tuple]:
+    """(path, model, ck, bits, key, variant, config) of every patch whose row is not in `done`."""
+    from qadtr.models import bits_of
+
     jobs = []
     for path, model, ck in models:
         have = bits_of(model) or [None]
@@ -91,37 +113,46 @@ def run(*, checkpoints: Sequence[str | Path], out: str | Path, targets: str = "0
             for (v, t), cfg in configs.items():
                 if (_name(path), key, v, t, cfg.steps) not in done:
                     jobs.append((path, model, ck, bits, key, v, cfg))
-    print(f"{len(rows)} row(s) already in {result_path}; {len(jobs)} patch(es) to make")
-    nets: dict = {}
-    for path, model, ck, bits, key, v, cfg in progress(jobs, desc="strength", unit="patch"):
-        if train is None:
-            data = ck.train.data if ck.train is not None else "cifar10"
-            train, test = load_split(data, "train", data_dir), load_split(data, "test", data_dir)
-            idx = subset_indices(len(test.labels), eval_subset, seed=1)
-        if cfg.target >= ck.model.num_classes:
-            raise QadtrError(f"--targets: {path} has {ck.model.num_classes} classes (0..{ck.model.num_classes - 1})")
-        net = model if bits is None else deploy_net(model, *bits)
-        if (path, key) not in nets:
-            nets[(path, key)] = predict(net, test.images[idx])
-        start = time.perf_counter()
-        patch = universal_patch(net, train.images, train.labels, cfg)
-        seconds = time.perf_counter() - start
-        patch = patch.with_source(model_sha256=ck.sha256, bits=() if bits is None else (bits,), data=f"{data}/train")
-        name = _name(path)
-        file = save_patch(patch, out / "patches" / name / v / patch_name(patch))
-        asr = evaluate_patch(net, patch, test.images[idx], test.labels[idx], seed=eval_seed,
-                             clean_pred=nets[(path, key)])
-        rows.append({"checkpoint": name, "bits": key, "eot": v, "eot_ranges": EOT_VARIANTS[v], "target": cfg.target,
-                     "size": cfg.size, "side": patch.side, "steps": cfg.steps, "optimizer": cfg.optimizer,
-                     "lr": cfg.lr, "schedule": cfg.schedule, "seconds": round(seconds, 1),
-                     "patch": str(file.relative_to(out)), "eval_images": len(idx), "eval_seed": eval_seed,
-                     "asr": asr.rate.to_dict(), "definition": asr.definition})
-        print(f"{name} {key} {v} target {cfg.target}: {asr.rate} ({seconds:.0f} s)", flush=True)
-        if result_path.is_file():  # another sweep may write here concurrently: keep its rows too
-            mine = {_row_key(r) for r in rows}
-            rows += [r for r in read_json(result_path)["rows"] if _row_key(r) not in mine]
-        write_json(result_path, {"argv": sys.argv, "rows": rows})  # after every patch: nothing is lost
-    return rows
+    return jobs
+
+
+def _load_split(ck, data_dir: str | Path | None, *, eval_subset: int) -> tuple:
+    """The checkpoint's dataset, its train and test splits, and the test subset ASR is measured on."""
+    from qadtr.data import load_split, subset_indices
+
+    data = ck.train.data if ck.train is not None else "cifar10"
+    train, test = load_split(data, "train", data_dir), load_split(data, "test", data_dir)
+    return data, train, test, subset_indices(len(test.labels), eval_subset, seed=1)
+
+
+def _one_patch(job: tuple, split: tuple, out: Path, *, nets: dict, eval_seed: int) -> dict:
+    """Makes, saves and measures one job's patch; its row. `nets` caches clean predictions per network."""
+    from qadtr.attacks import evaluate_patch, patch_name, save_patch, universal_patch
+    from qadtr.models import deploy_net
+    from qadtr.predict import predict
+
+    path, model, ck, bits, key, v, cfg = job
+    data, train, test, idx = split
+    if cfg.target >= ck.model.num_classes:
+        raise QadtrError(f"--targets: {path} has {ck.model.num_classes} classes (0..{ck.model.num_classes - 1})")
+    net = model if bits is None else deploy_net(model, *bits)
+    if (path, key) not in nets:
+        nets[(path, key)] = predict(net, test.images[idx])
+    start = time.perf_counter()
+    patch = universal_patch(net, train.images, train.labels, cfg)
+    seconds = time.perf_counter() - start
+    patch = patch.with_source(model_sha256=ck.sha256, bits=() if bits is None else (bits,), data=f"{data}/train")
+    name = _name(path)
+    file = save_patch(patch, out / "patches" / name / v / patch_name(patch))
+    asr = evaluate_patch(net, patch, test.images[idx], test.labels[idx], seed=eval_seed,
+                         clean_pred=nets[(path, key)])
+    row = {"checkpoint": name, "bits": key, "eot": v, "eot_ranges": EOT_VARIANTS[v], "target": cfg.target,
+           "size": cfg.size, "side": patch.side, "steps": cfg.steps, "optimizer": cfg.optimizer,
+           "lr": cfg.lr, "schedule": cfg.schedule, "seconds": round(seconds, 1),
+           "patch": str(file.relative_to(out)), "eval_images": len(idx), "eval_seed": eval_seed,
+           "asr": asr.rate.to_dict(), "definition": asr.definition}
+    print(f"{name} {key} {v} target {cfg.target}: {asr.rate} ({seconds:.0f} s)", flush=True)
+    return row
 
 
 def write_tables(rows: list[dict], out: Path) -> None:

@@ -108,7 +108,6 @@ def fit(model: nn.Module, cfg: TrainConfig, train, test, out: Path, *, resume: b
     QADT-R's patch pool); returns the final metrics. Under several processes (`world`) each rank trains on
     its shard of every global batch and rank 0 alone writes and evaluates.
     """
-    recipe_state: dict = {}  # filled by a stateful recipe; saved and restored with the weights
     n = len(train.images)
     steps_per_epoch = n // cfg.batch_size  # drop the last partial batch: every step has the same size
     if steps_per_epoch == 0:
@@ -117,6 +116,50 @@ def fit(model: nn.Module, cfg: TrainConfig, train, test, out: Path, *, resume: b
     total = steps_per_epoch * cfg.epochs
     opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     cfg_json = _resume_json(cfg)
+    state_path = out / "last.pt"
+    step, history, recipe_state, state = _start(model, cfg, train, out=out, resume=resume, cfg_json=cfg_json,
+                                                total=total, world=world)
+    model.to(world.device)
+    if state is not None:
+        opt.load_state_dict(state["optim"])  # after the move: the momentum buffers follow the parameters
+
+    model.train()
+    bar = progress(total=total, initial=step, desc=f"{cfg.recipe} {out.name}", unit="step", enabled=world.main)
+    t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)  # wall time since the start, by epoch
+    with global_batchnorm(model, world):
+        step_fn = wrap(_Step(model, cfg, recipe_state), world)
+        while step < total:
+            epoch, i = divmod(step, steps_per_epoch)
+            x, y = _batch(train, cfg, step, epoch=epoch, i=i, rows=rows, hflip=hflip, world=world)
+            for g in opt.param_groups:  # cosine decay to zero over the whole run
+                g["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
+            loss, logs = step_fn(x, y, step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # DDP: gradients averaged over the ranks here
+            opt.step()
+            broadcast_state_(recipe_state, world)  # QADT-R's pool: rank 0's, on every rank
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch, refresh=False)
+            if step % steps_per_epoch == 0:
+                _end_epoch(model, test, bar, cfg=cfg, loss=loss, epoch=epoch, step=step, t0=t0, history=history,
+                           world=world)
+            if step % steps_per_epoch == 0 or step % cfg.save_every == 0:
+                _save_state(state_path, model, opt, step=step, cfg_json=cfg_json, history=history,
+                            recipe_state=recipe_state, world=world)
+    bar.close()
+    if world.main:
+        write_json(out / "history.json", history)
+    last = history[-1] if history else {}
+    return {"test_acc": last.get("test_acc", {}), "test_acc_trained": last.get("test_acc_trained", {}),
+            "epochs": cfg.epochs, "steps": total, "history": history}
+
+
+def _start(model: nn.Module, cfg: TrainConfig, train, *, out: Path, resume: bool, cfg_json: str, total: int,
+           world: World) -> tuple[int, list, dict, dict | None]:
+    """(step, history, recipe state, last.pt's contents or None): restored from `out/last.pt` when resuming,
+    else a fresh run whose quantized model is calibrated on fixed training images."""
+    recipe_state: dict = {}  # filled by a stateful recipe; saved and restored with the weights
     state_path, history = out / "last.pt", []
     step, state = 0, None
     if resume and state_path.is_file():
@@ -129,66 +172,50 @@ def fit(model: nn.Module, cfg: TrainConfig, train, test, out: Path, *, resume: b
         if world.main:
             print(f"resuming {out} at step {step}/{total}", file=sys.stderr)
     elif bits_of(model):  # thresholds from CALIB_IMAGES fixed pseudo-random training images
-        pick = np.random.default_rng(cfg.seed).permutation(n)[:CALIB_IMAGES]
+        pick = np.random.default_rng(cfg.seed).permutation(len(train.images))[:CALIB_IMAGES]
         calibrate_(model, train.images[np.sort(pick)], seed=cfg.seed)
-    model.to(world.device)
-    if state is not None:
-        opt.load_state_dict(state["optim"])  # after the move: the momentum buffers follow the parameters
+    return step, history, recipe_state, state
 
-    def save_state() -> None:
-        if not world.main:
-            return
-        buf = io.BytesIO()
-        torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
-                    "config": cfg_json, "history": json.dumps(history), "recipe_state": recipe_state}, buf)
-        atomic_write_bytes(state_path, buf.getvalue())
 
-    model.train()
-    bar = progress(total=total, initial=step, desc=f"{cfg.recipe} {out.name}", unit="step", enabled=world.main)
-    t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)  # wall time since the start, by epoch
-    with global_batchnorm(model, world):
-        step_fn = wrap(_Step(model, cfg, recipe_state), world)
-        while step < total:
-            epoch, i = divmod(step, steps_per_epoch)
-            order = epoch_order(n, cfg.seed, epoch)
-            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rows].numpy()  # this rank's shard
-            x = augment(to_tensor(train.images[idx]), cfg.seed, step, hflip, rows=rows, n=cfg.batch_size)
-            x = x.to(world.device)  # (b, 3, 32, 32), b = batch_size / world size
-            y = torch.from_numpy(train.labels[idx]).to(world.device)  # (b,)
-            for g in opt.param_groups:  # cosine decay to zero over the whole run
-                g["lr"] = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
-            loss, logs = step_fn(x, y, step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()  # DDP: gradients averaged over the ranks here
-            opt.step()
-            broadcast_state_(recipe_state, world)  # QADT-R's pool: rank 0's, on every rank
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch, refresh=False)
-            if step % steps_per_epoch == 0:
-                mean_loss = world.mean(loss.detach())
-                if world.main:
-                    acc = accuracy_per_bits(model, test.images, test.labels,  # the deployable (BN-folded) nets
-                                            device=world.device)
-                    entry = {"epoch": epoch + 1, "step": step, "loss": mean_loss,
-                             "elapsed_s": round(time.perf_counter() - t0, 1),
-                             "test_acc": {k: v.to_dict() for k, v in acc.items()}}
-                    if bits_of(model):
-                        trained = accuracy_per_bits(model, test.images, test.labels, form="trained",
-                                                    device=world.device)
-                        entry["test_acc_trained"] = {k: v.to_dict() for k, v in trained.items()}
-                    history.append(entry)
-                    bar.write(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v}" for k, v in acc.items()))
-                    model.train()
-                save_state()
-            elif step % cfg.save_every == 0:
-                save_state()
-    bar.close()
+def _batch(train, cfg: TrainConfig, step: int, *, epoch: int, i: int, rows: slice, hflip: bool,
+           world: World) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's shard of step `step` (batch `i` of `epoch`), augmented, on the device: (x, y)."""
+    order = epoch_order(len(train.images), cfg.seed, epoch)
+    idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rows].numpy()  # this rank's shard
+    x = augment(to_tensor(train.images[idx]), cfg.seed, step, hflip, rows=rows, n=cfg.batch_size)
+    x = x.to(world.device)  # (b, 3, 32, 32), b = batch_size / world size
+    y = torch.from_numpy(train.labels[idx]).to(world.device)  # (b,)
+    return x, y
+
+
+def _end_epoch(model: nn.Module, test, bar, *, cfg: TrainConfig, loss: torch.Tensor, epoch: int, step: int,
+               t0: float, history: list, world: World) -> None:
+    """Every rank joins the mean of the last loss; rank 0 then evaluates, appends to `history` and prints."""
+    mean_loss = world.mean(loss.detach())
     if world.main:
-        write_json(out / "history.json", history)
-    last = history[-1] if history else {}
-    return {"test_acc": last.get("test_acc", {}), "test_acc_trained": last.get("test_acc_trained", {}),
-            "epochs": cfg.epochs, "steps": total, "history": history}
+        acc = accuracy_per_bits(model, test.images, test.labels,  # the deployable (BN-folded) nets
+                                device=world.device)
+        entry = {"epoch": epoch + 1, "step": step, "loss": mean_loss,
+                 "elapsed_s": round(time.perf_counter() - t0, 1),
+                 "test_acc": {k: v.to_dict() for k, v in acc.items()}}
+        if bits_of(model):
+            trained = accuracy_per_bits(model, test.images, test.labels, form="trained",
+                                        device=world.device)
+            entry["test_acc_trained"] = {k: v.to_dict() for k, v in trained.items()}
+        history.append(entry)
+        bar.write(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v}" for k, v in acc.items()))
+        model.train()
+
+
+def _save_state(path: Path, model: nn.Module, opt: torch.optim.Optimizer, *, step: int, cfg_json: str,
+                history: list, recipe_state: dict, world: World) -> None:
+    """Write last.pt (rank 0 alone): weights, optimizer, step, settings, history and the recipe's state."""
+    if not world.main:
+        return
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict(), "step": step,
+                "config": cfg_json, "history": json.dumps(history), "recipe_state": recipe_state}, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def train(cfg: TrainConfig, out: str | Path, *, data_dir: str | None = None, resume: bool = False,

@@ -70,19 +70,55 @@ def decision_attack(runner, images: np.ndarray, labels: np.ndarray, cfg: Decisio
         top1.queries = s["queries"]
     else:
         rng, it0 = np.random.default_rng(cfg.seed), 0
-        clean = top1.labels(images, np.arange(n))  # (N,)
-        top1.check_target(cfg.target)
-        s = {"patches": np.zeros((n, 3, side, side), np.uint8), "xy": random_xy(rng, n, side, (h, w)),
-             "pred": clean.copy(), "clean": clean, "queries": top1.queries,
-             "eligible": labels != cfg.target if targeted else clean == labels,
-             "first_success": np.full(n, -1, np.int64), "trace": np.zeros((0, 3), np.int64),
-             "visible": np.full(n, -1, np.int64)}
+        s = _initial(top1, rng, images, labels=labels, cfg=cfg, side=side)
     cls = np.full(n, cfg.target, np.int64) if targeted else s["clean"]
+    run = _Decision(top1=top1, rng=rng, images=images, cfg=cfg, s=s, cls=cls, side=side, n_iter=n_iter, key=key,
+                    inputs=inputs)
+    drive(run.step, start=it0, n_iter=n_iter, snapshot=run.snapshot, state_path=state_path,
+          save_every=cfg.save_every, progress=progress, desc="decision")
+    return QueryOutcome(patches=s["patches"], xy=s["xy"], clean_pred=s["clean"], adv_pred=s["pred"],
+                        eligible=s["eligible"], queries=top1.queries, first_success=s["first_success"],
+                        trace=s["trace"], target=cfg.target, budget=cfg.budget,
+                        extra={"visible_pixels": s["visible"], "side": side})
 
-    def beneath(idx) -> np.ndarray:  # (B, 3, s, s) the clean pixels under each image's patch square
-        return np.stack([images[i, y:y + side, x:x + side].transpose(2, 0, 1) for i, (x, y) in zip(idx, s["xy"][idx])])
 
-    def step(it: int) -> bool:
+def _initial(top1: LabelOracle, rng, images: np.ndarray, *, labels: np.ndarray, cfg: DecisionConfig,
+             side: int) -> dict:
+    """The clean query and the first places: the state before iteration 0."""
+    n, h, w, _ = images.shape
+    targeted = cfg.target is not None
+    clean = top1.labels(images, np.arange(n))  # (N,)
+    top1.check_target(cfg.target)
+    return {"patches": np.zeros((n, 3, side, side), np.uint8), "xy": random_xy(rng, n, side, (h, w)),
+            "pred": clean.copy(), "clean": clean, "queries": top1.queries,
+            "eligible": labels != cfg.target if targeted else clean == labels,
+            "first_success": np.full(n, -1, np.int64), "trace": np.zeros((0, 3), np.int64),
+            "visible": np.full(n, -1, np.int64)}
+
+
+def _beneath(images: np.ndarray, xy: np.ndarray, idx, *, side: int) -> np.ndarray:
+    """(B, 3, s, s) the clean pixels under each image's patch square (top-left corners `xy` (N, 2))."""
+    return np.stack([images[i, y:y + side, x:x + side].transpose(2, 0, 1) for i, (x, y) in zip(idx, xy[idx])])
+
+
+@dataclass(eq=False)
+class _Decision:
+    """One decision_attack run's iterations and checkpoints over its state `s` (the ARRAYS) and its generator."""
+
+    top1: LabelOracle
+    rng: np.random.Generator  # every draw, in iteration order
+    images: np.ndarray  # (N, H, W, 3) uint8
+    cfg: DecisionConfig
+    s: dict  # the ARRAYS: kept patches, places, predictions, counters (checkpointed)
+    cls: np.ndarray  # (N,) the target, or each image's clean label
+    side: int  # patch side in pixels
+    n_iter: int
+    key: dict  # config_to_dict(cfg), recorded in the checkpoint
+    inputs: str  # `_state.inputs_key`, recorded in the checkpoint
+
+    def step(self, it: int) -> bool:
+        """Iteration `it`: a fresh draw for every image not yet fooled, a shrink for every fooled one."""
+        s, cfg, rng, side, images = self.s, self.cfg, self.rng, self.side, self.images
         won = s["first_success"] >= 0
         search = np.flatnonzero(s["eligible"] & ~won)
         shrink = np.flatnonzero(s["eligible"] & won & (s["visible"] > 0))
@@ -93,35 +129,32 @@ def decision_attack(runner, images: np.ndarray, labels: np.ndarray, cfg: Decisio
             draw = stripes(rng, len(search), side)
             for _ in range(DRAW_SQUARES):
                 draw = propose_squares(rng, draw, cfg.p_init)
-            place = s["xy"][search] if cfg.location == "fixed" else random_xy(rng, len(search), side, (h, w))
+            place = s["xy"][search] if cfg.location == "fixed" else random_xy(rng, len(search), side,
+                                                                              images.shape[1:3])
             cand.append(draw), xy.append(place), owners.append(search)
         if len(shrink):
-            cand.append(_restore(rng, s["patches"][shrink], beneath(shrink), p_selection(cfg.p_init, it, n_iter)))
+            cand.append(_restore(rng, s["patches"][shrink], _beneath(images, s["xy"], shrink, side=side),
+                                 p_selection(cfg.p_init, it, self.n_iter)))
             xy.append(s["xy"][shrink]), owners.append(shrink)
         idx, cand, xy = np.concatenate(owners), np.concatenate(cand), np.concatenate(xy)
-        pred = top1.labels(paste(images[idx], cand, xy), idx)  # one batch: search and shrink candidates together
-        ok = fooled(pred, cls[idx], targeted)
+        pred = self.top1.labels(paste(images[idx], cand, xy), idx)  # one batch: search and shrink candidates together
+        ok = fooled(pred, self.cls[idx], cfg.target is not None)
         s["patches"][idx[ok]], s["xy"][idx[ok]], s["pred"][idx[ok]] = cand[ok], xy[ok], pred[ok]
-        s["queries"] = top1.queries
+        s["queries"] = self.top1.queries
         first = ok & (s["first_success"][idx] < 0)
         s["first_success"][idx[first]] = s["queries"][idx[first]]
         kept = idx[ok]
         if len(kept):
-            s["visible"][kept] = (s["patches"][kept] != beneath(kept)).any(axis=1).sum(axis=(1, 2))
+            differs = s["patches"][kept] != _beneath(images, s["xy"], kept, side=side)  # (B, 3, s, s)
+            s["visible"][kept] = differs.any(axis=1).sum(axis=(1, 2))
         won = s["first_success"] >= 0
         s["trace"] = np.concatenate([s["trace"], [[it + 1, s["queries"].sum(), (won & s["eligible"]).sum()]]])
         return True
 
-    def snapshot(it: int):
-        s["queries"] = top1.queries
-        return dict(s), {"iteration": it, "rng": rng.bit_generator.state, "config": key, "inputs": inputs}
-
-    drive(step, start=it0, n_iter=n_iter, snapshot=snapshot, state_path=state_path, save_every=cfg.save_every,
-          progress=progress, desc="decision")
-    return QueryOutcome(patches=s["patches"], xy=s["xy"], clean_pred=s["clean"], adv_pred=s["pred"],
-                        eligible=s["eligible"], queries=top1.queries, first_success=s["first_success"],
-                        trace=s["trace"], target=cfg.target, budget=cfg.budget,
-                        extra={"visible_pixels": s["visible"], "side": side})
+    def snapshot(self, it: int):
+        self.s["queries"] = self.top1.queries
+        return dict(self.s), {"iteration": it, "rng": self.rng.bit_generator.state, "config": self.key,
+                              "inputs": self.inputs}
 
 
 def _restore(rng, patches: np.ndarray, clean: np.ndarray, p: float) -> np.ndarray:

@@ -33,7 +33,7 @@ from qadtr.attacks import EOTConfig, Patch, Placement, load_patch, save_patch
 @register_config
 @dataclass(frozen=True)
 class QueryResult:
-    VERSION = 1
+    VERSION = 2  # 2: `holdout`, a universal patch's ASR on images it never queried
     attack: str  # a key of eval.query.QUERY_ATTACKS
     config: Any  # its typed config (SparseRSConfig, DecisionConfig)
     runtime: str  # the registered runtime queried
@@ -50,13 +50,19 @@ class QueryResult:
     host: dict  # devices._host.fingerprint()
     refine: dict | None  # transfer-then-refine milestones (eval.query.refine.milestones); None otherwise
     extra: dict  # attack-specific summaries (the decision attack's visible patch pixels)
+    holdout: dict | None = None  # a universal patch on held-out images (`_holdout`); None: not asked for
 
 
 def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, images: np.ndarray, labels: np.ndarray,
                      indices: np.ndarray, data: str, out: str | Path, resume: bool = False, init: str | Path | None = None,
                      eval_seed: int = 1, reference: str | Path | None = None, runner_options: dict | None = None,
+                     holdout: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                      progress: bool = False) -> QueryResult:
     """Attack `images` through runtime `runtime` on `artifact` and write OUT (module docstring).
+
+    `holdout`: (images, labels, indices) the attack never sees; a universal patch's final ASR is measured on them
+    through the same runner (2 queries per image, outside the budget), at the patch's shared location, or at seeded
+    random placements (`eval_seed`, as every replay places a universal patch) when the location was per image.
 
     `init`: a universal patch file to refine (sparse-rs, universal); its fake-quant ASR on the same bytes is
     measured on `reference` (default: the artifact itself, whose export record names its checkpoint) through the
@@ -71,7 +77,7 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
         return config_from_dict(read_json(result_path))
     if state.is_file() and not resume:
         raise QadtrError(f"{out} holds an interrupted query attack; pass --resume to continue it or choose another --out")
-    start = None
+    start, patch = None, None
     if init is not None:
         if attack != "sparse-rs" or not cfg.universal:
             raise QadtrError("--init refines a universal patch: use --attack sparse-rs --universal")
@@ -80,6 +86,9 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
             raise QadtrError(f"{Path(init).name} is a {patch.size:.0%} patch for target {patch.target}; run with "
                              f"--size {patch.size} --target {'none' if patch.target is None else patch.target}")
         start = start_from_patch(patch, len(images), images.shape[1:3], eval_seed=eval_seed)
+    if holdout is not None and not getattr(cfg, "universal", False):
+        raise QadtrError("--holdout measures a universal patch on unseen images; a per-image patch has none to "
+                         "carry over: add --universal or drop --holdout")
     sha = sha256_file(artifact)
     key = inputs_key(artifact_sha256=sha, runtime=runtime, images=images, labels=labels,
                      extra=f"{sha256_file(init) if init else ''}:{eval_seed}")
@@ -88,6 +97,8 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
     with make_runner(runtime, artifact, **(runner_options or {})) as runner:
         outcome = run(runner, images, labels, cfg, state_path=state, inputs=key, progress=progress, **kwargs)
         kernels, versions = runner.kernels, dict(runner.versions)
+        held = None if holdout is None else _holdout(runner, outcome, cfg, attack, holdout, data=data,
+                                                     eval_seed=eval_seed, init=patch)
     refined = None
     if start is not None:
         refined = milestones(outcome, reference=_reference(reference or artifact, images, labels, start, cfg.target))
@@ -100,7 +111,8 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
     result = QueryResult(attack=attack, config=cfg, runtime=runtime, kernels=kernels, versions=versions,
                          artifact=str(artifact), artifact_sha256=sha, data=data,
                          indices=tuple(int(i) for i in indices), n=asr.rate.n, asr=asr.to_dict(), budget=cfg.budget,
-                         queries=outcome.query_stats(), host=fingerprint(), refine=refined, extra=extra)
+                         queries=outcome.query_stats(), host=fingerprint(), refine=refined, extra=extra,
+                         holdout=held)
     save_patch(_patch_file(outcome, cfg, attack, indices, data), out / "patch.npz")
     write_json(result_path, config_to_dict(result))  # last: its presence marks the run finished
     return result
@@ -114,6 +126,29 @@ def _reference(path: str | Path, images, labels, start, target):
     except QadtrError as e:
         print(f"note: no fake-quant reference ASR ({e}); pass --reference CHECKPOINT", file=sys.stderr)
         return None
+
+
+def _holdout(runner, outcome: QueryOutcome, cfg, attack: str, holdout, *, data: str, eval_seed: int,
+             init: Patch | None) -> dict:
+    """The final universal patch's ASR on the held-out images (see run_query_attack), with how it was placed; with
+    `init` (transfer-then-refine) also the start patch's at the same placements, so the two are paired."""
+    images, labels, indices = holdout
+    shared = cfg.location == "shared"  # one place moved for all (attacked) images; otherwise each image had its own
+    xy = outcome.xy[outcome.eligible][0] if shared and outcome.eligible.any() else outcome.xy[0]
+    eot = EOTConfig(location="fixed", xy=(int(xy[0]), int(xy[1]))) if shared else EOTConfig()  # else: random, upright
+    values = outcome.patches.astype(np.float32) / np.float32(255)  # (3, s, s): start_from_patch rounds back to bytes
+    patch = Patch(values=values, attack=attack, config=cfg, size=cfg.size, side=values.shape[-1], target=cfg.target,
+                  eot=eot, seed=cfg.seed, data=data)
+    start = start_from_patch(patch, len(images), images.shape[1:3], eval_seed=eval_seed)
+    asr = reference_asr(runner, images, labels, start, cfg.target)
+    before = None
+    if init is not None:  # upright like `patch` (start_from_patch checks): eval_placements give the same places
+        first = start_from_patch(init, len(images), images.shape[1:3], eval_seed=eval_seed)
+        before = reference_asr(runner, images, labels, first, cfg.target).to_dict()
+    return {"n": asr.rate.n, "asr": asr.to_dict(), "start_asr": before, "indices": [int(i) for i in indices],
+            "placement": f"the attack's shared location {tuple(eot.xy)}" if shared else f"seeded random placements "
+                         f"(eval_seed {eval_seed}), upright: the attack chose a place per image",
+            "queries": "2 per held-out image (clean, patched), outside the budget"}
 
 
 def _patch_file(outcome: QueryOutcome, cfg, attack: str, indices: np.ndarray, data: str) -> Patch:

@@ -95,59 +95,80 @@ def sparse_rs(runner, images: np.ndarray, labels: np.ndarray, cfg: SparseRSConfi
         rng, it0 = np.random.default_rng(cfg.seed), 0
         s = _initial(oracle, rng, images, labels, cfg, side, start)
     cls = np.full(n, cfg.target, np.int64) if targeted else s["clean"]
+    run = _Search(oracle=oracle, rng=rng, images=images, cfg=cfg, s=s, cls=cls, side=side, n_iter=n_iter, key=key,
+                  inputs=inputs)
+    drive(run.step, start=it0, n_iter=n_iter, snapshot=run.snapshot, state_path=state_path,
+          save_every=cfg.save_every, progress=progress,
+          desc=f"sparse-rs {'universal' if cfg.universal else 'per-image'}")
+    return QueryOutcome(patches=s["patches"], xy=s["xy"], clean_pred=s["clean"], adv_pred=s["pred"],
+                        eligible=s["eligible"], queries=oracle.queries, first_success=s["first_success"],
+                        trace=s["trace"], target=cfg.target, budget=cfg.budget, extra={"loss": s["loss"], "losses": s["losses"]})
 
-    def evaluate(idx, patches, xy):  # -> (len(idx),) losses and predictions of one candidate per image
-        logits = oracle.logits(paste(images[idx], patches, xy), idx)  # (B, K)
-        return margin(logits, cls[idx], targeted), logits.argmax(axis=1)
 
-    def keep(idx, ok, loss, pred):
-        s["loss"][idx[ok]], s["pred"][idx[ok]] = loss[ok], pred[ok]
+@dataclass(eq=False)
+class _Search:
+    """One sparse_rs run's iterations and checkpoints over its state `s` (the ARRAYS) and its one generator."""
 
-    def step(it: int) -> bool:
+    oracle: Oracle
+    rng: np.random.Generator  # every proposal, in iteration order
+    images: np.ndarray  # (N, H, W, 3) uint8
+    cfg: SparseRSConfig
+    s: dict  # the ARRAYS: kept patches, places, losses and predictions, counters (checkpointed)
+    cls: np.ndarray  # (N,) the class each image's margin is taken against: the target or its clean prediction
+    side: int  # patch side in pixels
+    n_iter: int
+    key: dict  # config_to_dict(cfg), recorded in the checkpoint
+    inputs: str  # `_state.inputs_key`, recorded in the checkpoint
+
+    def evaluate(self, idx, patches, xy):  # -> (len(idx),) losses and predictions of one candidate per image
+        logits = self.oracle.logits(paste(self.images[idx], patches, xy), idx)  # (B, K)
+        return margin(logits, self.cls[idx], self.cfg.target is not None), logits.argmax(axis=1)
+
+    def keep(self, idx, ok, loss, pred) -> None:
+        self.s["loss"][idx[ok]], self.s["pred"][idx[ok]] = loss[ok], pred[ok]
+
+    def step(self, it: int) -> bool:
+        """Iteration `it`: one candidate per attacked image (a move or a square), kept where it is better."""
+        s, cls, cfg, rng, side, n_iter = self.s, self.cls, self.cfg, self.rng, self.side, self.n_iter
+        targeted, hw = cfg.target is not None, self.images.shape[1:3]
         won = fooled(s["pred"], cls, targeted) & s["eligible"]
         idx = np.flatnonzero(s["eligible"] if cfg.universal else s["eligible"] & ~won)
         if not len(idx) or (cfg.universal and won[idx].all()):
             return False
         move = cfg.location != "fixed" and it % cfg.loc_every == 0
         if cfg.universal and move and cfg.location == "shared":
-            xy = np.repeat(propose_moves(rng, s["xy"][idx[:1]], side, (h, w), it, n_iter), len(idx), axis=0)
-            loss, pred = evaluate(idx, s["patches"], xy)
+            xy = np.repeat(propose_moves(rng, s["xy"][idx[:1]], side, hw, it, n_iter), len(idx), axis=0)
+            loss, pred = self.evaluate(idx, s["patches"], xy)
             if _better_mean(loss, pred, s, idx, cls, targeted):
                 s["xy"][idx] = xy
-                keep(idx, np.ones(len(idx), bool), loss, pred)
+                self.keep(idx, np.ones(len(idx), bool), loss, pred)
         elif move:
-            xy = propose_moves(rng, s["xy"][idx], side, (h, w), it, n_iter)
+            xy = propose_moves(rng, s["xy"][idx], side, hw, it, n_iter)
             patches = s["patches"] if cfg.universal else s["patches"][idx]
-            loss, pred = evaluate(idx, patches, xy)
+            loss, pred = self.evaluate(idx, patches, xy)
             ok = _better(loss, pred, s, idx, cls, targeted, hinge=cfg.universal)
             s["xy"][idx[ok]] = xy[ok]
-            keep(idx, ok, loss, pred)
+            self.keep(idx, ok, loss, pred)
         elif cfg.universal:
             cand = propose_squares(rng, s["patches"][None], p_selection(cfg.p_init, it, n_iter))[0]  # (3, s, s)
-            loss, pred = evaluate(idx, cand, s["xy"][idx])
+            loss, pred = self.evaluate(idx, cand, s["xy"][idx])
             if _better_mean(loss, pred, s, idx, cls, targeted):
                 s["patches"] = cand
-                keep(idx, np.ones(len(idx), bool), loss, pred)
+                self.keep(idx, np.ones(len(idx), bool), loss, pred)
         else:
             cand = propose_squares(rng, s["patches"][idx], p_selection(cfg.p_init, it, n_iter))  # (B, 3, s, s)
-            loss, pred = evaluate(idx, cand, s["xy"][idx])
+            loss, pred = self.evaluate(idx, cand, s["xy"][idx])
             ok = _better(loss, pred, s, idx, cls, targeted, hinge=False)
             s["patches"][idx[ok]] = cand[ok]
-            keep(idx, ok, loss, pred)
-        s["queries"] = oracle.queries
+            self.keep(idx, ok, loss, pred)
+        s["queries"] = self.oracle.queries
         _record(s, cls, targeted, it + 1, hinge=cfg.universal)
         return True
 
-    def snapshot(it: int):
-        s["queries"] = oracle.queries
-        return dict(s), {"iteration": it, "rng": rng.bit_generator.state, "config": key, "inputs": inputs,
-                         "num_classes": oracle.num_classes}
-
-    drive(step, start=it0, n_iter=n_iter, snapshot=snapshot, state_path=state_path, save_every=cfg.save_every,
-          progress=progress, desc=f"sparse-rs {'universal' if cfg.universal else 'per-image'}")
-    return QueryOutcome(patches=s["patches"], xy=s["xy"], clean_pred=s["clean"], adv_pred=s["pred"],
-                        eligible=s["eligible"], queries=oracle.queries, first_success=s["first_success"],
-                        trace=s["trace"], target=cfg.target, budget=cfg.budget, extra={"loss": s["loss"], "losses": s["losses"]})
+    def snapshot(self, it: int):
+        self.s["queries"] = self.oracle.queries
+        return dict(self.s), {"iteration": it, "rng": self.rng.bit_generator.state, "config": self.key,
+                              "inputs": self.inputs, "num_classes": self.oracle.num_classes}
 
 
 def _initial(oracle: Oracle, rng, images, labels, cfg: SparseRSConfig, side: int, start: Start | None) -> dict:

@@ -145,6 +145,15 @@ def subset_indices(n_total: int, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
 
 
+def heldout_indices(n_total: int, n: int, n_heldout: int, seed: int = 0) -> np.ndarray:
+    """The indexes (sorted) of `n_heldout` images disjoint from `subset_indices(n_total, n, seed)`: the next ones of
+    the same permutation, so the held-out set is as random as the subset and never overlaps it."""
+    if n <= 0 or n + n_heldout > n_total:
+        raise QadtrError(f"{n_heldout} held-out images beside a subset of {n if n > 0 else 'all'} leave none of the "
+                         f"{n_total} images unused; attack fewer images or hold out fewer")
+    return np.sort(np.random.default_rng(seed).permutation(n_total)[n:n + n_heldout])
+
+
 def subset(split: Split, n: int, seed: int = 0) -> Split:
     """A fixed pseudo-random subset of n images, in source order (sources are sorted by class, so
     the first n would be one or two classes). The same (n, seed) always gives the same images."""

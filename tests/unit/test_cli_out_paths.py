@@ -40,6 +40,7 @@ CASES = [
     ("bench.executor_speed", "--out", "folder", ["--checkpoint", NX, "--data-dir", NX]),
     ("bench.defense_cost", "--out", "folder", ["--init", NX]),
     ("bench.train_speed", "--out", "folder", []),
+    ("bench.gpu_check", "--out", "folder", ["--device", "cpu"]),
     ("eval.compare", "--out", "folder", ["--store", f"{NX}/results.sqlite"]),
     ("eval.reproduction", "--out", "folder", [f for d in ("defense", "amplification", "transfer", "zoo", "cost",
                                                           "deployed") for f in (f"--{d}", NX)]),

@@ -3,6 +3,7 @@ numpy runner whose class is the patch's colour, where success is reachable by co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ from devices._runner import Runner, TensorSpec
 from devices.runtimes import make_runner
 from eval.query._search import paste
 from eval.query.decision import DecisionConfig, decision_attack
-from eval.query.refine import milestones, start_from_patch
+from eval.query.refine import milestones, reference_asr, start_from_patch
 from eval.query.sparse_rs import SparseRSConfig, sparse_rs
 from qadtr._errors import QadtrError
 from qadtr.attacks import EOTConfig, Patch, UniversalConfig, attack_success, eval_placements, rebuild
@@ -235,3 +236,83 @@ def test_cli_writes_a_typed_result_and_resumes(tmp_path, tiny_dataset, tiny_expo
     assert main([*argv[:6], "--budget", "0", "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith("error: budget=0") and err[1].startswith("FAILED") and len(err) == 2
+
+
+@pytest.mark.parametrize("location", ["shared", "per-image"])
+def test_a_universal_patch_is_measured_on_images_it_never_queried(tmp_path, tiny_dataset, tiny_exports, capsys,
+                                                                  location):
+    """--holdout: the refined patch's ASR on the attacked images is optimistic (it was fitted to them); the held-out
+    ASR comes from images disjoint from them, through the same runner, placed as the result says."""
+    pytest.importorskip("onnxruntime")
+    from eval.query_attack import main
+    from qadtr.attacks import EOTConfig, load_patch
+    from qadtr.data import heldout_indices
+
+    out = tmp_path / "q"
+    argv = ["--artifact", str(tiny_exports["onnx"]), "--runtime", "onnxrt", "--images", "16", "--budget", "8",
+            "--size", "0.2", "--target", "3", "--universal", "--location", location, "--holdout", "20",
+            "--out", str(out)]
+    assert main(argv) == 0
+    assert "held out: ASR" in capsys.readouterr().out
+    res = json.loads((out / "result.json").read_text())
+    assert res["_version"] == 2
+    held, attacked = res["_data"]["holdout"], res["_data"]["indices"]
+    assert not set(held["indices"]) & set(attacked) and len(held["indices"]) == 20
+    assert held["indices"] == heldout_indices(40, 16, 20, seed=1).tolist()
+    # recomputed here from the written patch file: the same ASR on the same held-out images
+    patch = load_patch(out / "patch.npz")
+    if location == "per-image":
+        assert "seeded random placements" in held["placement"]
+        patch = dataclasses.replace(patch, values=patch.values[0], indices=None, placement=None, eot=EOTConfig())
+    else:  # the patch file stores the shared place once per image where ineligible images kept their first one
+        placed, labels = patch.placement, tiny_dataset("cifar10", "test").labels[attacked]
+        k = int(np.flatnonzero(labels != 3)[0])  # an eligible image: it carries the shared place
+        x, y = (int(placed.x[k]), int(placed.y[k])) if placed is not None else patch.eot.xy
+        assert held["placement"].startswith("the attack's shared location")
+        patch = dataclasses.replace(patch, values=patch.values if patch.values.ndim == 3 else patch.values[0],
+                                    indices=None, placement=None, eot=EOTConfig(location="fixed", xy=(x, y)))
+    test = tiny_dataset("cifar10", "test")
+    idx = np.array(held["indices"])
+    with make_runner("onnxrt", tiny_exports["onnx"]) as r:
+        want = reference_asr(r, test.images[idx], test.labels[idx],
+                             start_from_patch(patch, len(idx), (8, 8), eval_seed=1), 3)
+    assert held["asr"] == want.to_dict()
+
+
+def test_holdout_is_refused_where_it_means_nothing(tmp_path, tiny_dataset, tiny_exports, capsys):
+    pytest.importorskip("onnxruntime")
+    from eval.query_attack import main
+
+    base = ["--artifact", str(tiny_exports["onnx"]), "--runtime", "onnxrt", "--budget", "4", "--size", "0.2"]
+    for extra, msg in ((["--images", "16", "--holdout", "5"], "add --universal or drop --holdout"),
+                       (["--images", "30", "--holdout", "20", "--universal"], "leave none of the 40 images"),
+                       (["--images", "0", "--holdout", "5", "--universal"], "leave none of the 40 images"),
+                       (["--images", "16", "--holdout", "-1", "--universal"], "--holdout -1")):
+        assert main(base + extra + ["--out", str(tmp_path / "x")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert msg in err[0] and err[0].startswith("error:") and len(err) == 2, err
+
+
+def test_a_refined_patch_is_paired_with_its_start_on_the_held_out_images(tmp_path, tiny_dataset, tiny_exports):
+    """Transfer-then-refine with --holdout: the start patch's held-out ASR at the very same places as the refined
+    one's, so the two numbers are a paired comparison (did refining on the attacked images carry over?)."""
+    pytest.importorskip("onnxruntime")
+    from eval.query.run import run_query_attack
+    from qadtr.attacks import save_patch
+    from qadtr.data import heldout_indices
+
+    side = 3
+    values = np.random.default_rng(0).random((3, side, side)).astype(np.float32)
+    init = Patch(values=values, attack="universal", config=UniversalConfig(size=0.15), size=0.15, side=side,
+                 target=3, eot=EOTConfig())
+    save_patch(init, tmp_path / "init.npz")
+    test = tiny_dataset("cifar10", "test")
+    a, h = np.arange(16), heldout_indices(40, 16, 20, seed=1)
+    res = run_query_attack(attack="sparse-rs", cfg=SparseRSConfig(size=0.15, target=3, budget=6, universal=True),
+                           runtime="onnxrt", artifact=tiny_exports["onnx"], images=test.images[a],
+                           labels=test.labels[a], indices=a, data="cifar10/test", out=tmp_path / "q",
+                           init=tmp_path / "init.npz", reference=tiny_exports["onnx"],
+                           holdout=(test.images[h], test.labels[h], h))
+    with onnx_runner(tiny_exports) as r:
+        want = reference_asr(r, test.images[h], test.labels[h], start_from_patch(init, 20, (8, 8), eval_seed=1), 3)
+    assert res.holdout["start_asr"] == want.to_dict() and res.holdout["asr"]["asr"]["n"] == want.rate.n
