@@ -72,6 +72,26 @@ def exact_matmul(cols: np.ndarray, w2: np.ndarray, bound: int) -> np.ndarray:
     return acc
 
 
+def exact_depthwise(xc: np.ndarray, w: np.ndarray, stride, dilation, bound: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Depthwise conv as a sum of KH*KW shifted elementwise products: xc (B, H', W', C) padded float32 integers
+    (zero point removed, |xc| <= bound), w (KH, KW, C) integers -> ((B*OH*OW, C) exact sums, (OH, OW)).
+
+    The same bound as exact_matmul, per channel: every partial sum of channel c is at most
+    bound * sum_k |w[k, c]|, so below 2^24 the float32 sums are exact in any order; otherwise they are taken in
+    float64 (each product below 2^24 * 2^8, every sum below 2^53: exact)."""
+    b, h, wd, c = xc.shape
+    kh, kw, _ = w.shape
+    (sh, sw), (dh, dw) = stride, dilation
+    oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (wd - dw * (kw - 1) - 1) // sw + 1
+    dtype = np.float32 if sum_bound(w.reshape(kh * kw, c), bound) < F32_EXACT else np.float64
+    x, wf = xc.astype(dtype, copy=False), w.astype(dtype)
+    acc = np.zeros((b, oh, ow, c), dtype)
+    for i in range(kh):
+        for j in range(kw):  # (B, OH, OW, C) window of tap (i, j) times its per-channel weight
+            acc += x[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw] * wf[i, j]
+    return acc.reshape(b * oh * ow, c), (oh, ow)
+
+
 def conv_nhwc(xc: np.ndarray, w_khkwcm: np.ndarray, stride, dilation, bound: int | None = None
               ) -> tuple[np.ndarray, tuple[int, int]]:
     """xc (B, H', W', C) padded float32 integers (zero point removed, |xc| <= bound; measured when None),

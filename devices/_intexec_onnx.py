@@ -26,6 +26,10 @@ SEMANTICS
   4 input channels per kernel position and needs C % 4 == 0, so both paths pair the same indices); padding
   positions hold the input zero point and take part in the pairs; K is padded with zero weights. The zero point
   is removed afterwards with exact int32 column sums (column_sums_ / MlasGemmU8S8 zero-point fixup).
+- Grouped convs run one GEMM per group (qlinearconv.cc, MlasGemm per group_id; ConvSym takes only group 1 and
+  depthwise), so the pairs above are per group. Depthwise convs (group = C) never pair products: both MLAS
+  depthwise kernels widen each value to its own lane (OnnxIntGraph._depthwise cites them), so they are exact
+  int32 sums under both semantics.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-from devices._intexec_gemm import exact_matmul, im2col, pad_nhwc, proven_bound, storage_span, sum_bound, with_bias
+from devices._intexec_gemm import (exact_depthwise, exact_matmul, im2col, pad_nhwc, proven_bound, storage_span,
+                                   sum_bound, with_bias)
 from devices._intexec_lut import LUT_DTYPES, binary_lut
 from devices._intexec_mlas import (  # noqa: F401 - pair_dot_sat re-exported
     _dequantize, _fma32, _gap, _quantize, _requant, pair_dot_sat, requant_f32, saturation_error)
@@ -219,25 +224,26 @@ class OnnxIntGraph:
 
     def _run_conv(self, g: _Group, env: dict, semantics: str) -> np.ndarray:
         at = g.attrs
-        if at.get("group", 1) != 1:
-            raise _err("grouped/depthwise QLinearConv is not supported by the integer executor")
         xs, xz = self._qparams(g.x)
         ys, yz = self._qparams(g.q)
         x = env[g.x.input[0]]  # (B, C, H, W) int8/uint8; x - zp is the same in ORT's u8 domain
-        m, c, kh, kw = g.w.shape
+        m, cg, kh, kw = g.w.shape
+        groups = int(at.get("group", 1))
         pt, pl, pb, pr = at.get("pads", [0, 0, 0, 0])
         xc = pad_nhwc(x.transpose(0, 2, 3, 1), int(xz), (pt, pl, pb, pr))  # (B, H', W', C) f32, pads = zero point
-        w2 = g.w.transpose(2, 3, 1, 0).reshape(kh * kw * c, m)  # (K, M) in (kh, kw, c) order
-        bound = proven_bound(xc, w2, storage_span(x.dtype, int(xz)))
-        cols, (oh, ow) = im2col(xc, kh, kw, at.get("strides", [1, 1]), at.get("dilations", [1, 1]))  # (N, K)
-        acc, bound = exact_matmul(cols, w2, bound), sum_bound(w2, bound)  # (N, M) exact
-        if semantics == "single-u8s8sat":  # the AVX2 pairs on u8 inputs: x - zp + za, pads hold za
-            za = int(xz) + (U8_SHIFT if x.dtype == np.int8 else 0)
-            amax = np.broadcast_to(xc.max(axis=(0, 1, 2)) + za, (kh, kw, c)).reshape(-1)  # (K,) u8 bound
-            err = saturation_error(cols, w2, amax, offset=za)
-            if err is not None:
-                acc = acc + err
-                bound = int(np.abs(acc).max(initial=0))
+        stride, dilation = at.get("strides", [1, 1]), at.get("dilations", [1, 1])
+        span = storage_span(x.dtype, int(xz))
+        if groups > 1 and cg == 1 and m == groups:  # depthwise: exact on every x86 kernel (see _depthwise)
+            acc, bound, (oh, ow) = self._depthwise(xc, g.w, stride, dilation, span)
+        else:  # one GEMM per group (qlinearconv.cc: MlasGemm per group_id), each with its own pairs on AVX2
+            parts, bound = [], 0
+            for i in range(groups):
+                mg = m // groups
+                part, b, (oh, ow) = self._conv_gemm(xc[..., i * cg:(i + 1) * cg], g.w[i * mg:(i + 1) * mg], x.dtype,
+                                                    int(xz), stride, dilation, span, semantics)
+                parts.append(part)
+                bound = max(bound, b)
+            acc = parts[0] if groups == 1 else np.concatenate(parts, axis=1)  # (N, M)
         acc, bound = with_bias(acc, g.bias, bound)
         scale = (xs * g.w_scale) / ys  # float32, qlinearconv.cc ComputeOutputScale
         if bound < 2 ** 31:  # int32 accumulator: no wrap, float32(acc) is one rounding
@@ -245,6 +251,41 @@ class OnnxIntGraph:
         else:  # beyond int32, ORT's accumulator wraps: the int64 path
             q = _requant(acc.astype(np.int64), scale, int(yz), yz.dtype, g.relu)
         return q.reshape(x.shape[0], oh, ow, m).transpose(0, 3, 1, 2)  # (B, M, OH, OW) view of NHWC
+
+    @staticmethod
+    def _conv_gemm(xc: np.ndarray, w: np.ndarray, dtype, xz: int, stride, dilation, span: int, semantics: str
+                   ) -> tuple[np.ndarray, int, tuple[int, int]]:
+        """One group's conv as an exact GEMM: xc (B, H', W', C) zero-point-removed, w (M, C, KH, KW) int8 ->
+        ((N, M) sums, their bound, (OH, OW)), with the AVX2 pair saturation under "single-u8s8sat"."""
+        m, c, kh, kw = w.shape
+        w2 = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, m)  # (K, M) in (kh, kw, c) order
+        bound = proven_bound(xc, w2, span)
+        cols, out_hw = im2col(xc, kh, kw, stride, dilation)  # (N, K)
+        acc, bound = exact_matmul(cols, w2, bound), sum_bound(w2, bound)  # (N, M) exact
+        if semantics == "single-u8s8sat":  # the AVX2 pairs on u8 inputs: x - zp + za, pads hold za
+            za = xz + (U8_SHIFT if dtype == np.int8 else 0)
+            amax = np.broadcast_to(xc.max(axis=(0, 1, 2)) + za, (kh, kw, c)).reshape(-1)  # (K,) u8 bound
+            err = saturation_error(cols, w2, amax, offset=za)
+            if err is not None:
+                acc = acc + err
+                bound = int(np.abs(acc).max(initial=0))
+        return acc, bound, out_hw
+
+    @staticmethod
+    def _depthwise(xc: np.ndarray, w: np.ndarray, stride, dilation, span: int
+                   ) -> tuple[np.ndarray, int, tuple[int, int]]:
+        """Depthwise QLinearConv (group = C, one input and output channel per group) as exact int32 sums, under
+        both semantics: qlinearconv.cc runs it as MlasConvSymDepthwise when C % 16 == 0 (ConvSymKernelAvx2.S
+        DepthwiseMultiplyAccumulateCellAvx2: each u8 input and s8 weight widened to its own int32 lane,
+        vpmovzxbd / vpmovsxbd, then vpmaddwd, whose high int16 halves are 0, so every product is exact; the VNNI
+        kernels use vpdpbusds on one byte per lane, likewise exact), otherwise as MlasConvDepthwise
+        (intrinsics/avx2/qdwconv_avx2.cpp: inputs and weights widened to int16 minus their zero points, full
+        32-bit products from mullo/mulhi, int32 sums). No int16 pair is ever formed, so nothing saturates."""
+        m, _, kh, kw = w.shape
+        wk = w[:, 0].transpose(1, 2, 0)  # (KH, KW, C)
+        bound = proven_bound(xc, wk.reshape(kh * kw, m), span)
+        acc, out_hw = exact_depthwise(xc, wk, stride, dilation, bound)  # (N, C)
+        return acc, sum_bound(wk.reshape(kh * kw, m), bound), out_hw
 
     def _run_gemm(self, g: _Group, env: dict, semantics: str) -> np.ndarray:
         xs, xz = self._qparams(g.x)

@@ -1,6 +1,8 @@
-"""Full-integer TFLite export of a quantized ResNet, written with LiteRT's flatbuffer schema (no TensorFlow).
+"""Full-integer TFLite export of a quantized CNN, written with LiteRT's flatbuffer schema (no TensorFlow).
 
-Graph (NHWC, batch dynamic), for a checkpoint's deployable network at one bit width:
+Any deploy-form Brevitas CNN of the mapped layers is lowered from its torch.fx graph (export/_tflite_lower.py:
+one handler per layer kind, depthwise convs as DEPTHWISE_CONV_2D; anything else refused in one line).
+Graph (NHWC, batch dynamic), for a ResNet checkpoint's deployable network at one bit width:
 
     pixels float32 (B, H, W, 3) in [0, 1]
       -> SUB mean, DIV std (float, the torch `normalize` ops) -> QUANTIZE int8 (`quant_input` scale)
@@ -42,8 +44,8 @@ import numpy as np
 import torch
 
 from export._common import ExportResult, default_out, deploy_model, publish, record_fields
-from export._tflite_graph import (EXPORTER_VERSION, Built, _Q, build_tflite, check_exportable,  # noqa: F401
-                                  with_outputs)  # with_outputs: part of this module's API, re-exported
+from export._tflite_graph import EXPORTER_VERSION, Built, _Q, with_outputs  # noqa: F401  (with_outputs: re-exported)
+from export._tflite_lower import build_tflite, check_exportable  # noqa: F401  (check_exportable: re-exported)
 from qadtr._errors import QadtrError
 from qadtr._scratch import scratch
 from qadtr.progress import stage
@@ -105,9 +107,9 @@ def reference_ints(net, pixels: torch.Tensor, acts: dict[str, _Q]) -> tuple[np.n
             q = acts[name]
             if isinstance(o, torch.Tensor):  # float out of a quantizer: its integers are exact multiples
                 ints = torch.round(o / q.scale)
-            else:
-                ints = o.int().to(torch.int64)
-            ints = ints.to(torch.int64) + q.zp  # unsigned -> int8 storage (zero point -128)
+            else:  # integers less Brevitas' zero point (0 unless asymmetric): value / scale, exactly
+                ints = o.int().to(torch.int64) - torch.round(o.zero_point).to(torch.int64)
+            ints = ints.to(torch.int64) + q.zp  # -> int8 storage (unsigned: zero point - 128)
             out[name] = (ints.permute(0, 2, 3, 1) if ints.dim() == 4 else ints).numpy()
         return hook
 
@@ -215,12 +217,11 @@ def export_tflite(checkpoint: str | Path, out: str | Path, *, bits: int, images:
     if out.suffix != ".tflite":
         raise QadtrError(f"{out}: the artifact must end in .tflite (its record is written as .json beside it)")
     net, ck = deploy_model(checkpoint, bits, act_bits)
-    check_exportable(net)
     dataset = getattr(ck.train, "data", None) or "cifar10"
     imgs, described = _proof_images(ck.model.arch, dataset, images, data_dir, limit)
     h, w = imgs.shape[1:3]
     stage(f"export.tflite: lowering the {bits_name((bits, act_bits or bits))} net to a full-integer flatbuffer")
-    built = build_tflite(net, h, w, headroom=headroom)
+    built = build_tflite(net, h, w, headroom=headroom)  # refuses a layer with no mapping, before anything is written
     debug = build_tflite(net, h, w, debug=True, headroom=headroom)
     stage(f"export.tflite: proving on {len(imgs)} images under LiteRT's {' and '.join(kernels)} kernels")
     parity = json.loads(json.dumps(_prove(net, built, debug, imgs, kernels=kernels)))  # as saved: lists, not tuples

@@ -42,8 +42,12 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
                                     "runs every test")
 
 
-def make_tiny_checkpoint(out: Path, bits=((2, 2), (4, 4), (8, 8)), steps: int = 5, seed: int = 0) -> Path:
-    """Calibrate and briefly train a switchable test_qnet on random 8x8 images; returns model.pt.
+BN_WARMUP_PASSES = 20  # train-mode passes before calibration: running statistics 1 - 0.9^20 = 88% of the data's
+
+
+def make_tiny_checkpoint(out: Path, bits=((2, 2), (4, 4), (8, 8)), steps: int = 5, seed: int = 0,
+                         arch: str = "test_qnet") -> Path:
+    """Calibrate and briefly train a switchable `arch` (a tiny test_* model) on random 8x8 images; returns model.pt.
 
     A few SGD steps in train mode give BatchNorm statistics and biases away from their defaults, so
     folding and export are exercised on non-trivial values.
@@ -57,8 +61,15 @@ def make_tiny_checkpoint(out: Path, bits=((2, 2), (4, 4), (8, 8)), steps: int = 
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (64, 8, 8, 3), dtype=np.uint8)  # (N, H, W, 3)
     labels = torch.from_numpy(rng.integers(0, 10, 64))
-    cfg = ModelConfig("test_qnet", bits=bits, per_bit_bn=len(bits) > 1)
+    cfg = ModelConfig(arch, bits=bits, per_bit_bn=len(bits) > 1)
     model = create_model(cfg)
+    if arch != "test_qnet":  # BN statistics from data first, so calibration sees normalised activations (a
+        model.train()       # deeper net's untrained thresholds otherwise make int32 biases overflow float32)
+        with torch.no_grad():
+            for _ in range(BN_WARMUP_PASSES):
+                for w, a in bits:
+                    set_bits(model, w, a)
+                    model(to_tensor(images))
     calibrate_(model, images, batch_size=32)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     model.train()
@@ -77,6 +88,13 @@ def make_tiny_checkpoint(out: Path, bits=((2, 2), (4, 4), (8, 8)), steps: int = 
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model.pt of a switchable test_qnet at w2a2, w4a4 and w8a8 (8x8 inputs, 10 classes)."""
     return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def edge_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """arch -> model.pt of a switchable w2a2/w4a4/w8a8 test_mbv2 and test_resnet18 (8x8 inputs, 10 classes)."""
+    return {arch: make_tiny_checkpoint(tmp_path_factory.mktemp(arch), arch=arch)
+            for arch in ("test_mbv2", "test_resnet18")}
 
 
 @pytest.fixture(scope="session")

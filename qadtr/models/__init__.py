@@ -7,7 +7,7 @@ Example:
     ...     logits = model(x)
 """
 
-from qadtr.models import resnet  # noqa: F401  (fills the registry)
+from qadtr.models import mobilenetv2, resnet  # noqa: F401  (fill the registry)
 from qadtr.models._fold import fold_bn
 from qadtr.models._registry import list_models, register_model
 from qadtr.models._layers import SUPPORTED_BITS, QuantSpec

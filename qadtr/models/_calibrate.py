@@ -37,6 +37,14 @@ def _act_modules(net: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in net.named_modules() if isinstance(m, (qnn.QuantReLU, qnn.QuantIdentity))}
 
 
+def _shifted(mod: nn.Module) -> bool:
+    """Whether an activation quantizer has a learned zero point (brevitas ShiftedUint8ActPerTensorFloat)."""
+    from brevitas.core.zero_point import ParameterFromRuntimeZeroPoint
+
+    zp = getattr(mod.act_quant.fused_activation_quant_proxy.tensor_quant, "zero_point_impl", None)
+    return isinstance(zp, ParameterFromRuntimeZeroPoint)
+
+
 @torch.no_grad()
 def _float_activations(float_twin: nn.Module, names: list[str], images: torch.Tensor, batch_size: int,
                        seed: int) -> dict[str, torch.Tensor]:
@@ -87,9 +95,15 @@ def calibrate_(model: nn.Module, images: np.ndarray, *, batch_size: int = 128, s
         update = {}
         for name, mod in acts.items():
             bits = int(mod.act_quant.bit_width())
-            signed = bool(mod.act_quant.is_signed)
-            t = _mse_threshold(values[name].view(1, -1), bits, signed, narrow=False)[0]
-            update[f"{name}.act_quant.fused_activation_quant_proxy.tensor_quant.scaling_impl.value"] = t.clone()
+            proxy = f"{name}.act_quant.fused_activation_quant_proxy.tensor_quant"
+            if _shifted(mod):  # unsigned with a zero point (Layers.stream): the signed MSE range, shifted
+                t = _mse_threshold(values[name].view(1, -1), bits, signed=True, narrow=False)[0]
+                update[f"{proxy}.scaling_impl.value"] = 2 * t  # the range max - min
+                update[f"{proxy}.zero_point_impl.value"] = -t  # the range's minimum: zero point ~2^(bits-1)
+            else:
+                signed = bool(mod.act_quant.is_signed)
+                t = _mse_threshold(values[name].view(1, -1), bits, signed, narrow=False)[0]
+                update[f"{proxy}.scaling_impl.value"] = t.clone()
             log[f"{key}/{name}"] = float(t)
         for name, mod in net.named_modules():
             if isinstance(mod, (qnn.QuantConv2d, qnn.QuantLinear)):

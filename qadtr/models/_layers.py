@@ -57,16 +57,17 @@ class Layers:
         return qnn.QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=8, return_quant_tensor=True)
 
     def conv(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, *, edge: bool = False,
-             bias: bool = False) -> nn.Module:
-        """Conv without bias while training (a BatchNorm follows); with int32 bias once BN is folded."""
+             bias: bool = False, groups: int = 1) -> nn.Module:
+        """Conv without bias while training (a BatchNorm follows); with int32 bias once BN is folded.
+        `groups=cin=cout` is a depthwise conv (one per-channel weight scale per output channel, as for any conv)."""
         if self.q is None:
-            return nn.Conv2d(cin, cout, k, stride, padding, bias=bias)
+            return nn.Conv2d(cin, cout, k, stride, padding, bias=bias, groups=groups)
         import brevitas.nn as qnn
         from brevitas.quant import Int8WeightPerChannelFloat, Int32Bias
 
         has_bias = bias or self.q.deploy
         return qnn.QuantConv2d(
-            cin, cout, k, stride, padding, bias=has_bias,
+            cin, cout, k, stride, padding, bias=has_bias, groups=groups,
             weight_quant=Int8WeightPerChannelFloat,
             weight_bit_width=self.q.edge if edge else self.q.w,
             weight_scaling_impl_type="parameter_from_stats",  # learned per-channel scale, init from max|w|
@@ -84,6 +85,28 @@ class Layers:
         from brevitas.quant import Uint8ActPerTensorFloat
 
         return qnn.QuantReLU(act_quant=Uint8ActPerTensorFloat, bit_width=self.q.a, return_quant_tensor=True)
+
+    def relu6(self) -> nn.Module:
+        """ReLU6 in float; in a QNN the `a`-bit QuantReLU, whose learned clipping threshold is the clamp."""
+        return nn.ReLU6(inplace=False) if self.q is None else self.relu()
+
+    def stream(self) -> nn.Module:
+        """Quantizer of a linear (ReLU-free, signed-valued) tensor read by two layers, e.g. MobileNetV2's bottleneck
+        output (the next block's conv and its residual add): `residual` bits, as the ResNets' residual operands,
+        returned as a QuantTensor for the next conv.
+
+        Unsigned with a learned zero point (calibrated to ~2^(bits-1)), not signed: ORT on x86 runs integer kernels
+        on uint8 activations only and converts an int8 QuantizeLinear to uint8 only when it has a single consumer
+        (onnxruntime/core/optimizer/qdq_transformer/qdq_s8_to_u8.cc, CheckOutputEdges(graph, q_node, 1)), so an
+        int8 tensor read twice would leave both its producer and its readers in float.
+        """
+        if self.q is None:
+            return nn.Identity()
+        import brevitas.nn as qnn
+        from brevitas.quant import ShiftedUint8ActPerTensorFloat
+
+        return qnn.QuantIdentity(act_quant=ShiftedUint8ActPerTensorFloat, bit_width=self.q.residual,
+                                 return_quant_tensor=True)
 
     def residual(self) -> nn.Module:
         """Signed quantizer for one operand of a residual add (float values out, so scales may differ)."""

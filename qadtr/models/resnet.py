@@ -4,6 +4,11 @@
   subsample + zero channel padding), as in the akamaster weights in ../shared/models.
 - resnet8: the MLPerf Tiny image-classification ResNet-8 (16/32/64, one block per stage, 1x1
   projection shortcuts without BN on the downsampling stages).
+- resnet18_cifar: the ResNet-18 layout for 32x32 inputs (BasicBlock stages 2-2-2-2, a 3x3 stride-1 stem, no
+  max pool; 1x1 projection shortcuts with bias and no BN where the shape changes, as resnet8's), with a width
+  multiplier on base 16 channels (16/32/64/128 at width 1, a quarter of the ImageNet 64/128/256/512, so QAT on
+  2 CPU cores fits the budget).
+- test_resnet18: its tiny test variant (one block per stage, 4-16 channels, 8x8 inputs).
 - test_qnet: one 8-channel block on 8x8 inputs, so every CLI and test path runs in seconds.
 
 The model takes pixels in [0, 1] (B, 3, H, W); normalisation is the first layer, so attacks, replay
@@ -22,6 +27,7 @@ from qadtr.models._registry import register_model
 # ImageNet statistics: what the akamaster CIFAR weights were trained with (../shared/README.md)
 CIFAR_MEAN = (0.485, 0.456, 0.406)
 CIFAR_STD = (0.229, 0.224, 0.225)
+RESNET18_WIDTHS = (16, 32, 64, 128)  # resnet18_cifar at width 1: base 16 (ImageNet's 64 / 4), doubled per stage
 
 
 class Normalize(nn.Module):
@@ -110,3 +116,16 @@ def resnet8(q: QuantSpec | None = None, num_classes: int = 10) -> ResNet:
 def test_qnet(q: QuantSpec | None = None, num_classes: int = 10) -> ResNet:
     """Tiny test model: stem conv + one 8-channel residual block + classifier, for 8x8 inputs."""
     return ResNet((1,), (8,), "A", num_classes, q)
+
+
+@register_model
+def resnet18_cifar(q: QuantSpec | None = None, num_classes: int = 10, width: float = 1.0) -> ResNet:
+    """ResNet-18 layout (2-2-2-2 BasicBlocks) for 32x32 inputs, base 16 channels times `width`."""
+    widths = tuple(max(1, round(c * width)) for c in RESNET18_WIDTHS)
+    return ResNet((2, 2, 2, 2), widths, "B", num_classes, q)
+
+
+@register_model
+def test_resnet18(q: QuantSpec | None = None, num_classes: int = 10) -> ResNet:
+    """Tiny test ResNet-18 layout: one BasicBlock per stage (4/8/8/16 channels), for 8x8 inputs."""
+    return ResNet((1, 1, 1, 1), (4, 8, 8, 16), "B", num_classes, q)

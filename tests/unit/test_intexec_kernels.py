@@ -147,3 +147,60 @@ def test_requant_f32_is_the_int64_requant():
             want = M._requant(acc, scale, zp, dtype, relu)
             got = M.requant_f32(acc.astype(np.float64), scale, zp, dtype, relu)
             assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+# -- depthwise and grouped convs (OnnxIntGraph._run_conv's groups) ------------------------------------------
+def _conv_int64(x: np.ndarray, w: np.ndarray, groups: int, stride: int) -> np.ndarray:
+    """Straightforward grouped conv: x (B, H, W, C) int64 (already padded), w (M, C/groups, KH, KW) -> (B, OH, OW, M)."""
+    b, h, wd, c = x.shape
+    m, cg, kh, kw = w.shape
+    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    out = np.zeros((b, oh, ow, m), np.int64)
+    mg = m // groups
+    for o in range(m):
+        g = o // mg
+        for i in range(kh):
+            for j in range(kw):
+                patch = x[:, i:i + stride * (oh - 1) + 1:stride, j:j + stride * (ow - 1) + 1:stride, g * cg:(g + 1) * cg]
+                out[..., o] += patch @ w[o, :, i, j].astype(np.int64)
+    return out
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("span", [3, 255])  # 2-bit inputs (float32 path) and 8-bit extremes (float64 path)
+def test_exact_depthwise_equals_int64(stride, span):
+    c = 24
+    x = RNG.integers(-span, span + 1, (2, 9, 9, c))
+    w = RNG.integers(-127, 128, (3, 3, c))
+    w[..., 0] = 127  # a channel at the extreme
+    x[0, ..., 0] = span
+    acc, (oh, ow) = G.exact_depthwise(x.astype(np.float32), w, (stride, stride), (1, 1), span)
+    ref = _conv_int64(x, w.transpose(2, 0, 1)[:, None], c, stride)  # (B, OH, OW, C)
+    assert acc.dtype == (np.float32 if G.sum_bound(w.reshape(9, c), span) < G.F32_EXACT else np.float64)
+    assert np.array_equal(acc.astype(np.int64), ref.reshape(-1, c)) and (oh, ow) == ref.shape[1:3]
+
+
+def test_grouped_and_depthwise_convs_in_the_executor_equal_int64():
+    from devices._intexec_onnx import OnnxIntGraph
+
+    x = RNG.integers(0, 256, (2, 7, 7, 8)).astype(np.float32)  # zero point removed, 8 channels
+    for groups, cg in ((8, 1), (2, 4), (4, 2)):
+        w = RNG.integers(-127, 128, (8, cg, 3, 3)).astype(np.int8)
+        if cg == 1:
+            acc, _, _ = OnnxIntGraph._depthwise(x, w, (1, 1), (1, 1), 255)
+        else:
+            parts = [OnnxIntGraph._conv_gemm(x[..., i * cg:(i + 1) * cg], w[i * (8 // groups):(i + 1) * (8 // groups)],
+                                             np.uint8, 0, (1, 1), (1, 1), 255, "single")[0] for i in range(groups)]
+            acc = np.concatenate(parts, axis=1)
+        ref = _conv_int64(x.astype(np.int64), w, groups, 1)
+        assert np.array_equal(acc.astype(np.int64), ref.reshape(-1, 8)), groups
+
+
+def test_depthwise_never_saturates_where_a_pair_would():
+    """u8 255 x s8 127 in every tap: an AVX2 int16 pair would clamp, MLAS's depthwise kernels widen (exact)."""
+    from devices._intexec_onnx import OnnxIntGraph
+
+    x = np.full((1, 3, 3, 16), 255, np.float32)
+    w = np.full((16, 1, 3, 3), 127, np.int8)
+    acc, _, _ = OnnxIntGraph._depthwise(x, w, (1, 1), (1, 1), 255)
+    assert np.all(acc == 9 * 255 * 127)
