@@ -45,6 +45,7 @@ import re
 import sys
 import threading
 from importlib import metadata
+from typing import TYPE_CHECKING
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # devices/ (in the checkout, or in the folder pushed to a board)
 ROOT = os.path.dirname(HERE)  # holds devices/ and qadtr/: the repository, or the board's copy of the runner layer
@@ -57,6 +58,13 @@ from devices import _host  # noqa: E402  (the runner layer: importable only once
 from devices.power import METERS, open_meter  # noqa: E402
 from devices.runtimes import board_runtimes, feed_format, make_runner, probe, read_logits  # noqa: E402
 from qadtr._errors import QadtrError  # noqa: E402
+
+if TYPE_CHECKING:  # annotations only: numpy is imported where it is used, after the job's checks
+    import numpy as np
+
+    from devices._runner import Runner
+    from devices.power import PowerMeter
+    from devices.runtimes import FeedFormat
 
 VERSION = 1  # of the job file and the line protocol; the host refuses an agent speaking another
 BOARD = board_runtimes()  # runtime -> devices.runtimes.RuntimeInfo: the rows a board runs
@@ -199,36 +207,42 @@ def open_runner(job: dict, files: dict):
 
 
 # -- the run ------------------------------------------------------------------------------------------------
-def run(job_path: str, start: int) -> int:
-    import numpy as np
-
+def _read_job(job_path: str) -> tuple[dict, str]:
+    """(the job, its WORK folder): the folder checked before the job file is opened, the version after."""
     work = work_folder(job_path)  # before the job file is opened
     with open(job_path) as f:
         job = json.load(f)
     if not isinstance(job, dict) or job.get("version") != VERSION:
         raise AgentError(f"job version {job.get('version') if isinstance(job, dict) else None}, this agent speaks "
                          f"{VERSION}; the host pushes its own agent with each job: re-run")
-    files = job_files(job, work)  # every path, before any file is touched
-    missing, corrupt = check_files(job, files)  # before anything is loaded or run
-    if missing or corrupt:
-        emit({"type": "need", "files": missing + corrupt, "corrupt": corrupt})
-        return 3
-    images = np.load(files["images"], allow_pickle=False)  # (N, H, W, 3) uint8
+    return job, work
+
+
+def _read_images(path: str, start: int) -> np.ndarray:
+    """The job's images, (N, H, W, 3) uint8, with START one of them."""
+    import numpy as np
+
+    images = np.load(path, allow_pickle=False)  # (N, H, W, 3) uint8
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
         raise AgentError(f"the images file holds {images.dtype} {images.shape}, not uint8 (N, H, W, 3)")
     if not 0 <= start < len(images):
         raise AgentError(f"start {start} is outside the {len(images)} images")
-    runner = open_runner(job, files)
-    fmt = feed_format(runner)  # the same bytes as on the host: devices.runtimes.FeedFormat
-    step = fmt.batch or int(job["batch_size"])  # a fixed-batch model runs at its batch
+    return images
 
-    def batch(first: int) -> tuple[dict, int]:
-        chunk = images[first:first + step]  # (B, H, W, 3)
-        real = len(chunk)
-        if real < step and fmt.batch is not None:  # pad a fixed-batch model's last batch, keep the real rows
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - real, axis=0)])
-        return fmt.feed(chunk), real
 
+def _batch(images: np.ndarray, first: int, *, fmt: FeedFormat, step: int) -> tuple[dict, int]:
+    """(the feed of the batch starting at `first`, its real rows): a fixed-batch model's last batch is padded."""
+    import numpy as np
+
+    chunk = images[first:first + step]  # (B, H, W, 3)
+    real = len(chunk)
+    if real < step and fmt.batch is not None:  # pad a fixed-batch model's last batch, keep the real rows
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - real, axis=0)])
+    return fmt.feed(chunk), real
+
+
+def _open_power(job: dict) -> tuple[PowerMeter | None, dict | None]:
+    """(the job's power meter, its hello entry), its idle baseline measured; a meter that fails is None, and why."""
     meter, power = None, None
     if job.get("power"):
         try:
@@ -239,15 +253,17 @@ def run(job_path: str, start: int) -> int:
             power = {"meter": job["power"]["meter"], "scope": meter.scope, "idle_w": meter.idle_w}
         except Exception as e:  # noqa: BLE001 - a meter that fails leaves energy null, with the reason
             meter, power = None, {"meter": job["power"]["meter"], "unavailable": str(e)}
-    x, _ = batch(start)
-    for _ in range(int(job["warmup"])):  # caches, lazy allocations, XNNPACK packing: run, never reported
-        runner.infer(x)
-    emit({"type": "hello", "agent": VERSION, "runner": runner.name, "kernels": runner.kernels, "feed": str(fmt),
-          "batch": step, "versions": {**runner.versions, "numpy": np.__version__, "python": platform.python_version()},
-          "power": power, "samples": len(images)})
+    return meter, power
+
+
+def _stream(runner: Runner, images: np.ndarray, start: int, *, fmt: FeedFormat, step: int,
+            meter: PowerMeter | None) -> int:
+    """Emit one batch line per batch from `start` on, energy read around each timed call; the batch count."""
+    import numpy as np
+
     count = 0
     for first in range(start, len(images), step):
-        x, real = batch(first)
+        x, real = _batch(images, first, fmt=fmt, step=step)
         if meter is not None:
             meter.start()
         out = runner.infer(x)  # the Runner contract's timed call
@@ -257,6 +273,31 @@ def run(job_path: str, start: int) -> int:
               "seconds": runner.last_inference_time, "energy_j": energy,
               "logits": base64.b64encode(np.ascontiguousarray(logits, "<f4").tobytes()).decode()})
         count += 1
+    return count
+
+
+def run(job_path: str, start: int) -> int:
+    """Run one job from image START: the need line (exit 3) or hello, a batch line per batch, done (exit 0)."""
+    import numpy as np
+
+    job, work = _read_job(job_path)
+    files = job_files(job, work)  # every path, before any file is touched
+    missing, corrupt = check_files(job, files)  # before anything is loaded or run
+    if missing or corrupt:
+        emit({"type": "need", "files": missing + corrupt, "corrupt": corrupt})
+        return 3
+    images = _read_images(files["images"], start)
+    runner = open_runner(job, files)
+    fmt = feed_format(runner)  # the same bytes as on the host: devices.runtimes.FeedFormat
+    step = fmt.batch or int(job["batch_size"])  # a fixed-batch model runs at its batch
+    meter, power = _open_power(job)
+    x, _ = _batch(images, start, fmt=fmt, step=step)
+    for _ in range(int(job["warmup"])):  # caches, lazy allocations, XNNPACK packing: run, never reported
+        runner.infer(x)
+    emit({"type": "hello", "agent": VERSION, "runner": runner.name, "kernels": runner.kernels, "feed": str(fmt),
+          "batch": step, "versions": {**runner.versions, "numpy": np.__version__, "python": platform.python_version()},
+          "power": power, "samples": len(images)})
+    count = _stream(runner, images, start, fmt=fmt, step=step, meter=meter)
     if meter is not None:
         meter.close()
     runner.deactivate()

@@ -22,6 +22,7 @@ import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from eval._compare_model import (ASR_NOTE, TIE_RULE, Agreement, Comparison, Disa
 from qadtr._errors import QadtrError
 from qadtr.progress import stage
 from qadtr._stats import FAMILY_METHOD, PAIRED_METHOD, STABILITY_METHOD, family
+
+if TYPE_CHECKING:
+    from eval._runs import ModelKey
 
 # the result types and the pure comparison live in eval._compare_model; these names stay importable from here
 __all__ = ["ASR_NOTE", "ATTRIBUTED", "TIE_RULE", "Agreement", "Comparison", "Disagreement", "Gate", "PatchComparison",
@@ -52,46 +56,26 @@ def _divergence_rows(res: Comparison, per_sample_lsb: np.ndarray | None, limit: 
     return why
 
 
-def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images: int = 16) -> Comparison:
-    """Compare deployed `run` with the fake-quant `ref_run` (RunRecords of `store`, same replay).
+def _lsb(key: ModelKey, replay) -> tuple[np.ndarray | None, str]:
+    """(the fake-quant logit grid's LSB per logit, where it came from); None without bits or a source checkpoint."""
+    from eval._runs import LSB_SOURCE, logit_lsb
 
-    Raises:
-        QadtrError: different replays, incomplete or damaged runs, a replay or source checkpoint that changed
-            since the runs (eval._integrity); a replaced artifact is not rerun (divergence, attribution skipped).
-    """
-    from eval._divergence import Divergence, first_divergence
-    from eval._integrity import artifact_change, check_source, replay_of
-    from eval._runs import LSB_SOURCE, deploy_cached, logit_lsb, model_key, output_step
-    from qadtr.bits import bits_name
-
-    if ref_run.replay_sha256 != run.replay_sha256:
-        raise QadtrError(f"runs {ref_run.run_id[:12]} and {run.run_id[:12]} replayed different files; compare runs "
-                         "of one replay")
-    replay, key = replay_of(run), model_key(ref_run)
-    stage(f"eval.compare: {run.device} {run.runtime} vs {ref_run.runtime} on {len(replay)} images (agreement, "
-          "attribution, divergence)")
-    check_source(key, ref_run)  # before its LSB grid or deploy net is computed
-    ref_logits, out_logits = store.logits(ref_run.run_id), store.logits(run.run_id)
-    changed = artifact_change(run)  # before anything reads or reruns the artifact
     lsb, source = None, ""
     if key.bits is not None and key.checkpoint:
         lsb = logit_lsb(key.checkpoint, key.bits, replay.info.hw)
         source = LSB_SOURCE.format(checkpoint=key.checkpoint, w=key.bits[0], a=key.bits[1])
     elif key.bits is not None:
         source = "unknown: source checkpoint not found, differences in raw units"
-    res = compare_outputs(ref_logits, out_logits, replay.labels, replay.patch,
-                          replay.test_index, [p.target for p in replay.info.patches], lsb=lsb,
-                          patch_names=[p.file for p in replay.info.patches], gate=gate, ref_name=ref_run.runtime,
-                          out_name=run.runtime, lsb_source=source)
-    step = None if changed else output_step(run.artifact)
-    if step is not None:
-        res.logits["out_step"] = step
-        res.logits["out_step_lsb"] = None if lsb is None else float(step / np.min(lsb))
-    delta = None if lsb is None else (np.abs(out_logits.astype(np.float64) - ref_logits) / lsb).max(1)  # (M,)
-    why = _divergence_rows(res, delta, divergence_images)
+    return lsb, source
+
+
+def _divergence(run, key: ModelKey, replay, out_logits: np.ndarray, *, why: dict[int, str], changed: str,
+                semantics: str | None, divergence_images: int) -> dict:
+    """The first layer whose integers differ on the `why` rows (eval._divergence), or why it was skipped."""
+    from eval._divergence import Divergence, first_divergence
+    from eval._runs import deploy_cached
+
     rows = list(why)
-    attribution = _attribute(run, replay, out_logits, changed)
-    semantics = attribution.get("explained_by")
     if not divergence_images:
         div = Divergence(run.runtime, "", (), (), None, "not requested (divergence_images=0)")
     elif key.bits is None or not key.checkpoint:
@@ -103,14 +87,52 @@ def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images:
         div = first_divergence(net, run.runtime, run.artifact, replay.images[rows], rows, semantics=semantics,
                                deployed=out_logits[rows] if semantics else None)
     divergence = div.to_dict()
-    if run.device != "local" and not div.skipped and not semantics:  # the rerun uses this host's runtime, not the board's kernels
+    # the rerun uses this host's runtime, not the board's kernels
+    if run.device != "local" and not div.skipped and not semantics:
         divergence["method"] += f"; rerun on this host ({platform.machine()}), the run was on device {run.device!r}"
     for image in divergence["images"]:
         image["why"] = why[image["sample"]]
+    return divergence
+
+
+def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images: int = 16) -> Comparison:
+    """Compare deployed `run` with the fake-quant `ref_run` (RunRecords of `store`, same replay).
+
+    Raises:
+        QadtrError: different replays, incomplete or damaged runs, a replay or source checkpoint that changed
+            since the runs (eval._integrity); a replaced artifact is not rerun (divergence, attribution skipped).
+    """
+    from eval._integrity import artifact_change, check_source, replay_of
+    from eval._runs import model_key, output_step
+    from qadtr.bits import bits_name
+
+    if ref_run.replay_sha256 != run.replay_sha256:
+        raise QadtrError(f"runs {ref_run.run_id[:12]} and {run.run_id[:12]} replayed different files; compare runs "
+                         "of one replay")
+    replay, key = replay_of(run), model_key(ref_run)
+    stage(f"eval.compare: {run.device} {run.runtime} vs {ref_run.runtime} on {len(replay)} images (agreement, "
+          "attribution, divergence)")
+    check_source(key, ref_run)  # before its LSB grid or deploy net is computed
+    ref_logits, out_logits = store.logits(ref_run.run_id), store.logits(run.run_id)
+    changed = artifact_change(run)  # before anything reads or reruns the artifact
+    lsb, source = _lsb(key, replay)
+    res = compare_outputs(ref_logits, out_logits, replay.labels, replay.patch,
+                          replay.test_index, [p.target for p in replay.info.patches], lsb=lsb,
+                          patch_names=[p.file for p in replay.info.patches], gate=gate, ref_name=ref_run.runtime,
+                          out_name=run.runtime, lsb_source=source)
+    step = None if changed else output_step(run.artifact)
+    if step is not None:
+        res.logits["out_step"] = step
+        res.logits["out_step_lsb"] = None if lsb is None else float(step / np.min(lsb))
+    delta = None if lsb is None else (np.abs(out_logits.astype(np.float64) - ref_logits) / lsb).max(1)  # (M,)
+    why = _divergence_rows(res, delta, divergence_images)
+    attribution = _attribute(run, replay, out_logits, changed)
+    divergence = _divergence(run, key, replay, out_logits, why=why, changed=changed,
+                             semantics=attribution.get("explained_by"), divergence_images=divergence_images)
     info = {"model": f"{Path(key.checkpoint).parent.name or '?'} {bits_name(key.bits)}", "bits": key.bits,
             "checkpoint": key.checkpoint, "source_sha256": key.source_sha256, "artifact": run.artifact,
             "device": run.device, "ref_device": ref_run.device, "emulated": run.emulated, "replay": run.replay,
-            "replay_sha256": run.replay_sha256, "divergence_images": len(rows)}
+            "replay_sha256": run.replay_sha256, "divergence_images": len(why)}
     return dataclasses.replace(res, kernels={"ref": ref_run.kernels, "out": run.kernels},
                                runs={"ref": ref_run.run_id, "out": run.run_id}, info=info, divergence=divergence,
                                attribution=attribution)

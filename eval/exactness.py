@@ -72,19 +72,13 @@ def _haswell_logits(path: Path, x: np.ndarray) -> np.ndarray | str:
         return np.load(f"{tmp}/y.npy")
 
 
-def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int = 0) -> list[dict]:
-    """Every PAIRS row for one checkpoint (its first bit width) on `images` (N, H, W, 3) uint8."""
-    import onnx
-
-    from devices.intexec import SEMANTICS, load_graph
-    from devices.litert import LiteRTRunner
-    from devices.runtimes import FeedFormat
+def _artifacts(checkpoint: Path, images: np.ndarray, out: Path) -> tuple[str, Path, Path]:
+    """(row name, ONNX path, TFLite path) for one checkpoint at its first bit width, each export made unless
+    the one already in OUT/artifacts is reusable."""
     from export import onnx as onnx_export, tflite as tflite_export
     from export._common import reusable
-    from export.tflite import with_outputs
     from qadtr._config import sha256_file
     from qadtr.checkpoint import read_checkpoint_info, resolve
-    from qadtr.progress import stage
 
     pt = resolve(checkpoint)[0]
     bits = read_checkpoint_info(pt).model.bits[0][0]
@@ -96,8 +90,18 @@ def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int
         onnx_export.export_onnx(pt, onnx_path, bits=bits, images=images[:100])
     if reusable(tfl_path, src, tflite_export.EXPORTER_VERSION):
         tflite_export.export_tflite(pt, tfl_path, bits=bits, images=images[:100])
-    nchw, nhwc = (FeedFormat("x", layout, "float01", (None,) * 4).feed(images)["x"]  # the bytes every replay feeds
-                  for layout in ("NCHW", "NHWC"))
+    return name, onnx_path, tfl_path
+
+
+def _onnx_rows(name: str, onnx_path: Path, images: np.ndarray, *, nchw: np.ndarray,
+               avx2_images: int) -> list[dict]:
+    """The ONNX Runtime rows: node by node with every activation exposed; fused (deployed) on logits only."""
+    import onnx
+
+    from devices.intexec import SEMANTICS, load_graph
+    from export import onnx as onnx_export
+    from qadtr.progress import stage
+
     rows = []
     stage(f"eval.exactness: {name}: ONNX Runtime node by node and fused on {len(images)} images")
     # ONNX: node by node with every activation exposed; fused (deployed) on logits only
@@ -122,6 +126,17 @@ def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int
             compared = tensors if "DISABLE" in kernels else []
             rows.append(_row(name, kernels, sem, got[onnx_export.OUTPUT], outs[graph.output_names[0]][:n],
                              (len(compared), _ints_differ(got, ints, compared)) if compared else None))
+    return rows
+
+
+def _tflite_rows(name: str, tfl_path: Path, nhwc: np.ndarray) -> list[dict]:
+    """The LiteRT rows: every quantized tensor exposed, under each kernel set, against the executor."""
+    from devices.intexec import SEMANTICS, load_graph
+    from devices.litert import LiteRTRunner
+    from export.tflite import with_outputs
+    from qadtr.progress import stage
+
+    rows = []
     stage(f"eval.exactness: {name}: LiteRT xnnpack, ref and builtin against the executor")
     # TFLite: every quantized tensor exposed, under each kernel set
     tgraph = load_graph(tfl_path)
@@ -140,6 +155,17 @@ def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int
                     rows.append(_row(name, kernels, sem, got[tgraph.output_names[0]], outs[tgraph.output_names[0]],
                                      (len(names), _ints_differ(got, ints, names))))
     return rows
+
+
+def measure(checkpoint: Path, images: np.ndarray, out: Path, *, avx2_images: int = 0) -> list[dict]:
+    """Every PAIRS row for one checkpoint (its first bit width) on `images` (N, H, W, 3) uint8."""
+    from devices.runtimes import FeedFormat
+
+    name, onnx_path, tfl_path = _artifacts(checkpoint, images, out)
+    nchw, nhwc = (FeedFormat("x", layout, "float01", (None,) * 4).feed(images)["x"]  # the bytes every replay feeds
+                  for layout in ("NCHW", "NHWC"))
+    rows = _onnx_rows(name, onnx_path, images, nchw=nchw, avx2_images=avx2_images)
+    return rows + _tflite_rows(name, tfl_path, nhwc)
 
 
 def table(rows: list[dict]) -> str:

@@ -38,6 +38,52 @@ from qadtr._config import write_json
 from qadtr._errors import QadtrError
 
 
+def _pipeline(args: argparse.Namespace, runtimes: list[str] | None) -> None:
+    """The whole pipeline (no --model): export, replay, report into the --out folder."""
+    out = str(check_writable(args.out or "runs/main", "folder"))  # pipeline: --out is its folder
+    res = run_pipeline(checkpoints=args.checkpoint, patches=args.patches, device=args.device,
+                       out=out, data_dir=args.data_dir, runtimes=runtimes,
+                       eval_subset=DEFAULT_SUBSET if args.eval_subset is None else args.eval_subset,
+                       inventory=args.inventory, progress=True)
+    print(table(res["on_device"]))
+    print(f"report: {res['report']}")
+
+
+def _replay(args: argparse.Namespace, runtimes: list[str] | None) -> None:
+    """Replay the --model artifacts on the devices, every output path checked before the replays."""
+    if args.checkpoint:
+        raise QadtrError("--checkpoint is for the pipeline (no --model); with --model pass the artifacts themselves")
+    if not args.patches:
+        raise QadtrError("give --patches DIR with --model (or drop --model to run the whole pipeline)")
+    check_writable(args.store, "file", "--store")  # an existing store is resumed; a folder is refused
+    check_writable(args.replay_dir or Path(args.store).parent / "replays", "folder", "--replay-dir")
+    out = check_writable(args.out or Path(args.store).parent / "on_device.json", "file")  # before the replays
+    result = replay_on_devices(devices=args.device, models=args.model, patches=args.patches, data=args.data,
+                               data_dir=args.data_dir,
+                               eval_subset=2000 if args.eval_subset is None else args.eval_subset,
+                               eval_seed=args.eval_seed, store_path=args.store, replay_dir=args.replay_dir,
+                               runtimes=runtimes, batch_size=args.batch_size, warmup=args.warmup,
+                               inventory=args.inventory, fresh=args.fresh, progress=True)
+    write_json(out, result)
+    print(table(result))
+    print(f"wrote {out}; per-image outputs in {args.store}")
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    """What the parsed flags ask for: a listing, the pipeline (no --model), or a replay of the artifacts."""
+    if args.list_devices:
+        print(describe_devices(load_inventory(args.inventory)))
+        return
+    if args.list_runs:
+        print(list_runs(args.store))
+        return
+    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else None
+    if not args.model:
+        _pipeline(args, runtimes)
+        return
+    _replay(args, runtimes)
+
+
 def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import ArgumentParser  # one line and exit 1 for a bad flag
 
@@ -71,40 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="measure runs already in the store again from scratch")
     args = p.parse_args(argv)
 
-    def body() -> None:
-        if args.list_devices:
-            print(describe_devices(load_inventory(args.inventory)))
-            return
-        if args.list_runs:
-            print(list_runs(args.store))
-            return
-        runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else None
-        if not args.model:
-            out = str(check_writable(args.out or "runs/main", "folder"))  # pipeline: --out is its folder
-            res = run_pipeline(checkpoints=args.checkpoint, patches=args.patches, device=args.device,
-                               out=out, data_dir=args.data_dir, runtimes=runtimes,
-                               eval_subset=DEFAULT_SUBSET if args.eval_subset is None else args.eval_subset,
-                               inventory=args.inventory, progress=True)
-            print(table(res["on_device"]))
-            print(f"report: {res['report']}")
-            return
-        if args.checkpoint:
-            raise QadtrError("--checkpoint is for the pipeline (no --model); with --model pass the artifacts themselves")
-        if not args.patches:
-            raise QadtrError("give --patches DIR with --model (or drop --model to run the whole pipeline)")
-        check_writable(args.store, "file", "--store")  # an existing store is resumed; a folder is refused
-        check_writable(args.replay_dir or Path(args.store).parent / "replays", "folder", "--replay-dir")
-        out = check_writable(args.out or Path(args.store).parent / "on_device.json", "file")  # before the replays
-        result = replay_on_devices(devices=args.device, models=args.model, patches=args.patches, data=args.data,
-                          data_dir=args.data_dir, eval_subset=2000 if args.eval_subset is None else args.eval_subset, eval_seed=args.eval_seed,
-                          store_path=args.store, replay_dir=args.replay_dir, runtimes=runtimes,
-                          batch_size=args.batch_size, warmup=args.warmup, inventory=args.inventory, fresh=args.fresh,
-                          progress=True)
-        write_json(out, result)
-        print(table(result))
-        print(f"wrote {out}; per-image outputs in {args.store}")
-
-    return run_cli("eval.on_device", body, argv)
+    return run_cli("eval.on_device", lambda: _dispatch(args), argv)
 
 
 if __name__ == "__main__":

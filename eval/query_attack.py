@@ -11,13 +11,80 @@ ASR and to reach its fake-quant ASR. The library is eval/query/run.py.
 
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from eval.query.run import QueryResult
+
+
+def _config(args: argparse.Namespace) -> object:
+    """The --attack's config from the flags; a flag it refuses is one line naming the fix."""
+    from eval.query import QUERY_ATTACKS
+    from qadtr.attacks import parse_target
+    from qadtr._errors import QadtrError
+
+    config_cls, _ = QUERY_ATTACKS[args.attack].load()
+    fields = {"size": args.size, "target": parse_target(args.target), "budget": args.budget,
+              "location": args.location, "seed": args.seed, "batch": args.batch, "save_every": args.save_every}
+    if args.attack == "sparse-rs":
+        fields["universal"] = args.universal
+    elif args.universal:
+        raise QadtrError("--universal: the decision attack is per-image; drop --universal or use --attack sparse-rs")
+    try:
+        return config_cls(**fields)
+    except ValueError as e:
+        raise QadtrError(str(e)) from None
+
+
+def _report(args: argparse.Namespace, result: QueryResult) -> None:
+    """Print the ASR line, the refine and held-out lines where there are some, and what was written."""
+    a, q = result.asr["asr"], result.queries
+    print(f"{args.attack} on {result.runtime} ({result.kernels}): ASR {100 * a['value']:.2f}% "
+          f"[{100 * a['ci95'][0]:.2f}, {100 * a['ci95'][1]:.2f}] (n={a['n']}), budget {result.budget}, "
+          f"queries to success median {q['to_success']['p50']}")
+    if result.refine:
+        print(f"refine: replayed {result.refine['replayed_asr']:.2%}, reference {result.refine['reference_asr']}, "
+              f"queries to exceed replayed {result.refine['queries_to_exceed_replayed']}, to reference "
+              f"{result.refine['queries_to_reference']}")
+    if result.holdout:
+        h = result.holdout["asr"]["asr"]
+        print(f"held out: ASR {100 * h['value']:.2f}% [{100 * h['ci95'][0]:.2f}, {100 * h['ci95'][1]:.2f}] "
+              f"(n={h['n']}) on images the attack never queried ({result.holdout['placement']})")
+        if result.holdout["start_asr"]:
+            print(f"held out, the --init patch at the same places: ASR "
+                  f"{100 * result.holdout['start_asr']['asr']['value']:.2f}%")
+    print(f"wrote {args.out}/result.json, patch.npz")
+
+
+def _body(args: argparse.Namespace) -> None:
+    """Check the flags and --out, attack the seeded test subset (and measure the held-out images), report."""
+    from eval.query.run import run_query_attack
+    from qadtr._cli import check_writable
+    from qadtr._errors import QadtrError
+    from qadtr.data import heldout_indices, load_split, subset_indices
+
+    cfg = _config(args)
+    if args.images < 0 or args.holdout < 0:
+        raise QadtrError(f"--images {args.images} / --holdout {args.holdout}: each must be >= 0")
+    check_writable(args.out, "folder")
+    test = load_split(args.data, "test", args.data_dir)
+    idx = subset_indices(len(test.labels), args.images, seed=1)
+    held = None
+    if args.holdout:
+        h = heldout_indices(len(test.labels), args.images, args.holdout, seed=1)
+        held = (test.images[h], test.labels[h], h)
+    result = run_query_attack(attack=args.attack, cfg=cfg, runtime=args.runtime, artifact=args.artifact,
+                              images=test.images[idx], labels=test.labels[idx], indices=idx,
+                              data=f"{args.data}/test", out=args.out, resume=args.resume, init=args.init,
+                              eval_seed=args.eval_seed, reference=args.reference, holdout=held, progress=True)
+    _report(args, result)
 
 
 def main(argv: list[str] | None = None) -> int:
     from eval.query import QUERY_ATTACKS
-    from qadtr._cli import ArgumentParser, DATA_DIR_HELP, check_writable, run_cli
-    from qadtr._errors import QadtrError
+    from qadtr._cli import ArgumentParser, DATA_DIR_HELP, run_cli
 
     p = ArgumentParser(prog="python -m eval.query_attack", description=__doc__.split("\n")[0])
     p.add_argument("--artifact", required=True, help="the deployed file: .tflite, .onnx, or a checkpoint for fakequant")
@@ -44,53 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     args = p.parse_args(argv)
 
-    def body() -> None:
-        from eval.query.run import run_query_attack
-        from qadtr.attacks import parse_target
-        from qadtr.data import heldout_indices, load_split, subset_indices
-
-        config_cls, _ = QUERY_ATTACKS[args.attack].load()
-        fields = {"size": args.size, "target": parse_target(args.target), "budget": args.budget,
-                  "location": args.location, "seed": args.seed, "batch": args.batch, "save_every": args.save_every}
-        if args.attack == "sparse-rs":
-            fields["universal"] = args.universal
-        elif args.universal:
-            raise QadtrError("--universal: the decision attack is per-image; drop --universal or use --attack sparse-rs")
-        try:
-            cfg = config_cls(**fields)
-        except ValueError as e:
-            raise QadtrError(str(e)) from None
-        if args.images < 0 or args.holdout < 0:
-            raise QadtrError(f"--images {args.images} / --holdout {args.holdout}: each must be >= 0")
-        check_writable(args.out, "folder")
-        test = load_split(args.data, "test", args.data_dir)
-        idx = subset_indices(len(test.labels), args.images, seed=1)
-        held = None
-        if args.holdout:
-            h = heldout_indices(len(test.labels), args.images, args.holdout, seed=1)
-            held = (test.images[h], test.labels[h], h)
-        result = run_query_attack(attack=args.attack, cfg=cfg, runtime=args.runtime, artifact=args.artifact,
-                                  images=test.images[idx], labels=test.labels[idx], indices=idx,
-                                  data=f"{args.data}/test", out=args.out, resume=args.resume, init=args.init,
-                                  eval_seed=args.eval_seed, reference=args.reference, holdout=held, progress=True)
-        a, q = result.asr["asr"], result.queries
-        print(f"{args.attack} on {result.runtime} ({result.kernels}): ASR {100 * a['value']:.2f}% "
-              f"[{100 * a['ci95'][0]:.2f}, {100 * a['ci95'][1]:.2f}] (n={a['n']}), budget {result.budget}, "
-              f"queries to success median {q['to_success']['p50']}")
-        if result.refine:
-            print(f"refine: replayed {result.refine['replayed_asr']:.2%}, reference {result.refine['reference_asr']}, "
-                  f"queries to exceed replayed {result.refine['queries_to_exceed_replayed']}, to reference "
-                  f"{result.refine['queries_to_reference']}")
-        if result.holdout:
-            h = result.holdout["asr"]["asr"]
-            print(f"held out: ASR {100 * h['value']:.2f}% [{100 * h['ci95'][0]:.2f}, {100 * h['ci95'][1]:.2f}] "
-                  f"(n={h['n']}) on images the attack never queried ({result.holdout['placement']})")
-            if result.holdout["start_asr"]:
-                print(f"held out, the --init patch at the same places: ASR "
-                      f"{100 * result.holdout['start_asr']['asr']['value']:.2f}%")
-        print(f"wrote {args.out}/result.json, patch.npz")
-
-    return run_cli("eval.query_attack", body, argv)
+    return run_cli("eval.query_attack", lambda: _body(args), argv)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from devices.runtimes import make_runner
 from eval.query import QUERY_ATTACKS
 from eval.query._outcome import QueryOutcome
 from eval.query._state import inputs_key
-from eval.query.refine import milestones, reference_asr, start_from_patch
+from eval.query.refine import Start, milestones, reference_asr, start_from_patch
 from qadtr._config import config_from_dict, config_to_dict, read_json, register_config, sha256_file, write_json
 from qadtr._errors import QadtrError
 from qadtr.attacks import EOTConfig, Patch, Placement, load_patch, save_patch
@@ -77,15 +77,7 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
         return config_from_dict(read_json(result_path))
     if state.is_file() and not resume:
         raise QadtrError(f"{out} holds an interrupted query attack; pass --resume to continue it or choose another --out")
-    start, patch = None, None
-    if init is not None:
-        if attack != "sparse-rs" or not cfg.universal:
-            raise QadtrError("--init refines a universal patch: use --attack sparse-rs --universal")
-        patch = load_patch(init)
-        if abs(patch.size - cfg.size) > 1e-9 or patch.target != cfg.target:
-            raise QadtrError(f"{Path(init).name} is a {patch.size:.0%} patch for target {patch.target}; run with "
-                             f"--size {patch.size} --target {'none' if patch.target is None else patch.target}")
-        start = start_from_patch(patch, len(images), images.shape[1:3], eval_seed=eval_seed)
+    start, patch = _start(init, attack=attack, cfg=cfg, images=images, eval_seed=eval_seed)
     if holdout is not None and not getattr(cfg, "universal", False):
         raise QadtrError("--holdout measures a universal patch on unseen images; a per-image patch has none to "
                          "carry over: add --universal or drop --holdout")
@@ -103,11 +95,7 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
     if start is not None:
         refined = milestones(outcome, reference=_reference(reference or artifact, images, labels, start, cfg.target))
     asr = outcome.asr(labels)
-    extra = {}
-    if "visible_pixels" in outcome.extra:
-        vis = outcome.extra["visible_pixels"][outcome.eligible & (outcome.first_success >= 0)]
-        extra["visible_pixels_median"] = float(np.median(vis)) if len(vis) else None
-        extra["patch_pixels"] = int(outcome.extra["side"]) ** 2
+    extra = _extra(outcome)
     result = QueryResult(attack=attack, config=cfg, runtime=runtime, kernels=kernels, versions=versions,
                          artifact=str(artifact), artifact_sha256=sha, data=data,
                          indices=tuple(int(i) for i in indices), n=asr.rate.n, asr=asr.to_dict(), budget=cfg.budget,
@@ -116,6 +104,31 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
     save_patch(_patch_file(outcome, cfg, attack, indices, data), out / "patch.npz")
     write_json(result_path, config_to_dict(result))  # last: its presence marks the run finished
     return result
+
+
+def _start(init: str | Path | None, *, attack: str, cfg, images: np.ndarray,
+           eval_seed: int) -> tuple[Start | None, Patch | None]:
+    """(the --init patch at its seeded evaluation placements, the patch), refused unless it fits the attack;
+    (None, None) without --init."""
+    if init is None:
+        return None, None
+    if attack != "sparse-rs" or not cfg.universal:
+        raise QadtrError("--init refines a universal patch: use --attack sparse-rs --universal")
+    patch = load_patch(init)
+    if abs(patch.size - cfg.size) > 1e-9 or patch.target != cfg.target:
+        raise QadtrError(f"{Path(init).name} is a {patch.size:.0%} patch for target {patch.target}; run with "
+                         f"--size {patch.size} --target {'none' if patch.target is None else patch.target}")
+    return start_from_patch(patch, len(images), images.shape[1:3], eval_seed=eval_seed), patch
+
+
+def _extra(outcome: QueryOutcome) -> dict:
+    """The attack-specific summaries: the decision attack's visible patch pixels (median over successes)."""
+    extra = {}
+    if "visible_pixels" in outcome.extra:
+        vis = outcome.extra["visible_pixels"][outcome.eligible & (outcome.first_success >= 0)]
+        extra["visible_pixels_median"] = float(np.median(vis)) if len(vis) else None
+        extra["patch_pixels"] = int(outcome.extra["side"]) ** 2
+    return extra
 
 
 def _reference(path: str | Path, images, labels, start, target):
