@@ -115,21 +115,12 @@ def check_parity(net, model_path: str | Path, images: np.ndarray, *, bits: int |
     defaults to `activation_dq_inputs(model)`; a rewritten graph passes the original's.
     """
     import onnx
-    import torch
 
     from export._compare import compare
-    from qadtr.predict import to_tensor
 
     model = onnx.load(str(model_path))
     if bits is None:
-        with torch.no_grad():
-            ref = np.concatenate([net(to_tensor(images[i:i + batch_size])).numpy()
-                                  for i in range(0, len(images), batch_size)])
-        out = ort_run(model.SerializeToString(), images, batch_size, DEPLOY_LEVEL)[OUTPUT]  # float: no int kernels
-        res = compare(ref, out, lsb=FLOAT_TOL, atol_lsb=1.0, min_argmax_agree=1.0, name="fp32 logits")
-        return Parity(bool(res), len(images), image_source, 0, 0, 0, None, None, 0, 0, res.mismatch_frac == 0, {},
-                      res.to_dict(), str(res))
-
+        return _float_parity(net, model, images, batch_size=batch_size, image_source=image_source)
     stage(f"export.onnx: proving on {len(images)} images (ORT node by node vs the Brevitas net)")
     ref_logits, ref_ints, step = reference_run(net, images, batch_size)
     tensors = activation_dq_inputs(model) if tensors is None else tensors
@@ -158,16 +149,37 @@ def check_parity(net, model_path: str | Path, images: np.ndarray, *, bits: int |
     n_bad = {k: sum(v.values()) for k, v in mismatches.items()}
     passed = bool(res) and n_bad["local"] <= MAX_INT_MISMATCH * elements and max_step["local"] <= MAX_INT_STEP
     exact = n_bad[PROOF_LEVEL] == 0
-    summary = (f"{'PASSED' if passed else 'FAILED'} parity on {len(images)} images ({image_source}), proof: ORT node "
-               f"by node (ORT_DISABLE_ALL) vs Brevitas, {len(tensors)} integer tensors, {elements} elements: per layer "
-               f"{n_bad['local']} differ (max {max_step['local']} step), end to end {n_bad[PROOF_LEVEL]}; logits max |d| "
-               f"{res.max_abs_lsb:.3g} LSB ({res.max_abs:.2g}), argmax agree {100 * res.argmax_agree:.2f}% "
-               f"({res.ties} ties)" + ("; bit-exact" if exact else ""))  # the proof; deployed["summary"] the deployment
+    summary = (f"{'PASSED' if passed else 'FAILED'} parity on {len(images)} images ({image_source}), proof: "
+               + _proof_summary(n_tensors=len(tensors), elements=elements, n_bad=n_bad, max_step=max_step, res=res))
     per_tensor = {m: {k: mismatches[k][m] for k in mismatches}
                   for m in ref_ints if any(mismatches[k][m] for k in mismatches)}
     return Parity(passed, len(images), image_source, len(tensors), int(elements), n_bad[PROOF_LEVEL],
                   n_bad.get(DEPLOY_LEVEL), n_bad["local"], max_step[PROOF_LEVEL], max_step["local"], exact, per_tensor,
                   res.to_dict(), summary, deployed)
+
+
+def _proof_summary(*, n_tensors: int, elements: int, n_bad: dict, max_step: dict, res) -> str:
+    """The proof's sentence (deployed["summary"] is the deployment's)."""
+    return (f"ORT node by node (ORT_DISABLE_ALL) vs Brevitas, {n_tensors} integer tensors, {elements} elements: per "
+            f"layer {n_bad['local']} differ (max {max_step['local']} step), end to end {n_bad[PROOF_LEVEL]}; logits "
+            f"max |d| {res.max_abs_lsb:.3g} LSB ({res.max_abs:.2g}), argmax agree {100 * res.argmax_agree:.2f}% "
+            f"({res.ties} ties)" + ("; bit-exact" if n_bad[PROOF_LEVEL] == 0 else ""))
+
+
+def _float_parity(net, model, images: np.ndarray, *, batch_size: int, image_source: str) -> Parity:
+    """A float export: logits only, in units of FLOAT_TOL, at the deployed optimization level (no integer kernels)."""
+    import torch
+
+    from export._compare import compare
+    from qadtr.predict import to_tensor
+
+    with torch.no_grad():
+        ref = np.concatenate([net(to_tensor(images[i:i + batch_size])).numpy()
+                              for i in range(0, len(images), batch_size)])
+    out = ort_run(model.SerializeToString(), images, batch_size, DEPLOY_LEVEL)[OUTPUT]
+    res = compare(ref, out, lsb=FLOAT_TOL, atol_lsb=1.0, min_argmax_agree=1.0, name="fp32 logits")
+    return Parity(bool(res), len(images), image_source, 0, 0, 0, None, None, 0, 0, res.mismatch_frac == 0, {},
+                  res.to_dict(), str(res))
 
 
 def _deployed(model_path, images: np.ndarray, logits: np.ndarray, ref_logits: np.ndarray, step

@@ -207,15 +207,7 @@ def export_tflite(checkpoint: str | Path, out: str | Path, *, bits: int, images:
         >>> export_tflite("zoo/resnet20_w4a4/model.pt", "/tmp/r20_w4a4.tflite", bits=4, data_dir="../shared/data")
     """
     act_bits = bits if act_bits is None else act_bits
-    if bits > 8 or act_bits > 8:
-        raise QadtrError(f"{bits_name((bits, act_bits))}: the TFLite exporter carries at most 8-bit integers (int8 kernels); "
-                         "use export.onnx for wider types")
-    bad = [k for k in kernels if k not in KERNEL_SETS]
-    if bad or not kernels:
-        raise QadtrError(f"kernel sets {list(kernels)}: choose from {list(KERNEL_SETS)}")
-    out = Path(out)
-    if out.suffix != ".tflite":
-        raise QadtrError(f"{out}: the artifact must end in .tflite (its record is written as .json beside it)")
+    out = _check_request(bits, act_bits, kernels, Path(out))
     net, ck = deploy_model(checkpoint, bits, act_bits)
     dataset = getattr(ck.train, "data", None) or "cifar10"
     imgs, described = _proof_images(ck.model.arch, dataset, images, data_dir, limit)
@@ -228,15 +220,7 @@ def export_tflite(checkpoint: str | Path, out: str | Path, *, bits: int, images:
     for k, p in parity.items():
         p["images"] = described
     failed = [k for k, p in parity.items() if not p["passed"]]
-
-    def first_off(k: str) -> str:
-        off = [(n, v) for n, v in parity[k]["per_tensor"].items() if v[0]]
-        return f", first at {off[0][0]} ({off[0][1][0]} of {off[0][1][1]})" if off else ""
-
-    detail = "; ".join(f"{k}: {parity[k]['act_mismatch_frac']:.2%} activations off{first_off(k)}, argmax agree "
-                       f"{parity[k]['logits']['argmax_agree']:.2%}" for k in failed)
-    summary = "; ".join(f"{k}: {p['act_mismatch']} of {p['act_elements']} integer activations off, argmax agree "
-                        f"{100 * p['logits']['argmax_agree']:.2f}%" for k, p in parity.items())
+    detail, summary = _parity_lines(parity, failed)
     with scratch("tflite") as tmp:
         staged = Path(tmp) / out.name
         staged.write_bytes(built.data)
@@ -247,6 +231,32 @@ def export_tflite(checkpoint: str | Path, out: str | Path, *, bits: int, images:
             reference="Brevitas fake-quant deploy net", summary=summary, images=len(imgs), image_source=described,
             parity=parity, ops=built.op_counts, versions=_versions(),
             extra={"headroom": headroom, "input": INPUT, "output": OUTPUT}))
+
+
+def _check_request(bits: int, act_bits: int, kernels: tuple[str, ...], out: Path) -> Path:
+    """The bit widths, kernel sets and output name, refused before a checkpoint is loaded."""
+    if bits > 8 or act_bits > 8:
+        raise QadtrError(f"{bits_name((bits, act_bits))}: the TFLite exporter carries at most 8-bit integers (int8 "
+                         "kernels); use export.onnx for wider types")
+    bad = [k for k in kernels if k not in KERNEL_SETS]
+    if bad or not kernels:
+        raise QadtrError(f"kernel sets {list(kernels)}: choose from {list(KERNEL_SETS)}")
+    if out.suffix != ".tflite":
+        raise QadtrError(f"{out}: the artifact must end in .tflite (its record is written as .json beside it)")
+    return out
+
+
+def _parity_lines(parity: dict, failed: list[str]) -> tuple[str, str]:
+    """(why the failed kernel sets failed, one summary of every kernel set) for the record and the refusal."""
+    def first_off(k: str) -> str:
+        off = [(n, v) for n, v in parity[k]["per_tensor"].items() if v[0]]
+        return f", first at {off[0][0]} ({off[0][1][0]} of {off[0][1][1]})" if off else ""
+
+    detail = "; ".join(f"{k}: {parity[k]['act_mismatch_frac']:.2%} activations off{first_off(k)}, argmax agree "
+                       f"{parity[k]['logits']['argmax_agree']:.2%}" for k in failed)
+    summary = "; ".join(f"{k}: {p['act_mismatch']} of {p['act_elements']} integer activations off, argmax agree "
+                        f"{100 * p['logits']['argmax_agree']:.2f}%" for k, p in parity.items())
+    return detail, summary
 
 
 def _versions() -> dict[str, str]:
