@@ -62,9 +62,12 @@ class FakeQuantRunner(Runner):
         import brevitas
         import torch
 
+        from qadtr._module_ref import is_module_source
         from qadtr.checkpoint import load_checkpoint, resolve
         from qadtr.models import bits_of, deploy_net
 
+        if is_module_source(self.checkpoint):
+            return self._activate_module()
         model, ck = load_checkpoint(self.checkpoint)
         if self.expect_sha256 and ck.sha256 != self.expect_sha256:
             raise RunnerError(f"{resolve(self.checkpoint)[0]} is not the checkpoint {self.artifact.name} was exported "
@@ -85,6 +88,23 @@ class FakeQuantRunner(Runner):
         self.bits = bits
         self._torch = torch
         self.kernels = f"torch {torch.__version__} fake-quant (Brevitas {brevitas.__version__}), {what}"
+
+    def _activate_module(self) -> None:
+        """A module source (qadtr._module_ref, written by export.module): the user's deploy-form net as exported."""
+        import brevitas
+        import torch
+
+        from qadtr._module_ref import load_module
+
+        net, src = load_module(self.checkpoint)
+        if self.expect_sha256 and src.sha256 != self.expect_sha256:
+            raise RunnerError(f"{self.checkpoint} is not the module {self.artifact.name} was exported from (sha256 "
+                              "differs); pass the right module source to fakequant")
+        if self.bits is not None and src.bits and tuple(self.bits) != tuple(src.bits):
+            raise RunnerError(f"{self.checkpoint} is {src.target} at {bits_name(src.bits)}; drop bits={self.bits}")
+        self._net, self._torch, self.bits = net, torch, self.bits or src.bits
+        self.kernels = (f"torch {torch.__version__} fake-quant (Brevitas {brevitas.__version__}), {src.target}"
+                        + (f" {bits_name(self.bits)}" if self.bits else ""))
 
     def _input_spec(self) -> list[TensorSpec]:
         # The CIFAR/GTSRB nets end in global pooling, so any H x W runs; the replay data decides it.

@@ -62,14 +62,14 @@ def parse_model(text: str) -> tuple[Path, tuple[int, int] | None]:
 
 def _checkpoint_jobs(path: Path, bits: tuple[int, int] | None, data: str) -> list[Job]:
     from qadtr._config import sha256_file
-    from qadtr.checkpoint import read_checkpoint_info, resolve
+    from qadtr.checkpoint import module_source_key, read_checkpoint_info, resolve
 
     pt = resolve(path)[0]
-    ck = read_checkpoint_info(pt)
-    trained_on = getattr(ck.train, "data", None)
+    ck = None if (module := module_source_key(pt)) else read_checkpoint_info(pt)  # module: export.module's (sha, bits)
+    trained_on = None if module else getattr(ck.train, "data", None)
     if trained_on and trained_on != data:
         raise QadtrError(f"{pt} was trained on {trained_on}, the replay is {data}; pass --data {trained_on}")
-    have = [tuple(b) for b in ck.model.bits]
+    have = [module[1]] if module else [tuple(b) for b in ck.model.bits]
     if bits is not None and bits not in have:
         raise QadtrError(f"{pt} has no {bits_name(bits)}; it was trained at "
                          f"{', '.join(bits_name(b) for b in have) or 'float'}: pick one of those after '@'")

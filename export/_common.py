@@ -116,10 +116,24 @@ def publish(staged: Path, out: Path, *, failure: str, **fields) -> ExportResult:
     return result
 
 
-def record_fields(exporter: str, checkpoint: str | Path, ck, bits: tuple[int, int] | None, **fields) -> dict:
+@dataclass(frozen=True)
+class Source:
+    """What an export came from, as its record names it: a checkpoint, or a module source (export.module)."""
+
+    path: str  # as given; the record's `source`
+    sha256: str  # of its model.pt; the record's `source_sha256`
+    arch: str  # the checkpoint's arch, or the module's class name
+    dataset: str = "cifar10"  # where real proof images come from (--data-dir)
+
+
+def checkpoint_source(checkpoint: str | Path, ck: Checkpoint) -> Source:
+    return Source(str(checkpoint), ck.sha256, ck.model.arch, getattr(ck.train, "data", None) or "cifar10")
+
+
+def record_fields(exporter: str, source: Source, bits: tuple[int, int] | None, **fields) -> dict:
     """The ExportRecord fields every exporter fills the same way (row, version, source, host, argv) plus `fields`."""
-    return {"exporter": exporter, "exporter_version": get_exporter(exporter).version, "source": str(checkpoint),
-            "source_sha256": ck.sha256, "arch": ck.model.arch, "bits": bits, "host": fingerprint(),
+    return {"exporter": exporter, "exporter_version": get_exporter(exporter).version, "source": source.path,
+            "source_sha256": source.sha256, "arch": source.arch, "bits": bits, "host": fingerprint(),
             "argv": tuple(sys.argv), **fields}
 
 

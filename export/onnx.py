@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from devices._host import fingerprint
-from export._common import ExportResult, default_out, publish, record_fields
+from export._common import ExportResult, Source, checkpoint_source, default_out, publish, record_fields
 from export._onnx_graph import (INPUT, OUTPUT, activation_dq_inputs, check_graph, fusion_report,  # noqa: F401
                                 ort_run, reference_run, with_outputs)  # part of this module's API, re-exported
 from qadtr._cli import check_count, check_writable
@@ -285,29 +285,37 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, bits: int | None, im
         >>> r = export_onnx("zoo/resnet20_w4a4/model.pt", "/tmp/w4.onnx", bits=4, data_dir="../shared/data")
         >>> print(r.record.summary)
     """
+    net, ck = load_for_export(checkpoint, bits, float_model)
+    src = checkpoint_source(checkpoint, ck)
+    imgs, described = parity_images(images=images, data_dir=data_dir, dataset=src.dataset, limit=limit)
+    return export_onnx_net(net, out, source=src, bits=None if float_model else (bits, bits), images=imgs,
+                           image_source=described, opset=opset)
+
+
+def export_onnx_net(net, out: str | Path, *, source: Source, bits: tuple[int, int] | None, images: np.ndarray,
+                    image_source: str, opset: int = 13) -> ExportResult:
+    """The one ONNX export and proof of a deploy-form `net` (export_onnx and export.module call it); `bits` None:
+    an fp32 export. Raises as export_onnx does."""
     import onnx
 
     from qadtr.predict import to_tensor
 
-    net, ck = load_for_export(checkpoint, bits, float_model)
-    dataset = ck.train.data if getattr(ck.train, "data", None) else "cifar10"
-    imgs, source = parity_images(images=images, data_dir=data_dir, dataset=dataset, limit=limit)
     with scratch("onnx") as tmp:
         staged = Path(tmp) / Path(out).name
-        example = to_tensor(imgs[:1])  # (1, 3, H, W)
-        stage(f"export.onnx: tracing the {'fp32' if float_model else bits_name((bits, bits))} net to ONNX (opset {opset})")
-        (export_float if float_model else export_qcdq)(net, staged, example, opset=opset)
+        example = to_tensor(images[:1])  # (1, 3, H, W)
+        stage(f"export.onnx: tracing the {bits_name(bits) if bits else 'fp32'} net to ONNX (opset {opset})")
+        (export_qcdq if bits else export_float)(net, staged, example, opset=opset)
         model = onnx.load(str(staged))
         try:
             onnx.checker.check_model(model, full_check=True)
         except onnx.checker.ValidationError as e:
             raise QadtrError(f"onnx.checker rejected the export: {str(e).splitlines()[0]}") from None
-        graph = check_graph(model, net, quantized=not float_model)
+        graph = check_graph(model, net, quantized=bits is not None)
         fusion = fusion_report(staged)
-        parity = check_parity(net, staged, imgs, bits=None if float_model else bits, image_source=source)
+        parity = check_parity(net, staged, images, bits=bits[0] if bits else None, image_source=image_source)
         return publish(staged, Path(out), failure=parity.summary, **record_fields(
-            "onnx", checkpoint, ck, None if float_model else (bits, bits), ops=graph, fusion=fusion,
-            extra={"opset": opset}, versions=versions(), **proof_fields(parity)))
+            "onnx", source, bits, ops=graph, fusion=fusion, extra={"opset": opset}, versions=versions(),
+            **proof_fields(parity)))
 
 
 def proof_fields(parity: Parity) -> dict:

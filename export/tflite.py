@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export._common import ExportResult, default_out, deploy_model, publish, record_fields
+from export._common import ExportResult, Source, checkpoint_source, default_out, deploy_model, publish, record_fields
 from export._tflite_graph import EXPORTER_VERSION, Built, _Q, with_outputs  # noqa: F401  (with_outputs: re-exported)
 from export._tflite_lower import build_tflite, check_exportable  # noqa: F401  (check_exportable: re-exported)
 from qadtr._errors import QadtrError
@@ -209,16 +209,24 @@ def export_tflite(checkpoint: str | Path, out: str | Path, *, bits: int, images:
     act_bits = bits if act_bits is None else act_bits
     out = _check_request(bits, act_bits, kernels, Path(out))
     net, ck = deploy_model(checkpoint, bits, act_bits)
-    dataset = getattr(ck.train, "data", None) or "cifar10"
-    imgs, described = _proof_images(ck.model.arch, dataset, images, data_dir, limit)
-    h, w = imgs.shape[1:3]
-    stage(f"export.tflite: lowering the {bits_name((bits, act_bits or bits))} net to a full-integer flatbuffer")
+    src = checkpoint_source(checkpoint, ck)
+    imgs, described = _proof_images(ck.model.arch, src.dataset, images, data_dir, limit)
+    return export_tflite_net(net, out, source=src, bits=(bits, act_bits), images=imgs, image_source=described,
+                             kernels=kernels, headroom=headroom)
+
+
+def export_tflite_net(net, out: Path, *, source: Source, bits: tuple[int, int], images: np.ndarray,
+                      image_source: str, kernels: tuple[str, ...] = KERNEL_SETS, headroom: bool = True
+                      ) -> ExportResult:
+    """The one TFLite lowering and proof of a deploy-form `net` (export_tflite and export.module call it)."""
+    h, w = images.shape[1:3]
+    stage(f"export.tflite: lowering the {bits_name(bits)} net to a full-integer flatbuffer")
     built = build_tflite(net, h, w, headroom=headroom)  # refuses a layer with no mapping, before anything is written
     debug = build_tflite(net, h, w, debug=True, headroom=headroom)
-    stage(f"export.tflite: proving on {len(imgs)} images under LiteRT's {' and '.join(kernels)} kernels")
-    parity = json.loads(json.dumps(_prove(net, built, debug, imgs, kernels=kernels)))  # as saved: lists, not tuples
+    stage(f"export.tflite: proving on {len(images)} images under LiteRT's {' and '.join(kernels)} kernels")
+    parity = json.loads(json.dumps(_prove(net, built, debug, images, kernels=kernels)))  # as saved: lists
     for k, p in parity.items():
-        p["images"] = described
+        p["images"] = image_source
     failed = [k for k, p in parity.items() if not p["passed"]]
     detail, summary = _parity_lines(parity, failed)
     with scratch("tflite") as tmp:
@@ -226,10 +234,9 @@ def export_tflite(checkpoint: str | Path, out: str | Path, *, bits: int, images:
         staged.write_bytes(built.data)
         return publish(staged, out, failure=f"TFLite parity check failed ({detail}; thresholds: activations "
                                             f"{_MAX_ACT_MISMATCH}, argmax {_MIN_ARGMAX})", **record_fields(
-            "tflite", checkpoint, ck, (bits, act_bits), passed=not failed,
-            proof=", ".join(f"LiteRT {k}" for k in parity),
-            reference="Brevitas fake-quant deploy net", summary=summary, images=len(imgs), image_source=described,
-            parity=parity, ops=built.op_counts, versions=_versions(),
+            "tflite", source, bits, passed=not failed, proof=", ".join(f"LiteRT {k}" for k in parity),
+            reference="Brevitas fake-quant deploy net", summary=summary, images=len(images),
+            image_source=image_source, parity=parity, ops=built.op_counts, versions=_versions(),
             extra={"headroom": headroom, "input": INPUT, "output": OUTPUT}))
 
 

@@ -32,15 +32,12 @@ import numpy as np
 
 from devices.tensorrt import build_engine
 from export import onnx as onnx_export
-from export._common import ExportResult, publish, record_fields
+from export._common import ExportResult, Source, checkpoint_source, publish, record_fields
+from export._trt_spec import BUILD_SH, INT4_NOTE, build_spec  # noqa: F401  (part of this module's API)
 from qadtr._config import write_json
 from qadtr._errors import QadtrError
 from qadtr._scratch import scratch
 from qadtr.progress import stage
-
-INT4_NOTE = ("TensorRT has no INT4/INT2 convolution kernels (INT4 is weight-only, for GEMM/MatMul): a "
-             "sub-8-bit network runs on int8 kernels carrying the same clamped 4-/2-bit integers, which is "
-             "exact but no faster than 8 bit. Weight-only INT4 for the final GEMM is not done.")
 
 UINT8_NOTE = ("TensorRT has no uint8 activations (its parser imports uint8 Q/DQ as int8, saturating 128..255 at "
               "127). Unsigned tensors of up to 7 bits are written as int8 (same integers, exact); 8-bit unsigned "
@@ -204,39 +201,6 @@ def check_trt_bound(model) -> None:
             raise QadtrError(f"{node.name}: Clip on a constant weight is left (TensorRT rejects it)")
 
 
-# -- build specification -----------------------------------------------------------------------------------
-def build_spec(onnx_name: str, chw: tuple[int, int, int], batch: tuple[int, int, int]) -> dict:
-    """How the device builds its INT8 engine: profile, trtexec flags and the equivalent Python."""
-    c, h, w = chw
-    shapes = {k: f"input:{b}x{c}x{h}x{w}" for k, b in zip(("min", "opt", "max"), batch)}
-    trtexec = ["trtexec", f"--onnx={onnx_name}", "--int8",  # explicit Q/DQ decides every int8 layer
-               f"--minShapes={shapes['min']}", f"--optShapes={shapes['opt']}", f"--maxShapes={shapes['max']}",
-               "--saveEngine=model.engine", "--skipInference"]
-    python = f"""import tensorrt as trt
-logger = trt.Logger(trt.Logger.INFO)
-builder = trt.Builder(logger)
-network = builder.create_network(0)  # explicit batch (TensorRT >= 10; on 8.x pass 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
-parser = trt.OnnxParser(network, logger)
-if not parser.parse_from_file("{onnx_name}"):
-    raise RuntimeError("; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)))
-config = builder.create_builder_config()
-config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ nodes fix every scale: no calibrator
-profile = builder.create_optimization_profile()
-profile.set_shape("input", ({batch[0]}, {c}, {h}, {w}), ({batch[1]}, {c}, {h}, {w}), ({batch[2]}, {c}, {h}, {w}))
-config.add_optimization_profile(profile)
-engine = builder.build_serialized_network(network, config)
-if engine is None:
-    raise RuntimeError("TensorRT returned no engine; see the log above")
-open("model.engine", "wb").write(engine)
-"""
-    return {"onnx": onnx_name, "input": "input", "output": "logits", "dtype": "float32 pixels in [0, 1], NCHW",
-            "profile": {"min": [batch[0], c, h, w], "opt": [batch[1], c, h, w], "max": [batch[2], c, h, w]},
-            "precision": "INT8 from explicit Q/DQ (no calibration); normalisation and logits stay fp32; do not add "
-                         "--fp16 (fp16 normalisation can move the quantized input by a step)",
-            "trtexec": " ".join(trtexec), "python": python, "bits_note": INT4_NOTE,
-            "portability": "build on the target device with its own TensorRT (engines are not portable)"}
-
-
 def _build(trt, onnx_path: Path, spec: dict, log: list[str], *, rtx: bool) -> bytes:
     """Parse and build with a TensorRT(-RTX) module; logs the configuration first; raises on failure."""
     def describe(network) -> None:
@@ -274,15 +238,6 @@ def offline_check(onnx_path: Path, spec: dict, out_dir: Path) -> dict:
                     "builds; the device must still build its own engine"}
 
 
-BUILD_SH = """#!/bin/sh
-# Build the INT8 TensorRT engine on the target device (engines are not portable across devices or versions).
-set -e
-cd "$(dirname "$0")"
-{trtexec}
-echo "wrote $(pwd)/model.engine"
-"""
-
-
 def export_trt(checkpoint: str | Path, out: str | Path, *, bits: int, images: np.ndarray | None = None,
                data_dir: str | Path | None = None, limit: int = 1000, batch: tuple[int, int, int] = (1, 32, 128),
                opset: int = 13) -> ExportResult:
@@ -295,19 +250,26 @@ def export_trt(checkpoint: str | Path, out: str | Path, *, bits: int, images: np
         QadtrError: unsupported request (float checkpoint, missing bits, bad batch range) or a TensorRT(-RTX)
             parser/builder failure (nothing written); ProofFailed: failed parity (`out/model.onnx.rejected`).
     """
+    if not 1 <= batch[0] <= batch[1] <= batch[2]:
+        raise QadtrError(f"batch range min/opt/max {batch} must satisfy 1 <= min <= opt <= max")
+    net, ck = onnx_export.load_for_export(checkpoint, bits, float_model=False)
+    src = checkpoint_source(checkpoint, ck)
+    imgs, described = onnx_export.parity_images(images=images, data_dir=data_dir, dataset=src.dataset, limit=limit)
+    return export_trt_net(net, out, source=src, bits=(bits, bits), images=imgs, image_source=described,
+                          batch=batch, opset=opset)
+
+
+def export_trt_net(net, out: str | Path, *, source: Source, bits: tuple[int, int], images: np.ndarray,
+                   image_source: str, batch: tuple[int, int, int] = (1, 32, 128), opset: int = 13) -> ExportResult:
+    """The one TensorRT-bound export, proof and offline build of a deploy-form `net` (export_trt, export.module)."""
     import onnx
 
     from qadtr.predict import to_tensor
 
-    if not 1 <= batch[0] <= batch[1] <= batch[2]:
-        raise QadtrError(f"batch range min/opt/max {batch} must satisfy 1 <= min <= opt <= max")
-    net, ck = onnx_export.load_for_export(checkpoint, bits, float_model=False)
-    dataset = ck.train.data if getattr(ck.train, "data", None) else "cifar10"
-    imgs, source = onnx_export.parity_images(images=images, data_dir=data_dir, dataset=dataset, limit=limit)
     out = Path(out)
     with scratch("trt") as tmp:
         qdq, staged = Path(tmp) / "qdq.onnx", Path(tmp) / "model.onnx"
-        onnx_export.export_qcdq(net, qdq, to_tensor(imgs[:1]), opset=opset)
+        onnx_export.export_qcdq(net, qdq, to_tensor(images[:1]), opset=opset)
         original = onnx.load(str(qdq))
         tensors = onnx_export.activation_dq_inputs(original)  # names are kept by make_trt_bound
         model, emulated = make_trt_bound(original)
@@ -315,24 +277,30 @@ def export_trt(checkpoint: str | Path, out: str | Path, *, bits: int, images: np
         onnx.save(model, str(staged))
         ops = dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
         fusion = onnx_export.fusion_report(staged)
-        parity = onnx_export.check_parity(net, staged, imgs, bits=bits, image_source=source, tensors=tensors)
-        spec = build_spec(staged.name, (3, *imgs.shape[1:3]), batch)  # images are (N, H, W, 3)
+        parity = onnx_export.check_parity(net, staged, images, bits=bits[0], image_source=image_source,
+                                          tensors=tensors)
+        spec = build_spec(staged.name, (3, *images.shape[1:3]), batch)  # images are (N, H, W, 3)
         if parity:
             stage("export.trt: the offline TensorRT-RTX parse and build check")
         trt = offline_check(staged, spec, Path(tmp)) if parity else {}  # a rejected file is not built
-        fields = record_fields("trt", checkpoint, ck, (bits, bits), ops=ops, fusion=fusion,
-                               versions=onnx_export.versions(), extra={"opset": opset, "trt_build": "trt_build.json", "offline_check": trt,
+        fields = record_fields("trt", source, bits, ops=ops, fusion=fusion, versions=onnx_export.versions(),
+                               extra={"opset": opset, "trt_build": "trt_build.json", "offline_check": trt,
                                       "bits_note": INT4_NOTE, "uint8_as_float": emulated, "uint8_note": UINT8_NOTE},
                                **onnx_export.proof_fields(parity))
         if parity:  # the build recipe (and an engine built here) beside the artifact, before it is published
-            write_json(out / "trt_build.json", {**spec, "offline_check": trt})
-            sh = out / "build_engine.sh"
-            sh.write_text(BUILD_SH.format(trtexec=spec["trtexec"]))
-            sh.chmod(0o755)
-            if (Path(tmp) / "model.engine").is_file():
-                shutil.move(str(Path(tmp) / "model.engine"), out / "model.engine")
+            _write_build_files(out, spec, trt, Path(tmp))
         return publish(staged, out / staged.name, failure=f"TensorRT-bound ONNX under ORT: {parity.summary}",
                        **fields)
+
+
+def _write_build_files(out: Path, spec: dict, trt: dict, tmp: Path) -> None:
+    """trt_build.json, build_engine.sh and an engine built here (if any) into `out`."""
+    write_json(out / "trt_build.json", {**spec, "offline_check": trt})
+    sh = out / "build_engine.sh"
+    sh.write_text(BUILD_SH.format(trtexec=spec["trtexec"]))
+    sh.chmod(0o755)
+    if (tmp / "model.engine").is_file():
+        shutil.move(str(tmp / "model.engine"), out / "model.engine")
 
 
 def table_row(record) -> dict:

@@ -67,6 +67,13 @@ def save_checkpoint(model: nn.Module, path: str | Path, *, model_cfg: ModelConfi
     return pt
 
 
+def module_source_key(path: str | Path) -> tuple[str, tuple[int, int] | None] | None:
+    """(sha256, (w, a)) of a module source in checkpoint layout (qadtr._module_ref, export.module), else None."""
+    from qadtr._module_ref import module_source_key as key
+
+    return key(path)
+
+
 def read_checkpoint_info(path: str | Path) -> Checkpoint:
     pt, js = resolve(path)
     if not pt.is_file():
