@@ -3,8 +3,9 @@
     python -m qadtr.zoo --data-dir ../shared/data --out zoo
 
 Trains, in order, each entry of `PLAN` (skipping finished ones, resuming interrupted ones), then
-writes `OUT/zoo.json` with each entry's test accuracy, epochs and wall time. Every entry starts
-from the float ResNet-20 weights in ../shared/models (via the fine-tuned float entry).
+writes `OUT/zoo.json` with each entry's test accuracy, epochs and wall time. Every ResNet-20 entry starts
+from the float ResNet-20 weights in ../shared/models (via the fine-tuned float entry); the edge
+architectures, which have no pretrained weights here, from a float model trained from scratch.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _DEF_BITS = ((2, 2), (4, 4), (5, 5), (8, 8))  # QADT-R's DBWT set
 class Entry:
     name: str  # folder under OUT
     cfg: TrainConfig  # `init` is filled in from `start`
-    start: str  # "pretrained" (the float file) or the name of an earlier entry
+    start: str  # "pretrained" (the float file), "scratch" (random init) or the name of an earlier entry
 
 
 def _rn20(bits=(), **kw) -> ModelConfig:
@@ -58,6 +59,10 @@ PLAN = (
     *(Entry(f"resnet20_abl_no_{c}", TrainConfig(_rn20(_DEF_BITS, per_bit_bn=True), recipe="qadtr", epochs=1,
                                                 lr=0.01, recipe_config=QadtrConfig(**{c: False})), "resnet20_float")
       for c in ("aqapa", "dbwt", "gir")),
+    # Edge architectures (issue 16): no pretrained CIFAR weights here, so float from scratch first (width 0.5,
+    # ~4 min an epoch on 2 cores; lr 0.1, the from-scratch CIFAR standard); the QAT entries start from it.
+    Entry("mobilenetv2_float", TrainConfig(ModelConfig("mobilenetv2_cifar"), recipe="float", epochs=6, lr=0.1),
+          "scratch"),
 )
 
 
@@ -79,15 +84,22 @@ def build(out: Path, *, data_dir: str | None, pretrained: str, only: list[str] |
             if e.name not in summary:  # trained elsewhere (python -m qadtr.train) and moved in: record it
                 summary = _record(out, e.name, _summary(e, run, wall_s=None))
             continue
-        init = pretrained if e.start == "pretrained" else str(out / e.start / "model.pt")
-        if not Path(init).is_file():
-            raise QadtrError(f"{e.name} starts from {init}, which does not exist; build {e.start} first")
-        cfg = dataclasses.replace(e.cfg, init=init)
+        cfg = e.cfg if e.start == "scratch" else dataclasses.replace(e.cfg, init=_start(e, out, pretrained))
         t = time.perf_counter()
         train(cfg, run, data_dir=data_dir, resume=(run / "last.pt").is_file())
         summary = _record(out, e.name, _summary(e, run, wall_s=round(time.perf_counter() - t)))
         (run / "last.pt").unlink(missing_ok=True)  # resume state: optimizer moments, not needed once done
     return summary
+
+
+def _start(e: Entry, out: Path, pretrained: str) -> str:
+    """The weights entry `e` starts from: the pretrained float file or an earlier entry's model.pt."""
+    from qadtr._errors import QadtrError
+
+    init = pretrained if e.start == "pretrained" else str(out / e.start / "model.pt")
+    if not Path(init).is_file():
+        raise QadtrError(f"{e.name} starts from {init}, which does not exist; build {e.start} first")
+    return init
 
 
 def _record(out: Path, name: str, entry: dict) -> dict:

@@ -19,7 +19,8 @@ def test_plan_starts_from_earlier_entries_and_covers_every_defence():
     names = [e.name for e in PLAN]
     assert len(set(names)) == len(names)
     for i, e in enumerate(PLAN):
-        assert e.start == "pretrained" or e.start in names[:i], e.name
+        assert e.start in ("pretrained", "scratch") or e.start in names[:i], e.name
+        assert e.start != "scratch" or e.cfg.recipe == "float", e.name  # QAT from random weights: never planned
     defended = {e.cfg.recipe: e for e in PLAN if e.name.startswith("resnet20_def_")}
     assert set(defended) == {"qat", "dq", "pbat", "dwq", "qadtr"}
     assert len({(e.cfg.model, e.cfg.epochs, e.cfg.lr, e.start) for e in defended.values()}) == 1  # same except the loss
@@ -49,3 +50,15 @@ def test_build_records_a_moved_in_run_and_refuses_a_different_one(tiny_dataset, 
     monkeypatch.setattr(qadtr.zoo, "PLAN", (Entry("tiny_w4", other, "pretrained"),))
     with pytest.raises(QadtrError, match=r"other settings than zoo entry tiny_w4 \(lr\)"):
         build(zoo, data_dir=None, pretrained="unused")
+
+
+def test_a_scratch_entry_trains_from_random_weights(tiny_dataset, tmp_path, monkeypatch):
+    """An architecture with no pretrained weights (the edge models) starts from scratch: no init is looked up."""
+    import qadtr.zoo
+    from qadtr.zoo import Entry, build
+
+    cfg = TrainConfig(ModelConfig("test_qnet"), recipe="float", epochs=1, batch_size=32)
+    monkeypatch.setattr(qadtr.zoo, "PLAN", (Entry("tiny_float", cfg, "scratch"),))
+    summary = build(tmp_path / "zoo", data_dir=None, pretrained="/nonexistent")  # never read
+    ck = json.loads((tmp_path / "zoo" / "tiny_float" / "model.json").read_text())["_data"]
+    assert ck["train"]["_data"]["init"] == "" and summary["tiny_float"]["start"] == "scratch"
