@@ -41,14 +41,10 @@ def train_steps_per_s(bits, device, *, steps: int) -> float:
     import torch
     import torch.nn.functional as F
 
-    from qadtr.models import ModelConfig, create_model
-    from qadtr.models._calibrate import calibrate_
+    from bench.train_speed import make  # the ResNet-20 every training benchmark times, calibrated alike
 
     torch.manual_seed(0)
-    model = create_model(ModelConfig("resnet20", bits=bits))
-    if bits:
-        calibrate_(model, np.random.default_rng(0).integers(0, 256, (256, SIDE, SIDE, 3), dtype=np.uint8))
-    model = model.train().to(device)
+    model = make(bits).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     x = torch.rand(BATCH, 3, SIDE, SIDE, device=device)  # (B, 3, H, W), moved once
     y = torch.randint(0, 10, (BATCH,), device=device)
@@ -70,16 +66,15 @@ def attack_steps_per_s(device, *, steps: int) -> float:
     """Universal-patch optimiser steps per second (batch 64, EOT placements) against the w4a4 deploy net."""
     import torch
 
+    from bench.train_speed import make
     from qadtr._distributed import OnDevice
     from qadtr.attacks import UniversalConfig, universal_patch
-    from qadtr.models import ModelConfig, create_model, deploy_net
-    from qadtr.models._calibrate import calibrate_
+    from qadtr.models import deploy_net
 
     torch.manual_seed(0)
+    net = OnDevice(deploy_net(make(((4, 4),)), 4, 4).to(device), device)  # attacks build batches on the CPU
     rng = np.random.default_rng(0)
-    model = create_model(ModelConfig("resnet20", bits=((4, 4),)))
-    calibrate_(model, rng.integers(0, 256, (256, SIDE, SIDE, 3), dtype=np.uint8))
-    net = OnDevice(deploy_net(model, 4, 4).to(device), device)  # the attacks build their batches on the CPU
+    rng.integers(0, 256, (256, SIDE, SIDE, 3), dtype=np.uint8)  # make()'s calibration draw: the attacked images follow
     images = rng.integers(0, 256, (256, SIDE, SIDE, 3), dtype=np.uint8)  # (N, H, W, 3)
     labels = rng.integers(0, 10, 256)
     cfg = UniversalConfig(size=0.1, target=3, steps=steps)
@@ -146,7 +141,8 @@ def check(device_name: str, out: Path, *, steps: int, cpu_steps: int) -> dict:
     with scratch("gpu-check") as tmp:
         res["torchrun"] = torchrun_once(device.type, Path(tmp))
     run = res["torchrun"]
-    print(f"torchrun 1 process on {device.type}: rc {run['returncode']} in {run['seconds']:.0f}s: {run['last_line'][:100]}")
+    print(f"torchrun 1 process on {device.type}: rc {run['returncode']} in {run['seconds']:.0f}s: "
+          f"{run['last_line'][:100]}")
     path = out / f"gpu_check_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
     write_json(path, res)
     print(f"wrote {path}")
