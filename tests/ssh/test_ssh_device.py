@@ -30,11 +30,22 @@ RUNTIMES = ["onnxrt", "litert-xnnpack", "litert-builtin"]
 FAST = Limits(connect=10, step=30, first=120, line=60, retries=0, backoff=0.2)
 
 
+_OPENED: list[SshDevice] = []  # every board() of the running test, closed after it (else its scratch dirs stay)
+
+
+@pytest.fixture(autouse=True)
+def _close_boards():
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 def board(sshd, tmp_path: Path, name: str = "board", **fields) -> SshDevice:
     inv = tmp_path / f"{name}.toml"
     inv.write_text(sshd.inventory(name, **fields))
     device = open_device(load_inventory(inv)[name])
     device.limits = FAST
+    _OPENED.append(device)
     return device
 
 
