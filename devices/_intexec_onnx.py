@@ -5,8 +5,9 @@
 
 The graph is parsed once (with `onnx`, imported lazily); QDQ groups are fused as ORT_ENABLE_ALL fuses them
 (core/optimizer/qdq_transformer/selectors_actions: DQ->Conv[->Relu]->Q => QLinearConv, DQ+DQ->Add[->Relu]->Q
-=> QLinearAdd, DQ->Gemm => QGemm with float output); everything else runs as ORT runs it unfused, in float32
-(DequantizeLinear -> float op -> QuantizeLinear). Signed activations are handled in ORT's u8 domain
+=> QLinearAdd, DQ->Gemm[->Q] => QGemm with float or integer output; DQ->MaxPool on the integers, see
+devices/_intexec_onnx_ops.py); everything else runs as ORT runs it unfused, in float32 (DequantizeLinear ->
+float op -> QuantizeLinear). Signed activations are handled in ORT's u8 domain
 (qdq_s8_to_u8 transformer: int8 with zero point z becomes uint8 with z + 128; results are shifted back).
 
 SEMANTICS
@@ -43,8 +44,9 @@ from devices._intexec_gemm import (exact_depthwise, exact_matmul, im2col, pad_nh
 from devices._intexec_lut import LUT_DTYPES, binary_lut
 from devices._intexec_mlas import (  # noqa: F401 - pair_dot_sat re-exported
     _dequantize, _fma32, _gap, _quantize, _requant, pair_dot_sat, requant_f32, saturation_error)
+from devices._intexec_onnx_ops import max_pool, propagate_dq, run_gemm_q
 
-SEMANTICS = ("single", "single-u8s8sat")
+SEMANTICS = ("single", "single-u8s8sat", "float-mlas")  # float-mlas: ORT_DISABLE_ALL (devices/_intexec_f32.py)
 U8_SHIFT = 128  # qdq_s8_to_u8: an int8 tensor with zero point z runs as uint8 with zero point z + 128
 
 
@@ -67,7 +69,7 @@ class OnnxIntGraph:
 
     FLOAT_OPS = {"Sub", "Div", "Add", "Mul", "Relu", "Clip", "Slice", "Pad", "Concat", "Reshape", "Transpose",
                  "Cast", "ConstantOfShape", "Flatten", "GlobalAveragePool", "Shape", "Gather", "Unsqueeze",
-                 "Squeeze", "Identity", "Constant", "QuantizeLinear", "DequantizeLinear"}
+                 "Squeeze", "Identity", "Constant", "QuantizeLinear", "DequantizeLinear", "MaxPool"}
 
     def __init__(self, model: str | Path | bytes):
         import onnx
@@ -88,6 +90,7 @@ class OnnxIntGraph:
             if n.op_type == "Constant" or (n.input and all(i in self.const or i == "" for i in n.input)):
                 outs = self._float_op(n, [self.const.get(i) for i in n.input])
                 self.const.update(zip(n.output, outs))
+        self.nodes = propagate_dq(self.nodes, self.const, self.output_names)  # DQ -> MaxPool as ORT runs it
         self.producer = {o: n for n in self.nodes for o in n.output}
         self.consumers: dict[str, list] = {}
         for n in self.nodes:
@@ -176,16 +179,15 @@ class OnnxIntGraph:
         bias = None if b is None else self.const[b.input[0]].astype(np.int64)
         common = dict(x=x, w=wq, w_scale=np.asarray(self.const[w.input[1]], np.float32).reshape(-1), bias=bias,
                       attrs=self._attr(n))
-        if n.op_type == "Gemm":
-            if n.output[0] not in self.output_names:
-                raise _err(f"{n.name}: a Gemm feeding a QuantizeLinear (QGemm with int output) is not supported")
+        if n.op_type == "Gemm" and n.output[0] in self.output_names:  # QGemm, float out
             self.groups[n.output[0]] = _Group("gemm", **common)
             skip.add(id(n))
             return
         relu, q = self._tail(n.output[0])
         if q is None:
-            raise _err(f"{n.name}: Conv output is not quantized (no [Relu ->] QuantizeLinear); ORT would not fuse it")
-        self.groups[q.output[0]] = _Group("conv", q=q, relu=relu, **common)
+            raise _err(f"{n.name}: {n.op_type} output is not quantized (no [Relu ->] QuantizeLinear); ORT would not "
+                       "fuse it")
+        self.groups[q.output[0]] = _Group("conv" if n.op_type == "Conv" else "gemm_q", q=q, relu=relu, **common)
         skip.update(id(x) for x in self._chain(n, q))
 
     # -- execution -----------------------------------------------------------------------------------------
@@ -195,6 +197,9 @@ class OnnxIntGraph:
         {integer activation tensor name: integer array} if keep_ints else {})."""
         if semantics not in SEMANTICS:
             raise _err(f"unknown semantics {semantics!r}; choose one of {SEMANTICS}")
+        if semantics == "float-mlas":  # unfused, node by node: nothing of the fusion plan applies
+            from devices._intexec_f32 import run_float_mlas
+            return run_float_mlas(self, x, keep_ints)
         env = dict(self.const)
         env[self.input_name] = np.asarray(x, np.float32)
         live = self.live[keep_ints]
@@ -295,6 +300,8 @@ class OnnxIntGraph:
         scale = (np.float32(g.attrs.get("alpha", 1.0)) * xs) * g.w_scale  # quant_gemm.cc ComputeOutputScale
         return acc.astype(np.int32).astype(np.float32) * scale
 
+    _run_gemm_q = run_gemm_q  # QGemm with an integer output (devices/_intexec_onnx_ops.py)
+
     def _run_add(self, g: _Group, env: dict, semantics: str) -> np.ndarray:
         """8-bit + 8-bit is a function of 65536 value pairs: one table (devices._intexec_lut), filled by _add."""
         a, b = env[g.a.input[0]], env[g.b.input[0]]
@@ -334,8 +341,8 @@ class OnnxIntGraph:
             return [_quantize(x, ins[1], ins[2], ins[2].dtype)]
         if op == "DequantizeLinear":
             return [_dequantize(x, ins[1], ins[2], at.get("axis", 1))]
-        if op == "GlobalAveragePool":
-            return [_gap(x)]
+        if op in ("GlobalAveragePool", "MaxPool"):
+            return [_gap(x) if op == "GlobalAveragePool" else max_pool(x, at)]
         if op == "Flatten":
             ax = at.get("axis", 1)
             return [x.reshape(int(np.prod(x.shape[:ax])), -1)]

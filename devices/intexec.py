@@ -35,6 +35,7 @@ class Semantics:
     graph_name: str  # the name the graph executor takes
     models: str  # the kernel set it is bit-exact with
     rounding: str  # how it requantizes, in words
+    deployed: bool = True  # a kernel set a deployed run uses, so a candidate in `attribute`
 
 
 SEMANTICS = {s.name: s for s in (
@@ -43,6 +44,10 @@ SEMANTICS = {s.name: s for s in (
     Semantics("single-u8s8sat", ".onnx", "single-u8s8sat", "ONNX Runtime CPU, ORT_ENABLE_ALL, x86 with AVX2 and no "
               "VNNI (MLAS VPMADDUBSW kernels)", "u8 x s8 products summed in pairs into int16 with saturation, "
               "then one rounding in float32"),
+    Semantics("float-mlas", ".onnx", "float-mlas", "ONNX Runtime CPU, ORT_DISABLE_ALL (node by node: DequantizeLinear"
+              " -> MLAS float32 Conv / Gemm -> QuantizeLinear), one intra-op thread, x86-64 FMA3 or AVX-512F SGEMM",
+              "float32 FMA chains in MLAS's K-block order (devices/_intexec_f32.py), then QuantizeLinear: x / scale "
+              "in float32, round half to even", deployed=False),  # the unfused proof run, not a deployed kernel set
     Semantics("xnnpack", ".tflite", "single", "LiteRT with its default XNNPACK delegate",
               "exact int32 sums, one rounding in float32 (round half to even), as Brevitas"),
     Semantics("double", ".tflite", "double", "LiteRT reference kernels (BUILTIN_REF), on every CPU",
@@ -53,10 +58,10 @@ SEMANTICS = {s.name: s for s in (
 )}
 
 
-def candidates(artifact: str | Path) -> list[str]:
-    """The semantics that can run `artifact`, by its suffix."""
+def candidates(artifact: str | Path, *, deployed_only: bool = False) -> list[str]:
+    """The semantics that can run `artifact`, by its suffix (with `deployed_only`, those of deployed kernel sets)."""
     suffix = Path(artifact).suffix
-    return [s.name for s in SEMANTICS.values() if s.artifact == suffix]
+    return [s.name for s in SEMANTICS.values() if s.artifact == suffix and (s.deployed or not deployed_only)]
 
 
 def expected_semantics(runtime: str, host: dict) -> str | None:
@@ -157,7 +162,7 @@ def attribute(artifact: Path, images: np.ndarray, deployed: np.ndarray, *, runti
     "integers": {tensor: (M, ...) array} of the explaining semantics (taken from its full run, not run again).
     """
     expected = expected_semantics(runtime, host or {})
-    names = sorted(candidates(artifact), key=lambda s: s != expected)  # the expected one first
+    names = sorted(candidates(artifact, deployed_only=True), key=lambda s: s != expected)  # the expected one first
     m = len(deployed)
     spread = np.unique(np.linspace(0, m - 1, min(probe, m)).astype(np.int64))  # (P,) evenly spread rows
     rows, integers = [], {}

@@ -27,11 +27,13 @@ from qadtr._scratch import scratch
 from qadtr.bits import bits_name
 
 # kernel set (what really ran) -> the executor semantics that claims to model it, and the alternatives shown
-PAIRS = (("onnxrt ORT_DISABLE_ALL", "single"), ("onnxrt ORT_ENABLE_ALL", "single"),
+PAIRS = (("onnxrt ORT_DISABLE_ALL", "float-mlas"), ("onnxrt ORT_DISABLE_ALL", "single"),
+         ("onnxrt ORT_ENABLE_ALL", "single"),
          ("onnxrt ORT_ENABLE_ALL", "single-u8s8sat"), ("litert xnnpack", "xnnpack"), ("litert xnnpack", "double"),
          ("litert ref", "double"), ("litert ref", "xnnpack"), ("litert builtin", "double-ruy"),
          ("litert builtin", "double"), ("onnxrt ORT_ENABLE_ALL, emulated Haswell (AVX2, no VNNI)", "single-u8s8sat"),
          ("onnxrt ORT_ENABLE_ALL, emulated Haswell (AVX2, no VNNI)", "single"))
+ORT_BATCH = 100  # images per ORT session call, and per executor call where the result depends on it (float-mlas)
 HASWELL = ("qemu-x86_64-static", "-cpu", "Haswell")  # user-mode emulation: CPUID says AVX2, no AVX-512, no VNNI
 _ORT_SCRIPT = ("import sys, numpy as np, onnxruntime as ort\n"
                "o = ort.SessionOptions(); o.intra_op_num_threads = 1; o.log_severity_level = 3\n"
@@ -108,17 +110,17 @@ def _onnx_rows(name: str, onnx_path: Path, images: np.ndarray, *, nchw: np.ndarr
     model = onnx.load(str(onnx_path))
     tensors = list(onnx_export.activation_dq_inputs(model))
     real = {"onnxrt ORT_DISABLE_ALL": onnx_export.ort_run(onnx_export.with_outputs(model, tensors), images,
-                                                           100, "disable"),
-            "onnxrt ORT_ENABLE_ALL": onnx_export.ort_run(model.SerializeToString(), images, 100, "all")}
+                                                           ORT_BATCH, "disable"),
+            "onnxrt ORT_ENABLE_ALL": onnx_export.ort_run(model.SerializeToString(), images, ORT_BATCH, "all")}
     if avx2_images:
         got = _haswell_logits(onnx_path, nchw[:avx2_images])
         if isinstance(got, str):
             print(f"{name}: no emulated AVX2 run: {got}")
         else:
             real["onnxrt ORT_ENABLE_ALL, emulated Haswell (AVX2, no VNNI)"] = {onnx_export.OUTPUT: got}
-    stage(f"eval.exactness: {name}: the integer executor on the ONNX file (single, single-u8s8sat)")
+    stage(f"eval.exactness: {name}: the integer executor on the ONNX file (single, single-u8s8sat, float-mlas)")
     graph = load_graph(onnx_path)
-    ours = {s: graph.run(nchw, SEMANTICS[s].graph_name, keep_ints=True) for s in ("single", "single-u8s8sat")}
+    ours = {s: _run_batched(graph, SEMANTICS[s].graph_name, nchw) for s in ("single", "single-u8s8sat", "float-mlas")}
     for kernels, sem in PAIRS:
         if kernels in real and SEMANTICS[sem].artifact == ".onnx":
             got, (outs, ints) = real[kernels], ours[sem]
@@ -127,6 +129,13 @@ def _onnx_rows(name: str, onnx_path: Path, images: np.ndarray, *, nchw: np.ndarr
             rows.append(_row(name, kernels, sem, got[onnx_export.OUTPUT], outs[graph.output_names[0]][:n],
                              (len(compared), _ints_differ(got, ints, compared)) if compared else None))
     return rows
+
+
+def _run_batched(graph, semantics: str, x: np.ndarray, batch: int = ORT_BATCH) -> tuple[dict, dict]:
+    """graph.run(x, semantics, keep_ints=True) in the batches ORT ran (float-mlas's Gemm depends on the batch size:
+    one image takes MLAS's M = 1 kernel), concatenated."""
+    runs = [graph.run(x[i:i + batch], semantics, keep_ints=True) for i in range(0, len(x), batch)]
+    return tuple({k: np.concatenate([r[j][k] for r in runs]) for k in runs[0][j]} for j in (0, 1))
 
 
 def _tflite_rows(name: str, tfl_path: Path, nhwc: np.ndarray) -> list[dict]:

@@ -27,7 +27,7 @@ from devices._runner import RunnerError  # noqa: E402
 ORT_SCRIPT = """
 import sys, numpy as np, onnxruntime as ort
 so = ort.SessionOptions(); so.intra_op_num_threads = 1
-so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, sys.argv[4])
 s = ort.InferenceSession(open(sys.argv[1], "rb").read(), so, providers=["CPUExecutionProvider"])
 feed = {s.get_inputs()[0].name: np.load(sys.argv[2])}
 np.savez(sys.argv[3], *s.run(None, feed))
@@ -57,7 +57,7 @@ def ort_run(model, x: np.ndarray, outputs: list[str] | None = None, *, exact_u8s
     return dict(zip([o.name for o in s.get_outputs()], s.run(None, {s.get_inputs()[0].name: x})))
 
 
-def haswell_run(model_bytes: bytes, x: np.ndarray, tmp: Path) -> list[np.ndarray]:
+def haswell_run(model_bytes: bytes, x: np.ndarray, tmp: Path, level: str = "ORT_ENABLE_ALL") -> list[np.ndarray]:
     qemu = shutil.which("qemu-x86_64-static")
     if qemu is None:
         pytest.skip("qemu-x86_64-static is not installed (apt-get install qemu-user-static)")
@@ -66,7 +66,7 @@ def haswell_run(model_bytes: bytes, x: np.ndarray, tmp: Path) -> list[np.ndarray
     (tmp / "run.py").write_text(ORT_SCRIPT)
     py = os.path.realpath(sys.executable)
     subprocess.run([qemu, "-cpu", "Haswell", py, str(tmp / "run.py"), str(tmp / "m.onnx"), str(tmp / "x.npy"),
-                    str(tmp / "out.npz")], check=True, stderr=subprocess.DEVNULL, timeout=600)
+                    str(tmp / "out.npz"), level], check=True, stderr=subprocess.DEVNULL, timeout=600)
     with np.load(tmp / "out.npz") as z:
         return [z[f"arr_{i}"] for i in range(len(z.files))]
 
@@ -197,4 +197,89 @@ def test_refusals(exports):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
     with pytest.raises(RunnerError, match="Sin is not supported"):
         OnnxIntGraph(model)
-    assert SEMANTICS == ("single", "single-u8s8sat")
+    assert SEMANTICS == ("single", "single-u8s8sat", "float-mlas")
+
+
+# -- float-mlas: ORT_DISABLE_ALL (DequantizeLinear -> MLAS float32 Conv / Gemm -> QuantizeLinear) ---------------
+def ort_disable_all(model, x: np.ndarray) -> dict[str, np.ndarray]:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    s = ort.InferenceSession(model if isinstance(model, bytes) else str(model), so, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, {s.get_inputs()[0].name: x})))
+
+
+# bits -> (largest |weight|, log2 of y_scale / (x_scale * w_scale)): outputs mostly inside the uint8 range
+BOUNDARY = {4: (7, 1), 8: (3, 6)}
+
+
+def one_conv(bits: int, c: int, hw: int, m: int = 8) -> bytes:
+    """input (integers) -> Q(1) -> DQ(0.1) -> Conv 3x3 (DQ(int8 w, 0.1), DQ(int32 b)) -> Q(2^j * 0.1 * 0.1) -> y.
+
+    y_scale is a power-of-two multiple of x_scale * w_scale, so an exact integer sum lands on a .5 boundary
+    once in 2^j: there the float32 rounding of the DQ values and of MLAS's FMA chain decides the integer, which
+    "single" (exact sums) cannot reproduce. c = 16 at 16x16 makes K = 144 > 128 with N = 256 >= K (two K blocks
+    of MLAS's SGEMM); c = 64 at 8x8 makes K = 576 > N = 64 (K blocks of 256)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    wmax, j = BOUNDARY[bits]
+    rng = np.random.default_rng(bits + c)
+    xs = np.float32(0.1)
+    t = {"one": np.float32(1), "xz": np.uint8(0), "xs": xs, "ws": np.full(m, xs, np.float32),
+         "w": rng.integers(-wmax, wmax + 1, (m, c, 3, 3)).astype(np.int8), "wz": np.zeros(m, np.int8),
+         "b": rng.integers(-50, 50, m).astype(np.int32), "bs": np.full(m, xs * xs, np.float32),
+         "bz": np.zeros(m, np.int32), "ys": np.float32(2 ** j) * (xs * xs), "yz": np.uint8(128)}
+    node = helper.make_node
+    nodes = [node("QuantizeLinear", ["input", "one", "xz"], ["xq"]),
+             node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+             node("DequantizeLinear", ["b", "bs", "bz"], ["bd"], axis=0),
+             node("Conv", ["xd", "wd", "bd"], ["yf"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             node("QuantizeLinear", ["yf", "ys", "yz"], ["y"])]
+    io = [helper.make_tensor_value_info(name, kind, [None, ch, hw, hw])
+          for name, kind, ch in (("input", TensorProto.FLOAT, c), ("y", TensorProto.UINT8, m))]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], [numpy_helper.from_array(v, k) for k, v in t.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+def boundary_input(bits: int, c: int, hw: int) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 2 ** bits, (4, c, hw, hw)).astype(np.float32)  # (4, C, H, W)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("c, hw", [(16, 16), (64, 8)])
+def test_float_mlas_rounding_boundaries(bits, c, hw):
+    model, x = one_conv(bits, c, hw), boundary_input(bits, c, hw)
+    ref = ort_disable_all(model, x)["y"]
+    g = OnnxIntGraph(model)
+    assert np.array_equal(g.run(x, "float-mlas")[0]["y"], ref)
+    assert np.count_nonzero(g.run(x, "single")[0]["y"] != ref) > 0  # the inputs reach rounding boundaries
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_float_mlas_bit_exact_with_ort_disable_all(exports, feed, bits):
+    from export.onnx import activation_dq_inputs, with_outputs
+
+    m = onnx.load(str(exports[bits]))
+    names = list(activation_dq_inputs(m))
+    ref = ort_disable_all(with_outputs(m, names), feed)
+    g = OnnxIntGraph(exports[bits])
+    outs, ints = g.run(feed, "float-mlas", keep_ints=True)
+    for k in names:
+        assert ints[k].dtype == ref[k].dtype and np.array_equal(ints[k], ref[k]), k
+    assert outs["logits"].dtype == np.float32 and np.array_equal(outs["logits"], ref["logits"])
+    assert not np.array_equal(g.run(feed, "single")[0]["logits"], ref["logits"])  # the float Gemm's own rounding
+    one = ort_disable_all(exports[bits], feed[:1])["logits"]  # one image: MLAS's M = 1 Gemm kernel
+    assert np.array_equal(g.run(feed[:1], "float-mlas")[0]["logits"], one)
+
+
+@pytest.mark.slow  # ORT under qemu-x86_64 -cpu Haswell: ~10 s
+def test_float_mlas_under_haswell(exports, feed, tmp_path):
+    """The FMA3 SGEMM kernel (AVX2, no AVX-512) sums in the same order as the AVX-512F one."""
+    for bits, c, hw in ((4, 16, 16), (8, 64, 8)):
+        model, x = one_conv(bits, c, hw), boundary_input(bits, c, hw)
+        (ref,) = haswell_run(model, x, tmp_path, "ORT_DISABLE_ALL")
+        assert np.array_equal(OnnxIntGraph(model).run(x, "float-mlas")[0]["y"], ref)
+    for n in (len(feed), 1):
+        (ref,) = haswell_run(exports[8].read_bytes(), feed[:n], tmp_path, "ORT_DISABLE_ALL")
+        assert np.array_equal(OnnxIntGraph(exports[8]).run(feed[:n], "float-mlas")[0]["logits"], ref)

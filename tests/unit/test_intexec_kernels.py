@@ -204,3 +204,51 @@ def test_depthwise_never_saturates_where_a_pair_would():
     w = np.full((16, 1, 3, 3), 127, np.int8)
     acc, _, _ = OnnxIntGraph._depthwise(x, w, (1, 1), (1, 1), 255)
     assert np.all(acc == 9 * 255 * 127)
+
+
+# -- _intexec_f32 (float-mlas: MLAS's float32 SGEMM order) -----------------------------------------------------
+def test_fma_step_rounds_once_where_float64_lands_on_a_float32_midpoint():
+    from devices._intexec_f32 import _fma_step
+
+    # acc = 1 + 2^-23, p = (1 + 2^-23)(2^-24 - 2^-47) = 2^-24 - 2^-70: the exact sum 1 + 3 * 2^-24 - 2^-70 is just
+    # below the float32 midpoint 1 + 3 * 2^-24, so fma gives 1 + 2^-23; float64 first rounds onto the midpoint,
+    # whose half-to-even float32 is 1 + 2^-22. Second column: p = 2^-24 exactly, a true tie (half to even).
+    a, b = np.float32(1 + 2 ** -23), np.float32(2 ** -24 - 2 ** -47)
+    p = np.array([[np.float64(a) * np.float64(b), 2.0 ** -24]])
+    acc = np.array([[a, np.float32(1)]], np.float32)
+    assert np.float32(p[0, 0] + np.float64(acc[0, 0])) == np.float32(1 + 2 ** -22)  # plain double rounding
+    _fma_step(p, acc, np.empty((1, 2)), np.empty((1, 2), np.int64))
+    assert acc[0, 0] == np.float32(1 + 2 ** -23) and acc[0, 1] == np.float32(1)
+
+
+def test_fma_gemm_matches_an_exact_fma_chain():
+    from fractions import Fraction
+
+    from devices._intexec_f32 import fma_gemm
+
+    at, w = RNG.standard_normal((20, 3)).astype(np.float32), RNG.standard_normal((20, 2)).astype(np.float32)
+    got = fma_gemm(at, w, [(0, 12), (12, 20)])  # (3, 2): two K blocks, the second added as fl32(acc + C)
+
+    def fl32(q: Fraction) -> np.float32:  # correctly rounded: float64 of a Fraction is exact-then-round only once
+        f = np.float32(float(q))  # may double-round; fix by comparing neighbours exactly
+        lo, hi = np.nextafter(f, np.float32(-np.inf)), np.nextafter(f, np.float32(np.inf))
+        return min((lo, f, hi), key=lambda c: (abs(Fraction(float(c)) - q), int(np.float32(c).view(np.int32)) & 1))
+
+    for r in range(3):
+        for m in range(2):
+            c = None
+            for k0, k1 in ((0, 12), (12, 20)):
+                acc = np.float32(0)
+                for k in range(k0, k1):
+                    acc = fl32(Fraction(float(at[k, r])) * Fraction(float(w[k, m])) + Fraction(float(acc)))
+                c = acc if c is None else fl32(Fraction(float(acc)) + Fraction(float(c)))
+            assert got[r, m] == c
+
+
+@pytest.mark.parametrize("n, k, blocks", [(1024, 27, [(0, 27)]), (1024, 144, [(0, 128), (128, 144)]),
+                                          (256, 288, [(0, 128), (128, 256), (256, 288)]),
+                                          (64, 576, [(0, 256), (256, 512), (512, 576)]), (10, 64, [(0, 64)])])
+def test_k_blocks_follow_mlas_sgemm_strides(n, k, blocks):
+    from devices._intexec_f32 import k_blocks
+
+    assert k_blocks(n, k) == blocks  # resnet20's stem, stages 1-3 (N output pixels) and its 10-way Gemm
