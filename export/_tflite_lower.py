@@ -14,10 +14,9 @@ Slicing and channel padding (ResNet option A) are named `<enclosing module>.shor
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -25,16 +24,10 @@ import torch.nn.functional as F
 
 from export._tflite_graph import (EXPORTER_VERSION, Built, _Graph, _Q, _T, _act_q, _add_op, _classifier_16x8,
                                   _conv, _mean_op, _normalize_op, _requant, _weights)
+from export._tflite_layers import _cat, _emit_cat, _emit_linear, _max_pool_function, _max_pool_module
+from export._tflite_walk import _ONNX, _Lowering, _Pending, _is_brevitas, _owner, _where
 from qadtr._errors import QadtrError
 from qadtr.models.resnet import Normalize
-
-_ONNX = "use export.onnx"  # the fix for a layer only the ONNX exporter maps
-_QUANTIZE_AFTER = "put a QuantIdentity (or QuantReLU) after it"  # the fix for a float result with no quantizer
-
-
-def _is_brevitas(m: nn.Module) -> bool:
-    return type(m).__module__.startswith("brevitas.")
-
 
 class _Tracer(fx.Tracer):
     """Brevitas layers and the input normalisation are single nodes; everything else is traced through."""
@@ -53,70 +46,6 @@ def trace(net: nn.Module) -> fx.Graph:
                          f"data-dependent control flow, or {_ONNX}") from None
 
 
-@dataclass(frozen=True)
-class _Pending:
-    """A float result not in the graph yet: the quantizer that consumes it writes its op."""
-
-    kind: str  # "conv", "linear", "add" or "mean"
-    source: str  # where it came from, for refusals
-    inputs: tuple[_T, ...]
-    module: nn.Module | None = None  # the conv or linear
-    weights: tuple[np.ndarray, np.ndarray] | None = None  # conv: its _weights, checked at the layer
-    flat: bool = False  # mean: the pooled H, W dropped (flatten or keepdim=False)
-    owner: str = ""  # mean: the enclosing module path (names its constant)
-
-
-class _Lowering:
-    """The walk's state: the flatbuffer graph, each fx node's value, what was consumed."""
-
-    def __init__(self, g: _Graph, net: nn.Module, height: int, width: int):
-        self.g, self.modules, self.size = g, dict(net.named_modules()), (height, width)
-        self.env: dict[fx.Node, Any] = {}
-        self.consumed: set[int] = set()  # ids of _Pending values already lowered
-        self.input: _T | None = None
-        self.logits: _T | None = None
-        self.logit_scale = 0.0
-
-    def module(self, node: fx.Node) -> nn.Module:
-        return self.modules[node.target]
-
-    def val(self, arg) -> Any:
-        return self.env[arg] if isinstance(arg, fx.Node) else arg
-
-    def quantized(self, arg, where: str) -> _T:
-        """The integer tensor `arg` stands for; refuses a float result or a float tensor."""
-        x = self.val(arg)
-        if isinstance(x, _Pending):
-            raise QadtrError(f"{x.source}: its float {x.kind} output reaches {where} unquantized; {_QUANTIZE_AFTER}")
-        if not isinstance(x, _T) or x.q is None:
-            raise QadtrError(f"{where}: takes a float tensor; put a QuantIdentity before it")
-        return x
-
-    def consume(self, p: _Pending, where: str) -> None:
-        if id(p) in self.consumed:
-            raise QadtrError(f"{p.source}: its float {p.kind} output feeds more than one layer (again at {where}); "
-                             f"{_QUANTIZE_AFTER} and share that")
-        self.consumed.add(id(p))
-
-    def unique(self, base: str, leaf: str, node: fx.Node) -> str:
-        """`base` unless `base/leaf` is taken (a second slice or pad in one module), then `base.<node name>`."""
-        taken = any(t.name == f"{base}/{leaf}" for t in self.g.tensors)
-        return f"{base}.{node.name}" if taken else base
-
-
-def _owner(node: fx.Node) -> str:
-    """The path of the innermost module whose forward made `node` ('' at the top level)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    return list(stack.values())[-1][0] if stack else ""
-
-
-def _where(node: fx.Node) -> str:
-    if node.op == "call_module":
-        return str(node.target)
-    name = getattr(node.target, "__name__", str(node.target))
-    return f"{_owner(node) or 'forward'}: {node.op.replace('call_', '')} {name}"
-
-
 # -- emitters: the ops a quantizer writes for the float result it consumes (see export._tflite_graph) --
 def _emit_conv(L: _Lowering, p: _Pending, q: _Q, name: str, relu: bool) -> _T:
     return _conv(L.g, p.module, p.inputs[0], q, name, relu, weights=p.weights)
@@ -133,13 +62,8 @@ def _emit_mean(L: _Lowering, p: _Pending, q: _Q, name: str, relu: bool) -> _T:
     return _mean_op(L.g, p.inputs[0], q, name, axes=f"{p.owner + '.' if p.owner else ''}pool/axes", keep_dims=not p.flat)
 
 
-def _emit_linear(L: _Lowering, p: _Pending, q: _Q, name: str, relu: bool) -> _T:
-    raise QadtrError(f"{p.source}: a QuantLinear inside the network (here before {name}) is not lowered; make it "
-                     f"the last layer (float logits out) or {_ONNX}")
-
-
 _EMIT: dict[str, Callable[..., _T]] = {"conv": _emit_conv, "add": _emit_add, "mean": _emit_mean,
-                                       "linear": _emit_linear}
+                                       "linear": _emit_linear, "cat": _emit_cat}
 
 
 # -- module handlers ---------------------------------------------------------------------------------------
@@ -345,13 +269,15 @@ def _module_handlers() -> dict[type, Callable[[_Lowering, fx.Node], Any]]:
 
     return {qnn.QuantIdentity: _quantizer, qnn.QuantReLU: _quantizer, qnn.QuantConv2d: _conv_layer,
             qnn.QuantLinear: _linear_layer, Normalize: _normalize, nn.Identity: _identity, nn.Dropout: _identity,
-            nn.BatchNorm2d: _batchnorm, nn.AdaptiveAvgPool2d: _module_pool, nn.Flatten: _module_flatten}
+            nn.BatchNorm2d: _batchnorm, nn.AdaptiveAvgPool2d: _module_pool, nn.Flatten: _module_flatten,
+            nn.MaxPool2d: _max_pool_module}
 
 
 _MODULES: dict[type, Callable[[_Lowering, fx.Node], Any]] = {}  # filled on first use (brevitas imports late)
 _FUNCTIONS: dict[Any, Callable[[_Lowering, fx.Node], Any]] = {
     operator.add: _add, torch.add: _add, getattr: _getattr, operator.getitem: _slice, F.pad: _pad,
-    F.adaptive_avg_pool2d: _f_pool, torch.flatten: _f_flatten, torch.mean: _mean}
+    F.adaptive_avg_pool2d: _f_pool, torch.flatten: _f_flatten, torch.mean: _mean, F.max_pool2d: _max_pool_function,
+    torch.cat: _cat, torch.concat: _cat, torch.concatenate: _cat}
 _METHODS: dict[str, Callable[[_Lowering, fx.Node], Any]] = {
     "flatten": _f_flatten, "mean": _mean, "add": _add}
 

@@ -169,10 +169,10 @@ class _Grouped(DepthwiseNet):
         super().__init__(groups=2)
 
 
-class _MaxPool(DepthwiseNet):
+class _Upsample(DepthwiseNet):
     def __init__(self):
         super().__init__()
-        self.relu2 = nn.Sequential(self.relu2, nn.MaxPool2d(2))
+        self.relu2 = nn.Sequential(self.relu2, nn.Upsample(scale_factor=2))
 
 
 class _Unquantized(DepthwiseNet):
@@ -183,7 +183,7 @@ class _Unquantized(DepthwiseNet):
 
 @pytest.mark.parametrize("cls, match", [
     (_Grouped, r"^dw1: QuantConv2d with groups=2 \(8 -> 8 channels\) has no TFLite kernel .*use export\.onnx$"),
-    (_MaxPool, r"^relu2\.1: MaxPool2d has no TFLite mapping; replace it with a Brevitas layer or use export\.onnx$"),
+    (_Upsample, r"^relu2\.1: Upsample has no TFLite mapping; replace it with a Brevitas layer or use export\.onnx$"),
     (_Unquantized, r"^pw1: its float conv output reaches forward: function add unquantized; put a QuantIdentity"),
 ])
 def test_refusals_name_the_layer_and_the_fix(cls, match):
