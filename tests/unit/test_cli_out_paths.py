@@ -25,6 +25,7 @@ CASES = [
     ("eval.amplification", "--out", "folder", ["--checkpoints", NX, "--data-dir", NX]),
     ("eval.defense", "--out", "folder", ["--checkpoints", NX, "--surrogate", NX, "--data-dir", NX]),
     ("eval.exactness", "--out", "folder", ["--checkpoint", NX, "--data-dir", NX]),
+    ("eval.exact_attack", "--out", "folder", ["--artifact", NX, "--runtimes", "litert-builtin", "--data-dir", NX]),
     ("eval.on_device", "--store", "file", ["--model", NX, "--patches", NX, "--data-dir", NX]),
     ("eval.on_device", "--replay-dir", "folder", ["--model", NX, "--patches", NX, "--store", "{tmp}/s.sqlite"]),
     ("eval.on_device", "--out", "file", ["--model", NX, "--patches", NX, "--store", "{tmp}/s.sqlite"]),
