@@ -63,6 +63,12 @@ PLAN = (
     # ~4 min an epoch on 2 cores; lr 0.1, the from-scratch CIFAR standard); the QAT entries start from it.
     Entry("mobilenetv2_float", TrainConfig(ModelConfig("mobilenetv2_cifar"), recipe="float", epochs=6, lr=0.1),
           "scratch"),
+    # one switchable MobileNetV2 at 2/4/8 bits (as resnet20_sw248): a bit width per step in turn, so each gets
+    # one epoch of steps of the three; 1170 steps at ~2.3 s on an idle 2-core host (~45 min; the recorded
+    # 114 min include a loaded host and a pause)
+    Entry("mobilenetv2_sw248", TrainConfig(ModelConfig("mobilenetv2_cifar", bits=((2, 2), (4, 4), (8, 8)),
+                                                       per_bit_bn=True), epochs=3, lr=0.01, switch="cycle"),
+          "mobilenetv2_float"),
 )
 
 
