@@ -13,73 +13,95 @@ machine are noisy: compare ratios measured in one run, not absolute numbers acro
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from qadtr._errors import QadtrError
 from qadtr.bits import bits_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def run(args: argparse.Namespace) -> dict:
+@dataclass(frozen=True)
+class AttackSpeedConfig:
+    """One measurement: the flags of the same names (main fills it; their help texts say what each means)."""
+
+    checkpoint: str
+    bits: str  # "" = a quantized checkpoint's first bit width
+    data_dir: str | None
+    size: float
+    target: int
+    asr: float
+    max_steps: int
+    batch: int  # attack minibatch
+    check_every: int
+    check_images: int
+    throughput_images: int
+    batch_size: int  # evaluation batch
+    threads: int  # 0 = torch's default
+    seed: int
+
+    def __post_init__(self):
+        if self.check_every < 10 or self.check_every % 10:
+            raise QadtrError(f"--check-every {self.check_every}: use a multiple of 10 (the attack reports every 10 "
+                             "steps)")
+
+
+def run(cfg: AttackSpeedConfig) -> dict:
     import torch
 
-    from qadtr._errors import QadtrError
     from qadtr.attacks import EOTConfig, UniversalConfig
     from qadtr.checkpoint import load_checkpoint
     from qadtr.data import load_split, subset_indices
 
-    if args.check_every < 10 or args.check_every % 10:
-        raise QadtrError(f"--check-every {args.check_every}: use a multiple of 10 (the attack reports every 10 steps)")
-    model, ck = load_checkpoint(args.checkpoint)
-    net, key = _network(args, model)
+    model, ck = load_checkpoint(cfg.checkpoint)
+    net, key = _network(cfg, model)
     data = ck.train.data if ck.train is not None else "cifar10"
-    train, test = load_split(data, "train", args.data_dir), load_split(data, "test", args.data_dir)
-    check_idx = subset_indices(len(test.labels), args.check_images, seed=2)
+    train, test = load_split(data, "train", cfg.data_dir), load_split(data, "test", cfg.data_dir)
+    check_idx = subset_indices(len(test.labels), cfg.check_images, seed=2)
     try:
-        cfg = UniversalConfig(size=args.size, target=args.target, steps=args.max_steps, batch_size=args.batch,
-                              eot=EOTConfig(), seed=args.seed)
+        attack = UniversalConfig(size=cfg.size, target=cfg.target, steps=cfg.max_steps, batch_size=cfg.batch,
+                                 eot=EOTConfig(), seed=cfg.seed)
     except ValueError as e:
         raise QadtrError(str(e)) from None
-    patch, total, checks, check_time = _time_to_patch(args, net, train, test.images[check_idx],
-                                                      check_y=test.labels[check_idx], cfg=cfg)
-    reached = bool(checks) and checks[-1]["asr"]["value"] >= args.asr
+    patch, total, checks, check_time = _time_to_patch(cfg, net, train, check_x=test.images[check_idx],
+                                                      check_y=test.labels[check_idx], attack=attack)
+    reached = bool(checks) and checks[-1]["asr"]["value"] >= cfg.asr
     return {
-        "checkpoint": str(args.checkpoint), "model_sha256": ck.sha256, "bits": key, "size": args.size,
-        "target": args.target, "asr_goal": args.asr, "reached": reached,
+        "checkpoint": str(cfg.checkpoint), "model_sha256": ck.sha256, "bits": key, "size": cfg.size,
+        "target": cfg.target, "asr_goal": cfg.asr, "reached": reached,
         "steps": checks[-1]["step"] if checks else None,
         "time_to_patch_s": total - check_time, "check_time_s": check_time, "checks": checks,
-        "check_images": len(check_idx), "batch": args.batch,
-        "throughput": _throughput(args, net, test, patch=patch),
+        "check_images": len(check_idx), "batch": cfg.batch,
+        "throughput": _throughput(cfg, net, test, patch=patch),
         "threads": torch.get_num_threads(), "argv": sys.argv,
         "utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
 
-def _network(args: argparse.Namespace, model) -> tuple:
+def _network(cfg: AttackSpeedConfig, model) -> tuple:
     """(network, bits key) to attack: --bits of a quantized model (default: its first), or the float model."""
-    from qadtr._errors import QadtrError
     from qadtr.bits import parse_bits
     from qadtr.models import bits_of, deploy_net
 
     try:
-        bits = parse_bits(args.bits)
+        bits = parse_bits(cfg.bits)
     except ValueError as e:
         raise QadtrError(str(e)) from None
     if bits_of(model):
         (w, a) = bits[0] if bits else bits_of(model)[0]
         return deploy_net(model, w, a), bits_name((w, a))
     if bits:
-        raise QadtrError(f"--bits {args.bits}: {args.checkpoint} is a float model; drop --bits")
+        raise QadtrError(f"--bits {cfg.bits}: {cfg.checkpoint} is a float model; drop --bits")
     return model, "float"
 
 
-def _time_to_patch(args: argparse.Namespace, net, train, check_x: np.ndarray, *, check_y: np.ndarray,
-                   cfg) -> tuple:
+def _time_to_patch(cfg: AttackSpeedConfig, net, train, *, check_x: np.ndarray, check_y: np.ndarray,
+                   attack) -> tuple:
     """(patch, wall seconds, checks, seconds spent on the checks) of a universal patch optimised until a
     check every --check-every steps reaches --asr on (check_x, check_y)."""
     import torch
@@ -92,25 +114,25 @@ def _time_to_patch(args: argparse.Namespace, net, train, check_x: np.ndarray, *,
     check_time = [0.0]
 
     def callback(step: int, values: np.ndarray) -> bool:
-        if step == 0 or step % args.check_every:  # called every 10 steps (the attack's log interval)
+        if step == 0 or step % cfg.check_every:  # called every 10 steps (the attack's log interval)
             return False
         t0 = time.perf_counter()
-        rng = np.random.default_rng(args.seed + 1)  # the same held-out placements at every check
+        rng = np.random.default_rng(cfg.seed + 1)  # the same held-out placements at every check
         pl = sample_placements(len(check_x), side=values.shape[-1], hw=check_x.shape[1:3], eot=EOTConfig(), rng=rng)
-        asr = attack_success(clean, predict(net, rebuild(check_x, values, pl)), check_y, args.target)
+        asr = attack_success(clean, predict(net, rebuild(check_x, values, pl)), check_y, cfg.target)
         check_time[0] += time.perf_counter() - t0
         checks.append({"step": step + 1, "asr": asr.rate.to_dict(), "elapsed_s": time.perf_counter() - start})
         print(f"step {step + 1}: ASR {asr.rate}", flush=True)
-        return asr.rate.value >= args.asr
+        return asr.rate.value >= cfg.asr
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
-    patch = universal_patch(net, train.images, train.labels, cfg, callback=callback, progress=True)
+    patch = universal_patch(net, train.images, train.labels, attack, callback=callback, progress=True)
     return patch, time.perf_counter() - start, checks, check_time[0]
 
 
-def _throughput(args: argparse.Namespace, net, test, *, patch) -> dict:
+def _throughput(cfg: AttackSpeedConfig, net, test, *, patch) -> dict:
     """Patched images/s of `rebuild` alone and with the network's forward, on --throughput-images test images."""
     import torch
 
@@ -118,7 +140,7 @@ def _throughput(args: argparse.Namespace, net, test, *, patch) -> dict:
     from qadtr.data import subset_indices
     from qadtr.predict import to_tensor
 
-    imgs = test.images[subset_indices(len(test.labels), args.throughput_images, seed=3)]
+    imgs = test.images[subset_indices(len(test.labels), cfg.throughput_images, seed=3)]
     pl = eval_placements(patch, len(imgs), imgs.shape[1:3], seed=1)
     t0 = time.perf_counter()
     adv = rebuild(imgs, patch.values, pl)
@@ -126,10 +148,10 @@ def _throughput(args: argparse.Namespace, net, test, *, patch) -> dict:
     with torch.no_grad():
         net.eval()
         t0 = time.perf_counter()
-        for i in range(0, len(adv), args.batch_size):
-            net(to_tensor(adv[i:i + args.batch_size]))
+        for i in range(0, len(adv), cfg.batch_size):
+            net(to_tensor(adv[i:i + cfg.batch_size]))
         t_forward = time.perf_counter() - t0
-    return {"images": len(imgs), "batch_size": args.batch_size,
+    return {"images": len(imgs), "batch_size": cfg.batch_size,
             "rebuild_img_per_s": len(imgs) / t_rebuild,
             "rebuild_and_forward_img_per_s": len(imgs) / (t_rebuild + t_forward),
             "forward_img_per_s": len(imgs) / t_forward}
@@ -161,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         check_writable(args.out, "folder")  # before the timed runs: a bad --out lost them
-        res = run(args)
+        res = run(AttackSpeedConfig(**{k: v for k, v in vars(args).items() if k != "out"}))
         stamp = res["utc"].replace(":", "").replace("-", "")
         ckpt = Path(res["checkpoint"])
         model_name = ckpt.parent.name if ckpt.suffix == ".pt" else ckpt.name

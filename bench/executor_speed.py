@@ -12,7 +12,6 @@ images/s and its ratio to fake-quant; saves bench/results/executor_speed_<utc>.j
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from datetime import datetime, timezone
@@ -23,7 +22,7 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _contenders(checkpoint: Path, bits: int, tmp: Path, images: np.ndarray) -> dict:
+def _contenders(checkpoint: Path, bits: int, tmp: Path, *, images: np.ndarray) -> dict:
     """name -> active runner, every one made by devices.runtimes.make_runner and fed by feed_format."""
     from devices.intexec import SEMANTICS
     from devices.runtimes import make_runner
@@ -37,11 +36,12 @@ def _contenders(checkpoint: Path, bits: int, tmp: Path, images: np.ndarray) -> d
                "litert-xnnpack": make_runner("litert-xnnpack", files[".tflite"]),
                "litert-ref": make_runner("litert-ref", files[".tflite"])}
     runners.update({f"intexec-{name}": make_runner(f"intexec-{name}", files[sem.artifact])
-                    for name, sem in SEMANTICS.items()})
+                    for name, sem in SEMANTICS.items() if sem.deployed})  # float-mlas: a reference, not a replay path
     return {name: r.activate() for name, r in runners.items()}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(*, checkpoint: str, bits: int | None, data_dir: str | None, batch: int, rounds: int, threads: int) -> dict:
+    """Images/s of every contender at `batch` (median of `rounds` interleaved rounds); bits None: the first."""
     import torch
 
     from devices._host import fingerprint
@@ -50,30 +50,30 @@ def run(args: argparse.Namespace) -> dict:
     from qadtr.checkpoint import read_checkpoint_info, resolve
     from qadtr.data import load_split, subset
 
-    torch.set_num_threads(args.threads)
-    pt = resolve(Path(args.checkpoint))[0]
-    bits = args.bits or read_checkpoint_info(pt).model.bits[0][0]
-    images = subset(load_split("cifar10", "test", args.data_dir), max(args.batch, 100)).images  # (N, 32, 32, 3)
-    batch = images[:args.batch]
+    torch.set_num_threads(threads)
+    pt = resolve(Path(checkpoint))[0]
+    bits = bits or read_checkpoint_info(pt).model.bits[0][0]
+    images = subset(load_split("cifar10", "test", data_dir), max(batch, 100)).images  # (N, 32, 32, 3)
+    first = images[:batch]
     times: dict[str, list[float]] = {}
     with scratch("bench") as tmp:
-        runners = _contenders(pt, bits, Path(tmp), images)
-        feeds = {name: feed_format(r).feed(batch) for name, r in runners.items()}  # the bytes every replay uses
+        runners = _contenders(pt, bits, Path(tmp), images=images)
+        feeds = {name: feed_format(r).feed(first) for name, r in runners.items()}  # the bytes every replay uses
         for name, r in runners.items():  # warm-up: allocations, XNNPACK packing, torch's first-call costs
             r.infer(feeds[name])
-        for k in range(args.rounds):
+        for k in range(rounds):
             for name, r in runners.items():
                 t0 = time.perf_counter()  # the whole call, feed checks included, alike for every runner
                 r.infer(feeds[name])
                 times.setdefault(name, []).append(time.perf_counter() - t0)
-            print(f"round {k + 1}/{args.rounds}", file=sys.stderr, flush=True)
+            print(f"round {k + 1}/{rounds}", file=sys.stderr, flush=True)
         for r in runners.values():
             r.deactivate()
-    ips = {k: args.batch / float(np.median(v)) for k, v in times.items()}
+    ips = {k: batch / float(np.median(v)) for k, v in times.items()}
     ref = ips["fakequant (Brevitas, torch)"]
     return {"argv": sys.argv, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "host": fingerprint(), "checkpoint": str(pt), "bits": bits, "batch": args.batch, "rounds": args.rounds,
-            "threads": args.threads, "images_per_s": ips, "ratio_to_fakequant": {k: v / ref for k, v in ips.items()},
+            "host": fingerprint(), "checkpoint": str(pt), "bits": bits, "batch": batch, "rounds": rounds,
+            "threads": threads, "images_per_s": ips, "ratio_to_fakequant": {k: v / ref for k, v in ips.items()},
             "seconds_per_batch": times}
 
 
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         if min(args.batch, args.rounds, args.threads) < 1:
             raise QadtrError(f"--batch {args.batch} / --rounds {args.rounds} / --threads {args.threads}: each 1 or more")
         check_writable(args.out, "folder")  # before the exports and timing, not after
-        res = run(args)
+        res = run(checkpoint=args.checkpoint, bits=args.bits, data_dir=args.data_dir, batch=args.batch,
+                  rounds=args.rounds, threads=args.threads)
         for k, v in sorted(res["images_per_s"].items(), key=lambda kv: -kv[1]):
             print(f"{k:34s} {v:9.0f} img/s  {res['ratio_to_fakequant'][k]:6.2f}x fake-quant")
         out = Path(args.out) / f"executor_speed_{Path(res['checkpoint']).parent.name}_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"

@@ -17,10 +17,10 @@ noisy: compare ratios measured in one run, not absolute numbers across runs.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,32 +28,55 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RUNTIMES = ("fakequant", "onnxrt", "litert-xnnpack", "litert-builtin")
 
 
-def _artifacts(args: argparse.Namespace, tmp: Path) -> dict[str, Path]:
+@dataclass(frozen=True)
+class ReplaySpeedConfig:
+    """One measurement: the flags of the same names (main fills it; their help texts say what each means)."""
+
+    checkpoint: str
+    bits: int  # w = a
+    patches: str
+    data: str
+    data_dir: str | None
+    images: int  # eval subset: clean images per patch block
+    onnx: str | None  # an existing export (None: export one)
+    tflite: str | None
+    batch_size: int
+    warmup: int
+    rounds: int
+
+    def __post_init__(self):
+        from qadtr._errors import QadtrError
+
+        if self.rounds < 1 or self.images < 1:
+            raise QadtrError(f"--rounds {self.rounds} / --images {self.images}: use positive numbers")
+
+
+def _artifacts(cfg: ReplaySpeedConfig, tmp: Path) -> dict[str, Path]:
     """runtime -> artifact: the checkpoint for fakequant, exports (made here unless given) for the others."""
     from devices.runtimes import probe
 
-    out = {"fakequant": Path(args.checkpoint)}
+    out = {"fakequant": Path(cfg.checkpoint)}
     if probe("onnxrt") is None:
-        if args.onnx:
-            out["onnxrt"] = Path(args.onnx)
+        if cfg.onnx:
+            out["onnxrt"] = Path(cfg.onnx)
         else:
             from export.onnx import export_onnx
 
-            out["onnxrt"] = export_onnx(args.checkpoint, tmp / "model.onnx", bits=args.bits, data_dir=args.data_dir,
+            out["onnxrt"] = export_onnx(cfg.checkpoint, tmp / "model.onnx", bits=cfg.bits, data_dir=cfg.data_dir,
                                         limit=200).path
     if probe("litert-xnnpack") is None:
-        if args.tflite:
-            path = Path(args.tflite)
+        if cfg.tflite:
+            path = Path(cfg.tflite)
         else:
             from export.tflite import export_tflite
 
             path = tmp / "model.tflite"
-            export_tflite(args.checkpoint, path, bits=args.bits, data_dir=args.data_dir, limit=200)
+            export_tflite(cfg.checkpoint, path, bits=cfg.bits, data_dir=cfg.data_dir, limit=200)
         out["litert-xnnpack"] = out["litert-builtin"] = path
     return out
 
 
-def measure(device, job, replay_path: Path, store_path: Path, *, batch_size: int, warmup: int) -> dict:
+def measure(device, job, replay_path: Path, *, store_path: Path, batch_size: int, warmup: int) -> dict:
     """One pass of the whole path into a fresh store: wall images/s and the runtime's own images/s."""
     from eval.fleet import replay_run
     from eval.replay import load_replay
@@ -63,49 +86,46 @@ def measure(device, job, replay_path: Path, store_path: Path, *, batch_size: int
     t0 = time.perf_counter()
     replay = load_replay(replay_path)
     with Store(store_path) as store:
-        out = replay_run(store, device, job, replay, batch_size=batch_size, warmup=warmup, device_info={})
+        out = replay_run(store, device, job, replay=replay, batch_size=batch_size, warmup=warmup, device_info={})
         wall = time.perf_counter() - t0
         inference = sum(b.seconds for b in store.batches(out.run.run_id))
     return {"images": len(replay), "wall_s": wall, "img_per_s": len(replay) / wall,
             "inference_img_per_s": len(replay) / inference, "kernels": out.run.kernels}
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(cfg: ReplaySpeedConfig) -> dict:
     from devices.inventory import load_inventory, open_device
     from eval.fleet import jobs_for
     from eval.replay import make_replay
-    from qadtr._errors import QadtrError
     from qadtr._scratch import scratch
 
-    if args.rounds < 1 or args.images < 1:
-        raise QadtrError(f"--rounds {args.rounds} / --images {args.images}: use positive numbers")
     with scratch("bench") as tmp_dir:
         tmp = Path(tmp_dir)
         device = open_device(load_inventory()["local"])
         available = set(device.runtimes())
         wanted = [r for r in RUNTIMES if r in available]
-        artifacts = _artifacts(args, tmp)
+        artifacts = _artifacts(cfg, tmp)
         jobs = {}
         for name in wanted:
             if name in artifacts:
-                bits = (args.bits, args.bits) if name == "fakequant" else None
-                jobs[name] = jobs_for(name, artifacts[name], bits, args.data)[0]
-        replay_path = make_replay(args.patches, args.data, args.data_dir, eval_subset=args.images,
+                bits = (cfg.bits, cfg.bits) if name == "fakequant" else None
+                jobs[name] = jobs_for(name, artifacts[name], bits, data=cfg.data)[0]
+        replay_path = make_replay(cfg.patches, cfg.data, cfg.data_dir, eval_subset=cfg.images,
                                   eval_seed=1, out=tmp / "replays")
         rounds = {name: [] for name in jobs}
-        for _ in range(args.rounds):
+        for _ in range(cfg.rounds):
             for name, job in jobs.items():
-                rounds[name].append(measure(device, job, replay_path, tmp / f"{name}.sqlite",
-                                            batch_size=args.batch_size, warmup=args.warmup))
+                rounds[name].append(measure(device, job, replay_path, store_path=tmp / f"{name}.sqlite",
+                                            batch_size=cfg.batch_size, warmup=cfg.warmup))
                 print(f"{name:15s} {rounds[name][-1]['img_per_s']:9.0f} img/s", flush=True)
     med = {k: statistics.median(r["img_per_s"] for r in v) for k, v in rounds.items()}
     inf = {k: statistics.median(r["inference_img_per_s"] for r in v) for k, v in rounds.items()}
     ref = med.get("fakequant")
     return {
         "what": "images/s through load_replay -> device.replay (local) -> SQLite store, per runtime; median of rounds",
-        "checkpoint": str(args.checkpoint), "bits": args.bits, "data": args.data,
-        "images": rounds[next(iter(rounds))][0]["images"], "batch_size": args.batch_size, "warmup": args.warmup,
-        "rounds": args.rounds, "img_per_s": med, "inference_img_per_s": inf,
+        "checkpoint": str(cfg.checkpoint), "bits": cfg.bits, "data": cfg.data,
+        "images": rounds[next(iter(rounds))][0]["images"], "batch_size": cfg.batch_size, "warmup": cfg.warmup,
+        "rounds": cfg.rounds, "img_per_s": med, "inference_img_per_s": inf,
         "ratio_to_fakequant": {k: v / ref for k, v in med.items()} if ref else None,
         "kernels": {k: v[0]["kernels"] for k, v in rounds.items()}, "all_rounds": rounds,
         "device": device.describe(), "argv": sys.argv,
@@ -136,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         check_writable(args.out, "folder")  # before the timed runs: a bad --out lost them
-        res = run(args)
+        res = run(ReplaySpeedConfig(**{k: v for k, v in vars(args).items() if k != "out"}))
         path = Path(args.out) / f"replay_speed_{res['utc'].replace(':', '').replace('-', '')}.json"
         write_json(path, res)
         print(f"{'runtime':15s} {'path img/s':>10s} {'vs fakequant':>13s} {'inference img/s':>16s}")

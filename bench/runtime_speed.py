@@ -17,9 +17,9 @@ and saves bench/results/runtime_speed_<utc>.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,15 +28,30 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _export_all(args, tmp: Path, images: np.ndarray) -> dict[str, Path]:
+@dataclass(frozen=True)
+class RuntimeSpeedConfig:
+    """One measurement: the flags of the same names (main fills it; their help texts say what each means)."""
+
+    checkpoint: str  # quantized
+    bits: int
+    float: str  # the float checkpoint (the fp32 baseline)
+    data_dir: str | None
+    images: int  # test images per replay pass
+    proof_images: int
+    rounds: int
+    latency_runs: int
+    threads: int  # for every runtime
+
+
+def _export_all(cfg: RuntimeSpeedConfig, tmp: Path, images: np.ndarray) -> dict[str, Path]:
     from export.onnx import export_onnx
     from export.tflite import export_tflite
 
-    proof = images[:args.proof_images]
+    proof = images[:cfg.proof_images]
     return {
-        "onnx_int8": export_onnx(args.checkpoint, tmp / "int8.onnx", bits=args.bits, images=proof).path,
-        "onnx_fp32": export_onnx(args.float, tmp / "fp32.onnx", bits=None, images=proof, float_model=True).path,
-        "tflite_int8": export_tflite(args.checkpoint, tmp / "int8.tflite", bits=args.bits, images=proof).path,
+        "onnx_int8": export_onnx(cfg.checkpoint, tmp / "int8.onnx", bits=cfg.bits, images=proof).path,
+        "onnx_fp32": export_onnx(cfg.float, tmp / "fp32.onnx", bits=None, images=proof, float_model=True).path,
+        "tflite_int8": export_tflite(cfg.checkpoint, tmp / "int8.tflite", bits=cfg.bits, images=proof).path,
     }
 
 
@@ -53,7 +68,7 @@ def _runners(paths: dict[str, Path], threads: int):
     }
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(cfg: RuntimeSpeedConfig) -> dict:
     import torch
 
     from devices.runtimes import feed_format
@@ -62,14 +77,14 @@ def run(args: argparse.Namespace) -> dict:
     from qadtr.data import load_split, subset
     from qadtr.predict import to_tensor
 
-    torch.set_num_threads(args.threads)
-    images = subset(load_split("cifar10", "test", args.data_dir), args.images).images  # (N, H, W, 3) uint8
+    torch.set_num_threads(cfg.threads)
+    images = subset(load_split("cifar10", "test", cfg.data_dir), cfg.images).images  # (N, H, W, 3) uint8
     batches = [images[i:i + 64] for i in range(0, len(images), 64)]
-    net, _ = deploy_model(args.checkpoint, args.bits)
+    net, _ = deploy_model(cfg.checkpoint, cfg.bits)
     with scratch("bench") as tmp:
-        paths = _export_all(args, Path(tmp), images)
+        paths = _export_all(cfg, Path(tmp), images)
         sizes = {k: p.stat().st_size for k, p in paths.items()}
-        runners = _runners(paths, args.threads)
+        runners = _runners(paths, cfg.threads)
         for r in runners.values():
             r.activate()
         try:
@@ -82,7 +97,7 @@ def run(args: argparse.Namespace) -> dict:
             for fn in passes.values():  # warm-up: sessions allocate and pack weights on first use
                 fn(batches[0])
             rounds: dict[str, list[float]] = {k: [] for k in passes}
-            for _ in range(args.rounds):
+            for _ in range(cfg.rounds):
                 for name, fn in passes.items():
                     t0 = time.perf_counter()
                     for b in batches:
@@ -90,7 +105,7 @@ def run(args: argparse.Namespace) -> dict:
                     rounds[name].append(len(images) / (time.perf_counter() - t0))
             one = images[:1]
             latency: dict[str, list[float]] = {"ort-int8": [], "ort-fp32": []}
-            for _ in range(args.latency_runs):
+            for _ in range(cfg.latency_runs):
                 for name in latency:
                     t0 = time.perf_counter()
                     passes[name](one)
@@ -101,8 +116,8 @@ def run(args: argparse.Namespace) -> dict:
     ips = {k: float(np.median(v)) for k, v in rounds.items()}
     lat = {k: float(np.median(v)) for k, v in latency.items()}
     return {
-        "checkpoint": str(args.checkpoint), "float": str(args.float), "bits": args.bits, "threads": args.threads,
-        "images": len(images), "rounds": args.rounds, "batch": 64,
+        "checkpoint": str(cfg.checkpoint), "float": str(cfg.float), "bits": cfg.bits, "threads": cfg.threads,
+        "images": len(images), "rounds": cfg.rounds, "batch": 64,
         "latency_b1_ms": {k: 1e3 * v for k, v in lat.items()},
         "ratio_ort_int8_vs_fp32_latency_b1": lat["ort-int8"] / lat["ort-fp32"],
         "throughput_img_per_s": ips,
@@ -148,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         check_writable(args.out, "folder")  # before the timed runs: a bad --out lost them
-        res = run(args)
+        res = run(RuntimeSpeedConfig(**{k: v for k, v in vars(args).items() if k != "out"}))
         print(describe(res))
         path = Path(args.out) / f"runtime_speed_{res['utc'].replace(':', '').replace('-', '')}.json"
         write_json(path, res)

@@ -34,7 +34,7 @@ def make(bits):
     return model.train()
 
 
-def step_time(model, opt, x, y, steps: int) -> float:
+def step_time(model, opt, x, *, y, steps: int) -> float:
     start = time.perf_counter()
     for _ in range(steps):
         loss = F.cross_entropy(model(x), y)
@@ -68,11 +68,11 @@ def measure(*, rounds: int, steps: int, out: Path) -> None:
     models = {"float": make(()), "w8a8": make(((8, 8),)), "w4a4": make(((4, 4),))}
     opts = {k: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for k, m in models.items()}
     for k in models:  # warm-up: first calls allocate and pick kernels
-        step_time(models[k], opts[k], x, y, 1)
+        step_time(models[k], opts[k], x, y=y, steps=1)
     times = {k: [] for k in models}
     for _ in range(rounds):
         for k in models:
-            times[k].append(step_time(models[k], opts[k], x, y, steps))
+            times[k].append(step_time(models[k], opts[k], x, y=y, steps=steps))
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "what": "ResNet-20 training step (forward+backward+SGD), batch 128, CPU",

@@ -35,7 +35,7 @@ COMPUTED = ("the board's model or runtime computed it: compare with --device loc
             "the board's runtime version; the batches before it are kept, re-run to resume")
 
 
-def refuse(device: str, what: str, raw: bytes | str, fix: str = RESUME):
+def refuse(device: str, what: str, raw: bytes | str, *, fix: str = RESUME):
     raise SshError(f"device {device!r}: the board sent {what}: {raw[:120]!r}...; nothing of it was stored ({fix})")
 
 
@@ -70,7 +70,8 @@ def error_text(msg: dict) -> str:
     return clean(text, 500) if text is not None else "no message"
 
 
-def hello(device: str, msg: dict, raw: bytes, version: int, step: int | None, asked: int) -> tuple[str, str, str, int]:
+def hello(device: str, msg: dict, raw: bytes, *, version: int, step: int | None,
+          asked: int) -> tuple[str, str, str, int]:
     """(runner, kernels, feed, images per batch) of a hello line; `step`: the batch the host knows the run uses
     (None: unknown, the agent's word is taken), `asked`: the batch size the job asked for (a hello without one)."""
     batch = msg.get("batch", step or asked)
@@ -86,7 +87,7 @@ def _count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def batch(device: str, msg: dict, raw: bytes, expected: int, total: int, k: int | None,
+def batch(device: str, msg: dict, raw: bytes, *, expected: int, total: int, k: int | None,
           step: int | None = None) -> Batch:
     """A result line -> Batch, refused unless every field is right: rows from `expected`, n = min(step, rows left)
     when the batch is known, k >= 2 and equal to `k` when known, n*k float32, finite numbers."""
@@ -102,7 +103,7 @@ def batch(device: str, msg: dict, raw: bytes, expected: int, total: int, k: int 
     if width < MIN_CLASSES or (k is not None and width != k):
         refuse(device, f"a batch of {n}x{width} logits at row {first} (the replay has {total} rows"
                + (f", {k} logits per image" if k else f", a classifier has {MIN_CLASSES} or more logits per image")
-               + ")", raw, COMPUTED if k is None or width < MIN_CLASSES else RESUME)
+               + ")", raw, fix=COMPUTED if k is None or width < MIN_CLASSES else RESUME)
     try:
         data = base64.b64decode(msg["logits"], validate=True)
     except (binascii.Error, ValueError):
@@ -120,12 +121,12 @@ def batch(device: str, msg: dict, raw: bytes, expected: int, total: int, k: int 
     if bad.any():
         row = int(np.argwhere(bad)[0][0])
         refuse(device, f"{int(bad.sum())} NaN/inf logits in the {n}x{width} batch at row {first} (first at row "
-               f"{first + row})", raw, COMPUTED)
+               f"{first + row})", raw, fix=COMPUTED)
     return Batch(first, logits, float(seconds), None if energy is None else float(energy))
 
 
 # -- the info line ------------------------------------------------------------------------------------------
-def info(device: str, out: str, version: int, python: str) -> dict:
+def info(device: str, out: str, version: int, *, python: str) -> dict:
     """The agent's `info` answer -> a dict of the fields the host reads, typed and cleaned, or refused."""
     fix = (f"the agent this host pushes writes it; check what runs as python = {python!r} on the board (a "
            "modified board, or a startup file printing to stdout)")
@@ -194,7 +195,7 @@ def _plain(value, depth: int):
 
 
 # -- what the host knows of a run ---------------------------------------------------------------------------
-def expected_layout(runtime: str, artifact: Path, options: dict, batch_size: int) -> tuple[int | None, int | None]:
+def expected_layout(runtime: str, artifact: Path, options: dict, *, batch_size: int) -> tuple[int | None, int | None]:
     """(images per batch line, logits per image) the board must send, each None where the host cannot know it.
 
     The null runner sends `num_classes` (default 10) at the batch asked for; an .onnx or .tflite artifact is read

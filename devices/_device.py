@@ -83,7 +83,7 @@ class BatchStream(Iterator[Batch]):
         self.close()
 
 
-def check_replay_args(images: np.ndarray, batch_size: int, warmup: int, start: int) -> None:
+def check_replay_args(images: np.ndarray, batch_size: int, warmup: int, *, start: int) -> None:
     """The argument checks every device kind shares (raised before any runtime starts)."""
     if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4 and images.shape[3] == 3):
         got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__

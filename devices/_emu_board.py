@@ -96,7 +96,7 @@ def listening(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def install(board: Board, image: Path, port: int, log=print) -> None:
+def install(board: Board, image: Path, port: int, *, log=print) -> None:
     """A fresh board from the image (any old one is stopped and replaced), with new keys and its sshd config."""
     if not 1 <= port <= 65535:
         raise QadtrError(f"--port {port}; use 1..65535")

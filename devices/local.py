@@ -92,15 +92,16 @@ class LocalDevice(Device):
         A model with a fixed batch (e.g. MLPerf Tiny's 1) runs at that batch; a short last batch is padded
         with copies of its last image and only the real rows are returned.
         """
-        check_replay_args(images, batch_size, warmup, start)
+        check_replay_args(images, batch_size, warmup, start=start)
         get_runtime(runtime)  # an unknown name says so first
         if runtime not in self.spec.runtimes:
             raise QadtrError(f"device {self.name!r} does not offer runtime {runtime!r} (its inventory entry lists "
                              f"{', '.join(self.spec.runtimes)}); add it to `runtimes` or pick one of those")
         runner = make_runner(runtime, artifact, **(options or {}))  # errors now, not at the first batch
-        return BatchStream(lambda rep: self._batches(rep, runner, images, batch_size, warmup, start))
+        return BatchStream(lambda rep: self._batches(rep, runner, images, batch_size=batch_size, warmup=warmup,
+                                                     start=start))
 
-    def _batches(self, rep: BatchStream, runner, images: np.ndarray, batch_size: int, warmup: int,
+    def _batches(self, rep: BatchStream, runner, images: np.ndarray, *, batch_size: int, warmup: int,
                  start: int) -> Iterator[Batch]:
         if start == len(images):
             return

@@ -153,7 +153,7 @@ class SshDevice(Device):
                                "works") from None
             except RemoteFailed as e:
                 raise SshError(f"{e}; is python = {self.spec.python!r} a Python 3 with numpy on the board?") from None
-            info = lines.info(self.name, out, AGENT_VERSION, self.spec.python)
+            info = lines.info(self.name, out, AGENT_VERSION, python=self.spec.python)
             self._info = info
         return self._info
 
@@ -206,7 +206,7 @@ class SshDevice(Device):
     def replay(self, runtime: str, artifact: Path, images: np.ndarray, *, batch_size: int = 100, warmup: int = 3,
                start: int = 0, options: dict | None = None) -> BatchStream:
         """Batches of `images[start:]` through `runtime` on the board; see `devices._device.Device.replay`."""
-        check_replay_args(images, batch_size, warmup, start)
+        check_replay_args(images, batch_size, warmup, start=start)
         get_runtime(runtime)
         if runtime not in self.spec.runtimes:
             raise QadtrError(f"device {self.name!r} does not offer runtime {runtime!r} (its inventory entry lists "
@@ -229,8 +229,8 @@ class SshDevice(Device):
                 raise QadtrError(f"--batch-size {batch_size} exceeds the engine profile's maximum {batch[2]} "
                                  f"(trt_build.json); pass --batch-size {batch[2]} or re-export with a larger --max-batch")
             options["batch"] = list(batch)
-        return BatchStream(lambda rep: self._batches(rep, runtime, artifact, images, batch_size, warmup, start,
-                                                     options))
+        return BatchStream(lambda rep: self._batches(rep, runtime, artifact, images=images, batch_size=batch_size,
+                                                     warmup=warmup, start=start, options=options))
 
     def _images_file(self, images: np.ndarray) -> tuple[Path, str]:
         """The images as a .npy in the scratch folder, named by its sha256 (the board caches it by that name)."""
@@ -242,8 +242,8 @@ class SshDevice(Device):
             path.write_bytes(buf.getbuffer())
         return path, sha
 
-    def _batches(self, rep: BatchStream, runtime: str, artifact: Path, images: np.ndarray, batch_size: int, warmup: int,
-                 start: int, options: dict) -> Iterator[Batch]:
+    def _batches(self, rep: BatchStream, runtime: str, artifact: Path, *, images: np.ndarray, batch_size: int,
+                 warmup: int, start: int, options: dict) -> Iterator[Batch]:
         if start == len(images):
             return
         from qadtr._config import sha256_file
@@ -256,12 +256,13 @@ class SshDevice(Device):
                "images": {"path": f"../blobs/{lines.blob_name(images_sha, '.npy')}", "sha256": images_sha},
                "power": None if self.emulated else self._meter_job(), "engines": "../engines"}
         local = {"artifact": artifact, "images": images_path}
-        step, k = lines.expected_layout(runtime, artifact, options, batch_size)
+        step, k = lines.expected_layout(runtime, artifact, options, batch_size=batch_size)
         known = {"step": step, "asked": batch_size, "k": k}  # k: the artifact's, else the run's first batch's
         expected, attempt, pushed = start, 0, set()  # pushed: blobs sent in this replay (a second need = corrupt)
         while True:
             try:
-                for batch in self._session(rep, job, local, expected, len(images), pushed, known):
+                for batch in self._session(rep, job, local, first=expected, total=len(images), pushed=pushed,
+                                           known=known):
                     yield batch
                     expected += len(batch.logits)
                 return
@@ -272,7 +273,7 @@ class SshDevice(Device):
                                    "re-run the same command to resume") from None
                 time.sleep(self.limits.backoff * 2 ** (attempt - 1))
 
-    def _session(self, rep: BatchStream, job: dict, local: dict, first: int, total: int, pushed: set,
+    def _session(self, rep: BatchStream, job: dict, local: dict, *, first: int, total: int, pushed: set,
                  known: dict) -> Iterator[Batch]:
         """One connection: push what is missing, run the agent from `first`, yield its checked batches."""
         agent = self._ensure_agent()
@@ -286,7 +287,7 @@ class SshDevice(Device):
                  "--watch-stdin"]
         while True:
             with self.link.stream(words) as stream:
-                need = yield from self._read(stream, rep, job["runtime"], first, total, known)
+                need = yield from self._read(stream, rep, job["runtime"], first=first, total=total, known=known)
             if need is None:
                 return
             again = sorted(set(need) & pushed)
@@ -299,7 +300,7 @@ class SshDevice(Device):
                 self.link.push(local[name], self._work("blobs", Path(job[name]["path"]).name), what=f"pushing the {name}")
                 pushed.add(name)
 
-    def _read(self, stream: Stream, rep: BatchStream, runtime: str, first: int, total: int, known: dict):
+    def _read(self, stream: Stream, rep: BatchStream, runtime: str, *, first: int, total: int, known: dict):
         """Yield the stream's batches; return the files the agent needs (a list) or None when it is done.
         `known`: {"step", "asked", "k"} of the run (k is set by its first batch when the artifact did not say)."""
         expected, hello, step = first, False, None
@@ -313,7 +314,7 @@ class SshDevice(Device):
                                "received are kept, re-run the same command to resume") from None
             except LineTooLong as e:
                 lines.refuse(self.name, f"a line over {MAX_LINE >> 20} MiB (at sample {expected})", e.head,
-                             "a batch line holds batch size x classes x 5.3 bytes: pass a smaller --batch-size, or "
+                             fix="a batch line holds batch size x classes x 5.3 bytes: pass a smaller --batch-size, or "
                              "the board's agent is not this host's; the batches before it are kept, re-run to resume")
             if raw is None:
                 break
@@ -324,11 +325,11 @@ class SshDevice(Device):
                 raise SshError(f"device {self.name!r}: the agent on the board stopped {runtime}: "
                                f"{lines.error_text(msg)}")
             if msg["type"] == "hello" and not hello:
-                rep.runner, rep.kernels, rep.feed, step = lines.hello(self.name, msg, raw, AGENT_VERSION, known["step"],
-                                                                      known["asked"])
+                rep.runner, rep.kernels, rep.feed, step = lines.hello(self.name, msg, raw, version=AGENT_VERSION,
+                                                                      step=known["step"], asked=known["asked"])
                 hello, timeout = True, self.limits.line
             elif msg["type"] == "batch" and hello:
-                batch = self._batch(msg, raw, expected, total, known["k"], step)
+                batch = self._batch(msg, raw, expected, total=total, k=known["k"], step=step)
                 known["k"] = batch.logits.shape[1]
                 yield batch
                 expected += len(batch.logits)
@@ -351,6 +352,7 @@ class SshDevice(Device):
     def _message(self, raw: bytes, expected: int) -> dict:
         return lines.message(self.name, raw, expected)
 
-    def _batch(self, msg: dict, raw: bytes, expected: int, total: int, k: int | None, step: int | None = None) -> Batch:
+    def _batch(self, msg: dict, raw: bytes, expected: int, *, total: int, k: int | None,
+               step: int | None = None) -> Batch:
         """A result line -> Batch, refused unless every field is right (devices/_board_lines.py batch)."""
-        return lines.batch(self.name, msg, raw, expected, total, k, step)
+        return lines.batch(self.name, msg, raw, expected=expected, total=total, k=k, step=step)

@@ -29,7 +29,7 @@ from devices._runner import Runner, RunnerError, TensorSpec
 INSTALL = "use JetPack's TensorRT on a Jetson, or `pip install tensorrt` with a CUDA driver on an NVIDIA GPU"
 
 
-def build_engine(trt, onnx_path: str | Path, batch: tuple[int, int, int], logger, *, describe=None,
+def build_engine(trt, onnx_path: str | Path, batch: tuple[int, int, int], *, logger, describe=None,
                  tool: str = "TensorRT") -> bytes:
     """Parse and build a TensorRT-bound ONNX into a serialized engine (min/opt/max batch profile).
 
@@ -92,7 +92,7 @@ class _Cudart:
     def free(self, ptr: int) -> None:
         self.lib.cudaFree(ctypes.c_void_p(ptr))
 
-    def copy(self, dst: int, src: int, nbytes: int, kind: int) -> None:
+    def copy(self, dst: int, src: int, nbytes: int, *, kind: int) -> None:
         self._check(self.lib.cudaMemcpy(ctypes.c_void_p(dst), ctypes.c_void_p(src), ctypes.c_size_t(nbytes), kind),
                     "cudaMemcpy")
 
@@ -144,10 +144,10 @@ class TensorRTRunner(Runner):
         self._cuda = _Cudart()
         gpu, logger = self._cuda.gpu_name(), trt.Logger(trt.Logger.WARNING)
         version = str(getattr(trt, "__version__", "?"))
-        data, how = self._engine_bytes(trt, gpu, version, logger)
+        data, how = self._engine_bytes(trt, gpu, version, logger=logger)
         self._engine = trt.Runtime(logger).deserialize_cuda_engine(data)
         if self._engine is None and how.startswith("cached"):  # a corrupt or foreign cache entry: rebuild it
-            data, how = self._engine_bytes(trt, gpu, version, logger, use_cache=False)
+            data, how = self._engine_bytes(trt, gpu, version, logger=logger, use_cache=False)
             self._engine = trt.Runtime(logger).deserialize_cuda_engine(data)
         if self._engine is None:
             raise RunnerError(f"TensorRT {version} cannot load {self.path.name}: engines only run on the "
@@ -160,7 +160,7 @@ class TensorRTRunner(Runner):
         self._outputs = [n for n in names if n not in self._inputs]
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
 
-    def _engine_bytes(self, trt, gpu: str, version: str, logger, use_cache: bool = True) -> tuple[bytes, str]:
+    def _engine_bytes(self, trt, gpu: str, version: str, *, logger, use_cache: bool = True) -> tuple[bytes, str]:
         """The serialized engine and how it was obtained: read (.engine), from the cache, or built here."""
         if self.path.suffix == ".engine":
             return self.path.read_bytes(), self.path.name
@@ -171,7 +171,7 @@ class TensorRTRunner(Runner):
             cached = self.engine_cache / f"{key}.engine"
             if use_cache and cached.is_file():
                 return cached.read_bytes(), f"cached engine {key[:12]}"
-        data = build_engine(trt, self.path, self.batch, logger)
+        data = build_engine(trt, self.path, self.batch, logger=logger)
         if self.save_engine is not None:
             Path(self.save_engine).write_bytes(data)
         if cached is not None:
@@ -205,7 +205,7 @@ class TensorRTRunner(Runner):
                                   "use a smaller batch or rebuild with a larger batch=(min, opt, max)")
             ctx.set_input_shape(n, x.shape)
             ptr = self._buffer(n, x.nbytes)
-            self._cuda.copy(ptr, x.ctypes.data, x.nbytes, _Cudart.H2D)
+            self._cuda.copy(ptr, x.ctypes.data, x.nbytes, kind=_Cudart.H2D)
             ctx.set_tensor_address(n, ptr)
         outs = {}
         for n in self._outputs:
@@ -215,7 +215,7 @@ class TensorRTRunner(Runner):
             raise RunnerError(f"{self.name}: TensorRT execution failed; see its log above")
         self._cuda.sync()
         for n, arr in outs.items():
-            self._cuda.copy(arr.ctypes.data, self._buffers[n][0], arr.nbytes, _Cudart.D2H)
+            self._cuda.copy(arr.ctypes.data, self._buffers[n][0], arr.nbytes, kind=_Cudart.D2H)
         return outs
 
     def _deactivate(self) -> None:

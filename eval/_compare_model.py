@@ -165,13 +165,13 @@ def ties(logits: np.ndarray, lsb: float | np.ndarray | None) -> np.ndarray:
     return gap < 0.5 * float(np.min(lsb))
 
 
-def _agreement(pred_r: np.ndarray, pred_o: np.ndarray, tie_r: np.ndarray, tie_o: np.ndarray) -> Agreement:
+def _agreement(pred_r: np.ndarray, pred_o: np.ndarray, tie_r: np.ndarray, *, tie_o: np.ndarray) -> Agreement:
     same, clear = pred_r == pred_o, ~(tie_r | tie_o)
     return Agreement(n=len(same), agree=int(same.sum()), ties_ref=int(tie_r.sum()), ties_out=int(tie_o.sum()),
                      n_nontie=int(clear.sum()), agree_nontie=int((same & clear).sum()))
 
 
-def _success(clean_pred: np.ndarray, adv_pred: np.ndarray, labels: np.ndarray, target: int | None):
+def _success(clean_pred: np.ndarray, adv_pred: np.ndarray, labels: np.ndarray, *, target: int | None):
     """(eligible, success) per image, as `attack_success` counts them."""
     if target is None:
         eligible = clean_pred == labels
@@ -180,8 +180,8 @@ def _success(clean_pred: np.ndarray, adv_pred: np.ndarray, labels: np.ndarray, t
     return eligible, eligible & (adv_pred == target)
 
 
-def compare_outputs(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, patch: np.ndarray,
-                    test_index: np.ndarray, targets: Sequence[int | None], *, lsb: float | np.ndarray | None,
+def compare_outputs(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, *, patch: np.ndarray,
+                    test_index: np.ndarray, targets: Sequence[int | None], lsb: float | np.ndarray | None,
                     patch_names: Sequence[str] | None = None, gate: Gate = Gate(), ref_name: str = "fakequant",
                     out_name: str = "deployed", lsb_source: str = "") -> Comparison:
     """Compare two sides' logits on the same replay samples.
@@ -222,8 +222,8 @@ def compare_outputs(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, patch:
         sample=int(i), test_index=int(test_index[i]), patch=int(patch[i]), label=int(labels[i]),
         pred_ref=int(pred_r[i]), pred_out=int(pred_o[i]), tie_ref=bool(tie_r[i]), tie_out=bool(tie_o[i]),
         attack=str(attack[i]), max_dlogit_lsb=None if lsb is None else float(per_sample[i])) for i in flagged)
-    agree_c = _agreement(pred_r[clean], pred_o[clean], tie_r[clean], tie_o[clean])
-    agree_p = _agreement(pred_r[~clean], pred_o[~clean], tie_r[~clean], tie_o[~clean])
+    agree_c = _agreement(pred_r[clean], pred_o[clean], tie_r[clean], tie_o=tie_o[clean])
+    agree_p = _agreement(pred_r[~clean], pred_o[~clean], tie_r[~clean], tie_o=tie_o[~clean])
     reasons = _gate_reasons(gate, agree_c, agree_p, extra_ties=int((tie_o & ~tie_r).sum()), m=m, patches=patches)
     return Comparison(ref=ref_name, out=out_name, n=m, clean=agree_c, patched=agree_p, patches=tuple(patches),
                       logits=logits, disagreements=disagreements, gate=gate, passed=not reasons,
@@ -258,8 +258,8 @@ def _compare_patches(pred_r: np.ndarray, pred_o: np.ndarray, labels: np.ndarray,
             raise QadtrError(f"{names[k]}: no clean sample of test images {missing[:5]}; the replay must hold the "
                              "clean image of every patched one (re-make it with eval.replay.make_replay)")
         crow = np.array([clean_row[int(t)] for t in test_index[rows]], dtype=np.int64)  # (n,)
-        el_r, ok_r = _success(pred_r[crow], pred_r[rows], labels[rows], target)
-        el_o, ok_o = _success(pred_o[crow], pred_o[rows], labels[rows], target)
+        el_r, ok_r = _success(pred_r[crow], pred_r[rows], labels[rows], target=target)
+        el_o, ok_o = _success(pred_o[crow], pred_o[rows], labels[rows], target=target)
         both = el_r & el_o  # targeted: the same set on both sides; untargeted: clean-correct on both
         diff = PairedDifference(b=int((both & ok_o & ~ok_r).sum()), c=int((both & ok_r & ~ok_o).sum()),
                                 n=int(both.sum()))
@@ -270,7 +270,7 @@ def _compare_patches(pred_r: np.ndarray, pred_o: np.ndarray, labels: np.ndarray,
             asr_ref=attack_success(pred_r[crow], pred_r[rows], labels[rows], target).to_dict(),
             asr_out=attack_success(pred_o[crow], pred_o[rows], labels[rows], target).to_dict(),
             diff=diff, ref_only=tuple(int(i) for i in ref_only), out_only=tuple(int(i) for i in out_only),
-            stability=stability(ok_o & ~ok_r, ok_r & ~ok_o, both, test_index[rows])))
+            stability=stability(ok_o & ~ok_r, ok_r & ~ok_o, both, test_index=test_index[rows])))
     return patches, attack
 
 

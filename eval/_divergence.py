@@ -64,7 +64,7 @@ class Divergence:
 
 
 def layer_divergence(layers: list[str], ref: dict[str, np.ndarray], out: dict[str, np.ndarray],
-                     samples: list[int]) -> tuple[ImageDivergence, ...]:
+                     *, samples: list[int]) -> tuple[ImageDivergence, ...]:
     """Per image i (row i of every (N, ...) array, replay row samples[i]): the first differing layer."""
     result = []
     for i, sample in enumerate(samples):
@@ -99,7 +99,7 @@ def _onnx_reference(net, artifact: Path, images: np.ndarray) -> tuple[list[str],
     return layers, ref, {m.removesuffix(".act_quant"): by_module[m] for m in ref_ints}
 
 
-def _onnx(net, artifact: Path, images: np.ndarray, level: str) -> tuple[list[str], dict, dict, bool]:
+def _onnx(net, artifact: Path, images: np.ndarray, *, level: str) -> tuple[list[str], dict, dict, bool]:
     import onnx
 
     from export.onnx import OUTPUT, ort_run, with_outputs
@@ -123,7 +123,7 @@ def _tflite_reference(net, artifact: Path, images: np.ndarray) -> tuple[list[str
     return list(built.activations), ref  # forward order: the order build_tflite emits them
 
 
-def _tflite(net, artifact: Path, images: np.ndarray, kernels: str) -> tuple[list[str], dict, dict, bool]:
+def _tflite(net, artifact: Path, images: np.ndarray, *, kernels: str) -> tuple[list[str], dict, dict, bool]:
     from devices.litert import LiteRTRunner
     from export.tflite import with_outputs
     from qadtr._scratch import scratch
@@ -141,7 +141,7 @@ def _tflite(net, artifact: Path, images: np.ndarray, kernels: str) -> tuple[list
     return layers, ref, {n: got[n] for n in layers}, bool(np.array_equal(got["logits"], plain))
 
 
-def _executor(net, artifact: Path, images: np.ndarray, semantics: str,
+def _executor(net, artifact: Path, images: np.ndarray, *, semantics: str,
               deployed: np.ndarray | None) -> tuple[list[str], dict, dict, bool | None]:
     """The deployed side modelled by the integer executor under `semantics` (the one that reproduces the run):
     every integer it computes, on any host. `same`: its logits equal the run's stored ones (`deployed`)."""
@@ -161,7 +161,7 @@ def _executor(net, artifact: Path, images: np.ndarray, semantics: str,
     return layers, ref, {layer: ints[names[layer]] for layer in layers}, same
 
 
-def first_divergence(net, runtime: str, artifact: str | Path, images: np.ndarray, samples: list[int], *,
+def first_divergence(net, runtime: str, artifact: str | Path, *, images: np.ndarray, samples: list[int],
                      onnx_level: str = "all", semantics: str | None = None,
                      deployed: np.ndarray | None = None) -> Divergence:
     """Integer activations of `net` (the fake-quant deploy net) vs `runtime` running `artifact`, per image.
@@ -187,16 +187,16 @@ def first_divergence(net, runtime: str, artifact: str | Path, images: np.ndarray
         return Divergence(runtime, "", (), (), None, "nothing to rerun: no disagreement and no logit off by more "
                           "than half an LSB")
     if semantics is not None:
-        layers, ref, out, same = _executor(net, artifact, images, semantics, deployed)
+        layers, ref, out, same = _executor(net, artifact, images, semantics=semantics, deployed=deployed)
         method = (f"Brevitas quantizer integers vs the integer executor under {semantics!r}, the semantics that "
                   "reproduces this run bit for bit (devices.intexec.attribute); every integer of the deployed computation")
     elif runtime == "onnxrt":
-        layers, ref, out, same = _onnx(net, artifact, images, onnx_level)
+        layers, ref, out, same = _onnx(net, artifact, images, level=onnx_level)
         method = (f"Brevitas act_quant integers vs ONNX Runtime DequantizeLinear inputs at graph optimisation "
                   f"{onnx_level!r}, every activation added as a graph output")
     else:
         kernels = runtime.split("-", 1)[1]
-        layers, ref, out, same = _tflite(net, artifact, images, kernels)
+        layers, ref, out, same = _tflite(net, artifact, images, kernels=kernels)
         method = (f"Brevitas quantizer integers (int8 storage) vs LiteRT {kernels} kernels, every activation tensor "
                   "added as a subgraph output of the artifact")
-    return Divergence(runtime, method, tuple(layers), layer_divergence(layers, ref, out, list(samples)), same)
+    return Divergence(runtime, method, tuple(layers), layer_divergence(layers, ref, out, samples=list(samples)), same)

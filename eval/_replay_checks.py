@@ -41,7 +41,7 @@ PATCH_FIELDS = {"file": _str, "sha256": _str, "attack": _str, "side": _int, "mod
                 "bits": lambda v: _seq(v) and all(map(_pair, v)), "first": _int, "n": _int}
 
 
-def fields(d, spec: dict, prefix: str, what: str, suffix: str) -> dict:
+def fields(d, spec: dict, prefix: str, *, what: str, suffix: str) -> dict:
     """`d` when it is an object with exactly the fields of `spec`, each of its kind; else QadtrError."""
     def bad(why: str):
         raise QadtrError(f"{prefix} ({what}: {why}){suffix}")
@@ -82,7 +82,7 @@ def check_counts(info, prefix: str, suffix: str) -> None:
         bad(f"the blocks end at row {end}, the replay has {info.samples} rows")
 
 
-def check_rows(info, labels: np.ndarray, test_index: np.ndarray, prefix: str, suffix: str) -> None:
+def check_rows(info, labels: np.ndarray, test_index: np.ndarray, *, prefix: str, suffix: str) -> None:
     """Arrays (M,) that fit the description: labels within the class count, distinct clean images, every
     patched row with the clean row of its image and the same label, universal blocks on the eval subset."""
     def bad(what: str):

@@ -79,14 +79,14 @@ def profile(ck, budget: Budget) -> Profile:
 class PatchMaker:
     """Makes patches against a model at given bit widths, cached as patch files under `folder` (resumable)."""
 
-    def __init__(self, folder: Path, budget: Budget, train, test, eval_idx: np.ndarray):
+    def __init__(self, folder: Path, budget: Budget, train, *, test, eval_idx: np.ndarray):
         from qadtr.data import subset_indices
 
         self.folder, self.budget, self.test, self.eval_idx = folder, budget, test, eval_idx
         idx = subset_indices(len(train.labels), budget.train_images, seed=0)
         self.train_images, self.train_labels = train.images[idx], train.labels[idx]
 
-    def get(self, name: str, model: nn.Module, ck, attack: str, size: float, bits, *, net: nn.Module | None = None,
+    def get(self, name: str, model: nn.Module, ck, *, attack: str, size: float, bits, net: nn.Module | None = None,
             temperature: float = 0.0):
         """The patch `attack` at `size` made on checkpoint `name` at `bits` (() = float; several: A-QAPA).
 

@@ -55,7 +55,7 @@ def layer_outputs(net: nn.Module, x: torch.Tensor, layers: list[str]) -> dict[st
     return out
 
 
-def perturbation(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps255: int, kind: str,
+def perturbation(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps255: int, kind: str,
                  g: torch.Generator) -> torch.Tensor:
     """delta (B, 3, H, W) with x + delta in [0, 1] on the uint8 grid."""
     if kind == "random":
@@ -68,7 +68,7 @@ def perturbation(net: nn.Module, x: torch.Tensor, y: torch.Tensor, eps255: int, 
 
 
 @torch.no_grad()
-def _ratios(clean: dict, noisy: dict, x: torch.Tensor, delta: torch.Tensor) -> dict[str, tuple[float, float]]:
+def _ratios(clean: dict, noisy: dict, x: torch.Tensor, *, delta: torch.Tensor) -> dict[str, tuple[float, float]]:
     d_in = delta.flatten(1).norm(dim=1)  # (B,)
     rel_in = d_in / x.flatten(1).norm(dim=1).clamp_min(1e-12)
     keep = d_in > 0  # an all-clipped delta carries no information
@@ -94,10 +94,10 @@ def amplification(net: nn.Module, images: np.ndarray, labels: np.ndarray, *, eps
     for i in range(0, len(images), batch_size):
         x = to_tensor(images[i:i + batch_size])  # (B, 3, H, W)
         y = torch.from_numpy(labels[i:i + batch_size]).long()
-        delta = perturbation(net, x, y, eps255, kind, g)
+        delta = perturbation(net, x, y, eps255=eps255, kind=kind, g=g)
         with torch.no_grad():
             clean, noisy = layer_outputs(net, x, layers), layer_outputs(net, x + delta, layers)
-        for name, (r, rel) in _ratios(clean, noisy, x, delta).items():
+        for name, (r, rel) in _ratios(clean, noisy, x, delta=delta).items():
             sums[name] += np.array([r, rel]) * len(x)
     return {n: {"ratio": float(s[0] / len(images)), "relative": float(s[1] / len(images))} for n, s in sums.items()}
 

@@ -69,7 +69,7 @@ def _lsb(key: ModelKey, replay) -> tuple[np.ndarray | None, str]:
     return lsb, source
 
 
-def _divergence(run, key: ModelKey, replay, out_logits: np.ndarray, *, why: dict[int, str], changed: str,
+def _divergence(run, key: ModelKey, replay, *, out_logits: np.ndarray, why: dict[int, str], changed: str,
                 semantics: str | None, divergence_images: int) -> dict:
     """The first layer whose integers differ on the `why` rows (eval._divergence), or why it was skipped."""
     from eval._divergence import Divergence, first_divergence
@@ -84,8 +84,8 @@ def _divergence(run, key: ModelKey, replay, out_logits: np.ndarray, *, why: dict
         div = Divergence(run.runtime, "", (), (), None, changed)
     else:
         net = deploy_cached(key.checkpoint, key.bits)
-        div = first_divergence(net, run.runtime, run.artifact, replay.images[rows], rows, semantics=semantics,
-                               deployed=out_logits[rows] if semantics else None)
+        div = first_divergence(net, run.runtime, run.artifact, images=replay.images[rows], samples=rows,
+                               semantics=semantics, deployed=out_logits[rows] if semantics else None)
     divergence = div.to_dict()
     # the rerun uses this host's runtime, not the board's kernels
     if run.device != "local" and not div.skipped and not semantics:
@@ -116,8 +116,8 @@ def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images:
     ref_logits, out_logits = store.logits(ref_run.run_id), store.logits(run.run_id)
     changed = artifact_change(run)  # before anything reads or reruns the artifact
     lsb, source = _lsb(key, replay)
-    res = compare_outputs(ref_logits, out_logits, replay.labels, replay.patch,
-                          replay.test_index, [p.target for p in replay.info.patches], lsb=lsb,
+    res = compare_outputs(ref_logits, out_logits, replay.labels, patch=replay.patch,
+                          test_index=replay.test_index, targets=[p.target for p in replay.info.patches], lsb=lsb,
                           patch_names=[p.file for p in replay.info.patches], gate=gate, ref_name=ref_run.runtime,
                           out_name=run.runtime, lsb_source=source)
     step = None if changed else output_step(run.artifact)
@@ -126,8 +126,8 @@ def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images:
         res.logits["out_step_lsb"] = None if lsb is None else float(step / np.min(lsb))
     delta = None if lsb is None else (np.abs(out_logits.astype(np.float64) - ref_logits) / lsb).max(1)  # (M,)
     why = _divergence_rows(res, delta, divergence_images)
-    attribution = _attribute(run, replay, out_logits, changed)
-    divergence = _divergence(run, key, replay, out_logits, why=why, changed=changed,
+    attribution = _attribute(run, replay, out_logits, changed=changed)
+    divergence = _divergence(run, key, replay, out_logits=out_logits, why=why, changed=changed,
                              semantics=attribution.get("explained_by"), divergence_images=divergence_images)
     info = {"model": f"{Path(key.checkpoint).parent.name or '?'} {bits_name(key.bits)}", "bits": key.bits,
             "checkpoint": key.checkpoint, "source_sha256": key.source_sha256, "artifact": run.artifact,
@@ -141,7 +141,7 @@ def compare_runs(store, ref_run, run, *, gate: Gate = Gate(), divergence_images:
 ATTRIBUTED = ("onnxrt", "litert-xnnpack", "litert-builtin", "litert-ref")  # runtimes the executor has semantics for
 
 
-def _attribute(run, replay, logits: np.ndarray, changed: str) -> dict:
+def _attribute(run, replay, logits: np.ndarray, *, changed: str) -> dict:
     """devices.intexec.attribute for a deployed run, or {"skipped": why} (no model of it, or `changed`: the
     artifact is not here or not the file the run used, eval._integrity.artifact_change)."""
     from devices.intexec import attribute

@@ -67,7 +67,7 @@ def parse_scope(text: str) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def run(checkpoints: list[str], surrogate: str, budget: Budget, out: Path, *, kinds=KINDS,
+def run(checkpoints: list[str], surrogate: str, budget: Budget, *, out: Path, kinds=KINDS,
         data_dir: str | None = None, scope: tuple[str, ...] = ()) -> list[dict]:
     """Evaluate every checkpoint per the module docstring; returns all rows (old ones of a resumed run too).
 
@@ -91,10 +91,10 @@ def run(checkpoints: list[str], surrogate: str, budget: Budget, out: Path, *, ki
     train, test = load_split(data, "train", data_dir), load_split(data, "test", data_dir)
     idx = subset_indices(len(test.labels), budget.eval_images, seed=1)
     run_ = _Run(budget=budget, kinds=kinds, scope=scope, result=result, rows=rows, done={row_key(r) for r in rows},
-                maker=PatchMaker(out / "patches", budget, train, test, idx), test=test, images=test.images[idx],
-                labels=test.labels[idx], sur=sur)
+                maker=PatchMaker(out / "patches", budget, train, test=test, eval_idx=idx), test=test,
+                images=test.images[idx], labels=test.labels[idx], sur=sur)
     for name, model, ck in models:
-        _evaluate_model(run_, name, model, ck)
+        _evaluate_model(run_, name, model, ck=ck)
     return rows
 
 
@@ -186,7 +186,7 @@ class _Model:
                 "attack": attack, "size": size, "source": source, "eps255": eps, "target": target}
 
 
-def _evaluate_model(run_: _Run, name: str, model, ck) -> None:
+def _evaluate_model(run_: _Run, name: str, model, *, ck) -> None:
     """Every threat on each network of the checkpoint within --bits."""
     from qadtr.models import bits_of, deploy_net
     from qadtr.predict import predict
@@ -250,8 +250,8 @@ def _own_patches(run_: _Run, m: _Model, key: str, *, bits, net, clean: np.ndarra
         row = m.base(key, category, attack, size=size, source=source, target=budget.target)
         if row_key(row) in run_.done:
             continue
-        patch = run_.maker.get(m.name, m.model, m.ck, attack, size, src_bits, net=m.own_nets.get(src_bits[0]) if
-                               len(src_bits) == 1 else None, **kw)
+        patch = run_.maker.get(m.name, m.model, m.ck, attack=attack, size=size, bits=src_bits,
+                               net=m.own_nets.get(src_bits[0]) if len(src_bits) == 1 else None, **kw)
         asr = evaluate_patch(net, patch, run_.test.images[patch.indices] if patch.per_image else run_.images,
                              run_.labels, seed=budget.eval_seed, clean_pred=clean)
         run_.emit({**row, "seen": category == "seen", "asr": asr.rate.to_dict(), "definition": asr.definition})
@@ -266,8 +266,8 @@ def _transfer_patches(run_: _Run, m: _Model, key: str, *, net, clean: np.ndarray
                      target=budget.target)
         if row_key(row) in run_.done:
             continue
-        patch = run_.maker.get(f"surrogate-{_name(sur.path)}", sur.model, sur.ck, attack, m.prof.size, sur.bits,
-                               net=sur.net)
+        patch = run_.maker.get(f"surrogate-{_name(sur.path)}", sur.model, sur.ck, attack=attack, size=m.prof.size,
+                               bits=sur.bits, net=sur.net)
         asr = evaluate_patch(net, patch, run_.images, run_.labels, seed=budget.eval_seed, clean_pred=clean)
         run_.emit({**row, "seen": False, "asr": asr.rate.to_dict(), "definition": asr.definition})
 
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-        rows = run(args.checkpoints, args.surrogate, budget, out, kinds=kinds, data_dir=args.data_dir,
+        rows = run(args.checkpoints, args.surrogate, budget, out=out, kinds=kinds, data_dir=args.data_dir,
                    scope=parse_scope(args.bits))
         (out / "defense.md").write_text(markdown(rows, budget))
         print(f"wrote {out / 'defense.json'} and defense.md ({len(rows)} rows)")

@@ -84,7 +84,7 @@ class MissingSource(QadtrError):
     """An export whose record names a source checkpoint that is not where it says (the reference is skipped)."""
 
 
-def jobs_for(runtime: str, path: Path, bits: tuple[int, int] | None, data: str) -> list[Job]:
+def jobs_for(runtime: str, path: Path, bits: tuple[int, int] | None, *, data: str) -> list[Job]:
     """The jobs of one accepted (runtime, artifact) pair."""
     from devices.runtimes import export_record, make_runner, record_path
     from qadtr._config import sha256_file
@@ -110,7 +110,7 @@ def jobs_for(runtime: str, path: Path, bits: tuple[int, int] | None, data: str) 
     return [Job(runtime, file, file.name, sha, rbits, "" if record is None else record.source_sha256)]
 
 
-def plan(device, models: list[str], runtimes: list[str] | None, data: str) -> tuple[list[Job], list[dict]]:
+def plan(device, models: list[str], runtimes: list[str] | None, *, data: str) -> tuple[list[Job], list[dict]]:
     """The jobs for `models` on `device`, and {runtime, model, reason} for every pairing left out.
 
     A runtime is left out when it does not take the artifact's type, the device does not offer it, or it
@@ -144,7 +144,7 @@ def plan(device, models: list[str], runtimes: list[str] | None, data: str) -> tu
                 skipped.append({"runtime": name, "model": text, "reason": why})
                 continue
             try:
-                found = jobs_for(name, path, bits, data)
+                found = jobs_for(name, path, bits, data=data)
             except MissingSource as e:  # the deployed runs still go ahead; the table says why no reference
                 skipped.append({"runtime": name, "model": text, "reason": str(e)})
                 continue
@@ -166,7 +166,7 @@ class Outcome:
     wall_s: float  # wall time of this session's replay loop (feed, inference, store writes)
 
 
-def replay_run(store, device, job: Job, replay, *, batch_size: int = 100, warmup: int = 3, progress: bool = False,
+def replay_run(store, device, job: Job, *, replay, batch_size: int = 100, warmup: int = 3, progress: bool = False,
                fresh: bool = False, device_info: dict | None = None) -> Outcome:
     """Replay `replay` through `job` on `device` into `store`, resuming a partial run; returns the finished run.
 
@@ -276,7 +276,7 @@ def replay_on_devices(*, devices: str = "local", models: list[str], patches: str
     specs = select_devices(load_inventory(inventory), devices)
     opened = [open_device(s) for s in specs]  # unimplemented kinds and unreachable boards fail before any work
     try:
-        planned = [(d, *plan(d, models, runtimes, data)) for d in opened]
+        planned = [(d, *plan(d, models, runtimes, data=data)) for d in opened]
         replay_dir = Path(replay_dir) if replay_dir else Path(store_path).parent / "replays"
         replay = load_replay(make_replay(patches, data, data_dir, eval_subset=eval_subset, eval_seed=eval_seed,
                                          out=replay_dir, progress=progress))
@@ -296,7 +296,7 @@ def replay_on_devices(*, devices: str = "local", models: list[str], patches: str
             info = device.describe()
             reason = energy_note(device)
             for job in jobs:
-                out = replay_run(store, device, job, replay, batch_size=batch_size, warmup=warmup,
+                out = replay_run(store, device, job, replay=replay, batch_size=batch_size, warmup=warmup,
                                  progress=progress, fresh=fresh, device_info=info)
                 metrics = run_metrics(store, out.run.run_id, replay, energy_reason=reason)
                 runs.append({**metrics, "model": job.label, "replayed_now": out.replayed, "wall_s_now": out.wall_s})

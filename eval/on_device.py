@@ -31,57 +31,68 @@ import sys
 from pathlib import Path
 
 from devices.inventory import describe_devices, load_inventory
-from eval.fleet import list_runs, replay_on_devices, table
+from eval.fleet import list_runs as store_runs, replay_on_devices, table
 from eval.pipeline import DEFAULT_SUBSET, run_pipeline
 from qadtr._cli import DATA_DIR_HELP, check_writable, run_cli
 from qadtr._config import write_json
 from qadtr._errors import QadtrError
 
 
-def _pipeline(args: argparse.Namespace, runtimes: list[str] | None) -> None:
+def _pipeline(*, checkpoint: list[str] | None, patches: str | None, device: str, out: str | None,
+              data_dir: str | None, runtimes: list[str] | None, eval_subset: int | None,
+              inventory: str | None) -> None:
     """The whole pipeline (no --model): export, replay, report into the --out folder."""
-    out = str(check_writable(args.out or "runs/main", "folder"))  # pipeline: --out is its folder
-    res = run_pipeline(checkpoints=args.checkpoint, patches=args.patches, device=args.device,
-                       out=out, data_dir=args.data_dir, runtimes=runtimes,
-                       eval_subset=DEFAULT_SUBSET if args.eval_subset is None else args.eval_subset,
-                       inventory=args.inventory, progress=True)
+    out = str(check_writable(out or "runs/main", "folder"))  # pipeline: --out is its folder
+    res = run_pipeline(checkpoints=checkpoint, patches=patches, device=device,
+                       out=out, data_dir=data_dir, runtimes=runtimes,
+                       eval_subset=DEFAULT_SUBSET if eval_subset is None else eval_subset,
+                       inventory=inventory, progress=True)
     print(table(res["on_device"]))
     print(f"report: {res['report']}")
 
 
-def _replay(args: argparse.Namespace, runtimes: list[str] | None) -> None:
+def _replay(*, model: list[str], patches: str | None, device: str, data: str, data_dir: str | None,
+            eval_subset: int | None, eval_seed: int, store: str, replay_dir: str | None, out: str | None,
+            runtimes: list[str] | None, batch_size: int, warmup: int, inventory: str | None, fresh: bool) -> None:
     """Replay the --model artifacts on the devices, every output path checked before the replays."""
-    if args.checkpoint:
-        raise QadtrError("--checkpoint is for the pipeline (no --model); with --model pass the artifacts themselves")
-    if not args.patches:
+    if not patches:
         raise QadtrError("give --patches DIR with --model (or drop --model to run the whole pipeline)")
-    check_writable(args.store, "file", "--store")  # an existing store is resumed; a folder is refused
-    check_writable(args.replay_dir or Path(args.store).parent / "replays", "folder", "--replay-dir")
-    out = check_writable(args.out or Path(args.store).parent / "on_device.json", "file")  # before the replays
-    result = replay_on_devices(devices=args.device, models=args.model, patches=args.patches, data=args.data,
-                               data_dir=args.data_dir,
-                               eval_subset=2000 if args.eval_subset is None else args.eval_subset,
-                               eval_seed=args.eval_seed, store_path=args.store, replay_dir=args.replay_dir,
-                               runtimes=runtimes, batch_size=args.batch_size, warmup=args.warmup,
-                               inventory=args.inventory, fresh=args.fresh, progress=True)
+    check_writable(store, "file", "--store")  # an existing store is resumed; a folder is refused
+    check_writable(replay_dir or Path(store).parent / "replays", "folder", "--replay-dir")
+    out = check_writable(out or Path(store).parent / "on_device.json", "file")  # before the replays
+    result = replay_on_devices(devices=device, models=model, patches=patches, data=data,
+                               data_dir=data_dir,
+                               eval_subset=2000 if eval_subset is None else eval_subset,
+                               eval_seed=eval_seed, store_path=store, replay_dir=replay_dir,
+                               runtimes=runtimes, batch_size=batch_size, warmup=warmup,
+                               inventory=inventory, fresh=fresh, progress=True)
     write_json(out, result)
     print(table(result))
-    print(f"wrote {out}; per-image outputs in {args.store}")
+    print(f"wrote {out}; per-image outputs in {store}")
 
 
-def _dispatch(args: argparse.Namespace) -> None:
-    """What the parsed flags ask for: a listing, the pipeline (no --model), or a replay of the artifacts."""
-    if args.list_devices:
-        print(describe_devices(load_inventory(args.inventory)))
+def _dispatch(*, list_devices: bool, list_runs: bool, runtimes: str | None, model: list[str],
+              checkpoint: list[str] | None, patches: str | None, device: str, inventory: str | None, data: str,
+              data_dir: str | None, eval_subset: int | None, eval_seed: int, store: str, replay_dir: str | None,
+              out: str | None, batch_size: int, warmup: int, fresh: bool) -> None:
+    """What the parsed flags (main's, by name) ask for: a listing, the pipeline (no --model), or a replay of
+    the artifacts."""
+    if list_devices:
+        print(describe_devices(load_inventory(inventory)))
         return
-    if args.list_runs:
-        print(list_runs(args.store))
+    if list_runs:
+        print(store_runs(store))
         return
-    runtimes = [r.strip() for r in args.runtimes.split(",") if r.strip()] if args.runtimes else None
-    if not args.model:
-        _pipeline(args, runtimes)
+    names = [r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None
+    if not model:
+        _pipeline(checkpoint=checkpoint, patches=patches, device=device, out=out, data_dir=data_dir,
+                  runtimes=names, eval_subset=eval_subset, inventory=inventory)
         return
-    _replay(args, runtimes)
+    if checkpoint:
+        raise QadtrError("--checkpoint is for the pipeline (no --model); with --model pass the artifacts themselves")
+    _replay(model=model, patches=patches, device=device, data=data, data_dir=data_dir, eval_subset=eval_subset,
+            eval_seed=eval_seed, store=store, replay_dir=replay_dir, out=out, runtimes=names,
+            batch_size=batch_size, warmup=warmup, inventory=inventory, fresh=fresh)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fresh", action="store_true", help="measure runs already in the store again from scratch")
     args = p.parse_args(argv)
 
-    return run_cli("eval.on_device", lambda: _dispatch(args), argv)
+    return run_cli("eval.on_device", lambda: _dispatch(**vars(args)), argv)
 
 
 if __name__ == "__main__":

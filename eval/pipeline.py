@@ -39,7 +39,7 @@ def _default(rel: str) -> Path:
 PROOF_IMAGES = 250  # test images each export proves itself on (the zoo table uses 500)
 
 
-def _export(checkpoint: Path, bits: int, out: Path, images) -> list[Path]:
+def _export(checkpoint: Path, bits: int, out: Path, *, images) -> list[Path]:
     """ONNX QDQ and TFLite of one (checkpoint, bits), proven on `images` (N, H, W, 3) uint8 test images,
     reused when their records name the same source checkpoint."""
     from export import onnx as onnx_export, tflite as tflite_export
@@ -78,7 +78,7 @@ def _pick(text: str) -> tuple[Path, tuple[tuple[int, int], ...] | None]:
         raise QadtrError(f"--checkpoint {text}: {e}") from None
 
 
-def _patches(patches: str | None, checkpoint: Path, out: Path, data_dir: str | None) -> Path:
+def _patches(patches: str | None, checkpoint: Path, out: Path, *, data_dir: str | None) -> Path:
     if patches is not None:
         if not Path(patches).is_dir() or not any(Path(patches).glob("*.npz")):
             raise QadtrError(f"--patches {patches}: no patch files (*.npz); make some with `python -m qadtr.attack`")
@@ -126,8 +126,8 @@ def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = 
             if proof is None:
                 data = info.train.data if info.train is not None else "cifar10"
                 proof = subset(load_split(data, "test", data_dir), PROOF_IMAGES).images  # (N, H, W, 3) uint8
-            models += [str(p) for p in _export(ck, w, out / "artifacts", proof)]
-    patch_dir = _patches(patches, ckpts[0], out, data_dir)
+            models += [str(p) for p in _export(ck, w, out / "artifacts", images=proof)]
+    patch_dir = _patches(patches, ckpts[0], out, data_dir=data_dir)
     print(f"patches: {patch_dir} ({len(list(patch_dir.glob('*.npz')))} files)")
     store = out / "results.sqlite"
     metrics = replay_on_devices(devices=device, models=models, patches=str(patch_dir), data_dir=data_dir,

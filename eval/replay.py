@@ -109,8 +109,8 @@ class ReplayInfo:
             raise QadtrError(f"{where} has replay format version {d.get('_version')!r:.40}, this code reads "
                              f"{cls.VERSION}; {HINT}")
         unreadable, hint = f"{where}: unreadable replay description", f"; {HINT}"
-        data = fields(d.get("_data"), INFO_FIELDS, unreadable, "the description", hint)
-        refs = tuple(PatchRef(**{**fields(p, PATCH_FIELDS, unreadable, f"patch {k}", hint),
+        data = fields(d.get("_data"), INFO_FIELDS, unreadable, what="the description", suffix=hint)
+        refs = tuple(PatchRef(**{**fields(p, PATCH_FIELDS, unreadable, what=f"patch {k}", suffix=hint),
                                  "bits": tuple(map(tuple, p["bits"]))}) for k, p in enumerate(data["patches"]))
         if description_sha256(data) != data["sha256"]:
             raise QadtrError(f"{where} was edited: its content no longer matches its checksum (sha256); {HINT}")
@@ -351,6 +351,6 @@ def load_replay(path: str | Path, *, verify: bool = True, sha256: str | None = N
         expected[ref.first:ref.first + ref.n] = k
     if not np.array_equal(arrays["patch"], expected):
         raise QadtrError(f"{path}: the patch column disagrees with the blocks in {js.name}; {HINT}")
-    check_rows(info, arrays["labels"], arrays["test_index"], f"{path}: ", f"; {HINT}")
+    check_rows(info, arrays["labels"], arrays["test_index"], prefix=f"{path}: ", suffix=f"; {HINT}")
     return Replay(path, info, images, arrays["labels"], arrays["test_index"], arrays["patch"])
 

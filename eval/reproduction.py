@@ -53,7 +53,7 @@ def load_defense(folders: list[Path]) -> tuple[list[dict], dict]:
     return rows, (budget or {})
 
 
-def claims(rows: list[dict], amp: list[dict], transfer: list[dict], cost: dict | None) -> list[dict]:
+def claims(rows: list[dict], amp: list[dict], transfer: list[dict], *, cost: dict | None) -> list[dict]:
     """Each paper claim with our figure and a verdict (rule stated in `rule`)."""
     table = patch_table(rows)
     by_recipe = {r["recipe"]: r["checkpoint"] for r in rows if r["checkpoint"].startswith("resnet20_def_")}
@@ -183,7 +183,7 @@ def build(*, defense: list[Path], amplification: Path | None, transfer: list[Pat
     names = list(dict.fromkeys(r["checkpoint"] for r in rows))
     table = patch_table(rows)
     zrows = zoo_rows(zoo, names)
-    return {"claims": claims(rows, amp, tr, cost_doc),
+    return {"claims": claims(rows, amp, tr, cost=cost_doc),
             "zoo": zrows,
             "ablation": ablation(table, zrows),
             "summary": summary(rows, table, zrows),

@@ -67,12 +67,12 @@ def run_key(*, device: str, runtime: str, artifact_sha256: str, replay_sha256: s
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def row_digest(run_id: str, sample: int, pred: int, logits: bytes) -> bytes:
+def row_digest(run_id: str, sample: int, pred: int, *, logits: bytes) -> bytes:
     """The 32-byte checksum an output row carries: binds its logits and prediction to its run and sample."""
     return hashlib.sha256(_DIGEST_TAG + run_id.encode() + struct.pack("<qq", sample, pred) + logits).digest()
 
 
-def batch_digest(run_id: str, first: int, n: int, seconds: float, energy_j: float | None) -> bytes:
+def batch_digest(run_id: str, first: int, n: int, *, seconds: float, energy_j: float | None) -> bytes:
     """The 32-byte checksum a batch row carries: its rows and timing bound to its run (no energy != 0.0 J)."""
     energy = b"\0" if energy_j is None else b"\1" + struct.pack("<d", energy_j)
     return hashlib.sha256(_BATCH_TAG + run_id.encode() + struct.pack("<qqd", first, n, seconds) + energy).digest()
@@ -325,11 +325,11 @@ class Store:
         try:
             with self._db:
                 self._db.executemany("INSERT INTO outputs VALUES (?,?,?,?,?)", [
-                    (run_id, first + i, int(pred[i]), blob, row_digest(run_id, first + i, int(pred[i]), blob))
+                    (run_id, first + i, int(pred[i]), blob, row_digest(run_id, first + i, int(pred[i]), logits=blob))
                     for i, blob in enumerate(row.tobytes() for row in logits)])
                 energy = None if energy_j is None else float(energy_j)
                 self._db.execute("INSERT INTO batches VALUES (?,?,?,?,?,?)", (run_id, first, b, float(seconds), energy,
-                                 batch_digest(run_id, first, b, float(seconds), energy)))
+                                 batch_digest(run_id, first, b, seconds=float(seconds), energy_j=energy)))
         except sqlite3.IntegrityError:
             raise StoreError(f"run {run_id[:12]}: rows {first}..{first + b - 1} overlap rows already stored; a sample "
                              "is never written twice (resume skips done samples)") from None
@@ -355,7 +355,7 @@ class Store:
             if type(blob) is not bytes or len(blob) != width:
                 raise self._damaged(run.run_id, f"sample {i}'s logits are not {width} bytes ({width // 4} classes) "
                                     "like sample 0's")
-            if type(pred) is not int or digest != row_digest(run.run_id, sample, pred, blob):
+            if type(pred) is not int or digest != row_digest(run.run_id, sample, pred, logits=blob):
                 raise self._damaged(run.run_id, f"sample {i}'s row checksum does not match its run, sample, "
                                     "prediction and logits (copied from another run or edited)")
         logits = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(run.samples, width // 4)
@@ -387,7 +387,7 @@ class Store:
                     or not _measure_ok(seconds) or not (energy is None or _measure_ok(energy)):
                 raise self._damaged(run_id, f"batch at row {first!r:.20} (n={n!r:.20}, seconds={seconds!r:.20}, "
                                     f"energy_j={energy!r:.20}) is empty, outside the run, overlapping or not timed")
-            if digest != batch_digest(run_id, first, n, seconds, energy):
+            if digest != batch_digest(run_id, first, n, seconds=seconds, energy_j=energy):
                 raise self._damaged(run_id, f"batch at row {first}'s checksum does not match its run, rows, time and "
                                     "energy (copied from another run or edited)")
             if run.complete and first != end:

@@ -72,7 +72,7 @@ def deploy_model(checkpoint: str | Path, w: int, a: int | None = None) -> tuple[
     return deploy_net(model, w, a), ck
 
 
-def default_out(checkpoint: str | Path, bits: int | None, float_model: bool = False, suffix: str = ".onnx", *,
+def default_out(checkpoint: str | Path, bits: int | None, float_model: bool = False, *, suffix: str = ".onnx",
                 act_bits: int | None = None) -> Path:
     """An exporter CLI's output when --out is absent: `./<arch>_w<W>a<A><suffix>` in the working directory, never
     beside the checkpoint (a zoo folder is the source tree's, not a scratch folder)."""

@@ -69,6 +69,8 @@ def check_graph(model, net, *, quantized: bool) -> dict[str, int]:
         if node.op_type in ("Conv", "Gemm", "MatMul"):
             for role, name in (("input", node.input[0]), ("weight", node.input[1])):
                 src = producer.get(name)
+                while role == "input" and src is not None and src.op_type == "MaxPool":  # ORT moves a DQ past it
+                    src = producer.get(src.input[0])  # (qdq_propagation.cc): the layer still reads integers
                 if src is None or src.op_type != "DequantizeLinear":
                     raise QadtrError(f"{node.name}: {role} {name!r} is float (not from DequantizeLinear); "
                                      "the layer would run unquantized")
@@ -106,7 +108,7 @@ def fusion_report(model_path: str | Path) -> dict:
 
 
 # -- parity ------------------------------------------------------------------------------------------------
-def reference_run(net, images: np.ndarray, batch_size: int, feed: dict[str, np.ndarray] | None = None
+def reference_run(net, images: np.ndarray, batch_size: int, *, feed: dict[str, np.ndarray] | None = None
                   ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Fake-quant logits (N, K), integer activations per act_quant module, and the logit LSB (K,).
 

@@ -142,7 +142,7 @@ def check_parity(net, model_path: str | Path, images: np.ndarray, *, bits: int |
     stage("export.onnx: the deployed kernels (ORT_ENABLE_ALL) on this host, attributed by the integer executor")
     # the deployment on this host: the plain file (extra outputs make ORT fuse less), attributed by the executor
     deployed_logits = ort_run(model.SerializeToString(), images, batch_size, DEPLOY_LEVEL)[OUTPUT]
-    deployed, deployed_ints = _deployed(model_path, images, deployed_logits, ref_logits, step)
+    deployed, deployed_ints = _deployed(model_path, images, deployed_logits, ref_logits=ref_logits, step=step)
     if deployed_ints is not None:
         mismatches[DEPLOY_LEVEL], max_step[DEPLOY_LEVEL] = _int_diff(
             ref_ints, {module: deployed_ints[name] for name, module in tensors.items()})
@@ -182,7 +182,7 @@ def _float_parity(net, model, images: np.ndarray, *, batch_size: int, image_sour
                   res.to_dict(), str(res))
 
 
-def _deployed(model_path, images: np.ndarray, logits: np.ndarray, ref_logits: np.ndarray, step
+def _deployed(model_path, images: np.ndarray, logits: np.ndarray, *, ref_logits: np.ndarray, step
               ) -> tuple[dict, dict | None]:
     """ORT_ENABLE_ALL on this host: its logits against Brevitas, and the executor semantics that reproduces them
     image by image (devices.intexec.attribute) with that semantics' integers (None when none reproduces all)."""

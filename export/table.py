@@ -47,7 +47,7 @@ def _cells(zoo: Path) -> list[tuple[str, Path, int | None, str]]:
     return out
 
 
-def export_cell(name: str, pt: Path, bits: int | None, exporter: str, out: Path, data_dir: str | None,
+def export_cell(name: str, pt: Path, bits: int | None, *, exporter: str, out: Path, data_dir: str | None,
                 limit: int) -> dict:
     """Run one exporter; returns the row (figures, or the reason it was refused or failed)."""
     info = get_exporter(exporter)
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             if any((r["checkpoint"], r["bits"], r["exporter"]) == key and r.get("source_sha256") == sha
                    and r.get("exporter_version") == version for r in rows):
                 continue  # the same source through the same exporter version: its row stands
-            row = {**export_cell(name, pt, bits, exporter, out, data_dir, args.limit), "source_sha256": sha,
-                   "exporter_version": version,
+            row = {**export_cell(name, pt, bits, exporter=exporter, out=out, data_dir=data_dir, limit=args.limit),
+                   "source_sha256": sha, "exporter_version": version,
                    "parity_images": args.limit,
                    "image_source": "test split" if data_dir else "random images (no --data-dir)"}
             rows = [r for r in rows if (r["checkpoint"], r["bits"], r["exporter"]) != key] + [row]

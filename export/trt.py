@@ -201,7 +201,7 @@ def check_trt_bound(model) -> None:
             raise QadtrError(f"{node.name}: Clip on a constant weight is left (TensorRT rejects it)")
 
 
-def _build(trt, onnx_path: Path, spec: dict, log: list[str], *, rtx: bool) -> bytes:
+def _build(trt, onnx_path: Path, spec: dict, *, log: list[str], rtx: bool) -> bytes:
     """Parse and build with a TensorRT(-RTX) module; logs the configuration first; raises on failure."""
     def describe(network) -> None:
         log.append(f"building with TensorRT{'-RTX' if rtx else ''} {trt.__version__}: {network.num_layers} layers, "
@@ -209,7 +209,7 @@ def _build(trt, onnx_path: Path, spec: dict, log: list[str], *, rtx: bool) -> by
         print(log[-1])
 
     batch = tuple(int(spec["profile"][k][0]) for k in ("min", "opt", "max"))
-    return build_engine(trt, onnx_path, batch, trt.Logger(trt.Logger.WARNING), describe=describe,
+    return build_engine(trt, onnx_path, batch, logger=trt.Logger(trt.Logger.WARNING), describe=describe,
                         tool=f"TensorRT{'-RTX' if rtx else ''}")
 
 
@@ -222,7 +222,7 @@ def offline_check(onnx_path: Path, spec: dict, out_dir: Path) -> dict:
         trt = None
     if trt is not None:
         try:
-            engine = _build(trt, onnx_path, spec, log, rtx=False)
+            engine = _build(trt, onnx_path, spec, log=log, rtx=False)
             (out_dir / "model.engine").write_bytes(engine)
             return {"tool": f"tensorrt {trt.__version__}", "built": True, "engine_bytes": len(engine), "log": log}
         except (RuntimeError, TypeError) as e:  # no GPU / no CUDA driver: fall back to the offline check
@@ -232,7 +232,7 @@ def offline_check(onnx_path: Path, spec: dict, out_dir: Path) -> dict:
     except ImportError as e:
         log.append(f"tensorrt_rtx not importable ({e}); `pip install tensorrt-rtx-cu12` for an offline check")
         return {"tool": None, "built": False, "engine_bytes": 0, "log": log}
-    engine = _build(rtx, onnx_path, spec, log, rtx=True)
+    engine = _build(rtx, onnx_path, spec, log=log, rtx=True)
     return {"tool": f"tensorrt_rtx {rtx.__version__}", "built": True, "engine_bytes": len(engine), "log": log,
             "note": "ahead-of-time TensorRT-RTX build on a machine without a GPU: proves the file parses and "
                     "builds; the device must still build its own engine"}
@@ -288,12 +288,12 @@ def export_trt_net(net, out: str | Path, *, source: Source, bits: tuple[int, int
                                       "bits_note": INT4_NOTE, "uint8_as_float": emulated, "uint8_note": UINT8_NOTE},
                                **onnx_export.proof_fields(parity))
         if parity:  # the build recipe (and an engine built here) beside the artifact, before it is published
-            _write_build_files(out, spec, trt, Path(tmp))
+            _write_build_files(out, spec, trt, tmp=Path(tmp))
         return publish(staged, out / staged.name, failure=f"TensorRT-bound ONNX under ORT: {parity.summary}",
                        **fields)
 
 
-def _write_build_files(out: Path, spec: dict, trt: dict, tmp: Path) -> None:
+def _write_build_files(out: Path, spec: dict, trt: dict, *, tmp: Path) -> None:
     """trt_build.json, build_engine.sh and an engine built here (if any) into `out`."""
     write_json(out / "trt_build.json", {**spec, "offline_check": trt})
     sh = out / "build_engine.sh"

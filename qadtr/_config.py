@@ -127,7 +127,7 @@ def check_value(value: Any, tp: Any, where: str, *, _depth: int = 0, _expected: 
                 pass
     elif tp is tuple or origin is tuple:
         if isinstance(value, list):
-            return _check_tuple(value, args, where, _depth)
+            return _check_tuple(value, args, where, depth=_depth)
     elif dataclasses.is_dataclass(tp):
         cfg = config_from_dict(value, _depth=_depth) if isinstance(value, dict) else None
         if isinstance(cfg, tp):
@@ -138,7 +138,7 @@ def check_value(value: Any, tp: Any, where: str, *, _depth: int = 0, _expected: 
                      "fix that field")
 
 
-def _check_tuple(value: list, args: tuple, where: str, depth: int) -> tuple:
+def _check_tuple(value: list, args: tuple, where: str, *, depth: int) -> tuple:
     if not args:  # a bare `tuple` field: items as they are, inner lists as tuples (e.g. bits pairs)
         return tuple(tuple(v) if isinstance(v, list) else v for v in value)
     if len(args) == 2 and args[1] is Ellipsis:

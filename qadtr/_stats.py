@@ -59,7 +59,7 @@ def fold_of(test_index, folds: int = FOLDS) -> np.ndarray:
     return (h % np.uint64(folds)).astype(np.int64)
 
 
-def stability(b_mask, c_mask, both_mask, test_index, folds: int = FOLDS) -> dict:
+def stability(b_mask, c_mask, both_mask, *, test_index, folds: int = FOLDS) -> dict:
     """How a paired difference (side 1 only `b_mask`, side 2 only `c_mask`, over pairs `both_mask`; all (n,) bool)
     holds across `folds` disjoint image subsets (STABILITY_METHOD)."""
     b_mask, c_mask, both_mask = (np.asarray(m, bool) for m in (b_mask, c_mask, both_mask))

@@ -44,7 +44,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-def augment(x: torch.Tensor, seed: int, step: int, hflip: bool, *, rows: slice | None = None,
+def augment(x: torch.Tensor, seed: int, step: int, *, hflip: bool, rows: slice | None = None,
             n: int | None = None) -> torch.Tensor:
     """Random crop (zero padding PAD) and optional horizontal flip. x: (B, 3, H, W) in [0, 1].
 
@@ -100,7 +100,7 @@ def _resume_json(cfg: TrainConfig) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def fit(model: nn.Module, cfg: TrainConfig, train, test, out: Path, *, resume: bool, hflip: bool,
+def fit(model: nn.Module, cfg: TrainConfig, train, *, test, out: Path, resume: bool, hflip: bool,
         world: World = World()) -> dict:
     """Train `model` per `cfg` (a TrainConfig) on `train`, evaluating on `test` after each epoch.
 
@@ -182,7 +182,7 @@ def _batch(train, cfg: TrainConfig, step: int, *, epoch: int, i: int, rows: slic
     """This rank's shard of step `step` (batch `i` of `epoch`), augmented, on the device: (x, y)."""
     order = epoch_order(len(train.images), cfg.seed, epoch)
     idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size][rows].numpy()  # this rank's shard
-    x = augment(to_tensor(train.images[idx]), cfg.seed, step, hflip, rows=rows, n=cfg.batch_size)
+    x = augment(to_tensor(train.images[idx]), cfg.seed, step, hflip=hflip, rows=rows, n=cfg.batch_size)
     x = x.to(world.device)  # (b, 3, 32, 32), b = batch_size / world size
     y = torch.from_numpy(train.labels[idx]).to(world.device)  # (b,)
     return x, y
@@ -245,7 +245,7 @@ def train(cfg: TrainConfig, out: str | Path, *, data_dir: str | None = None, res
         model = create_model(cfg.model)
         if cfg.init:
             load_pretrained_(model, cfg.init)
-        metrics = fit(model, cfg, train_split, test_split, out, resume=resume,
+        metrics = fit(model, cfg, train_split, test=test_split, out=out, resume=resume,
                       hflip=datasets.DATASETS[cfg.data].hflip_ok, world=world)
         pt = out / "model.pt"
         if world.main:

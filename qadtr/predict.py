@@ -21,7 +21,7 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: np.ndarray, batch_size: int = 500, progress: bool = False,
+def predict(model: nn.Module, images: np.ndarray, batch_size: int = 500, *, progress: bool = False,
             device: torch.device | None = None, desc: str = "eval") -> np.ndarray:
     """Argmax predictions (N,) of `model` in eval mode on uint8 HWC images.
 

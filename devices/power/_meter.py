@@ -67,7 +67,7 @@ class PowerMeter:
         raise NotImplementedError
 
 
-def integrate_zoh(times: list[float], watts: list[float], t0: float, t1: float) -> float:
+def integrate_zoh(times: list[float], watts: list[float], t0: float, *, t1: float) -> float:
     """Joules over [t0, t1] from samples (times ascending): each reading holds until the next one.
 
     Before the first sample the first reading holds (a meter is opened only once it has one).
@@ -146,7 +146,7 @@ class SampledMeter(PowerMeter):
             raise MeterUnavailable(f"power meter {self.name!r} stopped sampling: {self._error}")
         t0, self._window = self._window, None
         with self._lock:
-            joules = integrate_zoh(self._times, self._watts, t0, t1)
+            joules = integrate_zoh(self._times, self._watts, t0, t1=t1)
         return joules, t1 - t0
 
     def close(self) -> None:

@@ -128,12 +128,12 @@ def load_split(name: str, split: str, data_dir: str | Path | None = None, *,
         root.mkdir(parents=True)
     module = _MODULES[name]
     source = module.find_source(root, split, download=download)
-    path = _cache.cache_path(_cache.resolve_cache_dir(cache_dir), name, split, source)
+    path = _cache.cache_path(_cache.resolve_cache_dir(cache_dir), name, split, source=source)
     arrays = _cache.load(path)
     if arrays is None:
         print(f"qadtr.data: decoding {name} {split} from {source} (once; cached as {path})", file=sys.stderr)
         arrays = module.read(source, split)
-        _cache.save(path, *arrays)
+        _cache.save(path, arrays[0], arrays[1], classes=arrays[2])  # (images, labels, classes)
     images, labels, classes = arrays
     return Split(images, labels, classes, name, split, str(source))
 
@@ -145,7 +145,7 @@ def subset_indices(n_total: int, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n_total)[:n])
 
 
-def heldout_indices(n_total: int, n: int, n_heldout: int, seed: int = 0) -> np.ndarray:
+def heldout_indices(n_total: int, n: int, n_heldout: int, *, seed: int = 0) -> np.ndarray:
     """The indexes (sorted) of `n_heldout` images disjoint from `subset_indices(n_total, n, seed)`: the next ones of
     the same permutation, so the held-out set is as random as the subset and never overlaps it."""
     if n <= 0 or n + n_heldout > n_total:

@@ -34,7 +34,7 @@ def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
     return Path(cache_dir).expanduser()
 
 
-def cache_path(cache_dir: Path, name: str, split: str, source: Source) -> Path:
+def cache_path(cache_dir: Path, name: str, split: str, *, source: Source) -> Path:
     """`<cache_dir>/<name>-<split>-<16 hex>.npz`; the hash covers the source's files and CACHE_VERSION."""
     parts = [f"v{CACHE_VERSION}", name, split, source.kind]
     for path in source.paths:
@@ -59,7 +59,7 @@ def load(path: Path) -> Arrays | None:
     return images, labels, tuple(str(c) for c in classes)
 
 
-def save(path: Path, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> None:
+def save(path: Path, images: np.ndarray, labels: np.ndarray, *, classes: tuple[str, ...]) -> None:
     """Write the arrays as an uncompressed .npz (uncompressed: loading is a memcpy, not a 10 s inflate)."""
     _check(images, labels, np.array(classes))
     buf = io.BytesIO()

@@ -19,7 +19,7 @@ SAMPLES_PER_BATCH = 100_000  # activation values kept per quantizer per batch: p
 GRID = torch.linspace(0.02, 1.0, 50)  # candidate thresholds as fractions of max|x|
 
 
-def _mse_threshold(x: torch.Tensor, bits: int, signed: bool, narrow: bool) -> torch.Tensor:
+def _mse_threshold(x: torch.Tensor, bits: int, signed: bool, *, narrow: bool) -> torch.Tensor:
     """Best clipping threshold(s). x: (C, N) rows quantized separately -> (C,)."""
     qmax = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
     qmin = (-qmax if narrow else -qmax - 1) if signed else 0
@@ -46,7 +46,7 @@ def _shifted(mod: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _float_activations(float_twin: nn.Module, names: list[str], images: torch.Tensor, batch_size: int,
+def _float_activations(float_twin: nn.Module, names: list[str], images: torch.Tensor, *, batch_size: int,
                        seed: int) -> dict[str, torch.Tensor]:
     """Subsampled outputs of the float modules named like the quantizers. images: (N, 3, H, W)."""
     g = torch.Generator().manual_seed(seed)
@@ -91,7 +91,7 @@ def calibrate_(model: nn.Module, images: np.ndarray, *, batch_size: int = 128, s
         theirs = net.state_dict()
         float_twin.load_state_dict({k: theirs[k] for k in own if k in theirs}, strict=False)
         acts = _act_modules(net)
-        values = _float_activations(float_twin, list(acts), x, batch_size, seed)
+        values = _float_activations(float_twin, list(acts), x, batch_size=batch_size, seed=seed)
         update = {}
         for name, mod in acts.items():
             bits = int(mod.act_quant.bit_width())

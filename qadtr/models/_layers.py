@@ -56,7 +56,7 @@ class Layers:
 
         return qnn.QuantIdentity(act_quant=Int8ActPerTensorFloat, bit_width=8, return_quant_tensor=True)
 
-    def conv(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, *, edge: bool = False,
+    def conv(self, cin: int, cout: int, k: int, *, stride: int = 1, padding: int = 0, edge: bool = False,
              bias: bool = False, groups: int = 1) -> nn.Module:
         """Conv without bias while training (a BatchNorm follows); with int32 bias once BN is folded.
         `groups=cin=cout` is a depthwise conv (one per-channel weight scale per output channel, as for any conv)."""

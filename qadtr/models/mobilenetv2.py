@@ -44,7 +44,7 @@ def make_divisible(v: float, divisor: int = DIVISOR) -> int:
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, t: int, L: Layers):
+    def __init__(self, cin: int, cout: int, stride: int, *, t: int, L: Layers):
         super().__init__()
         hidden = cin * t
         self.expand = t != 1
@@ -52,7 +52,7 @@ class InvertedResidual(nn.Module):
             self.conv1 = L.conv(cin, hidden, 1)
             self.bn1 = L.bn(hidden)
             self.relu1 = L.relu6()
-        self.conv2 = L.conv(hidden, hidden, 3, stride, 1, groups=hidden)  # depthwise
+        self.conv2 = L.conv(hidden, hidden, 3, stride=stride, padding=1, groups=hidden)  # depthwise
         self.bn2 = L.bn(hidden)
         self.relu2 = L.relu6()
         self.conv3 = L.conv(hidden, cout, 1)  # projection: linear bottleneck, no ReLU
@@ -72,7 +72,7 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, stages: tuple[tuple[int, int, int, int], ...], stem: int, last: int, num_classes: int,
+    def __init__(self, stages: tuple[tuple[int, int, int, int], ...], stem: int, last: int, *, num_classes: int,
                  q: QuantSpec | None, width: float = 1.0, mean=CIFAR_MEAN, std=CIFAR_STD):
         super().__init__()
         L = Layers(q)
@@ -80,14 +80,14 @@ class MobileNetV2(nn.Module):
         self.normalize = Normalize(mean, std)
         self.quant_input = L.input()
         cin = make_divisible(stem * width)
-        self.conv1 = L.conv(3, cin, 3, 1, 1, edge=True)  # CIFAR: stride 1
+        self.conv1 = L.conv(3, cin, 3, stride=1, padding=1, edge=True)  # CIFAR: stride 1
         self.bn1 = L.bn(cin)
         self.relu = L.relu6()
         blocks = []
         for t, c, n, s in stages:
             cout = make_divisible(c * width)
             for j in range(n):
-                blocks.append(InvertedResidual(cin, cout, s if j == 0 else 1, t, L))
+                blocks.append(InvertedResidual(cin, cout, s if j == 0 else 1, t=t, L=L))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         last = make_divisible(last * width)  # scaled with the width too (torchvision keeps 1280): the budget
@@ -109,10 +109,10 @@ class MobileNetV2(nn.Module):
 @register_model
 def mobilenetv2_cifar(q: QuantSpec | None = None, num_classes: int = 10, width: float = 0.5) -> MobileNetV2:
     """MobileNetV2 for 32x32 inputs (CIFAR strides), width multiplier 0.5 by default."""
-    return MobileNetV2(CIFAR_STAGES, 32, 1280, num_classes, q, width=width)
+    return MobileNetV2(CIFAR_STAGES, 32, 1280, num_classes=num_classes, q=q, width=width)
 
 
 @register_model
 def test_mbv2(q: QuantSpec | None = None, num_classes: int = 10) -> MobileNetV2:
     """Tiny test MobileNetV2: 16-channel stem, three one-block stages (t=1; residual; stride 2), for 8x8 inputs."""
-    return MobileNetV2(((1, 8, 1, 1), (2, 8, 1, 1), (3, 16, 1, 2)), 16, 16, num_classes, q)
+    return MobileNetV2(((1, 8, 1, 1), (2, 8, 1, 1), (3, 16, 1, 2)), 16, 16, num_classes=num_classes, q=q)

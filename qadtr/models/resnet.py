@@ -41,19 +41,20 @@ class Normalize(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, shortcut: str, L: Layers):
+    def __init__(self, cin: int, cout: int, stride: int, *, shortcut: str, L: Layers):
         super().__init__()
-        self.conv1 = L.conv(cin, cout, 3, stride, 1)
+        self.conv1 = L.conv(cin, cout, 3, stride=stride, padding=1)
         self.bn1 = L.bn(cout)
         self.relu1 = L.relu()
-        self.conv2 = L.conv(cout, cout, 3, 1, 1)
+        self.conv2 = L.conv(cout, cout, 3, stride=1, padding=1)
         self.bn2 = L.bn(cout)
         self.q_main = L.residual()
         self.q_short = L.residual()
         self.relu2 = L.relu()
         self.downsample = stride != 1 or cin != cout
         self.pad = (cout - cin) // 2
-        self.proj = L.conv(cin, cout, 1, stride, 0, bias=True) if (self.downsample and shortcut == "B") else None
+        self.proj = (L.conv(cin, cout, 1, stride=stride, padding=0, bias=True)
+                     if (self.downsample and shortcut == "B") else None)
 
     def forward(self, x):  # x: (B, Cin, H, W), a-bit unsigned QuantTensor (or float)
         out = self.relu1(self.bn1(self.conv1(x)))  # (B, Cout, H/s, W/s)
@@ -68,19 +69,19 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], shortcut: str, num_classes: int,
+    def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...], shortcut: str, *, num_classes: int,
                  q: QuantSpec | None, mean=CIFAR_MEAN, std=CIFAR_STD):
         super().__init__()
         L = Layers(q)
         self.quant = q
         self.normalize = Normalize(mean, std)
         self.quant_input = L.input()
-        self.conv1 = L.conv(3, widths[0], 3, 1, 1, edge=True)
+        self.conv1 = L.conv(3, widths[0], 3, stride=1, padding=1, edge=True)
         self.bn1 = L.bn(widths[0])
         self.relu = L.relu()
         stages, cin = [], widths[0]
         for i, (n, cout) in enumerate(zip(blocks, widths)):
-            layer = [BasicBlock(cin if j == 0 else cout, cout, (1 if i == 0 or j > 0 else 2), shortcut, L)
+            layer = [BasicBlock(cin if j == 0 else cout, cout, (1 if i == 0 or j > 0 else 2), shortcut=shortcut, L=L)
                      for j in range(n)]
             stages.append(nn.Sequential(*layer))
             cin = cout
@@ -99,33 +100,33 @@ class ResNet(nn.Module):
 
 @register_model
 def resnet20(q: QuantSpec | None = None, num_classes: int = 10) -> ResNet:
-    return ResNet((3, 3, 3), (16, 32, 64), "A", num_classes, q)
+    return ResNet((3, 3, 3), (16, 32, 64), "A", num_classes=num_classes, q=q)
 
 
 @register_model
 def resnet56(q: QuantSpec | None = None, num_classes: int = 10) -> ResNet:
-    return ResNet((9, 9, 9), (16, 32, 64), "A", num_classes, q)
+    return ResNet((9, 9, 9), (16, 32, 64), "A", num_classes=num_classes, q=q)
 
 
 @register_model
 def resnet8(q: QuantSpec | None = None, num_classes: int = 10) -> ResNet:
-    return ResNet((1, 1, 1), (16, 32, 64), "B", num_classes, q)
+    return ResNet((1, 1, 1), (16, 32, 64), "B", num_classes=num_classes, q=q)
 
 
 @register_model
 def test_qnet(q: QuantSpec | None = None, num_classes: int = 10) -> ResNet:
     """Tiny test model: stem conv + one 8-channel residual block + classifier, for 8x8 inputs."""
-    return ResNet((1,), (8,), "A", num_classes, q)
+    return ResNet((1,), (8,), "A", num_classes=num_classes, q=q)
 
 
 @register_model
 def resnet18_cifar(q: QuantSpec | None = None, num_classes: int = 10, width: float = 1.0) -> ResNet:
     """ResNet-18 layout (2-2-2-2 BasicBlocks) for 32x32 inputs, base 16 channels times `width`."""
     widths = tuple(max(1, round(c * width)) for c in RESNET18_WIDTHS)
-    return ResNet((2, 2, 2, 2), widths, "B", num_classes, q)
+    return ResNet((2, 2, 2, 2), widths, "B", num_classes=num_classes, q=q)
 
 
 @register_model
 def test_resnet18(q: QuantSpec | None = None, num_classes: int = 10) -> ResNet:
     """Tiny test ResNet-18 layout: one BasicBlock per stage (4/8/8/16 channels), for 8x8 inputs."""
-    return ResNet((1, 1, 1, 1), (4, 8, 8, 16), "B", num_classes, q)
+    return ResNet((1, 1, 1, 1), (4, 8, 8, 16), "B", num_classes=num_classes, q=q)

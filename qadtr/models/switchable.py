@@ -112,7 +112,7 @@ def get_bits(model: nn.Module) -> tuple[int, int] | None:
     return Bits.parse(model.active).pair
 
 
-def _key(model: nn.Module, w: int, a: int | None, what: str) -> str:
+def _key(model: nn.Module, w: int, a: int | None, *, what: str) -> str:
     """The model's network key for (w, a) (a defaults to w); QadtrError for a float model or a missing width."""
     a = w if a is None else a
     if not isinstance(model, QuantNet):
@@ -125,13 +125,13 @@ def _key(model: nn.Module, w: int, a: int | None, what: str) -> str:
 
 def set_bits(model: nn.Module, w: int, a: int | None = None) -> None:
     """Switch the active precision for good (a defaults to w); prefer `running_at`, which switches back."""
-    model.active = _key(model, w, a, "set_bits")
+    model.active = _key(model, w, a, what="set_bits")
 
 
 @contextmanager
 def running_at(model: nn.Module, w: int, a: int | None = None) -> Iterator[nn.Module]:
     """`with running_at(model, 4): model(x)` runs the switchable model at w4a4, then restores its precision."""
-    key = _key(model, w, a, "running_at")
+    key = _key(model, w, a, what="running_at")
     before, model.active = model.active, key
     try:
         yield model
@@ -142,7 +142,7 @@ def running_at(model: nn.Module, w: int, a: int | None = None) -> Iterator[nn.Mo
 def at_bits(model: nn.Module, w: int, a: int | None = None) -> nn.Module:
     """The trained fixed-precision network for (w, a), sharing weights with `model` (BatchNorm unfolded);
     `model` itself is left as it was."""
-    return model.nets[_key(model, w, a, "at_bits")]
+    return model.nets[_key(model, w, a, what="at_bits")]
 
 
 def deploy_net(model: nn.Module, w: int, a: int | None = None) -> nn.Module:

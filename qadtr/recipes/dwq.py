@@ -77,7 +77,7 @@ class DwqConfig:
 def dwq_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg) -> tuple[torch.Tensor, dict]:
     """Cross-entropy at one random precision on a batch whose first `fraction` is adversarial there."""
     rc: DwqConfig = cfg.recipe_config
-    (w, a), = bits_for_step(model, "random", step, cfg.seed)  # a pure function of (seed, step)
+    (w, a), = bits_for_step(model, "random", step, seed=cfg.seed)  # a pure function of (seed, step)
     n_adv = n_adversarial(len(x), rc.fraction) if rc.attack == "pgd" else 0
     with running_at(model, w, a):
         if n_adv:

@@ -80,7 +80,7 @@ def pbat_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg) -> tup
     targets = None
     if rc.targets == "random":
         targets = random_targets(y[:n_adv], cfg.model.num_classes, generator(cfg.seed, step, "targets"))
-    bits = bits_for_step(model, cfg.switch, step, cfg.seed)
+    bits = bits_for_step(model, cfg.switch, step, seed=cfg.seed)
     total, logs = 0.0, {}
     for k, (w, a) in enumerate(bits):
         with running_at(model, w, a):

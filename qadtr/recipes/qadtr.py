@@ -118,10 +118,10 @@ class QadtrConfig:
                              "drop them from dbwt_bits")
 
 
-def dbwt_schedule(rc: QadtrConfig, model, step: int, seed: int, switch: str = "all") -> list[tuple[int, int]]:
+def dbwt_schedule(rc: QadtrConfig, model, step: int, *, seed: int, switch: str = "all") -> list[tuple[int, int]]:
     """The bit widths trained at `step`: one from the DBWT schedule, or `switch`'s when DBWT is off."""
     if not rc.dbwt:
-        return bits_for_step(model, switch, step, seed)
+        return bits_for_step(model, switch, step, seed=seed)
     order = list(rc.dbwt_bits or bits_of(model))
     block = step // rc.dbwt_block
     if rc.dbwt_mode == "cycle":
@@ -129,7 +129,7 @@ def dbwt_schedule(rc: QadtrConfig, model, step: int, seed: int, switch: str = "a
     return [order[int(torch.randint(len(order), (1,), generator=generator(seed, block, "dbwt")))]]
 
 
-def refresh_patch(model, patch: torch.Tensor, x: torch.Tensor, y: torch.Tensor, *, bits, target: int | None,
+def refresh_patch(model, patch: torch.Tensor, x: torch.Tensor, *, y: torch.Tensor, bits, target: int | None,
                   steps: int, lr: float, temperature: float, noise: float, g: torch.Generator, place_rng) -> dict:
     """A-QAPA steps on one (3, s, s) universal patch in place; returns the last per-bit weights and success."""
     side, hw = patch.shape[-1], tuple(x.shape[-2:])
@@ -155,7 +155,7 @@ def refresh_patch(model, patch: torch.Tensor, x: torch.Tensor, y: torch.Tensor, 
     return {"alpha": dict(zip(keys, alpha.tolist())), "success": dict(zip(keys, torch.stack(success).tolist()))}
 
 
-def gir_penalty(model, x: torch.Tensor, y: torch.Tensor, b1, b2,
+def gir_penalty(model, x: torch.Tensor, y: torch.Tensor, *, b1, b2,
                 form: str = "square") -> tuple[torch.Tensor, torch.Tensor]:
     """(penalty, per-image cosine) between input gradients at bit widths b1 and b2; differentiable in the weights.
 
@@ -178,7 +178,7 @@ def gir_penalty(model, x: torch.Tensor, y: torch.Tensor, b1, b2,
     return phi.mean(), cos.detach()
 
 
-def _init_state(state: dict, rc: QadtrConfig, side: int, seed: int) -> None:
+def _init_state(state: dict, rc: QadtrConfig, side: int, *, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     state["pool"] = torch.rand(rc.pool_size, 3, side, side, generator=g)  # (P, 3, s, s)
     state["targets"] = torch.full((rc.pool_size,), -1, dtype=torch.long)  # -1 = untargeted
@@ -191,7 +191,7 @@ def qadtr_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg, state
     rc: QadtrConfig = cfg.recipe_config
     hw = tuple(x.shape[-2:])
     if "pool" not in state:
-        _init_state(state, rc, patch_side(rc.size, hw), cfg.seed)
+        _init_state(state, rc, patch_side(rc.size, hw), seed=cfg.seed)
     logs: dict = {}
     if step % rc.refresh_every == 0:
         n_ref, slot = int(state["refreshes"]), int(state["refreshes"]) % rc.pool_size
@@ -201,7 +201,7 @@ def qadtr_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg, state
         target = int(state["targets"][slot])
         all_bits = list(rc.dbwt_bits or bits_of(model))
         bits = all_bits if rc.aqapa else [max(all_bits)]
-        info = refresh_patch(model, state["pool"][slot], x[:rc.refresh_batch], y[:rc.refresh_batch], bits=bits,
+        info = refresh_patch(model, state["pool"][slot], x[:rc.refresh_batch], y=y[:rc.refresh_batch], bits=bits,
                              target=None if target < 0 else target, steps=rc.refresh_steps, lr=rc.patch_lr,
                              temperature=rc.temperature, noise=rc.gir_noise if rc.gir else 0.0,
                              g=generator(cfg.seed, step, "noise"), place_rng=rng(cfg.seed, step, "pool"))
@@ -214,7 +214,7 @@ def qadtr_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg, state
         pl = sample_placements(n_adv, side=state["pool"].shape[-1], hw=hw, eot=EOTConfig(),
                                rng=rng(cfg.seed, step, "place"))
         x = torch.cat([apply_patch(x[:n_adv], state["pool"][pick], pl), x[n_adv:]])  # (B, 3, H, W)
-    bits_now = dbwt_schedule(rc, model, step, cfg.seed, cfg.switch)
+    bits_now = dbwt_schedule(rc, model, step, seed=cfg.seed, switch=cfg.switch)
     total = 0.0
     for w, a in bits_now:
         with running_at(model, w, a):
@@ -225,7 +225,7 @@ def qadtr_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg, state
         others = [b for b in bits_of(model) if b != bits_now[0]]
         b2 = others[int(torch.randint(len(others), (1,), generator=generator(cfg.seed, step, "gir")))]
         n = min(rc.gir_batch, max(n_adv, 1))  # the patched images first
-        pen, cos = gir_penalty(model, x[:n], y[:n], bits_now[0], b2, rc.gir_form)
+        pen, cos = gir_penalty(model, x[:n], y[:n], b1=bits_now[0], b2=b2, form=rc.gir_form)
         total = total + rc.gir_weight * pen
         logs.update(gir_penalty=pen.item(), gir_cos=cos.mean().item())
     logs["patched_frac"] = n_adv / len(x)

@@ -16,7 +16,7 @@ from qadtr.recipes._registry import register_recipe
 from qadtr.bits import bits_name
 
 
-def bits_for_step(model, switch: str, step: int, seed: int) -> list[tuple[int, int]]:
+def bits_for_step(model, switch: str, step: int, *, seed: int) -> list[tuple[int, int]]:
     """The (w, a) pairs trained at `step`: a pure function of (switch, step, seed), so resuming is exact."""
     bits = bits_of(model)
     if not bits or switch == "all":
@@ -31,7 +31,7 @@ def bits_for_step(model, switch: str, step: int, seed: int) -> list[tuple[int, i
 @register_recipe("qat")
 def qat_loss(model, x: torch.Tensor, y: torch.Tensor, *, step: int, cfg) -> tuple[torch.Tensor, dict]:
     """Cross-entropy, averaged over the bit widths chosen for this step."""
-    bits = bits_for_step(model, cfg.switch, step, cfg.seed)
+    bits = bits_for_step(model, cfg.switch, step, seed=cfg.seed)
     if not bits:  # float model
         logits = model(x)  # (B, classes)
         return F.cross_entropy(logits, y), {"acc": (logits.argmax(1) == y).float().mean().item()}

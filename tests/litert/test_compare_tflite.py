@@ -44,7 +44,7 @@ def w2(tiny_checkpoint, tiny_images, tmp_path_factory):
 
 def test_xnnpack_bit_exact(w2, tiny_images):
     net, path, _ = w2
-    d = first_divergence(net, "litert-xnnpack", path, tiny_images, list(range(32)))
+    d = first_divergence(net, "litert-xnnpack", path, images=tiny_images, samples=list(range(32)))
     assert list(d.layers) == LAYERS and d.outputs_identical
     assert all(i.first_layer is None for i in d.images)
 
@@ -55,7 +55,7 @@ def test_builtin_matches_the_exporters_debug_build(w2, tiny_images):
     from qadtr.predict import to_tensor
 
     net, path, _ = w2
-    d = first_divergence(net, "litert-builtin", path, tiny_images, list(range(32)))
+    d = first_divergence(net, "litert-builtin", path, images=tiny_images, samples=list(range(32)))
     assert d.outputs_identical and "builtin" in d.method
     debug = T.build_tflite(net, 8, 8, debug=True)
     dbg_path = path.with_name("debug.tflite")
@@ -64,7 +64,7 @@ def test_builtin_matches_the_exporters_debug_build(w2, tiny_images):
     _, ref = T.reference_ints(net, pixels, debug.activations)
     with LiteRTRunner(dbg_path, kernels="builtin", num_threads=1) as r:
         got = r.infer({"pixels": np.ascontiguousarray(pixels.permute(0, 2, 3, 1).numpy())})
-    want = layer_divergence(LAYERS, ref, {n: got[n] for n in LAYERS}, list(range(32)))
+    want = layer_divergence(LAYERS, ref, {n: got[n] for n in LAYERS}, samples=list(range(32)))
     assert d.images == want
     firsts = [i.first_layer for i in d.images]
     assert any(firsts) and all(f in (None, *LAYERS) for f in firsts)  # builtin's double rounding flips steps
@@ -74,7 +74,7 @@ def test_builtin_matches_the_exporters_debug_build(w2, tiny_images):
 @pytest.mark.parametrize("runtime", ["litert-xnnpack", "litert-builtin"])
 def test_tampered_layer_is_found(w2, tiny_images, runtime):
     net, _, bad = w2
-    d = first_divergence(net, runtime, bad, tiny_images[:8], list(range(8)))
+    d = first_divergence(net, runtime, bad, images=tiny_images[:8], samples=list(range(8)))
     if runtime == "litert-xnnpack":  # otherwise exact: the tampered layer is the first that differs, everywhere
         assert all(i.first_layer == "layers.0.0.q_main" and i.differing > 0 for i in d.images)
     else:  # builtin may flip an earlier step on its own; never later than the tampered layer

@@ -51,10 +51,10 @@ def test_layer_divergence_pure():
     out["b"][1, [0, 2]] = [2, -1]  # image 1: first differs at b (2 elements, max step 2), c too
     out["c"][1, 0] = 5
     out["c"][0, 1] = 1  # image 0: only c
-    res = layer_divergence(["a", "b", "c"], ref, out, [10, 11])
+    res = layer_divergence(["a", "b", "c"], ref, out, samples=[10, 11])
     assert [(r.sample, r.first_layer, r.differing, r.elements, r.max_step, r.layers_differing) for r in res] == \
         [(10, "c", 1, 2, 1, 1), (11, "b", 2, 3, 2, 2)]
-    assert layer_divergence(["a"], ref, ref, [0])[0].first_layer is None
+    assert layer_divergence(["a"], ref, ref, samples=[0])[0].first_layer is None
 
 
 def _host_semantics() -> str:
@@ -74,11 +74,11 @@ def test_faithful_export_has_no_divergence(w4, tiny_checkpoint, tiny_images):
     """Single rounding (the simulation's arithmetic) leaves no integer of the faithful export off, on every host;
     this host's ORT is reproduced by its own semantics, and diverges exactly where that semantics departs."""
     net, _ = deploy_model(tiny_checkpoint, 4)
-    single = first_divergence(net, "onnxrt", w4[0], tiny_images[:8], list(range(8)), semantics="single")
+    single = first_divergence(net, "onnxrt", w4[0], images=tiny_images[:8], samples=list(range(8)), semantics="single")
     assert list(single.layers) == LAYERS and not single.skipped
     assert all(i.first_layer is None and i.layers_differing == 0 for i in single.images)
     host = _host_semantics()
-    d = first_divergence(net, "onnxrt", w4[0], tiny_images[:8], list(range(8)), semantics=host,
+    d = first_divergence(net, "onnxrt", w4[0], images=tiny_images[:8], samples=list(range(8)), semantics=host,
                          deployed=_ort_logits(w4[0], tiny_images[:8]))
     assert d.outputs_identical, f"ORT on this host is not {host}"
     if host == "single":
@@ -86,13 +86,13 @@ def test_faithful_export_has_no_divergence(w4, tiny_checkpoint, tiny_images):
     else:  # no VNNI: wherever it differs, the first divergent layer is a conv output (saturated pair sums)
         assert all(i.first_layer in (None, "relu", "layers.0.0.relu1", "layers.0.0.q_main") for i in d.images)
     if host == "single":  # ORT's own kernels with every activation exposed (fuses less; VNNI: nothing saturates)
-        plain = first_divergence(net, "onnxrt", w4[0], tiny_images[:8], list(range(8)))
+        plain = first_divergence(net, "onnxrt", w4[0], images=tiny_images[:8], samples=list(range(8)))
         assert plain.outputs_identical and all(i.first_layer is None for i in plain.images)
 
 
 def test_tampered_layer_is_found(w4, tiny_checkpoint, tiny_images):
     net, _ = deploy_model(tiny_checkpoint, 4)
-    d = first_divergence(net, "onnxrt", w4[1], tiny_images[:8], list(range(100, 108)), semantics="single",
+    d = first_divergence(net, "onnxrt", w4[1], images=tiny_images[:8], samples=list(range(100, 108)), semantics="single",
                          deployed=None)
     assert [i.sample for i in d.images] == list(range(100, 108)) and d.outputs_identical is None
     for i in d.images:
@@ -102,7 +102,7 @@ def test_tampered_layer_is_found(w4, tiny_checkpoint, tiny_images):
 
 def test_unsupported_runtime_is_skipped_with_reason(tiny_checkpoint, tiny_images):
     net, _ = deploy_model(tiny_checkpoint, 4)
-    d = first_divergence(net, "tensorrt", "x.engine", tiny_images[:1], [0])
+    d = first_divergence(net, "tensorrt", "x.engine", images=tiny_images[:1], samples=[0])
     assert d.skipped.startswith("no intermediate outputs for runtime 'tensorrt'") and not d.images
 
 

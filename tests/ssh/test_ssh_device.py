@@ -148,11 +148,11 @@ def test_sshd_killed_mid_run(retries, sshd, replay, tiny_exports, tmp_path):
     if retries == 0:  # the run stops; the same command run again resumes it
         with KillAfter(tmp_path / "s.sqlite", 2, sshd.kill) as s:
             with pytest.raises(SshError, match=r"lost or cannot reach 127\.0\.0\.1.*re-run the same command to resume"):
-                od.replay_run(s, device, job, replay, batch_size=7, warmup=0)
+                od.replay_run(s, device, job, replay=replay, batch_size=7, warmup=0)
             assert len(s.done_samples(s.runs()[0].run_id)) == 14  # what arrived stays
         sshd.start()
         with Store(tmp_path / "s.sqlite") as s:
-            out = od.replay_run(s, device, job, replay, batch_size=7, warmup=0)
+            out = od.replay_run(s, device, job, replay=replay, batch_size=7, warmup=0)
     else:  # the device reconnects by itself once sshd is back (its retries wait 1 s, 2 s, 4 s)
         import threading
 
@@ -161,7 +161,7 @@ def test_sshd_killed_mid_run(retries, sshd, replay, tiny_exports, tmp_path):
             threading.Timer(0.5, sshd.start).start()
 
         with KillAfter(tmp_path / "s.sqlite", 2, bounce) as s:
-            out = od.replay_run(s, device, job, replay, batch_size=7, warmup=0)
+            out = od.replay_run(s, device, job, replay=replay, batch_size=7, warmup=0)
         assert out.replayed == len(replay)
     with Store(tmp_path / "s.sqlite") as s:
         rows = s.batches(out.run.run_id)
@@ -185,11 +185,11 @@ def test_corrupted_artifact_is_refused_by_checksum(sshd, replay, tiny_exports, t
     with Store(tmp_path / "s.sqlite") as s:
         with pytest.raises(SshError, match=r"the artifact failed the sha256 check on the board right after being "
                                            r"pushed .* so nothing ran; the board deleted it: re-run"):
-            od.replay_run(s, device, _job(tiny_exports["onnx"]), replay, batch_size=7, warmup=0)
+            od.replay_run(s, device, _job(tiny_exports["onnx"]), replay=replay, batch_size=7, warmup=0)
         assert s.done_samples(s.runs()[0].run_id) == set()
         assert not list((Path(device.spec.workdir) / "blobs").glob("*.onnx"))
         device.link.push = real_push
-        out = od.replay_run(s, device, _job(tiny_exports["onnx"]), replay, batch_size=7, warmup=0)
+        out = od.replay_run(s, device, _job(tiny_exports["onnx"]), replay=replay, batch_size=7, warmup=0)
         assert out.run.complete
 
 
@@ -213,7 +213,7 @@ def test_malformed_or_short_results_are_refused(patch, match, kept, sshd, replay
     device.agent_source = stub_agent(tmp_path, patch)
     with Store(tmp_path / "s.sqlite") as s:
         with pytest.raises(SshError, match=match):  # the null runtime: the protocol without a runtime's start-up
-            od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay, batch_size=7, warmup=0)
+            od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay=replay, batch_size=7, warmup=0)
         done = len(s.done_samples(s.runs()[0].run_id))
         assert done == (kept if kept is not None else len(replay))  # the good batches before it are kept
 
@@ -238,7 +238,7 @@ def test_hung_agent_times_out_and_keeps_partial_results(sshd, replay, tiny_expor
         t0 = time.monotonic()
         with pytest.raises(SshError, match=r"no answer from the agent for 2 s \(null, 14 of \d+ samples done\): the "
                                            r"board hangs .* the samples received are kept"):
-            od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay, batch_size=7, warmup=0)
+            od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay=replay, batch_size=7, warmup=0)
         assert time.monotonic() - t0 < 30 and len(s.done_samples(s.runs()[0].run_id)) == 14
     deadline = time.monotonic() + 10
     while _agents_running(sshd) and time.monotonic() < deadline:  # its stdin closed: the board agent exits
@@ -322,17 +322,17 @@ def test_a_lying_board_is_refused_and_the_run_resumes(patch, host_knows_k, match
     """Each lie ends the run with one printable line naming what the board sent; the batches before it stay, none
     of it is stored, and the same command on an honest board resumes from there to a complete, finite run."""
     if not host_knows_k:  # a host that cannot read the artifact: k is the run's first batch's
-        monkeypatch.setattr("devices._board_lines.expected_layout", lambda *a: (None, None))
+        monkeypatch.setattr("devices._board_lines.expected_layout", lambda *a, **k: (None, None))
     device = board(sshd, tmp_path)
     device.agent_source = stub_agent(tmp_path, patch)
     job = _job(tiny_exports["onnx"], "null")
     with Store(tmp_path / "s.sqlite") as s:
         with pytest.raises(QadtrError) as caught:
-            od.replay_run(s, device, job, replay, batch_size=7, warmup=0)
+            od.replay_run(s, device, job, replay=replay, batch_size=7, warmup=0)
         assert re.search(match, _one_line(caught.value)), str(caught.value)
         run_id = s.runs()[0].run_id
         assert s.done_samples(run_id) == set(range(kept))  # what arrived before the lie stays, the lie is not stored
-        out = od.replay_run(s, board(sshd, tmp_path), job, replay, batch_size=7, warmup=0)
+        out = od.replay_run(s, board(sshd, tmp_path), job, replay=replay, batch_size=7, warmup=0)
         assert out.run.run_id == run_id and out.replayed == len(replay) - kept and out.run.complete
         logits = s.logits(run_id)
         assert logits.shape == (len(replay), 10) and not logits.any()  # the null runner's zeros, every row
@@ -365,7 +365,7 @@ def test_a_malformed_info_line_is_refused(patch, match, sshd, replay, tiny_expor
     assert re.search(match, _one_line(caught.value)), str(caught.value)
     with Store(tmp_path / "s.sqlite") as s:  # the device is described before a run opens: nothing is stored
         with pytest.raises(SshError, match=match):
-            od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay, batch_size=7, warmup=0)
+            od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay=replay, batch_size=7, warmup=0)
         assert s.runs() == []
 
 
@@ -399,5 +399,5 @@ def test_board_text_is_cleaned_before_it_is_shown_or_stored(sshd, replay, tiny_e
     assert described["cpu"] == "[31m]0;pwned  Cortex" and described["os"] == "Linux[31m]0;pwned  "
     assert all(text.isprintable() for text in _strings(described)) and all(a.line().isprintable() for a in rows)
     with Store(tmp_path / "s.sqlite") as s:
-        out = od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay, batch_size=7, warmup=0)
+        out = od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay=replay, batch_size=7, warmup=0)
         assert out.run.complete and s.run(out.run.run_id).kernels == "none[31m]0;pwned  "

@@ -55,8 +55,8 @@ def report_inputs(tiny_dataset, tiny_patches, tmp_path):
             dict(runtime="onnxrt", artifact=f"{EVIL}.onnx", logits=out, options=options, device=EVIL, emulated=True,
                  kernels="<img src=x onerror=alert(2)>", device_info={"cpu": "</pre><script>alert(3)</script>"})]
     store = make_store(tmp_path / "results.sqlite", replay_path, runs)
-    res = compare_outputs(ref, out, replay.labels, replay.patch, replay.test_index,
-                          [p.target for p in replay.info.patches], lsb=0.1, ref_name="fakequant", out_name="onnxrt",
+    res = compare_outputs(ref, out, replay.labels, patch=replay.patch, test_index=replay.test_index,
+                          targets=[p.target for p in replay.info.patches], lsb=0.1, ref_name="fakequant", out_name="onnxrt",
                           patch_names=[p.file for p in replay.info.patches])
     cmp = {"comparisons": [{**res.to_dict(), "info": {"model": "tiny w4a4", "device": EVIL},
                             "divergence": {"runtime": "onnxrt", "method": EVIL, "layers": ["relu", EVIL],

@@ -41,7 +41,7 @@ def scenario():
 
 def test_agreement_flips_and_asr():
     ref, out, labels, patch, test_index = scenario()
-    res = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=LSB, patch_names=["p.npz"])
+    res = compare_outputs(ref, out, labels, patch=patch, test_index=test_index, targets=[3], lsb=LSB, patch_names=["p.npz"])
     assert (res.clean.n, res.clean.agree, res.clean.n_nontie) == (8, 7, 8)
     assert (res.patched.n, res.patched.agree) == (8, 6)  # rows 8 (image 0) and 14 (image 6) differ
     (p,) = res.patches
@@ -55,15 +55,15 @@ def test_agreement_flips_and_asr():
     assert kinds == {5: ("", 5, 9), 8: ("ref-only", 3, 0), 14: ("deployed-only", 6, 3)}
     assert not res and any("clean agreement" in r for r in res.reasons)  # 7/8 < 99%
     assert Gate(min_agree=0.8, max_asr_diff=0.0)  # the config itself is valid
-    assert compare_outputs(ref, out, labels, patch, test_index, [3], lsb=LSB, gate=Gate(0.7, 0.0))
+    assert compare_outputs(ref, out, labels, patch=patch, test_index=test_index, targets=[3], lsb=LSB, gate=Gate(0.7, 0.0))
     out[12] = onehot([3])[0]  # deployed also hits image 4: the difference is deployed - reference = +1/7
-    p = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=LSB).patches[0]
+    p = compare_outputs(ref, out, labels, patch=patch, test_index=test_index, targets=[3], lsb=LSB).patches[0]
     assert (p.diff.b, p.diff.c) == (2, 1) and p.diff.value == pytest.approx(1 / 7) and p.out_only == (12, 14)
 
 
 def test_untargeted_uses_each_sides_clean_prediction():
     ref, out, labels, patch, test_index = scenario()
-    res = compare_outputs(ref, out, labels, patch, test_index, [None], lsb=LSB)
+    res = compare_outputs(ref, out, labels, patch=patch, test_index=test_index, targets=[None], lsb=LSB)
     (p,) = res.patches
     # reference: clean correct on all 8; patched changes images 0, 1, 2 (-> 3; image 3 stays 3) -> 3/8
     assert (p.asr_ref["asr"]["k"], p.asr_ref["asr"]["n"]) == (3, 8)
@@ -76,8 +76,8 @@ def test_untargeted_uses_each_sides_clean_prediction():
 def test_patched_rows_pair_with_their_clean_row_not_their_position():
     ref, out, labels, patch, test_index = scenario()
     order = np.r_[np.arange(8)[::-1], 8 + np.arange(8)]  # clean block reversed: pairing must use test_index
-    a = compare_outputs(ref, out, labels, patch, test_index, [None], lsb=LSB)
-    b = compare_outputs(ref[order], out[order], labels[order], patch[order], test_index[order], [None], lsb=LSB)
+    a = compare_outputs(ref, out, labels, patch=patch, test_index=test_index, targets=[None], lsb=LSB)
+    b = compare_outputs(ref[order], out[order], labels[order], patch=patch[order], test_index=test_index[order], targets=[None], lsb=LSB)
     assert a.patches[0].asr_out == b.patches[0].asr_out and a.patches[0].diff == b.patches[0].diff
 
 
@@ -86,7 +86,7 @@ def test_ties_counted_apart_and_excluded():
     out = out.copy()
     out[5, 5] = out[5, 9]  # deployed clean image 5: classes 5 and 9 now tie exactly; argmax = 5 (lowest index)
     out[2, 4] = out[2, 2] - 0.4 * LSB  # within half an LSB: a tie too, argmax still 2
-    res = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=LSB)
+    res = compare_outputs(ref, out, labels, patch=patch, test_index=test_index, targets=[3], lsb=LSB)
     assert (res.clean.ties_ref, res.clean.ties_out) == (0, 2)
     assert res.clean.n_nontie == 6 and res.clean.agree_nontie == 6 and res.clean.agree == 8
     assert ties(out, LSB)[[2, 5]].all() and not ties(out, None)[2] and ties(out, None)[5]
@@ -100,17 +100,17 @@ def test_logit_delta_in_lsbs_per_class():
     out = ref.copy()
     out[3, 7] += 3 * 0.1  # 3 steps of class 7's finer grid, no prediction changes
     out[4, 1] += 2 * LSB
-    res = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=lsb)
+    res = compare_outputs(ref, out, labels, patch=patch, test_index=test_index, targets=[3], lsb=lsb)
     assert res.logits["max_abs_lsb"] == pytest.approx(3.0) and tuple(res.logits["worst_index"]) == (3, 7)
     assert res.logits["max_abs"] == pytest.approx(0.5) and res.logits["lsb"][7] == 0.1  # raw: the 2-LSB one
     assert res and not res.disagreements and res.clean.agree == 8
-    raw = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=None)
+    raw = compare_outputs(ref, out, labels, patch=patch, test_index=test_index, targets=[3], lsb=None)
     assert raw.logits["max_abs_lsb"] is None and raw.logits["max_abs"] == pytest.approx(0.5)
 
 
 def test_result_json_and_text():
     ref, out, labels, patch, test_index = scenario()
-    res = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=LSB, ref_name="fakequant",
+    res = compare_outputs(ref, out, labels, patch=patch, test_index=test_index, targets=[3], lsb=LSB, ref_name="fakequant",
                           out_name="litert-builtin", patch_names=["w4_t3.npz"])
     d = json.loads(json.dumps(res.to_dict()))
     assert {"tie_rule", "asr_note", "paired_ci", "gate_rule"} <= set(d) and "Tango" in d["paired_ci"]
@@ -129,8 +129,8 @@ def test_bad_inputs(kwargs, match):
     ref, out, labels, patch, test_index = scenario()
     args = dict(ref=ref, out=out, labels=labels, patch=patch, test_index=test_index, targets=[3]) | kwargs
     with pytest.raises(QadtrError, match=match):
-        compare_outputs(args.pop("ref"), args.pop("out"), args.pop("labels"), args.pop("patch"),
-                        args.pop("test_index"), args.pop("targets"), lsb=LSB)
+        compare_outputs(args.pop("ref"), args.pop("out"), args.pop("labels"), patch=args.pop("patch"),
+                        test_index=args.pop("test_index"), targets=args.pop("targets"), lsb=LSB)
 
 
 @pytest.mark.parametrize("kwargs, match", [(dict(min_agree=1.5), "min_agree"), (dict(max_asr_diff=-0.1), "max_asr"),
@@ -143,10 +143,10 @@ def test_gate_validation(kwargs, match):
 def test_collapsed_logits_fail_the_gate():
     """All-zero deployed logits tie everywhere: agreement has nothing left to judge, the tie criterion fails."""
     ref, out, labels, patch, test_index = scenario()
-    res = compare_outputs(ref, np.zeros_like(out), labels, patch, test_index, [3], lsb=LSB)
+    res = compare_outputs(ref, np.zeros_like(out), labels, patch=patch, test_index=test_index, targets=[3], lsb=LSB)
     assert res.clean.n_nontie == 0 and res.clean.ties_out == 8
     assert not res and any("16 of 16 samples tie on the deployed side only" in r for r in res.reasons)
-    assert compare_outputs(ref, np.zeros_like(out), labels, patch, test_index, [3], lsb=LSB,
+    assert compare_outputs(ref, np.zeros_like(out), labels, patch=patch, test_index=test_index, targets=[3], lsb=LSB,
                            gate=Gate(max_extra_ties=1.0, max_asr_diff=1.0))
 
 
@@ -154,7 +154,7 @@ def test_divergence_rows_order_and_fill():
     from eval.compare import _divergence_rows
 
     ref, out, labels, patch, test_index = scenario()
-    res = compare_outputs(ref, out, labels, patch, test_index, [3], lsb=LSB)
+    res = compare_outputs(ref, out, labels, patch=patch, test_index=test_index, targets=[3], lsb=LSB)
     delta = np.zeros(16)
     delta[[3, 9]] = [0.4, 2.0]  # sample 9: 2 LSB off without changing anything; sample 3: below half an LSB
     why = _divergence_rows(res, delta, 10)
@@ -264,10 +264,10 @@ def test_subset_stability_splits_images_not_rows():
     both = np.ones(1000, bool)
     b = np.zeros(1000, bool)
     b[::10] = True  # deployed-only successes spread over every subset: +10 pp everywhere
-    st = stability(b, np.zeros(1000, bool), both, np.arange(1000))
+    st = stability(b, np.zeros(1000, bool), both, test_index=np.arange(1000))
     assert st["stable"] and st["same_sign"] == st["measured"] == FOLDS and sum(st["n"]) == 1000
     only = fold_of(np.arange(1000)) == 0  # the same +pp, all of it from one subset: not stable
-    st = stability(only & (np.arange(1000) % 2 == 0), np.zeros(1000, bool), both, np.arange(1000))
+    st = stability(only & (np.arange(1000) % 2 == 0), np.zeros(1000, bool), both, test_index=np.arange(1000))
     assert not st["stable"] and st["same_sign"] == 1
 
 
@@ -276,7 +276,7 @@ def test_comparison_reports_stability_per_patch():
     ref = np.eye(3)[[0, 0, 0, 0, 0, 0]] * 5.0
     out = ref.copy()
     out[3:] = np.eye(3)[[1, 1, 1]] * 5.0  # every patched image fooled on the deployed side only
-    res = compare_outputs(ref, out, labels, np.array([-1, -1, -1, 0, 0, 0]), np.array([0, 1, 2, 0, 1, 2]), [None],
+    res = compare_outputs(ref, out, labels, patch=np.array([-1, -1, -1, 0, 0, 0]), test_index=np.array([0, 1, 2, 0, 1, 2]), targets=[None],
                           lsb=1.0)
     st = res.patches[0].stability
     assert sum(st["n"]) == 3 and st["measured"] >= 1 and st["stable"]

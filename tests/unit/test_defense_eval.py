@@ -48,7 +48,7 @@ def test_defense_rows_for_every_threat_and_resume(tiny_dataset, surrogate, tmp_p
 
     ck = _checkpoint(tmp_path / "qadtr", "qadtr", rc=QadtrConfig(size=0.0625))
     out = tmp_path / "out"
-    rows = run([str(ck)], str(surrogate), Budget(**TINY), out)
+    rows = run([str(ck)], str(surrogate), Budget(**TINY), out=out)
     cats = {(r["evaluated_on"], r["category"]) for r in rows}
     for key in ("w2a2", "w4a4"):
         for cat in ("clean", "seen", "unseen-attack", "unseen-size", "unseen-location", "unseen-source-bits",
@@ -71,9 +71,9 @@ def test_defense_rows_for_every_threat_and_resume(tiny_dataset, surrogate, tmp_p
 
     monkeypatch.setattr(eval._threats.PatchMaker, "get", fail)
     monkeypatch.setattr(eval.defense, "lp_examples", fail)
-    assert len(run([str(ck)], str(surrogate), Budget(**TINY), out)) == len(rows)
+    assert len(run([str(ck)], str(surrogate), Budget(**TINY), out=out)) == len(rows)
     with pytest.raises(QadtrError, match="another budget"):
-        run([str(ck)], str(surrogate), Budget(**{**TINY, "patch_steps": 3}), out)
+        run([str(ck)], str(surrogate), Budget(**{**TINY, "patch_steps": 3}), out=out)
 
 
 def test_defense_random_precision_gets_an_expectation_attack(tiny_dataset, surrogate, tmp_path):
@@ -81,7 +81,7 @@ def test_defense_random_precision_gets_an_expectation_attack(tiny_dataset, surro
     from eval.defense import run
 
     ck = _checkpoint(tmp_path / "dwq", "dwq", rc=DwqConfig())
-    rows = run([str(ck)], str(surrogate), Budget(**TINY), tmp_path / "out", kinds=("adaptive",))
+    rows = run([str(ck)], str(surrogate), Budget(**TINY), out=tmp_path / "out", kinds=("adaptive",))
     random_rows = {r["category"] for r in rows if r["evaluated_on"] == "random"}
     assert random_rows == {"clean", "adaptive", "adaptive-eot"}
     assert {r["evaluated_on"] for r in rows} == {"w2a2", "w4a4", "random"}
@@ -94,7 +94,7 @@ def test_defense_scope_limits_networks_and_source_bits(tiny_dataset, surrogate, 
 
     assert parse_scope("2, w4a8,random") == ("w2a2", "w4a8", "random") and parse_scope("") == ()
     ck = _checkpoint(tmp_path / "qat", "qat", bits=((2, 2), (4, 4), (8, 8)))
-    rows = run([str(ck)], str(surrogate), Budget(**TINY), tmp_path / "out", kinds=("seen", "unseen", "adaptive"),
+    rows = run([str(ck)], str(surrogate), Budget(**TINY), out=tmp_path / "out", kinds=("seen", "unseen", "adaptive"),
                scope=("w2a2", "w8a8"))
     assert {r["evaluated_on"] for r in rows} == {"w2a2", "w8a8"}
     src = {r["source"] for r in rows if r["category"] == "unseen-source-bits" and r["evaluated_on"] == "w2a2"}
@@ -102,7 +102,7 @@ def test_defense_scope_limits_networks_and_source_bits(tiny_dataset, surrogate, 
     assert {r["source"] for r in rows if r["category"] == "adaptive"} == {"self:w2a2+w4a4+w8a8"}  # the whole defence
     assert not (tmp_path / "out" / "patches" / "qat" / "w4a4_universal_s062.npz").exists()
     with pytest.raises(QadtrError, match="has none of --bits w5a5"):
-        run([str(ck)], str(surrogate), Budget(**TINY), tmp_path / "out2", scope=("w5a5",))
+        run([str(ck)], str(surrogate), Budget(**TINY), out=tmp_path / "out2", scope=("w5a5",))
 
 
 @pytest.mark.parametrize("args, message", [

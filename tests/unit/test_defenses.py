@@ -124,12 +124,12 @@ def test_pbat_patches_part_of_the_batch_with_patches_that_change_between_steps()
 
 def test_dwq_draws_precisions_from_the_set_reproducibly_by_seed():
     model, (x, y) = _model(bits=((2, 2), (4, 4), (8, 8))), _batch()
-    draws = lambda seed: [bits_for_step(model, "random", s, seed)[0] for s in range(30)]  # noqa: E731
+    draws = lambda seed: [bits_for_step(model, "random", s, seed=seed)[0] for s in range(30)]  # noqa: E731
     assert draws(0) == draws(0) and draws(0) != draws(1)
     assert set(draws(0)) == {(2, 2), (4, 4), (8, 8)}
     cfg = _cfg("dwq", DwqConfig(steps=1), bits=((2, 2), (4, 4), (8, 8)))
     _, logs = dwq_loss(model, x, y, step=7, cfg=cfg)
-    (w, a), = bits_for_step(model, "random", 7, cfg.seed)
+    (w, a), = bits_for_step(model, "random", 7, seed=cfg.seed)
     assert f"loss_w{w}a{a}" in logs and logs["adv_frac"] == 1.0
 
 
@@ -137,7 +137,7 @@ def test_dwq_updates_only_the_sampled_precisions_batchnorm():
     model, (x, y) = _model(), _batch()
     before = {k: net.bn1.running_mean.clone() for k, net in model.nets.items()}
     cfg = _cfg("dwq", DwqConfig(steps=1))
-    (w, a), = bits_for_step(model, "random", 3, cfg.seed)
+    (w, a), = bits_for_step(model, "random", 3, seed=cfg.seed)
     dwq_loss(model, x, y, step=3, cfg=cfg)
     moved = {k for k, net in model.nets.items() if not torch.equal(net.bn1.running_mean, before[k])}
     assert moved == {f"w{w}a{a}"}
@@ -167,13 +167,13 @@ def test_random_precision_at_inference_is_seeded_and_flagged_in_the_checkpoint()
 def test_dbwt_cycles_bit_widths_per_schedule():
     model = _model(bits=((2, 2), (4, 4), (5, 5), (8, 8)))
     rc = QadtrConfig(dbwt_bits=((8, 8), (2, 2)), dbwt_block=2)
-    assert [dbwt_schedule(rc, model, s, 0)[0] for s in range(6)] == [(8, 8), (8, 8), (2, 2), (2, 2), (8, 8), (8, 8)]
-    cyc = [dbwt_schedule(QadtrConfig(), model, s, 0)[0] for s in range(4)]
+    assert [dbwt_schedule(rc, model, s, seed=0)[0] for s in range(6)] == [(8, 8), (8, 8), (2, 2), (2, 2), (8, 8), (8, 8)]
+    cyc = [dbwt_schedule(QadtrConfig(), model, s, seed=0)[0] for s in range(4)]
     assert cyc == [(2, 2), (4, 4), (5, 5), (8, 8)]  # default: the model's bits in order
     rnd = QadtrConfig(dbwt_mode="random")
-    draws = [dbwt_schedule(rnd, model, s, 0)[0] for s in range(40)]
-    assert draws == [dbwt_schedule(rnd, model, s, 0)[0] for s in range(40)] and len(set(draws)) == 4
-    assert dbwt_schedule(QadtrConfig(dbwt=False), model, 5, 0, switch="all") == [(2, 2), (4, 4), (5, 5), (8, 8)]
+    draws = [dbwt_schedule(rnd, model, s, seed=0)[0] for s in range(40)]
+    assert draws == [dbwt_schedule(rnd, model, s, seed=0)[0] for s in range(40)] and len(set(draws)) == 4
+    assert dbwt_schedule(QadtrConfig(dbwt=False), model, 5, seed=0, switch="all") == [(2, 2), (4, 4), (5, 5), (8, 8)]
 
 
 SMALL = dict(pool_size=2, refresh_every=2, refresh_steps=1, refresh_batch=4, gir_batch=2, gir_every=1)
@@ -200,7 +200,7 @@ def test_gir_penalty_lowers_cosine_alignment_under_optimisation():
     opt = torch.optim.Adam(model.parameters(), lr=0.01)  # Adam: a smooth descent in few steps
     cos_values = []
     for _ in range(8):
-        pen, cos = gir_penalty(model, x, y, (2, 2), (4, 4), "square")
+        pen, cos = gir_penalty(model, x, y, b1=(2, 2), b2=(4, 4), form="square")
         cos_values.append(cos.abs().mean().item())
         opt.zero_grad()
         pen.backward()

@@ -257,11 +257,11 @@ def test_tensorrt_build_engine_offline(tiny_checkpoint, tiny_images, tmp_path):
 
     export_qcdq(deploy_model(tiny_checkpoint, 4)[0], tmp_path / "q.onnx", to_tensor(tiny_images[:1]))
     onnx.save(make_trt_bound(onnx.load(str(tmp_path / "q.onnx")))[0], str(tmp_path / "t.onnx"))
-    engine = build_engine(rtx, tmp_path / "t.onnx", (1, 4, 8), rtx.Logger(rtx.Logger.ERROR))
+    engine = build_engine(rtx, tmp_path / "t.onnx", (1, 4, 8), logger=rtx.Logger(rtx.Logger.ERROR))
     assert isinstance(engine, bytes) and len(engine) > 1000
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(RunnerError, match="the TensorRT parser rejected bad.onnx"):
-        build_engine(rtx, tmp_path / "bad.onnx", (1, 4, 8), rtx.Logger(rtx.Logger.INTERNAL_ERROR))
+        build_engine(rtx, tmp_path / "bad.onnx", (1, 4, 8), logger=rtx.Logger(rtx.Logger.INTERNAL_ERROR))
 
 
 # -- inventory ---------------------------------------------------------------------------------------------

@@ -187,9 +187,9 @@ def test_augmenting_a_shard_gives_its_rows_of_the_augmented_global_batch():
     from qadtr._trainer import augment
 
     x = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))  # (16, 3, 8, 8)
-    whole = augment(x, 3, 5, True)
+    whole = augment(x, 3, 5, hflip=True)
     for rows in (slice(0, 8), slice(8, 16), slice(4, 12)):
-        assert torch.equal(augment(x[rows], 3, 5, True, rows=rows, n=16), whole[rows])
+        assert torch.equal(augment(x[rows], 3, 5, hflip=True, rows=rows, n=16), whole[rows])
 
 
 def test_cuda_without_a_gpu_is_one_line_naming_the_fix():

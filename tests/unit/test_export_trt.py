@@ -146,10 +146,10 @@ def _fake_trt(parse_ok: bool):
 def test_build_failures_raise(tmp_path):
     spec = trt.build_spec("m.onnx", (3, 8, 8), (1, 2, 4))
     with pytest.raises(QadtrError, match=r"TensorRT-RTX parser rejected m.onnx: Unsupported ONNX op"):
-        trt._build(_fake_trt(False), tmp_path / "m.onnx", spec, [], rtx=True)
+        trt._build(_fake_trt(False), tmp_path / "m.onnx", spec, log=[], rtx=True)
     log: list[str] = []
     with pytest.raises(QadtrError, match=r"TensorRT returned no engine for m.onnx"):
-        trt._build(_fake_trt(True), tmp_path / "m.onnx", spec, log, rtx=False)
+        trt._build(_fake_trt(True), tmp_path / "m.onnx", spec, log=log, rtx=False)
     assert "profile" in log[0] and "INT8" in log[0]  # configuration logged before the build
 
 

@@ -18,9 +18,9 @@ def test_two_devices_replay_concurrently(tiny_dataset, tiny_checkpoint, tiny_pat
                    '[devices.b]\nkind = "local"\npower = "none"\ngroups = ["pair"]\n')
     threads, real = {}, od.replay_run
 
-    def spy(store, device, job, replay, **kw):
+    def spy(store, device, job, *, replay, **kw):
         threads[device.name] = (threading.current_thread().name, id(store))
-        return real(store, device, job, replay, **kw)
+        return real(store, device, job, replay=replay, **kw)
 
     monkeypatch.setattr(od, "replay_run", spy)
     result = od.replay_on_devices(devices="pair", models=[str(tiny_checkpoint)], patches=str(tiny_patches), eval_subset=16,

@@ -66,7 +66,7 @@ def test_a_batch_line_is_a_finite_batch_or_one_line_error(d, expected, k, step):
         expected = d["first"] if isinstance(d["first"], int) and 0 <= d["first"] < 10 else 3
     k, step = (d["k"] if k == "line's" else k), (d["n"] if step == "line's" else step)
     try:
-        batch = lines.batch("pi", d, raw, expected, 10, k, step)
+        batch = lines.batch("pi", d, raw, expected=expected, total=10, k=k, step=step)
     except SshError as e:
         _one_line(e)
         return
@@ -131,7 +131,7 @@ def test_the_read_loop_yields_only_finite_contiguous_batches(run, k):
     known = {"step": None, "asked": 3, "k": k}
     got = []
     try:
-        read = device._read(FakeStream(raw), BatchStream(lambda r: iter(())), "null", 0, 10, known)
+        read = device._read(FakeStream(raw), BatchStream(lambda r: iter(())), "null", first=0, total=10, known=known)
         while True:
             got.append(next(read))
     except StopIteration as done:
@@ -169,7 +169,7 @@ def _strings(value):
 @given(INFO.map(json.dumps) | st.text(max_size=40), st.sampled_from(["", "Warning: banner\n"]))
 def test_the_info_line_is_typed_and_clean_or_one_line_error(out, banner):
     try:
-        info = lines.info("pi", banner + out, 1, "python3")
+        info = lines.info("pi", banner + out, 1, python="python3")
     except SshError as e:
         _one_line(e)
         return

@@ -153,7 +153,7 @@ def _edit_store(path: Path, ids: list[str], draw) -> bool:
                                                          (ids[k],)).fetchall():
                         if type(sample) is int and type(pred) is int and type(blob) is bytes:
                             db.execute("UPDATE outputs SET digest = ? WHERE run_id = ? AND sample = ?",
-                                       (row_digest(ids[k], sample, pred, blob), ids[k], sample))
+                                       (row_digest(ids[k], sample, pred, logits=blob), ids[k], sample))
                     resealed = True
                 db.commit()
             except sqlite3.IntegrityError:  # NOT NULL, a duplicate key: the database itself refuses the edit

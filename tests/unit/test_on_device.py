@@ -172,7 +172,7 @@ def _zeros(first, n):
 def test_a_remote_board_plugs_into_the_same_loop(replay, tiny_checkpoint, tmp_path):
     board = Board(lambda images, start: (_zeros(i, min(5, len(images) - i)) for i in range(start, len(images), 5)))
     with Store(tmp_path / "s.sqlite") as s:
-        out = od.replay_run(s, board, _null_job(tiny_checkpoint), replay, batch_size=5, warmup=0)
+        out = od.replay_run(s, board, _null_job(tiny_checkpoint), replay=replay, batch_size=5, warmup=0)
         assert out.run.complete and out.run.emulated and out.run.kernels == "null on the board"
         m = od.run_metrics(s, out.run.run_id, replay, energy_reason=od.energy_note(board))
     assert m["energy_per_inference_j"] is None and m["energy_note"] == "emulated device: its energy cannot be observed"
@@ -187,7 +187,7 @@ def test_a_remote_board_plugs_into_the_same_loop(replay, tiny_checkpoint, tmp_pa
 def test_misbehaving_devices_are_refused(replay, tiny_checkpoint, tmp_path, stream, match):
     with Store(tmp_path / "s.sqlite") as s:
         with pytest.raises(QadtrError, match=match):
-            od.replay_run(s, Board(stream), _null_job(tiny_checkpoint), replay, batch_size=5, warmup=0)
+            od.replay_run(s, Board(stream), _null_job(tiny_checkpoint), replay=replay, batch_size=5, warmup=0)
         (run,) = s.runs()
         assert not run.complete and len(s.done_samples(run.run_id)) in (4, 20)  # what arrived in order stays
 
@@ -196,7 +196,7 @@ def test_energy_is_averaged_when_every_batch_is_metered(replay, tiny_checkpoint,
     board = Board(lambda images, start: (Batch(i, np.zeros((min(8, len(images) - i), 10), np.float32), 0.01, 0.5)
                                          for i in range(start, len(images), 8)))
     with Store(tmp_path / "s.sqlite") as s:
-        out = od.replay_run(s, board, _null_job(tiny_checkpoint), replay, batch_size=8, warmup=0)
+        out = od.replay_run(s, board, _null_job(tiny_checkpoint), replay=replay, batch_size=8, warmup=0)
         m = od.run_metrics(s, out.run.run_id, replay)
     batches = -(-len(replay) // 8)
     assert m["energy_per_inference_j"] == pytest.approx(0.5 * batches / len(replay))
@@ -207,12 +207,12 @@ def test_kernels_changing_mid_run_needs_fresh(replay, tiny_checkpoint, tmp_path)
     first = Board(lambda images, start: iter([_zeros(0, 5)]))
     with Store(tmp_path / "s.sqlite") as s:
         with pytest.raises(QadtrError, match="stopped after 5"):
-            od.replay_run(s, first, _null_job(tiny_checkpoint), replay, batch_size=5, warmup=0)
+            od.replay_run(s, first, _null_job(tiny_checkpoint), replay=replay, batch_size=5, warmup=0)
         s.set_kernels(s.runs()[0].run_id, "older kernels")
         board = Board(lambda images, start: (_zeros(i, min(5, len(images) - i)) for i in range(start, len(images), 5)))
         with pytest.raises(QadtrError, match="now runs 'null on the board', the run started on 'older kernels'"):
-            od.replay_run(s, board, _null_job(tiny_checkpoint), replay, batch_size=5, warmup=0)
-        out = od.replay_run(s, board, _null_job(tiny_checkpoint), replay, batch_size=5, warmup=0, fresh=True)
+            od.replay_run(s, board, _null_job(tiny_checkpoint), replay=replay, batch_size=5, warmup=0)
+        out = od.replay_run(s, board, _null_job(tiny_checkpoint), replay=replay, batch_size=5, warmup=0, fresh=True)
         assert out.run.complete and out.replayed == len(replay)
 
 
@@ -228,12 +228,12 @@ def test_plan_leaves_out_what_cannot_run_here(tiny_checkpoint):
         def status(self):
             return [Availability("runtime", "fakequant", True, ""), Availability("runtime", "null", False, "no agent")]
 
-    jobs, skipped = od.plan(Offline(None), [f"{tiny_checkpoint}@w2a2"], ["fakequant", "null"], "cifar10")
+    jobs, skipped = od.plan(Offline(None), [f"{tiny_checkpoint}@w2a2"], ["fakequant", "null"], data="cifar10")
     assert [(j.runtime, j.label, j.bits) for j in jobs] == [("fakequant", "model.pt@w2a2", (2, 2))]
     assert skipped == [{"runtime": "null", "model": f"{tiny_checkpoint}@w2a2",
                         "reason": "not available on rpi4-emu: no agent"}]
     with pytest.raises(QadtrError, match="nothing can run on rpi4-emu: null for .*: not available on rpi4-emu"):
-        od.plan(Offline(None), [str(tiny_checkpoint)], ["null"], "cifar10")
+        od.plan(Offline(None), [str(tiny_checkpoint)], ["null"], data="cifar10")
 
 
 def _cli_error(capsys, args) -> str:

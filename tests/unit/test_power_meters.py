@@ -103,12 +103,12 @@ def test_tegrastats_unavailable(tmp_path, monkeypatch):
 # -- zero-order-hold integration ---------------------------------------------------------------------------
 def test_integrate_zoh():
     times, watts = [0.0, 1.0, 2.0], [1.0, 3.0, 5.0]
-    assert integrate_zoh(times, watts, 0.0, 3.0) == pytest.approx(1 + 3 + 5)
-    assert integrate_zoh(times, watts, 0.5, 1.5) == pytest.approx(0.5 * 1 + 0.5 * 3)
-    assert integrate_zoh(times, watts, 1.2, 1.4) == pytest.approx(0.2 * 3)  # shorter than the sampling interval
-    assert integrate_zoh(times, watts, -1.0, 0.0) == pytest.approx(1.0)  # before the first sample: the first holds
+    assert integrate_zoh(times, watts, 0.0, t1=3.0) == pytest.approx(1 + 3 + 5)
+    assert integrate_zoh(times, watts, 0.5, t1=1.5) == pytest.approx(0.5 * 1 + 0.5 * 3)
+    assert integrate_zoh(times, watts, 1.2, t1=1.4) == pytest.approx(0.2 * 3)  # shorter than the sampling interval
+    assert integrate_zoh(times, watts, -1.0, t1=0.0) == pytest.approx(1.0)  # before the first sample: the first holds
     with pytest.raises(ValueError, match="at least one sample"):
-        integrate_zoh([], [], 0.0, 1.0)
+        integrate_zoh([], [], 0.0, t1=1.0)
 
 
 class Fixed(PowerMeter):

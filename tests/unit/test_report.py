@@ -101,10 +101,10 @@ def two_runs(report_inputs, tmp_path):
         if k >= 0:
             out[i] = -5.0
             out[i, targets[k] if targets[k] is not None else (replay.labels[i] + 1) % out.shape[1]] = 5.0
-    args = (replay.labels, replay.patch, replay.test_index, targets)
+    args = {"patch": replay.patch, "test_index": replay.test_index, "targets": targets}
     names = [p.file for p in replay.info.patches]
-    same = compare_outputs(ref, ref.copy(), *args, lsb=0.1, out_name="onnxrt", patch_names=names)
-    bad = compare_outputs(ref, out, *args, lsb=0.1, out_name="litert-builtin", patch_names=names)
+    same = compare_outputs(ref, ref.copy(), replay.labels, **args, lsb=0.1, out_name="onnxrt", patch_names=names)
+    bad = compare_outputs(ref, out, replay.labels, **args, lsb=0.1, out_name="litert-builtin", patch_names=names)
     assert same and not bad
     doc = document([same, bad], [], store=store)
     n = len(replay)

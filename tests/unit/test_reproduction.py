@@ -130,7 +130,7 @@ def test_amplification_claims_read_the_logit_layer_not_the_last_key():
     rows = [amp("resnet20_float", "float", 2.0, 1.0), amp("resnet20_def_qat", "w2a2", 6.0, 1.0),
             amp("resnet20_def_dq", "w2a2", 5.0, 9.0)]
     dq_rows = _rows({"dq": [.3, .8, .3, .3]})  # tells claims() which checkpoint is DQ
-    got = {c["claim"].split()[0]: c["verdict"] for c in claims(dq_rows, rows, [], None)}
+    got = {c["claim"].split()[0]: c["verdict"] for c in claims(dq_rows, rows, [], cost=None)}
     assert got["vanilla"] == "holds" and got["DQ's"] == "holds"  # by the logits, though DQ's relu gain is larger
     rows[2]["layers"]["linear"]["ratio"] = 7.0
-    assert {c["claim"].split()[0]: c["verdict"] for c in claims(dq_rows, rows, [], None)}["DQ's"] == "does not hold"
+    assert {c["claim"].split()[0]: c["verdict"] for c in claims(dq_rows, rows, [], cost=None)}["DQ's"] == "does not hold"

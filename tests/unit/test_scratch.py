@@ -94,7 +94,7 @@ def _divergence(monkeypatch, fail, tmp: Path):
     artifact.write_bytes(b"x")
     monkeypatch.setattr(dv, "_tflite_reference", lambda net, artifact, images: ([], {}))
     monkeypatch.setattr(export.tflite, "with_outputs", fail)
-    dv._tflite(None, artifact, np.zeros((1, 8, 8, 3), np.uint8), "xnnpack")
+    dv._tflite(None, artifact, np.zeros((1, 8, 8, 3), np.uint8), kernels="xnnpack")
 
 
 def _report(monkeypatch, fail):

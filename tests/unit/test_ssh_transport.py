@@ -128,8 +128,8 @@ def _line(**kw) -> bytes:
 ])
 def test_result_lines_are_checked(device, fields, match):
     with pytest.raises(SshError, match=match):
-        device._batch(json.loads(_line(**fields)), _line(**fields), 4, 10, 3 if "k" in fields else None)
-    good = device._batch(json.loads(_line()), _line(), 4, 10, 3)
+        device._batch(json.loads(_line(**fields)), _line(**fields), 4, total=10, k=3 if "k" in fields else None)
+    good = device._batch(json.loads(_line()), _line(), 4, total=10, k=3)
     assert good.first == 4 and good.logits.dtype == np.float32 and good.logits.tolist() == [[0, 1, 2], [3, 4, 5]]
     with pytest.raises(SshError, match=r"a malformed line \(expected the batch from sample 4\)"):
         device._message(b'{"type": "batches"}', 4)
@@ -211,10 +211,10 @@ def test_the_host_names_blobs_only_as_the_agent_accepts_them(device, tmp_path):
 def test_the_host_reads_k_and_the_batch_from_the_artifact(tiny_exports, tmp_path):
     from devices._board_lines import expected_layout
 
-    assert expected_layout("onnxrt", tiny_exports["onnx"], {}, 7) == (7, 10)  # a dynamic batch: the one asked for
-    assert expected_layout("litert-xnnpack", tiny_exports["tflite"], {}, 7) == (7, 10)
-    assert expected_layout("tensorrt", tiny_exports["onnx"], {}, 7) == (None, 10)  # its profile decides the batch
-    assert expected_layout("null", tiny_exports["onnx"], {"num_classes": 3}, 7) == (7, 3)
+    assert expected_layout("onnxrt", tiny_exports["onnx"], {}, batch_size=7) == (7, 10)  # a dynamic batch: the one asked for
+    assert expected_layout("litert-xnnpack", tiny_exports["tflite"], {}, batch_size=7) == (7, 10)
+    assert expected_layout("tensorrt", tiny_exports["onnx"], {}, batch_size=7) == (None, 10)  # its profile decides the batch
+    assert expected_layout("null", tiny_exports["onnx"], {"num_classes": 3}, batch_size=7) == (7, 3)
     import onnx
     from onnx import TensorProto, helper
 
@@ -222,9 +222,9 @@ def test_the_host_reads_k_and_the_batch_from_the_artifact(tiny_exports, tmp_path
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])])
     onnx.save(helper.make_model(fixed), tmp_path / "fixed.onnx")
-    assert expected_layout("onnxrt", tmp_path / "fixed.onnx", {}, 7) == (1, 10)  # a fixed batch: the agent runs at it
+    assert expected_layout("onnxrt", tmp_path / "fixed.onnx", {}, batch_size=7) == (1, 10)  # a fixed batch: the agent runs at it
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    assert expected_layout("onnxrt", tmp_path / "junk.onnx", {}, 7) == (None, None)  # unknown: the first batch decides
+    assert expected_layout("onnxrt", tmp_path / "junk.onnx", {}, batch_size=7) == (None, None)  # unknown: the first batch decides
 
 
 def test_the_known_hosts_hint_leaves_the_tilde_to_the_shell():

@@ -235,12 +235,12 @@ def test_resealed_rows_are_still_checked(tmp_path):
     path = tmp_path / "s.sqlite"
     run_id = _complete(path)
     _edit(path, "UPDATE outputs SET logits = ?, pred = 0, digest = ? WHERE sample = 2", NAN,
-          row_digest(run_id, 2, 0, NAN))
+          row_digest(run_id, 2, 0, logits=NAN))
     _refused(path, run_id, READS["logits"], "1 logits are NaN or infinite")
     run_id = _complete(tmp_path / "t.sqlite")
     pred = int(_logits(3, 1).argmax()) + 1
     _edit(tmp_path / "t.sqlite", "UPDATE outputs SET pred = ?, digest = ? WHERE sample = 3", pred,
-          row_digest(run_id, 3, pred, _logits(3, 1)[0].tobytes()))
+          row_digest(run_id, 3, pred, logits=_logits(3, 1)[0].tobytes()))
     _refused(tmp_path / "t.sqlite", run_id, READS["preds"], f"sample 3's stored prediction {pred} is not the argmax")
 
 

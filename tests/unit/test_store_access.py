@@ -210,7 +210,7 @@ def test_replay_run_stops_before_inference_while_another_process_writes_the_run(
         with Store(path) as s:
             for fresh in (False, True):
                 with pytest.raises(StoreError, match=f"run {run_id[:12]} in .* is being written by pid {holder.pid}"):
-                    replay_run(s, Device(), job, replay, batch_size=4, warmup=1, fresh=fresh)
+                    replay_run(s, Device(), job, replay=replay, batch_size=4, warmup=1, fresh=fresh)
             assert s.runs() == []
     finally:
         holder.communicate("\n", timeout=60)
