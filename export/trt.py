@@ -41,8 +41,9 @@ from qadtr.progress import stage
 
 UINT8_NOTE = ("TensorRT has no uint8 activations (its parser imports uint8 Q/DQ as int8, saturating 128..255 at "
               "127). Unsigned tensors of up to 7 bits are written as int8 (same integers, exact); 8-bit unsigned "
-              "ones (the pooled features; every ReLU output at a=8) as float Div/Round/Clip/Mul, exact but their "
-              "consumers run in float on TensorRT. For int8 kernels there, quantize those tensors to 7-bit "
+              "ones (the pooled features; every ReLU output at a=8), and uint8 tensors with a zero point (MobileNetV2's "
+              "bottleneck streams), as float Div/Round[/Add z]/Clip[/Sub z]/Mul, exact but their consumers run in "
+              "float on TensorRT. For int8 kernels there, quantize those tensors to 7-bit "
               "unsigned or signed 8-bit in the model.")
 
 
@@ -116,12 +117,14 @@ def make_trt_bound(model):
 
 
 def _emulate_wide_unsigned_(graph) -> list[str]:
-    """Rewrite unsigned 8-bit Q [-> Clip] -> DQ as float Div -> Round -> Clip(0, 255) -> Mul, in place.
+    """Rewrite unsigned 8-bit Q [-> Clip] -> DQ as float Div -> Round [-> Add z] -> Clip(0, 255) [-> Sub z] -> Mul,
+    in place; also a uint8 tensor of any width with a nonzero zero point z (MobileNetV2's bottleneck streams).
 
     TensorRT has no uint8 activations (its parser imports them as int8: 128..255 would saturate at 127),
-    and an 8-bit unsigned tensor has no exact int8 form with zero point 0. The float form computes the
-    same values (Round is half-to-even like QuantizeLinear); the consumers then run in float on TensorRT.
-    Returns the integer tensors rewritten (their names are kept, holding integers as float).
+    and an 8-bit unsigned tensor has no exact int8 form with zero point 0; TensorRT's quantization is
+    symmetric, so a zero point has none either. The float form computes the same values (Round is
+    half-to-even like QuantizeLinear, the integers and z are exact in float32); the consumers then run in
+    float on TensorRT. Returns the integer tensors rewritten (their names are kept, holding integers as float).
     """
     from onnx import helper, numpy_helper
 
@@ -138,10 +141,8 @@ def _emulate_wide_unsigned_(graph) -> list[str]:
         after = consumers.get(q.output[0], [])
         clip = after[0] if len(after) == 1 and after[0].op_type == "Clip" else None
         hi = float(_constant(graph, clip.input[2])) if clip is not None else 255.0
-        if hi <= 127:
-            continue  # 1..7-bit unsigned: the same integers fit int8 exactly
-        if zero.any():
-            raise QadtrError(f"{q.name}: uint8 zero point {zero.max()} != 0; only zero point 0 is supported")
+        if hi <= 127 and not zero.any():
+            continue  # 1..7-bit unsigned with zero point 0: the same integers fit int8 exactly
         int_name = clip.output[0] if clip is not None else q.output[0]
         dqs = consumers.get(int_name, [])
         if not dqs or any(d.op_type != "DequantizeLinear" for d in dqs):
@@ -149,14 +150,21 @@ def _emulate_wide_unsigned_(graph) -> list[str]:
         lo_name, hi_name = f"{int_name}_lo", f"{int_name}_hi"
         new_inits += [numpy_helper.from_array(np.array(0.0, np.float32), lo_name),
                       numpy_helper.from_array(np.array(hi, np.float32), hi_name)]
-        replace[id(q)] = [helper.make_node("Div", [q.input[0], q.input[1]], [f"{int_name}_div"], name=f"{q.name}_div"),
-                          helper.make_node("Round", [f"{int_name}_div"], [f"{int_name}_round"], name=f"{q.name}_round"),
-                          helper.make_node("Clip", [f"{int_name}_round", lo_name, hi_name], [int_name],
-                                           name=f"{q.name}_clip")]
+        rounded, shifted, zp = f"{int_name}_round", f"{int_name}_shift", f"{int_name}_zp"
+        nodes = [helper.make_node("Div", [q.input[0], q.input[1]], [f"{int_name}_div"], name=f"{q.name}_div"),
+                 helper.make_node("Round", [f"{int_name}_div"], [rounded], name=f"{q.name}_round")]
+        if zero.any():  # q = round(x / s) + z, read back as (q - z) * s
+            new_inits.append(numpy_helper.from_array(zero.astype(np.float32), zp))
+            nodes.append(helper.make_node("Add", [rounded, zp], [shifted], name=f"{q.name}_add_zp"))
+        replace[id(q)] = nodes + [helper.make_node("Clip", [shifted if zero.any() else rounded, lo_name, hi_name],
+                                                   [int_name], name=f"{q.name}_clip")]
         if clip is not None:
             replace[id(clip)] = []
         for d in dqs:
-            replace[id(d)] = [helper.make_node("Mul", [int_name, d.input[1]], [d.output[0]], name=f"{d.name}_mul")]
+            centred = [helper.make_node("Sub", [int_name, zp], [f"{d.output[0]}_centred"], name=f"{d.name}_sub_zp")]
+            read = f"{d.output[0]}_centred" if zero.any() else int_name
+            replace[id(d)] = (centred if zero.any() else []) + [
+                helper.make_node("Mul", [read, d.input[1]], [d.output[0]], name=f"{d.name}_mul")]
         rewritten.append(int_name)
     nodes = [n for old in graph.node for n in replace.get(id(old), [old])]
     del graph.node[:]
@@ -177,9 +185,10 @@ def _uint8_to_int8_(graph) -> None:
     """
     from onnx import numpy_helper
 
+    used = {name for n in graph.node for name in n.input}  # a zero point `_emulate_wide_unsigned_` replaced is not
     for init in graph.initializer:
         value = numpy_helper.to_array(init)
-        if value.dtype != np.uint8:
+        if value.dtype != np.uint8 or init.name not in used:
             continue
         if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] == init.name
                for n in graph.node) and value.any():

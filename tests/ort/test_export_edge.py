@@ -128,3 +128,23 @@ def test_tflite_exports_or_refuses_in_one_line(checkpoints, tiny_images, tmp_pat
         assert list(tmp_path.iterdir()) == []
     else:
         assert r and r.record.passed
+
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_trt_bound_mbv2_exports_its_zero_point_streams_exactly(checkpoints, tiny_images, bits, tmp_path):
+    """The bottleneck streams (uint8 with a learned zero point near 128) have no symmetric int8 form: they are
+    computed in float with their zero point (Div, Round, Add z, Clip, Sub z, Mul), no uint8 and no nonzero
+    zero point is left for TensorRT's parser, and the proof (every integer tensor vs Brevitas) passes."""
+    from onnx import numpy_helper
+
+    from export.trt import export_trt
+
+    r = export_trt(checkpoints["test_mbv2"], tmp_path / "trt", bits=bits, images=tiny_images)
+    assert r.record.passed, r.record.summary
+    model = onnx.load(str(tmp_path / "trt" / "model.onnx"))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zps = [inits[n.input[2]] for n in model.graph.node
+           if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits]
+    assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)
+    assert any(n.op_type == "Add" and n.name.endswith("_add_zp") and "q_out" in n.name for n in model.graph.node)

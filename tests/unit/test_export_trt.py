@@ -188,19 +188,34 @@ def _unsigned(zp: int, hi: int | None, consumer: str = "DequantizeLinear"):
     return _model(nodes, [F("x", TensorProto.FLOAT, [4])], [F("y", out_type, [4])], inits)
 
 
+def _ort(model, x: np.ndarray) -> np.ndarray:
+    ort = pytest.importorskip("onnxruntime")
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
 def test_unsigned_rewrites():
     model, emulated = trt.make_trt_bound(_unsigned(0, None))  # 8-bit unsigned -> float
     assert emulated == ["q"] and [n.op_type for n in model.graph.node] == ["Div", "Round", "Clip", "Mul"]
     model, emulated = trt.make_trt_bound(_unsigned(0, 15))  # 4-bit unsigned -> int8, same integers
     assert emulated == [] and all(i.data_type == TensorProto.INT8 for i in model.graph.initializer
                                   if i.name in ("zp", "lo", "hi"))
-    with pytest.raises(QadtrError, match=r"q: uint8 zero point 3 != 0"):
-        trt.make_trt_bound(_unsigned(3, None))
+    for hi, ops in ((None, 255), (15, 15)):  # a zero point (any width): float with it, the same values as ORT's
+        model, emulated = trt.make_trt_bound(_unsigned(3, hi))
+        assert emulated == [("c" if hi else "q")]
+        assert [n.op_type for n in model.graph.node] == ["Div", "Round", "Add", "Clip", "Sub", "Mul"]
+        x = np.array([-1.0, 0.149, 0.25, 30.0], np.float32)  # below 0, a .5 tie after /0.1, a saturation at `hi`
+        want = np.clip(np.round(x / np.float32(0.1)) + 3, 0, ops) - 3
+        got = _ort(model, x)
+        np.testing.assert_array_equal(got, (want * np.float32(0.1)).astype(np.float32))
+        np.testing.assert_array_equal(_ort(_unsigned(3, hi), x), got)  # the uint8 original, run by ORT
+    dq = helper.make_node("DequantizeLinear", ["k", "s", "zp"], ["y"])  # a zero point no Q rewrite reaches
+    graph = helper.make_graph([dq], "g", [], [], [numpy_helper.from_array(np.array(3, np.uint8), "zp")])
     with pytest.raises(QadtrError, match=r"zp: uint8 zero point 3 != 0; TensorRT needs symmetric"):
-        trt.make_trt_bound(_unsigned(3, 15))
+        trt._uint8_to_int8_(graph)
     with pytest.raises(QadtrError, match=r"q: unsigned 8-bit tensor feeds \['Identity'\]"):
         trt.make_trt_bound(_unsigned(0, None, consumer="Identity"))
-    graph = helper.make_graph([], "g", [], [], [numpy_helper.from_array(np.array([200], np.uint8), "big")])
+    graph = helper.make_graph([helper.make_node("Identity", ["big"], ["o"])], "g", [], [],
+                              [numpy_helper.from_array(np.array([200], np.uint8), "big")])
     with pytest.raises(QadtrError, match=r"big: uint8 value 200 > 127 would saturate"):
         trt._uint8_to_int8_(graph)
 
