@@ -30,12 +30,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from devices.inventory import describe_devices, load_inventory
+from devices.inventory import describe_devices, load_inventory, select_devices
 from eval.fleet import list_runs as store_runs, replay_on_devices, table
 from eval.pipeline import DEFAULT_SUBSET, run_pipeline
 from qadtr._cli import DATA_DIR_HELP, check_writable, run_cli
 from qadtr._config import write_json
 from qadtr._errors import QadtrError
+
+# test images per universal patch when --eval-subset is not given: on this host every runtime replays the whole
+# test set (ORT and XNNPACK ~3,000 images/s here, fake-quant ~300: 12 patches x 10,000 images is minutes); a board
+# over SSH or an emulated one replays tens of images per second, so there a seeded subset
+ALL_IMAGES, BOARD_SUBSET = 0, 2000
+
+
+def default_subset(devices: str, inventory: str | None) -> int:
+    """0 (the whole test set) when every selected device is this host, else BOARD_SUBSET."""
+    specs = select_devices(load_inventory(inventory), devices)
+    return ALL_IMAGES if all(s.kind == "local" for s in specs) else BOARD_SUBSET
 
 
 def _pipeline(*, checkpoint: list[str] | None, patches: str | None, device: str, out: str | None,
@@ -62,7 +73,7 @@ def _replay(*, model: list[str], patches: str | None, device: str, data: str, da
     out = check_writable(out or Path(store).parent / "on_device.json", "file")  # before the replays
     result = replay_on_devices(devices=device, models=model, patches=patches, data=data,
                                data_dir=data_dir,
-                               eval_subset=2000 if eval_subset is None else eval_subset,
+                               eval_subset=default_subset(device, inventory) if eval_subset is None else eval_subset,
                                eval_seed=eval_seed, store_path=store, replay_dir=replay_dir,
                                runtimes=runtimes, batch_size=batch_size, warmup=warmup,
                                inventory=inventory, fresh=fresh, progress=True)
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="cifar10", help="dataset whose test split the patches are replayed on")
     p.add_argument("--data-dir", default=None, help=DATA_DIR_HELP)
     p.add_argument("--eval-subset", type=int, default=None, help="test images for universal patches (0 = all; "
-                   "default 2000, pipeline 200)")
+                   "default: all of them when every device is this host, else 2000; pipeline 200)")
     p.add_argument("--eval-seed", type=int, default=1, help="seed of the evaluation placements")
     p.add_argument("--runtimes", default=None, help="comma-separated runtimes (default: every one of the device that "
                    "takes the artifact and runs here)")

@@ -287,3 +287,26 @@ def test_pipeline_cli_refuses_a_negative_subset_naming_its_own_command(capsys):
     err = capsys.readouterr().err
     assert "error: --eval-subset -1: give a count of test images, or 0 for all of them" in err
     assert err.strip().splitlines()[-1].endswith("| python -m eval.pipeline --eval-subset -1")  # not pytest's argv
+
+
+def test_the_default_subset_is_the_whole_test_set_on_this_host_and_a_subset_with_a_board():
+    from eval.on_device import BOARD_SUBSET, default_subset
+
+    assert default_subset("local", None) == 0  # every runtime here replays 10,000 images in minutes
+    assert default_subset("local,rpi4-emu", None) == BOARD_SUBSET == 2000  # the slowest device decides
+    assert default_subset("rpi4-emu", None) == BOARD_SUBSET
+
+
+def test_without_eval_subset_a_local_replay_covers_every_test_image(tiny_dataset, tiny_checkpoint, tiny_patches,
+                                                                    tmp_path):
+    from eval.on_device import main
+    from eval.replay import load_replay
+    from qadtr.data import load_split
+
+    store = tmp_path / "r.sqlite"
+    assert main(["--model", str(tiny_checkpoint), "--patches", str(tiny_patches), "--data-dir", str(tiny_dataset),
+                 "--runtimes", "null", "--store", str(store)]) == 0
+    (replay,) = sorted((tmp_path / "replays").glob("*.npz"))
+    info = load_replay(replay).info
+    n_test = len(load_split("cifar10", "test", str(tiny_dataset)).labels)
+    assert info.eval_subset == 0 and info.n_subset == n_test  # 0 = all of them, each clean once
