@@ -47,11 +47,20 @@ def _cells(zoo: Path) -> list[tuple[str, Path, int | None, str]]:
     return out
 
 
+def architecture(pt: Path) -> str:
+    """'arch/classes' of a checkpoint: the rows that share it share one fp32 size baseline."""
+    from qadtr.checkpoint import read_checkpoint_info
+
+    model = read_checkpoint_info(pt).model
+    return f"{model.arch}/{model.num_classes}"
+
+
 def export_cell(name: str, pt: Path, bits: int | None, *, exporter: str, out: Path, data_dir: str | None,
                 limit: int) -> dict:
     """Run one exporter; returns the row (figures, or the reason it was refused or failed)."""
     info = get_exporter(exporter)
-    row = {"checkpoint": name, "bits": bits_name(None if bits is None else (bits, bits)), "exporter": exporter}
+    row = {"checkpoint": name, "bits": bits_name(None if bits is None else (bits, bits)), "exporter": exporter,
+           "arch": architecture(pt)}
     stem = out / "artifacts" / name / f"{exporter}_{row['bits']}"
     try:
         if bits is None and info.fp32_refusal:
@@ -74,8 +83,8 @@ def _pct(v) -> str:
 
 
 def table_md(rows: list[dict]) -> str:
-    fp32 = {r["checkpoint"]: r.get("bytes") for r in rows if r["exporter"] == "onnx" and r["bits"] == "float"}
-    base = next(iter(v for v in fp32.values() if v), None)  # one architecture: the float ONNX is the size baseline
+    # the size baseline of each architecture: its float checkpoint's fp32 ONNX (none: sizes without a ratio)
+    fp32 = {r.get("arch"): r.get("bytes") for r in rows if r["exporter"] == "onnx" and r["bits"] == "float"}
     lines = ["| checkpoint | bits | exporter | runtime (kernels) | int activations off: end to end / per layer "
              "(of elements) | argmax agree (ties) | max \\|dlogit\\| (LSB) | size KiB (x fp32) | passed |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -84,6 +93,7 @@ def table_md(rows: list[dict]) -> str:
         if "figures" not in r:
             lines.append(f"{head} refused | {r['error']} | | | | |")
             continue
+        base = fp32.get(r.get("arch"))
         size = f"{r['bytes'] / 1024:.0f}" + (f" ({r['bytes'] / base:.2f}x)" if base else "")
         for runtime, f in r["figures"].items():
             per_layer = "n/a" if f["int_off_per_layer"] is None else f"{f['int_off_per_layer']}"
@@ -116,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         path = out / "table.json"
         rows = read_json(path)["rows"] if path.is_file() else []
+        for r in rows:  # rows written before the column: their checkpoint says it
+            pt = Path(args.zoo) / r["checkpoint"] / "model.pt"
+            if "arch" not in r and pt.is_file():
+                r["arch"] = architecture(pt)
         only = {s for s in args.only.split(",") if s}
         cells = [c for c in _cells(Path(args.zoo)) if not only or c[0] in only]
         for name, pt, bits, exporter in progress(cells, desc="export", unit="cell"):

@@ -69,6 +69,13 @@ PLAN = (
     Entry("mobilenetv2_sw248", TrainConfig(ModelConfig("mobilenetv2_cifar", bits=((2, 2), (4, 4), (8, 8)),
                                                        per_bit_bn=True), epochs=3, lr=0.01, switch="cycle"),
           "mobilenetv2_float"),
+    # GTSRB (43 signs, no flips): no pretrained weights for it, so a float ResNet-20 from scratch (signs are
+    # easy: a few epochs at lr 0.1 converge), then one switchable 2/4/8-bit model from it, as resnet20_sw248
+    Entry("gtsrb_resnet20_float", TrainConfig(_rn20(num_classes=43), data="gtsrb", recipe="float", epochs=4, lr=0.1),
+          "scratch"),
+    Entry("gtsrb_resnet20_sw248", TrainConfig(_rn20(((2, 2), (4, 4), (8, 8)), num_classes=43, per_bit_bn=True),
+                                              data="gtsrb", epochs=3, lr=0.01, switch="cycle"),
+          "gtsrb_resnet20_float"),
 )
 
 
