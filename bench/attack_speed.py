@@ -119,7 +119,7 @@ def _time_to_patch(cfg: AttackSpeedConfig, net, train, *, check_x: np.ndarray, c
         t0 = time.perf_counter()
         rng = np.random.default_rng(cfg.seed + 1)  # the same held-out placements at every check
         pl = sample_placements(len(check_x), side=values.shape[-1], hw=check_x.shape[1:3], eot=EOTConfig(), rng=rng)
-        asr = attack_success(clean, predict(net, rebuild(check_x, values, pl)), check_y, cfg.target)
+        asr = attack_success(clean, predict(net, rebuild(check_x, values, pl)), check_y, target=cfg.target)
         check_time[0] += time.perf_counter() - t0
         checks.append({"step": step + 1, "asr": asr.rate.to_dict(), "elapsed_s": time.perf_counter() - start})
         print(f"step {step + 1}: ASR {asr.rate}", flush=True)
@@ -128,7 +128,7 @@ def _time_to_patch(cfg: AttackSpeedConfig, net, train, *, check_x: np.ndarray, c
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
-    patch = universal_patch(net, train.images, train.labels, attack, callback=callback, progress=True)
+    patch = universal_patch(net, train.images, train.labels, cfg=attack, callback=callback, progress=True)
     return patch, time.perf_counter() - start, checks, check_time[0]
 
 

@@ -78,9 +78,9 @@ def attack_steps_per_s(device, *, steps: int) -> float:
     images = rng.integers(0, 256, (256, SIDE, SIDE, 3), dtype=np.uint8)  # (N, H, W, 3)
     labels = rng.integers(0, 10, 256)
     cfg = UniversalConfig(size=0.1, target=3, steps=steps)
-    universal_patch(net, images, labels, UniversalConfig(size=0.1, target=3, steps=1))  # warm-up
+    universal_patch(net, images, labels, cfg=UniversalConfig(size=0.1, target=3, steps=1))  # warm-up
     start = _clock(device)
-    universal_patch(net, images, labels, cfg)
+    universal_patch(net, images, labels, cfg=cfg)
     return steps / (_clock(device) - start)
 
 

@@ -1,7 +1,7 @@
 """ONNX Runtime with graph optimizations off (ORT_DISABLE_ALL), node by node, in numpy: the "float-mlas" semantics.
 
     outs, ints = run_float_mlas(OnnxIntGraph("w8.onnx"), x, keep_ints=True)   # x: (B, 3, H, W) float32 in [0, 1]
-    y = mlas_conv(x, w, b, attrs)        # ORT's float32 Conv<float> (MLAS SGEMM) bit for bit, (B, M, OH, OW)
+    y = mlas_conv(x, w, b, attrs=attrs)  # ORT's float32 Conv<float> (MLAS SGEMM) bit for bit, (B, M, OH, OW)
 
 Unfused, a QDQ graph runs DequantizeLinear -> float32 Conv / Gemm -> [Relu ->] QuantizeLinear, so its integer
 activations depend on how MLAS rounds the float convolution. Every other node is the float32 op that
@@ -58,7 +58,7 @@ def k_blocks(n: int, k: int) -> list[tuple[int, int]]:
     return [(k0, min(k, k0 + stride_k)) for k0 in range(0, k, stride_k)]
 
 
-def _fma_step(p: np.ndarray, acc: np.ndarray, s: np.ndarray, bits: np.ndarray) -> None:
+def _fma_step(p: np.ndarray, acc: np.ndarray, s: np.ndarray, *, bits: np.ndarray) -> None:
     """acc = fma(a, w, acc) for p = a * w (float64, exact): acc (float32, C-contiguous) in place; s (float64) and
     bits (int64) are scratch of acc's shape."""
     np.add(p, acc, out=s)  # p + acc rounded once to float64
@@ -75,7 +75,7 @@ def _fma_step(p: np.ndarray, acc: np.ndarray, s: np.ndarray, bits: np.ndarray) -
         acc.reshape(-1)[mid[fix]] = fixed
 
 
-def fma_gemm(at: np.ndarray, w: np.ndarray, blocks: list[tuple[int, int]], c0: np.ndarray | None = None
+def fma_gemm(at: np.ndarray, w: np.ndarray, blocks: list[tuple[int, int]], *, c0: np.ndarray | None = None
              ) -> np.ndarray:
     """MLAS SGEMM element by element: at (K, R) float32 (the rows' K values: A transposed, or im2col columns), w
     (K, M) float32 -> (R, M) float32. Each block of `blocks` is an FMA chain from 0 in k order, added to C as
@@ -95,13 +95,13 @@ def fma_gemm(at: np.ndarray, w: np.ndarray, blocks: list[tuple[int, int]], c0: n
             acc.fill(0)
             for i in range(k0, k1):
                 np.multiply(a64[i][:, None], w64[i], out=p)  # (R', M) exact float32 products
-                _fma_step(p, acc, s, bits)
+                _fma_step(p, acc, s, bits=bits)
             c = acc.copy() if c is None else acc + c  # ZeroMode store, else vfmadd213ps acc * 1 + C
         out[r0:r0 + rows] = c
     return out
 
 
-def _im2col_nchw(x: np.ndarray, kh: int, kw: int, stride, dilation) -> tuple[np.ndarray, tuple[int, int]]:
+def _im2col_nchw(x: np.ndarray, kh: int, kw: int, *, stride, dilation) -> tuple[np.ndarray, tuple[int, int]]:
     """(B, C, H', W') padded float32 -> ((C*KH*KW, B*OH*OW) columns in MLAS's (c, ky, kx) K order, (OH, OW))."""
     b, c, h, w = x.shape
     (sh, sw), (dh, dw) = stride, dilation
@@ -113,7 +113,7 @@ def _im2col_nchw(x: np.ndarray, kh: int, kw: int, stride, dilation) -> tuple[np.
     return view.reshape(c * kh * kw, b * oh * ow), (oh, ow)  # the one copy
 
 
-def mlas_conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, attrs: dict) -> np.ndarray:
+def mlas_conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, *, attrs: dict) -> np.ndarray:
     """ORT Conv<float> (2-D): x (B, C, H, W), w (M, C/group, KH, KW), bias (M,) float32 -> (B, M, OH, OW) float32."""
     if len(w.shape) != 4:
         raise _err(f"float-mlas models 2-D Conv only, not a {len(w.shape) - 2}-D kernel; run it under ORT instead")
@@ -124,7 +124,7 @@ def mlas_conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, attrs: dict
     xp = np.pad(np.asarray(x, np.float32), ((0, 0), (0, 0), (pt, pb), (pl, pr)))  # im2col's 0.0 pads
     mg, parts = m // groups, []
     for g in range(groups):  # one MlasSgemmOperation per (image, group): M = filters of the group
-        cols, (oh, ow) = _im2col_nchw(xp[:, g * cg:(g + 1) * cg], kh, kw, stride, dilation)
+        cols, (oh, ow) = _im2col_nchw(xp[:, g * cg:(g + 1) * cg], kh, kw, stride=stride, dilation=dilation)
         wg = w[g * mg:(g + 1) * mg].reshape(mg, cg * kh * kw).T  # (K, Mg)
         parts.append(fma_gemm(cols, np.asarray(wg, np.float32), k_blocks(oh * ow, cg * kh * kw)))  # (B*OH*OW, Mg)
     y = parts[0] if groups == 1 else np.concatenate(parts, axis=1)  # (B*OH*OW, M)
@@ -133,7 +133,7 @@ def mlas_conv(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, attrs: dict
     return y.reshape(x.shape[0], oh, ow, m).transpose(0, 3, 1, 2)
 
 
-def mlas_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, attrs: dict) -> np.ndarray:
+def mlas_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, *, attrs: dict) -> np.ndarray:
     """ORT Gemm<float> (alpha = 1, beta = 1 or no C, C a row vector): a (M, K), b (K, N) or (N, K) with transB."""
     alpha, beta = float(attrs.get("alpha", 1.0)), float(attrs.get("beta", 1.0))
     if attrs.get("transA", 0) or alpha != 1.0 or (c is not None and beta != 1.0):
@@ -148,7 +148,7 @@ def mlas_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray | None, attrs: dict) -
             return _m1_transb(np.asarray(a[0], np.float32), np.asarray(b, np.float32), bias)[None]
         raise _err(f"float-mlas does not model MLAS's M = 1 kernel for a ({a.shape}) x ({bk.shape}) Gemm "
                    "without transB or with one column; run it under ORT instead")
-    return fma_gemm(np.asarray(a, np.float32).T, bk, k_blocks(n, bk.shape[0]), bias)
+    return fma_gemm(np.asarray(a, np.float32).T, bk, k_blocks(n, bk.shape[0]), c0=bias)
 
 
 def _m1_transb(a: np.ndarray, b: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
@@ -192,7 +192,7 @@ def run_float_mlas(graph, x: np.ndarray, keep_ints: bool = False
         ins = [env.get(i) for i in n.input]
         if n.op_type in ("Conv", "Gemm"):
             op = mlas_conv if n.op_type == "Conv" else mlas_gemm
-            outs = [op(ins[0], ins[1], ins[2] if len(ins) > 2 else None, graph._attr(n))]
+            outs = [op(ins[0], ins[1], ins[2] if len(ins) > 2 else None, attrs=graph._attr(n))]
         else:
             outs = graph._float_op(n, ins)
         env.update(zip(n.output, outs))

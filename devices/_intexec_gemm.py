@@ -2,7 +2,7 @@
 cannot round.
 
     xc = pad_nhwc(x, zp, (1, 1, 1, 1))                       # x: (B, H, W, C) int8/uint8 -> (B, H+2, W+2, C) f32
-    acc, (oh, ow) = conv_nhwc(xc, w, (1, 1), (1, 1), bound)  # (B*OH*OW, M) float32/float64, exact integers
+    acc, (oh, ow) = conv_nhwc(xc, w, (1, 1), dilation=(1, 1), bound=bound)  # (B*OH*OW, M) float32/64, exact integers
 
 float32 holds every integer below 2^24 exactly, so a GEMM whose partial sums all stay below it returns the
 exact integer sum whatever order BLAS adds in. Every partial sum of output m is at most
@@ -31,7 +31,7 @@ def pad_nhwc(x: np.ndarray, zp: int, pads: tuple[int, int, int, int]) -> np.ndar
     return out
 
 
-def im2col(xc: np.ndarray, kh: int, kw: int, stride, dilation) -> tuple[np.ndarray, tuple[int, int]]:
+def im2col(xc: np.ndarray, kh: int, kw: int, *, stride, dilation) -> tuple[np.ndarray, tuple[int, int]]:
     """(B, H', W', C) float32 -> (B*OH*OW, KH*KW*C) columns in (kh, kw, c) order, and (OH, OW).
 
     A 1x1 kernel at stride 1 is a reshape (no copy); every other kernel takes one copy.
@@ -72,7 +72,8 @@ def exact_matmul(cols: np.ndarray, w2: np.ndarray, bound: int) -> np.ndarray:
     return acc
 
 
-def exact_depthwise(xc: np.ndarray, w: np.ndarray, stride, dilation, bound: int) -> tuple[np.ndarray, tuple[int, int]]:
+def exact_depthwise(xc: np.ndarray, w: np.ndarray, stride, *, dilation,
+                    bound: int) -> tuple[np.ndarray, tuple[int, int]]:
     """Depthwise conv as a sum of KH*KW shifted elementwise products: xc (B, H', W', C) padded float32 integers
     (zero point removed, |xc| <= bound), w (KH, KW, C) integers -> ((B*OH*OW, C) exact sums, (OH, OW)).
 
@@ -92,14 +93,14 @@ def exact_depthwise(xc: np.ndarray, w: np.ndarray, stride, dilation, bound: int)
     return acc.reshape(b * oh * ow, c), (oh, ow)
 
 
-def conv_nhwc(xc: np.ndarray, w_khkwcm: np.ndarray, stride, dilation, bound: int | None = None
+def conv_nhwc(xc: np.ndarray, w_khkwcm: np.ndarray, stride, *, dilation, bound: int | None = None
               ) -> tuple[np.ndarray, tuple[int, int]]:
     """xc (B, H', W', C) padded float32 integers (zero point removed, |xc| <= bound; measured when None),
     w (KH, KW, C, M) integers -> ((B*OH*OW, M) exact sums in float32 or float64, (OH, OW))."""
     kh, kw, c, m = w_khkwcm.shape
     w2 = w_khkwcm.reshape(kh * kw * c, m)  # (K, M)
     bound = int(np.abs(xc).max(initial=0)) if bound is None else proven_bound(xc, w2, bound)
-    cols, out_hw = im2col(xc, kh, kw, stride, dilation)
+    cols, out_hw = im2col(xc, kh, kw, stride=stride, dilation=dilation)
     return exact_matmul(cols, w2, bound), out_hw
 
 

@@ -1,7 +1,7 @@
 """MLAS numerics for the ONNX integer executor (devices/_intexec_onnx.py, whose docstring cites the sources).
 
     err = saturation_error(cols, w2, amax, offset=za)  # (N, M) AVX2 pair saturation of u8 (cols + za) x s8 w2
-    q = requant_f32(acc, scale, zp, np.uint8, relu)    # MlasRequantizeOutput of exact sums held in float
+    q = requant_f32(acc, scale, zp, dtype=np.uint8, relu=relu)  # MlasRequantizeOutput of exact sums held in float
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def pair_dot_sat(a: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.clip(pairs, *I16).sum(-2, dtype=np.int64)
 
 
-def saturation_error(cols: np.ndarray, w: np.ndarray, amax: np.ndarray, offset: int = 0) -> np.ndarray | None:
+def saturation_error(cols: np.ndarray, w: np.ndarray, amax: np.ndarray, *, offset: int = 0) -> np.ndarray | None:
     """pair_dot_sat minus the exact product, (N, M) float64, for the u8 inputs `cols + offset` (N, K) (cols in
     any numeric dtype), or None where no pair can saturate.
 
@@ -53,7 +53,7 @@ def saturation_error(cols: np.ndarray, w: np.ndarray, amax: np.ndarray, offset: 
     return err
 
 
-def requant_f32(acc: np.ndarray, scale: np.ndarray, zp: int, dtype, relu: bool) -> np.ndarray:
+def requant_f32(acc: np.ndarray, scale: np.ndarray, zp: int, *, dtype, relu: bool) -> np.ndarray:
     """_requant of exact integer sums held in float (|acc| < 2^31, so int32 -> float32 is one rounding, as
     float64 -> float32 is): float32(acc) * scale, round-half-even, + zp, saturate; in float32, in place."""
     lo, hi = _QRANGE[np.dtype(dtype)]
@@ -69,14 +69,14 @@ def _fma32(x: np.ndarray, y: np.float32, z) -> np.ndarray:
     return (x.astype(np.float64) * np.float64(y) + np.asarray(z, np.float64)).astype(np.float32)
 
 
-def _quantize(v: np.ndarray, scale, zp, dtype) -> np.ndarray:
+def _quantize(v: np.ndarray, scale, zp, *, dtype) -> np.ndarray:
     """MlasQuantizeLinear: v / scale in float32, round-half-even, + zero point, saturate."""
     lo, hi = _QRANGE[np.dtype(dtype)]
     q = np.rint(v.astype(np.float32) / np.float32(scale)).astype(np.int64) + int(zp)
     return np.clip(q, lo, hi).astype(dtype)
 
 
-def _dequantize(q: np.ndarray, scale, zp, axis: int = 1) -> np.ndarray:
+def _dequantize(q: np.ndarray, scale, zp, *, axis: int = 1) -> np.ndarray:
     scale, zp = np.asarray(scale, np.float32), np.asarray(zp).astype(np.int32)
     if scale.ndim == 1 and q.ndim > 1:  # per-axis
         shape = [1] * q.ndim
@@ -85,7 +85,7 @@ def _dequantize(q: np.ndarray, scale, zp, axis: int = 1) -> np.ndarray:
     return (q.astype(np.int32) - zp).astype(np.float32) * scale
 
 
-def _requant(acc: np.ndarray, scale: np.ndarray, zp: int, dtype, relu: bool) -> np.ndarray:
+def _requant(acc: np.ndarray, scale: np.ndarray, zp: int, *, dtype, relu: bool) -> np.ndarray:
     """MlasRequantizeOutput / ConvSym post-process: float32(acc) * scale, round-half-even, + zp, saturate."""
     lo, hi = _QRANGE[np.dtype(dtype)]
     q = np.rint(acc.astype(np.int32).astype(np.float32) * scale).astype(np.int64) + zp

@@ -208,7 +208,7 @@ class OnnxIntGraph:
                 continue
             grp = self.groups.get(n.output[0])
             if grp is not None:
-                env[n.output[0]] = getattr(self, f"_run_{grp.kind}")(grp, env, semantics)
+                env[n.output[0]] = getattr(self, f"_run_{grp.kind}")(grp, env, semantics=semantics)
             elif id(n) not in self.skip:
                 env.update(zip(n.output, self._float_op(n, [env.get(i) for i in n.input])))
         outs = {k: env[k] for k in self.output_names}
@@ -221,13 +221,13 @@ class OnnxIntGraph:
             return q.astype(np.int32) + U8_SHIFT, int(zp) + U8_SHIFT
         return q.astype(np.int32), int(zp)
 
-    def _acc(self, a: np.ndarray, zp_a: int, w2: np.ndarray, semantics: str) -> np.ndarray:
+    def _acc(self, a: np.ndarray, zp_a: int, w2: np.ndarray, *, semantics: str) -> np.ndarray:
         """a (B, K) u8-domain ints, w2 (K, M) int8 -> int32-exact (B, M) accumulator minus zero-point term."""
         acc = np.matmul((a - zp_a).astype(np.float64), w2.astype(np.float64)).astype(np.int64)  # exact < 2^53
         err = saturation_error(a, w2, a.max(0)) if semantics == "single-u8s8sat" else None
         return acc if err is None else acc + err.astype(np.int64)
 
-    def _run_conv(self, g: _Group, env: dict, semantics: str) -> np.ndarray:
+    def _run_conv(self, g: _Group, env: dict, *, semantics: str) -> np.ndarray:
         at = g.attrs
         xs, xz = self._qparams(g.x)
         ys, yz = self._qparams(g.q)
@@ -239,33 +239,34 @@ class OnnxIntGraph:
         stride, dilation = at.get("strides", [1, 1]), at.get("dilations", [1, 1])
         span = storage_span(x.dtype, int(xz))
         if groups > 1 and cg == 1 and m == groups:  # depthwise: exact on every x86 kernel (see _depthwise)
-            acc, bound, (oh, ow) = self._depthwise(xc, g.w, stride, dilation, span)
+            acc, bound, (oh, ow) = self._depthwise(xc, g.w, stride, dilation=dilation, span=span)
         else:  # one GEMM per group (qlinearconv.cc: MlasGemm per group_id), each with its own pairs on AVX2
             parts, bound = [], 0
             for i in range(groups):
                 mg = m // groups
                 part, b, (oh, ow) = self._conv_gemm(xc[..., i * cg:(i + 1) * cg], g.w[i * mg:(i + 1) * mg], x.dtype,
-                                                    int(xz), stride, dilation, span, semantics)
+                                                    xz=int(xz), stride=stride, dilation=dilation, span=span,
+                                                    semantics=semantics)
                 parts.append(part)
                 bound = max(bound, b)
             acc = parts[0] if groups == 1 else np.concatenate(parts, axis=1)  # (N, M)
         acc, bound = with_bias(acc, g.bias, bound)
         scale = (xs * g.w_scale) / ys  # float32, qlinearconv.cc ComputeOutputScale
         if bound < 2 ** 31:  # int32 accumulator: no wrap, float32(acc) is one rounding
-            q = requant_f32(acc, scale, int(yz), yz.dtype, g.relu)
+            q = requant_f32(acc, scale, int(yz), dtype=yz.dtype, relu=g.relu)
         else:  # beyond int32, ORT's accumulator wraps: the int64 path
-            q = _requant(acc.astype(np.int64), scale, int(yz), yz.dtype, g.relu)
+            q = _requant(acc.astype(np.int64), scale, int(yz), dtype=yz.dtype, relu=g.relu)
         return q.reshape(x.shape[0], oh, ow, m).transpose(0, 3, 1, 2)  # (B, M, OH, OW) view of NHWC
 
     @staticmethod
-    def _conv_gemm(xc: np.ndarray, w: np.ndarray, dtype, xz: int, stride, dilation, span: int, semantics: str
+    def _conv_gemm(xc: np.ndarray, w: np.ndarray, dtype, *, xz: int, stride, dilation, span: int, semantics: str
                    ) -> tuple[np.ndarray, int, tuple[int, int]]:
         """One group's conv as an exact GEMM: xc (B, H', W', C) zero-point-removed, w (M, C, KH, KW) int8 ->
         ((N, M) sums, their bound, (OH, OW)), with the AVX2 pair saturation under "single-u8s8sat"."""
         m, c, kh, kw = w.shape
         w2 = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, m)  # (K, M) in (kh, kw, c) order
         bound = proven_bound(xc, w2, span)
-        cols, out_hw = im2col(xc, kh, kw, stride, dilation)  # (N, K)
+        cols, out_hw = im2col(xc, kh, kw, stride=stride, dilation=dilation)  # (N, K)
         acc, bound = exact_matmul(cols, w2, bound), sum_bound(w2, bound)  # (N, M) exact
         if semantics == "single-u8s8sat":  # the AVX2 pairs on u8 inputs: x - zp + za, pads hold za
             za = xz + (U8_SHIFT if dtype == np.int8 else 0)
@@ -277,7 +278,7 @@ class OnnxIntGraph:
         return acc, bound, out_hw
 
     @staticmethod
-    def _depthwise(xc: np.ndarray, w: np.ndarray, stride, dilation, span: int
+    def _depthwise(xc: np.ndarray, w: np.ndarray, stride, *, dilation, span: int
                    ) -> tuple[np.ndarray, int, tuple[int, int]]:
         """Depthwise QLinearConv (group = C, one input and output channel per group) as exact int32 sums, under
         both semantics: qlinearconv.cc runs it as MlasConvSymDepthwise when C % 16 == 0 (ConvSymKernelAvx2.S
@@ -289,20 +290,20 @@ class OnnxIntGraph:
         m, _, kh, kw = w.shape
         wk = w[:, 0].transpose(1, 2, 0)  # (KH, KW, C)
         bound = proven_bound(xc, wk.reshape(kh * kw, m), span)
-        acc, out_hw = exact_depthwise(xc, wk, stride, dilation, bound)  # (N, C)
+        acc, out_hw = exact_depthwise(xc, wk, stride, dilation=dilation, bound=bound)  # (N, C)
         return acc, sum_bound(wk.reshape(kh * kw, m), bound), out_hw
 
-    def _run_gemm(self, g: _Group, env: dict, semantics: str) -> np.ndarray:
+    def _run_gemm(self, g: _Group, env: dict, *, semantics: str) -> np.ndarray:
         xs, xz = self._qparams(g.x)
         a, za = self._u8(env[g.x.input[0]], xz)  # (B, K)
         w2 = g.w.T if g.attrs.get("transB", 0) else g.w  # (K, N)
-        acc = self._acc(a, za, w2, semantics) + (0 if g.bias is None else g.bias)
+        acc = self._acc(a, za, w2, semantics=semantics) + (0 if g.bias is None else g.bias)
         scale = (np.float32(g.attrs.get("alpha", 1.0)) * xs) * g.w_scale  # quant_gemm.cc ComputeOutputScale
         return acc.astype(np.int32).astype(np.float32) * scale
 
     _run_gemm_q = run_gemm_q  # QGemm with an integer output (devices/_intexec_onnx_ops.py)
 
-    def _run_add(self, g: _Group, env: dict, semantics: str) -> np.ndarray:
+    def _run_add(self, g: _Group, env: dict, *, semantics: str) -> np.ndarray:
         """8-bit + 8-bit is a function of 65536 value pairs: one table (devices._intexec_lut), filled by _add."""
         a, b = env[g.a.input[0]], env[g.b.input[0]]
         if a.dtype in LUT_DTYPES and b.dtype in LUT_DTYPES:
@@ -338,9 +339,9 @@ class OnnxIntGraph:
             hi = ins[2] if len(ins) > 2 and ins[2] is not None else None
             return [np.clip(x, lo, hi).astype(x.dtype)]
         if op == "QuantizeLinear":
-            return [_quantize(x, ins[1], ins[2], ins[2].dtype)]
+            return [_quantize(x, ins[1], ins[2], dtype=ins[2].dtype)]
         if op == "DequantizeLinear":
-            return [_dequantize(x, ins[1], ins[2], at.get("axis", 1))]
+            return [_dequantize(x, ins[1], ins[2], axis=at.get("axis", 1))]
         if op in ("GlobalAveragePool", "MaxPool"):
             return [_gap(x) if op == "GlobalAveragePool" else max_pool(x, at)]
         if op == "Flatten":
@@ -371,7 +372,8 @@ class OnnxIntGraph:
         if op == "Identity":
             return [x]
         if op == "Slice":
-            return [self._slice(x, *ins[1:])]
+            return [self._slice(x, ins[1], ins[2], axes=ins[3] if len(ins) > 3 else None,
+                                steps=ins[4] if len(ins) > 4 else None)]
         if op == "Pad":
             p = ins[1].tolist()
             r = x.ndim
@@ -382,7 +384,7 @@ class OnnxIntGraph:
         raise _err(f"{n.name}: op {op} is not supported by the integer executor")
 
     @staticmethod
-    def _slice(x, starts, ends, axes=None, steps=None):
+    def _slice(x, starts, ends, *, axes=None, steps=None):
         axes = range(len(starts)) if axes is None else axes.tolist()
         steps = [1] * len(starts) if steps is None else steps.tolist()
         idx = [slice(None)] * x.ndim

@@ -1,8 +1,8 @@
 """MaxPool and the int-output QGemm of devices/_intexec_onnx.py, as ONNX Runtime's CPU EP runs them at ORT_ENABLE_ALL.
 
-    nodes = propagate_dq(nodes, const)       # DQ -> MaxPool rewritten to MaxPool (on the integers) -> DQ
-    y = max_pool(x, attrs)                   # ONNX MaxPool of (B, C, H, W) integers or floats
-    q = run_gemm_q(graph, group, env, sem)   # DQ -> Gemm [-> Relu] -> Q fused into QGemm with an integer output
+    nodes = propagate_dq(nodes, const)                # DQ -> MaxPool rewritten to MaxPool (on the integers) -> DQ
+    y = max_pool(x, attrs)                            # ONNX MaxPool of (B, C, H, W) integers or floats
+    q = run_gemm_q(graph, group, env, semantics=sem)  # DQ -> Gemm [-> Relu] -> Q fused into QGemm of integer output
 
 Brevitas exports a max pool on a QuantTensor as DequantizeLinear -> MaxPool with no QuantizeLinear after it (the
 layer after it reads the float). ORT's QDQPropagationTransformer (qdq_transformer/qdq_propagation.cc) moves the
@@ -72,7 +72,7 @@ def max_pool(x: np.ndarray, at: dict) -> np.ndarray:
     return np.max(taps, axis=0)  # (B, C, OH, OW)
 
 
-def run_gemm_q(graph, g, env: dict, semantics: str) -> np.ndarray:
+def run_gemm_q(graph, g, env: dict, *, semantics: str) -> np.ndarray:
     """QGemm with an integer output: (B, N) integers in the Q's dtype (see the module docstring)."""
     xs, xz = graph._qparams(g.x)
     ys, yz = graph._qparams(g.q)
@@ -81,6 +81,7 @@ def run_gemm_q(graph, g, env: dict, semantics: str) -> np.ndarray:
                    "(no QGemm fusion); make the quantizer after the Relu unsigned")
     a, za = graph._u8(env[g.x.input[0]], xz)  # (B, K)
     w2 = g.w.T if g.attrs.get("transB", 0) else g.w  # (K, N)
-    acc = graph._acc(a, za, w2, semantics) + (0 if g.bias is None else g.bias)
+    acc = graph._acc(a, za, w2, semantics=semantics) + (0 if g.bias is None else g.bias)
     scale = (np.float32(g.attrs.get("alpha", 1.0)) * xs) * g.w_scale / ys  # quant_gemm.cc ComputeOutputScale
-    return requant_f32(acc.astype(np.int32).astype(np.float64), scale.astype(np.float32), int(yz), yz.dtype, False)
+    return requant_f32(acc.astype(np.int32).astype(np.float64), scale.astype(np.float32), int(yz), dtype=yz.dtype,
+                       relu=False)

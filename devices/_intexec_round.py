@@ -1,7 +1,7 @@
 """Rounding primitives of the integer executors: TFLite / gemmlowp fixed point (reference forms, int64) and the
 float64 form of MultiplyByQuantizedMultiplier that the convolutions use where a bound proves it exact.
 
-    y = requant_fixed(acc, q, shift, bound)   # == mbqm(acc, q, shift) bit for bit, in float64 where it can be
+    y = requant_fixed(acc, q, shift, bound=bound)  # == mbqm(acc, q, shift) bit for bit, in float64 where it can be
 
 The int64 functions are the definitions (each cites its source); `requant_fixed` is a faster evaluation of
 the same integers, checked against them in tests/unit/test_intexec_round.py.
@@ -95,7 +95,7 @@ def round_away(v) -> np.ndarray:
     return (np.sign(v) * (f + (a - f >= 0.5))).astype(np.int64)
 
 
-def requant_fixed(acc: np.ndarray, q, shift, bound: int | None = None, *, half_up: bool = False) -> np.ndarray:
+def requant_fixed(acc: np.ndarray, q, shift, *, bound: int | None = None, half_up: bool = False) -> np.ndarray:
     """mbqm(acc, q, shift) (or, with `half_up`, ruy's srdhm then rdbpot_half_up) of integer `acc` (..., C) held in
     any numeric dtype, per-channel q, shift (C,): int64 integers, bit-exact with the int64 definitions.
 

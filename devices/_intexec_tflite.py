@@ -134,7 +134,7 @@ class TfliteIntGraph:
         for kind, ins, outs, opt in self.ops:
             args = [vals[i] if i in vals else self.tensors[i].data if i >= 0 else None for i in ins]
             tin = [self.tensors[i] if i >= 0 else None for i in ins]
-            y = _OPS[kind](self, semantics, args, tin, self.tensors[outs[0]], opt)
+            y = _OPS[kind](self, semantics, args, tin=tin, out=self.tensors[outs[0]], opt=opt)
             vals[outs[0]] = y.astype(_NP[self.tensors[outs[0]].type], copy=False)
         outputs = {self.tensors[i].name: vals[i] for i in self._out}
         ints = {self.tensors[i].name: v for i, v in vals.items()
@@ -158,7 +158,7 @@ class TfliteIntGraph:
 
 
 # -- ops: each (graph, semantics, args, input tensors, output tensor, options) -> array ------------------
-def _requant(sem: str, acc: np.ndarray, s_in: np.float32, s_w: np.ndarray, out: _Tensor, lo: int, hi: int,
+def _requant(sem: str, acc: np.ndarray, s_in: np.float32, *, s_w: np.ndarray, out: _Tensor, lo: int, hi: int,
              ruy: bool = False, bound: int | None = None):
     """Per-channel requantization of an integer accumulator (..., C), held in any numeric dtype (|acc| <= bound
     where known), into out's integers (float or int64 values in [lo, hi])."""
@@ -166,7 +166,7 @@ def _requant(sem: str, acc: np.ndarray, s_in: np.float32, s_w: np.ndarray, out: 
         qs = [quantize_multiplier(float(s_in) * float(w) / float(out.scale[0])) for w in s_w]
         q, shift = np.array([q for q, _ in qs], np.int64), np.array([s for _, s in qs], np.int64)
         # ruy (ruy and BUILTIN_X86): the same high mul, then halves toward +inf; else mbqm
-        y = requant_fixed(acc, q, shift, bound, half_up=ruy and sem == BUILTIN_X86)
+        y = requant_fixed(acc, q, shift, bound=bound, half_up=ruy and sem == BUILTIN_X86)
     else:  # convolution-nhwc.c: float input_scale * kernel_scale / output_scale; rint = round half to even
         scale = (np.float32(s_in) * s_w.astype(np.float32)) / np.float32(out.scale[0])
         y = np.rint(np.multiply(acc, scale, dtype=np.float32))  # acc: float32 rounds once, as int -> float does
@@ -182,7 +182,7 @@ def _same_pads(x: np.ndarray, k: tuple[int, int], s: int) -> tuple[int, int, int
     return ph // 2, pw // 2, ph - ph // 2, pw - pw // 2
 
 
-def _padded(g, x: np.ndarray, xt: _Tensor, kh: int, kw: int, opt) -> np.ndarray:
+def _padded(g, x: np.ndarray, xt: _Tensor, *, kh: int, kw: int, opt) -> np.ndarray:
     """x - zp (conv.h: input_offset = -zero_point) after SAME/VALID padding: (N, H', W', C) float32 integers."""
     if (opt.dilationHFactor or 1) != 1 or (opt.dilationWFactor or 1) != 1 or opt.strideH != opt.strideW:
         raise RunnerError(f"dilated or anisotropic-stride convolution is not implemented; {_FIX}")
@@ -190,45 +190,48 @@ def _padded(g, x: np.ndarray, xt: _Tensor, kh: int, kw: int, opt) -> np.ndarray:
     return pad_nhwc(x, xt.zp0, _same_pads(x, (kh, kw), opt.strideH) if same else (0, 0, 0, 0))
 
 
-def _windows(g, x: np.ndarray, xt: _Tensor, kh: int, kw: int, opt):
+def _windows(g, x: np.ndarray, xt: _Tensor, *, kh: int, kw: int, opt):
     """(N, Ho, Wo, C) views of x - zp, one per kernel tap (kh, kw), after SAME/VALID padding."""
     s = opt.strideH
-    x = _padded(g, x, xt, kh, kw, opt)
+    x = _padded(g, x, xt, kh=kh, kw=kw, opt=opt)
     ho, wo = (x.shape[1] - kh) // s + 1, (x.shape[2] - kw) // s + 1
     return {(i, j): x[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s, :] for i in range(kh) for j in range(kw)}
 
 
-def _conv2d(g, sem, args, tin, out, opt):
+def _conv2d(g, sem, args, *, tin, out, opt):
     x, w, b = args[0], args[1], args[2]  # w: (Cout, KH, KW, Cin)
-    xc = _padded(g, x, tin[0], w.shape[1], w.shape[2], opt)  # (N, H', W', Cin), zero point removed
+    xc = _padded(g, x, tin[0], kh=w.shape[1], kw=w.shape[2], opt=opt)  # (N, H', W', Cin), zero point removed
     s, w4 = opt.strideH, w.transpose(1, 2, 3, 0)  # (KH, KW, Cin, Cout)
     span = storage_span(x.dtype, tin[0].zp0)  # |x - zp| <= span
-    acc, (ho, wo) = conv_nhwc(xc, w4, (s, s), (1, 1), span)  # (N*Ho*Wo, Cout), exact
+    acc, (ho, wo) = conv_nhwc(xc, w4, (s, s), dilation=(1, 1), bound=span)  # (N*Ho*Wo, Cout), exact
     acc, bound = with_bias(acc, b, sum_bound(w4.reshape(-1, w.shape[0]), span))
-    return _requant(sem, acc.reshape(x.shape[0], ho, wo, -1), tin[0].scale[0], tin[1].scale, out,
-                    *g._clamp_range(out, opt.fusedActivationFunction), ruy=True, bound=bound)
+    lo, hi = g._clamp_range(out, opt.fusedActivationFunction)
+    return _requant(sem, acc.reshape(x.shape[0], ho, wo, -1), tin[0].scale[0], s_w=tin[1].scale, out=out, lo=lo,
+                    hi=hi, ruy=True, bound=bound)
 
 
-def _depthwise(g, sem, args, tin, out, opt):
+def _depthwise(g, sem, args, *, tin, out, opt):
     """A 1x1 stride-1 depthwise conv of int8 is a per-channel map of 256 values: one table (devices._intexec_lut)."""
     w = args[1]  # (1, KH, KW, C * multiplier)
     if w.shape[1:3] == (1, 1) and opt.strideH == opt.strideW == 1 and args[0].dtype in LUT_DTYPES:
-        grid = lambda v: _depthwise_taps(g, sem, [v[None, :, None], *args[1:]], tin, out, opt)[0, :, 0]  # noqa: E731
+        grid = lambda v: _depthwise_taps(  # noqa: E731
+            g, sem, [v[None, :, None], *args[1:]], tin=tin, out=out, opt=opt)[0, :, 0]
         return channel_lut(lambda v: grid(v).astype(_NP[out.type]), args[0])
-    return _depthwise_taps(g, sem, args, tin, out, opt)
+    return _depthwise_taps(g, sem, args, tin=tin, out=out, opt=opt)
 
 
-def _depthwise_taps(g, sem, args, tin, out, opt):
+def _depthwise_taps(g, sem, args, *, tin, out, opt):
     x, w, b = args[0], args[1].astype(np.int64), args[2]  # w: (1, KH, KW, C * multiplier)
     if (opt.depthMultiplier or 1) != 1 and w.shape[3] != x.shape[3]:
         raise RunnerError(f"depthwise multiplier {opt.depthMultiplier} is not implemented; {_FIX}")
-    taps = _windows(g, x, tin[0], w.shape[1], w.shape[2], opt)
+    taps = _windows(g, x, tin[0], kh=w.shape[1], kw=w.shape[2], opt=opt)
     acc = sum(t.astype(np.int64) * w[0, i, j, :] for (i, j), t in taps.items())
     acc = acc + (b.astype(np.int64) if b is not None else 0)
-    return _requant(sem, acc, tin[0].scale[0], tin[1].scale, out, *g._clamp_range(out, opt.fusedActivationFunction))
+    lo, hi = g._clamp_range(out, opt.fusedActivationFunction)
+    return _requant(sem, acc, tin[0].scale[0], s_w=tin[1].scale, out=out, lo=lo, hi=hi)
 
 
-def _fully_connected(g, sem, args, tin, out, opt):
+def _fully_connected(g, sem, args, *, tin, out, opt):
     """fully_connected.h, per-channel (export.tflite writes every FC so), int8 or 16x8: exact accumulate, then
     BUILTIN_REF's int64 MultiplyByQuantizedMultiplier (one rounding, halves up) for both; the int8 optimized
     kernel (BUILTIN_X86) through ruy, as CONV_2D; XNNPACK's fp32 requantization for int8, builtin's for int16.
@@ -246,26 +249,27 @@ def _fully_connected(g, sem, args, tin, out, opt):
     elif sem == BUILTIN_X86:
         y = requant_fixed(acc, q, sh, half_up=True)
     else:
-        return _requant(sem, acc, tin[0].scale[0], s_w, out, lo, hi)
+        return _requant(sem, acc, tin[0].scale[0], s_w=s_w, out=out, lo=lo, hi=hi)
     return np.clip(y + out.zp0, lo, hi)
 
 
-def _add(g, sem, args, tin, out, opt):
+def _add(g, sem, args, *, tin, out, opt):
     """int8 + int8 is a function of 65536 value pairs: one table (devices._intexec_lut), filled by _add_ints."""
     if all(v.dtype in LUT_DTYPES for v in args):
-        return binary_lut(lambda a, b: _add_ints(g, sem, [a, b], tin, out, opt).astype(_NP[out.type]), *args)
-    return _add_ints(g, sem, args, tin, out, opt)
+        return binary_lut(lambda a, b: _add_ints(g, sem, [a, b], tin=tin, out=out, opt=opt).astype(_NP[out.type]),
+                          *args)
+    return _add_ints(g, sem, args, tin=tin, out=out, opt=opt)
 
 
-def _add_ints(g, sem, args, tin, out, opt):
+def _add_ints(g, sem, args, *, tin, out, opt):
     a, b = (v.astype(np.int64) for v in args)
     lo, hi = g._clamp_range(out, opt.fusedActivationFunction if opt is not None else 0)
     if sem != "single":
-        return np.clip(_add_tflite(a, b, tin[0], tin[1], out, fold_shift=sem == BUILTIN_X86), lo, hi)
-    return np.clip(_add_xnnpack(a, b, tin[0], tin[1], out), lo, hi)
+        return np.clip(_add_tflite(a, b, tin[0], tb=tin[1], out=out, fold_shift=sem == BUILTIN_X86), lo, hi)
+    return np.clip(_add_xnnpack(a, b, tin[0], tb=tin[1], out=out), lo, hi)
 
 
-def _add_tflite(a, b, ta: _Tensor, tb: _Tensor, out: _Tensor, fold_shift: bool = False) -> np.ndarray:
+def _add_tflite(a, b, ta: _Tensor, *, tb: _Tensor, out: _Tensor, fold_shift: bool = False) -> np.ndarray:
     """add.cc PrepareInt8AddSub + integer_ops/add.h: inputs << 20, per-input multipliers, output multiplier.
     `fold_shift`: the optimized kernel's input scaling (see the module docstring, "double-ruy")."""
     left_shift = 20 if out.type == "INT8" else 15  # add.cc: headroom bits for int8 (15 for int16)
@@ -286,7 +290,7 @@ def _vshl(x: np.ndarray, n: int) -> np.ndarray:
     return x << n if n >= 0 else x >> -n
 
 
-def _add_xnnpack(a, b, ta: _Tensor, tb: _Tensor, out: _Tensor) -> np.ndarray:
+def _add_xnnpack(a, b, ta: _Tensor, *, tb: _Tensor, out: _Tensor) -> np.ndarray:
     """microparams-init.c xnn_init_qs8_add_minmax_scalar_params + qs8-vadd: 20-bit multipliers, floor shift."""
     sa = np.float32(ta.scale[0]) / np.float32(out.scale[0])  # float, as XNNPACK divides
     sb = np.float32(tb.scale[0]) / np.float32(out.scale[0])
@@ -298,7 +302,7 @@ def _add_xnnpack(a, b, ta: _Tensor, tb: _Tensor, out: _Tensor) -> np.ndarray:
     return ((bias + a * ma + b * mb) >> shift) + out.zp0  # math_asr_s32: floor
 
 
-def _mean(g, sem, args, tin, out, opt):
+def _mean(g, sem, args, *, tin, out, opt):
     x, axes = args[0].astype(np.int64), tuple(int(v) for v in np.atleast_1d(args[1]))
     n = int(np.prod([x.shape[a] for a in axes]))
     total = x.sum(axis=axes, keepdims=bool(opt.keepDims))  # (N, C): exact int sum
@@ -315,7 +319,7 @@ def _mean(g, sem, args, tin, out, opt):
     return np.clip(y + (out.zp0 if sem != "single" else 0), _QMIN[out.type], _QMAX[out.type])
 
 
-def _quantize(g, sem, args, tin, out, opt):
+def _quantize(g, sem, args, *, tin, out, opt):
     x, lo, hi = args[0], _QMIN[out.type], _QMAX[out.type]
     if tin[0].type == "FLOAT32":
         s = np.float32(out.scale[0])
@@ -329,13 +333,13 @@ def _quantize(g, sem, args, tin, out, opt):
     return np.clip(mbqm(x.astype(np.int64) - tin[0].zp0, q, shift) + out.zp0, lo, hi)
 
 
-def _dequantize(g, sem, args, tin, out, opt):
+def _dequantize(g, sem, args, *, tin, out, opt):
     """dequantize.h: float(double(scale) * (x - zp))."""
     return (np.float64(tin[0].scale[0]) * (args[0].astype(np.int64) - tin[0].zp0)).astype(np.float32)
 
 
 def _binary_float(fn):
-    def op(g, sem, args, tin, out, opt):
+    def op(g, sem, args, *, tin, out, opt):
         if out.quantized or tin[0].type != "FLOAT32":
             raise RunnerError(f"quantized {fn.__name__} is not implemented; {_FIX}")
         return fn(args[0].astype(np.float32), args[1].astype(np.float32))
@@ -343,7 +347,7 @@ def _binary_float(fn):
 
 
 def _minmax(fn):
-    def op(g, sem, args, tin, out, opt):  # same scale and zero point on both sides (export.tflite clamps)
+    def op(g, sem, args, *, tin, out, opt):  # same scale and zero point on both sides (export.tflite clamps)
         return fn(args[0], args[1].astype(args[0].dtype))
     return op
 

@@ -18,13 +18,13 @@ from devices._intexec_round import _FIX
 from devices._runner import RunnerError
 
 
-def _pad(g, sem, args, tin, out, opt):
+def _pad(g, sem, args, *, tin, out, opt):
     pads = args[1].astype(np.int64)  # (rank, 2)
     fill = out.zp0 if out.quantized else 0  # quantized PAD fills with the output zero point
     return _filled(args[0], pads, fill)
 
 
-def _padv2(g, sem, args, tin, out, opt):
+def _padv2(g, sem, args, *, tin, out, opt):
     """PAD with the constant of its third input (a stored integer for a quantized tensor)."""
     fill = args[2].reshape(-1)[0] if len(args) > 2 and args[2] is not None else (out.zp0 if out.quantized else 0)
     return _filled(args[0], args[1].astype(np.int64), fill)
@@ -36,7 +36,7 @@ def _filled(x: np.ndarray, pads: np.ndarray, fill) -> np.ndarray:
     return y
 
 
-def _strided_slice(g, sem, args, tin, out, opt):
+def _strided_slice(g, sem, args, *, tin, out, opt):
     if opt.ellipsisMask or opt.newAxisMask or opt.shrinkAxisMask or getattr(opt, "offset", False):
         raise RunnerError(f"STRIDED_SLICE with ellipsis/new-axis/shrink/offset masks is not implemented; {_FIX}")
     x, begin, end, strides = args
@@ -45,7 +45,7 @@ def _strided_slice(g, sem, args, tin, out, opt):
     return x[idx]
 
 
-def _concatenation(g, sem, args, tin, out, opt):
+def _concatenation(g, sem, args, *, tin, out, opt):
     """np.concatenate of operands quantized as the output (concatenation.cc's int8 precondition)."""
     if g._act.get(opt.fusedActivationFunction or 0, "NONE") != "NONE":
         raise RunnerError(f"CONCATENATION with a fused activation is not implemented; {_FIX}")
@@ -55,7 +55,7 @@ def _concatenation(g, sem, args, tin, out, opt):
     return np.concatenate([a.astype(args[0].dtype, copy=False) for a in args], axis=int(opt.axis))
 
 
-def _max_pool2d(g, sem, args, tin, out, opt):
+def _max_pool2d(g, sem, args, *, tin, out, opt):
     x = args[0]  # (N, H, W, C)
     if x.dtype.kind != "i":
         raise RunnerError(f"float MAX_POOL_2D is not implemented; {_FIX}")

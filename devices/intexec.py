@@ -136,7 +136,7 @@ METHOD = ("the numpy integer executor (devices.intexec) runs the same artifact o
           f"Candidates run on {PROBE_IMAGES} evenly spread rows; one exact on all of them runs on every row")
 
 
-def _run(runner: IntExecRunner, images: np.ndarray, rows: np.ndarray, keep_ints: bool
+def _run(runner: IntExecRunner, images: np.ndarray, rows: np.ndarray, *, keep_ints: bool
          ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(len(rows), K) logits of replay `images` (M, H, W, 3) uint8 at `rows`, fed as every runtime is fed
     (devices.runtimes.feed_format), and, with `keep_ints`, every integer activation of those rows."""
@@ -170,12 +170,12 @@ def attribute(artifact: Path, images: np.ndarray, deployed: np.ndarray, *, runti
         sem = SEMANTICS[name]
         with IntExecRunner(artifact, semantics=name) as runner:
             whole = len(spread) == m  # the probe is every row
-            got, ints = _run(runner, images, spread, keep_ints and whole)
+            got, ints = _run(runner, images, spread, keep_ints=keep_ints and whole)
             exact = np.all(got == deployed[spread], axis=1)  # (P,)
             used = spread
             if exact.all() and not whole:  # exact on the probe: count every image
                 used = np.arange(m)
-                got, ints = _run(runner, images, used, keep_ints)
+                got, ints = _run(runner, images, used, keep_ints=keep_ints)
                 exact = np.all(got == deployed, axis=1)
         if keep_ints and exact.all() and len(used) == m and not integers:
             integers = ints

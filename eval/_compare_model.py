@@ -267,8 +267,8 @@ def _compare_patches(pred_r: np.ndarray, pred_o: np.ndarray, labels: np.ndarray,
         attack[ref_only], attack[out_only] = "ref-only", "deployed-only"
         patches.append(PatchComparison(
             index=k, name=names[k], target=target,
-            asr_ref=attack_success(pred_r[crow], pred_r[rows], labels[rows], target).to_dict(),
-            asr_out=attack_success(pred_o[crow], pred_o[rows], labels[rows], target).to_dict(),
+            asr_ref=attack_success(pred_r[crow], pred_r[rows], labels[rows], target=target).to_dict(),
+            asr_out=attack_success(pred_o[crow], pred_o[rows], labels[rows], target=target).to_dict(),
             diff=diff, ref_only=tuple(int(i) for i in ref_only), out_only=tuple(int(i) for i in out_only),
             stability=stability(ok_o & ~ok_r, ok_r & ~ok_o, both, test_index=test_index[rows])))
     return patches, attack

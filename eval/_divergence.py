@@ -106,8 +106,8 @@ def _onnx(net, artifact: Path, images: np.ndarray, *, level: str) -> tuple[list[
 
     layers, ref, names = _onnx_reference(net, artifact, images)
     model = onnx.load(str(artifact))
-    got = ort_run(with_outputs(model, list(names.values())), images, len(images), level)
-    plain = ort_run(model.SerializeToString(), images, len(images), level)[OUTPUT]
+    got = ort_run(with_outputs(model, list(names.values())), images, len(images), level=level)
+    plain = ort_run(model.SerializeToString(), images, len(images), level=level)[OUTPUT]
     return layers, ref, {layer: got[names[layer]] for layer in layers}, bool(np.array_equal(got[OUTPUT], plain))
 
 

@@ -72,15 +72,15 @@ def run_exact_attack(*, artifact: str | Path, semantics: str, cfg, runtimes: lis
     other = _compare_patch(compare, cfg)
     model = ExactTflite(artifact, semantics)  # an artifact or semantics it cannot run: QadtrError
     started = time.perf_counter()
-    patch = universal_patch(model, train[0], train[1], cfg, progress=progress)
+    patch = universal_patch(model, train[0], train[1], cfg=cfg, progress=progress)
     seconds = time.perf_counter() - started
     sha = sha256_file(artifact)
     patch = patch.with_source(model_sha256=sha, bits=_bits(artifact), data=train[2])
     out.mkdir(parents=True, exist_ok=True)
     path = save_patch(patch, out / "patch.npz")
     patches = {"exact": patch, **({"compare": other} if other is not None else {})}
-    replays = {rt: _replay(rt, artifact, patches, test[0], test[1], eval_seed=eval_seed, semantics=semantics)
-               for rt in runtimes}
+    replays = {rt: _replay(rt, artifact, patches, images=test[0], labels=test[1], eval_seed=eval_seed,
+                           semantics=semantics) for rt in runtimes}
     result = ExactAttackResult(
         artifact=str(artifact), artifact_sha256=sha, semantics=semantics, models=SEMANTICS[semantics].models,
         config=cfg, train=f"{train[2]} ({len(train[1])} images)", data=test[3],
@@ -116,8 +116,8 @@ def _bits(artifact: str | Path) -> tuple[tuple[int, int], ...]:
     return () if bits is None else (tuple(bits),)
 
 
-def _replay(runtime: str, artifact: str | Path, patches: dict[str, Patch], images: np.ndarray, labels: np.ndarray,
-            *, eval_seed: int, semantics: str) -> dict:
+def _replay(runtime: str, artifact: str | Path, patches: dict[str, Patch], *, images: np.ndarray, labels: np.ndarray,
+            eval_seed: int, semantics: str) -> dict:
     """Each patch's ASR on `runtime` (one clean pass, one patched pass per patch), and exact minus compare, paired."""
     host = fingerprint()
     with make_runner(runtime, artifact) as runner:
@@ -130,21 +130,22 @@ def _replay(runtime: str, artifact: str | Path, patches: dict[str, Patch], image
         own = getattr(runner, "semantics", None)  # an intexec-* runner names its own
         expected = own.name if own is not None else expected_semantics(runtime, host)
     target = patches["exact"].target
-    rates = {k: attack_success(clean, a, labels, target) for k, a in adv.items()}
+    rates = {k: attack_success(clean, a, labels, target=target) for k, a in adv.items()}
     row = {"kernels": kernels, "versions": versions, "expected_semantics": expected,
            "attacked_semantics": semantics, **{k: r.to_dict() for k, r in rates.items()}, "exact_minus_compare": None}
     if "compare" in adv:
-        row["exact_minus_compare"] = _paired(clean, adv["exact"], adv["compare"], labels, target, rates).to_dict()
+        row["exact_minus_compare"] = _paired(clean, adv["exact"], adv["compare"], labels=labels, target=target,
+                                             rates=rates).to_dict()
     return row
 
 
 def _patched(patch: Patch, images: np.ndarray, eval_seed: int) -> np.ndarray:
     """(N, H, W, 3) uint8: `patch` pasted at its seeded evaluation placements, as every replay builds them."""
-    placement = eval_placements(patch, len(images), images.shape[1:3], eval_seed)
+    placement = eval_placements(patch, len(images), images.shape[1:3], seed=eval_seed)
     return rebuild(images, patch.values, placement)
 
 
-def _paired(clean, adv_a, adv_b, labels, target, rates: dict[str, ASR]) -> PairedDifference:
+def _paired(clean, adv_a, adv_b, *, labels, target, rates: dict[str, ASR]) -> PairedDifference:
     """ASR(a) - ASR(b) on the same images: b = images fooled by a only, c = by b only (qadtr.attacks.asr's
     definitions; the counts are checked against attack_success's)."""
     eligible = clean == labels if target is None else labels != target  # (N,)

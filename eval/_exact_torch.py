@@ -2,7 +2,7 @@
 
     net = ExactTflite("w2a2.tflite", semantics="double-ruy")   # a key of devices.intexec.SEMANTICS (.tflite)
     logits = net(x)            # x: (B, 3, H, W) pixels in [0, 1], as qadtr's fake-quant models take them
-    patch = universal_patch(net, train.images, train.labels, cfg)   # a white-box patch on the exact arithmetic
+    patch = universal_patch(net, train.images, train.labels, cfg=cfg)   # a white-box patch on the exact arithmetic
 
 Forward: the executor itself (`TfliteIntGraph.run(..., keep_ints=True)`) computes every integer tensor and the
 logits under the named semantics, so the values are the deployed kernel set's (its double rounding, ruy's
@@ -45,13 +45,13 @@ def _t(a, dtype=SURROGATE_DTYPE) -> torch.Tensor:
     return torch.from_numpy(np.asarray(a).astype(np.float64)).to(dtype)
 
 
-def _requant(acc: torch.Tensor, s_in, s_w, out, lo: float, hi: float) -> torch.Tensor:
+def _requant(acc: torch.Tensor, s_in, s_w, *, out, lo: float, hi: float) -> torch.Tensor:
     """acc (..., C) real -> acc * s_in * s_w[c] / s_out + zp, clamped: the requantization without its rounding."""
     scale = _t(float(s_in) * s_w.astype(np.float64) / float(out.scale[0]))  # (C,) or (1,)
     return torch.clamp(acc * scale + out.zp0, lo, hi)
 
 
-def _nchw_conv(g, x: torch.Tensor, xt, w: torch.Tensor, opt, groups: int) -> torch.Tensor:
+def _nchw_conv(g, x: torch.Tensor, xt, *, w: torch.Tensor, opt, groups: int) -> torch.Tensor:
     """conv2d of x - zp (N, H, W, C) with w (Cout, Cin/groups, KH, KW), SAME/VALID as the executor pads: NHWC out."""
     kh, kw = w.shape[2], w.shape[3]
     top, left, bottom, right = (T._same_pads(x, (kh, kw), opt.strideH) if g._pad[opt.padding] == "SAME"
@@ -60,63 +60,67 @@ def _nchw_conv(g, x: torch.Tensor, xt, w: torch.Tensor, opt, groups: int) -> tor
     return F.conv2d(xc, w, stride=opt.strideH, groups=groups).permute(0, 2, 3, 1).contiguous()  # (N, Ho, Wo, Cout)
 
 
-def _conv2d(g, args, tin, out, opt):
+def _conv2d(g, args, tin, *, out, opt):
     w = _t(tin[1].data).permute(0, 3, 1, 2)  # (Cout, KH, KW, Cin) -> (Cout, Cin, KH, KW)
-    acc = _nchw_conv(g, args[0], tin[0], w, opt, 1) + (_t(args[2]) if args[2] is not None else 0.0)
-    return _requant(acc, tin[0].scale[0], tin[1].scale, out, *g._clamp_range(out, opt.fusedActivationFunction))
+    acc = _nchw_conv(g, args[0], tin[0], w=w, opt=opt, groups=1) + (_t(args[2]) if args[2] is not None else 0.0)
+    lo, hi = g._clamp_range(out, opt.fusedActivationFunction)
+    return _requant(acc, tin[0].scale[0], tin[1].scale, out=out, lo=lo, hi=hi)
 
 
-def _depthwise(g, args, tin, out, opt):
+def _depthwise(g, args, tin, *, out, opt):
     w = _t(tin[1].data).permute(3, 0, 1, 2)  # (1, KH, KW, C) -> (C, 1, KH, KW)
-    acc = _nchw_conv(g, args[0], tin[0], w, opt, w.shape[0]) + (_t(args[2]) if args[2] is not None else 0.0)
-    return _requant(acc, tin[0].scale[0], tin[1].scale, out, *g._clamp_range(out, opt.fusedActivationFunction))
+    acc = (_nchw_conv(g, args[0], tin[0], w=w, opt=opt, groups=w.shape[0])
+           + (_t(args[2]) if args[2] is not None else 0.0))
+    lo, hi = g._clamp_range(out, opt.fusedActivationFunction)
+    return _requant(acc, tin[0].scale[0], tin[1].scale, out=out, lo=lo, hi=hi)
 
 
-def _fully_connected(g, args, tin, out, opt):
+def _fully_connected(g, args, tin, *, out, opt):
     w = _t(tin[1].data)  # (Cout, Cin)
     acc = (args[0] - tin[0].zp0).reshape(-1, w.shape[1]) @ w.T + (_t(args[2]) if args[2] is not None else 0.0)
     s_w = tin[1].scale if tin[1].scale.size > 1 else np.repeat(tin[1].scale, w.shape[0])
-    return _requant(acc, tin[0].scale[0], s_w, out, *g._clamp_range(out, opt.fusedActivationFunction))
+    lo, hi = g._clamp_range(out, opt.fusedActivationFunction)
+    return _requant(acc, tin[0].scale[0], s_w, out=out, lo=lo, hi=hi)
 
 
-def _add(g, args, tin, out, opt):
+def _add(g, args, tin, *, out, opt):
     a, b = ((v if torch.is_tensor(v) else _t(v)) - t.zp0 for v, t in zip(args, tin))
     so = float(out.scale[0])
     y = a * (float(tin[0].scale[0]) / so) + b * (float(tin[1].scale[0]) / so) + out.zp0
     return torch.clamp(y, *g._clamp_range(out, opt.fusedActivationFunction if opt is not None else 0))
 
 
-def _mean(g, args, tin, out, opt):
+def _mean(g, args, tin, *, out, opt):
     axes = tuple(int(v) for v in np.atleast_1d(args[1]))
     y = (args[0] - tin[0].zp0).mean(dim=axes, keepdim=bool(opt.keepDims))
     return torch.clamp(y * (float(tin[0].scale[0]) / float(out.scale[0])) + out.zp0, T._QMIN[out.type],
                        T._QMAX[out.type])
 
 
-def _quantize(g, args, tin, out, opt):
+def _quantize(g, args, tin, *, out, opt):
     x = args[0] if tin[0].type == "FLOAT32" else (args[0] - tin[0].zp0) * float(tin[0].scale[0])
     return torch.clamp(x / float(out.scale[0]) + out.zp0, T._QMIN[out.type], T._QMAX[out.type])
 
 
-def _dequantize(g, args, tin, out, opt):
+def _dequantize(g, args, tin, *, out, opt):
     return (args[0] - tin[0].zp0) * float(tin[0].scale[0])
 
 
-def _pad(g, args, tin, out, opt):
+def _pad(g, args, tin, *, out, opt):
     pads = np.asarray(args[1], np.int64)  # (rank, 2), first axis first; F.pad takes the last axis first
     flat = [int(p) for pair in pads[::-1] for p in pair]
     return F.pad(args[0], flat, value=float(out.zp0 if out.quantized else 0))
 
 
-def _strided_slice(g, args, tin, out, opt):
+def _strided_slice(g, args, tin, *, out, opt):
     if (np.asarray(args[3]) < 0).any():
         raise QadtrError("a STRIDED_SLICE with a negative stride has no torch surrogate here; export the model with "
                          "export.tflite, whose graphs slice forwards")
-    return T._OPS["STRIDED_SLICE"](g, None, args, tin, out, opt)  # the executor's own indexing, on torch
+    return T._OPS["STRIDED_SLICE"](g, None, args, tin=tin, out=out, opt=opt)  # the executor's own indexing, on torch
 
 
 def _elementwise(fn):
-    def op(g, args, tin, out, opt):
+    def op(g, args, tin, *, out, opt):
         return fn(*((v if torch.is_tensor(v) else _t(v)) for v in args))
     return op
 
@@ -161,7 +165,7 @@ class ExactTflite(nn.Module):
         for kind, ins, outs_, opt in g.ops:
             args = [vals[i].to(SURROGATE_DTYPE) if i in vals else g.tensors[i].data if i >= 0 else None for i in ins]
             tin = [g.tensors[i] if i >= 0 else None for i in ins]
-            s = SURROGATES[kind](g, args, tin, g.tensors[outs_[0]], opt)
+            s = SURROGATES[kind](g, args, tin, out=g.tensors[outs_[0]], opt=opt)
             o = outs_[0]
             s = s.to(torch.float64)
             vals[o] = s if o not in exact else _t(exact[o], torch.float64) + (s - s.detach())

@@ -121,10 +121,10 @@ class PatchMaker:
             raise QadtrError(f"unknown attack {attack!r}")
         make = resolve(attack_for_config(cfg).function)  # the attack of type(cfg)
         if attack == "location":  # per-image: made on the evaluation images themselves
-            patch = make(net, self.test.images[self.eval_idx], self.test.labels[self.eval_idx], cfg)
+            patch = make(net, self.test.images[self.eval_idx], self.test.labels[self.eval_idx], cfg=cfg)
             patch = dataclasses.replace(patch, indices=self.eval_idx)
         else:
-            patch = make(net, self.train_images, self.train_labels, cfg)
+            patch = make(net, self.train_images, self.train_labels, cfg=cfg)
         source = "test" if attack == "location" else "train"
         patch = patch.with_source(model_sha256=ck.sha256, bits=tuple(bits), data=f"{ck_data(ck)}/{source}")
         save_patch(patch, path)

@@ -253,7 +253,7 @@ def _own_patches(run_: _Run, m: _Model, key: str, *, bits, net, clean: np.ndarra
         patch = run_.maker.get(m.name, m.model, m.ck, attack=attack, size=size, bits=src_bits,
                                net=m.own_nets.get(src_bits[0]) if len(src_bits) == 1 else None, **kw)
         asr = evaluate_patch(net, patch, run_.test.images[patch.indices] if patch.per_image else run_.images,
-                             run_.labels, seed=budget.eval_seed, clean_pred=clean)
+                             labels=run_.labels, seed=budget.eval_seed, clean_pred=clean)
         run_.emit({**row, "seen": category == "seen", "asr": asr.rate.to_dict(), "definition": asr.definition})
 
 
@@ -268,7 +268,7 @@ def _transfer_patches(run_: _Run, m: _Model, key: str, *, net, clean: np.ndarray
             continue
         patch = run_.maker.get(f"surrogate-{_name(sur.path)}", sur.model, sur.ck, attack=attack, size=m.prof.size,
                                bits=sur.bits, net=sur.net)
-        asr = evaluate_patch(net, patch, run_.images, run_.labels, seed=budget.eval_seed, clean_pred=clean)
+        asr = evaluate_patch(net, patch, run_.images, labels=run_.labels, seed=budget.eval_seed, clean_pred=clean)
         run_.emit({**row, "seen": False, "asr": asr.rate.to_dict(), "definition": asr.definition})
 
 

@@ -13,15 +13,18 @@ Wilson 95% CIs per runtime, exact minus compare paired). The library is eval/_ex
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 _OPTIONS = {"--steps": "steps", "--batch-size": "batch_size", "--lr": "lr", "--optimizer": "optimizer",
             "--schedule": "schedule"}  # flag -> argparse dest, the keys qadtr.attack.make_config takes
-_EOT = {"--max-angle": "max_angle", "--scale": "scale", "--brightness": "brightness"}
+_EOT = {"--max-angle": "max_angle", "--scale": "scale", "--brightness": "brightness"}  # flag -> dest, EOT ranges
 
 
-def _body(args: argparse.Namespace) -> None:
+def _body(*, artifact: str, semantics: str | None, runtimes: str, compare: str | None, data: str,
+          data_dir: str | None, size: float, target: str, seed: int, train_subset: int, eval_subset: int,
+          eval_seed: int, out: str, options: dict, eot: dict) -> None:
+    """Check the flags (main's, by name; `options` / `eot`: flag -> value, None where not given), optimise the
+    patch, replay it on each runtime and print the ASRs."""
     from devices._host import fingerprint
     from devices.intexec import expected_semantics
     from eval._exact_attack import run_exact_attack
@@ -30,25 +33,24 @@ def _body(args: argparse.Namespace) -> None:
     from qadtr.attack import make_config
     from qadtr.data import load_split, subset_indices
 
-    runtimes = [r for r in args.runtimes.split(",") if r]
-    semantics = args.semantics or expected_semantics(runtimes[0] if runtimes else "", fingerprint())
-    if not runtimes or semantics is None:
-        raise QadtrError(f"--runtimes {args.runtimes!r} / --semantics: name at least one runtime, and a semantics "
+    names = [r for r in runtimes.split(",") if r]
+    semantics = semantics or expected_semantics(names[0] if names else "", fingerprint())
+    if not names or semantics is None:
+        raise QadtrError(f"--runtimes {runtimes!r} / --semantics: name at least one runtime, and a semantics "
                          "when the first runtime's is not known here (e.g. --semantics double-ruy)")
-    options = {f: getattr(args, d) for f, d in _OPTIONS.items() if getattr(args, d) is not None}
-    eot = {f: getattr(args, d) for f, d in _EOT.items() if getattr(args, d) is not None}
-    cfg = make_config("universal", size=args.size, bits=(), target=args.target, seed=args.seed, options=options,
-                      eot=eot)
-    check_count(args.train_subset, "--train-subset", zero="all")
-    check_count(args.eval_subset, "--eval-subset", zero="all")
-    check_writable(args.out, "folder")
-    train, test = (load_split(args.data, s, args.data_dir) for s in ("train", "test"))
-    ti = subset_indices(len(train.labels), args.train_subset, seed=0)
-    ei = subset_indices(len(test.labels), args.eval_subset, seed=1)
-    result = run_exact_attack(artifact=args.artifact, semantics=semantics, cfg=cfg, runtimes=runtimes,
-                              train=(train.images[ti], train.labels[ti], f"{args.data}/train"),
-                              test=(test.images[ei], test.labels[ei], ei, f"{args.data}/test"), out=args.out,
-                              compare=args.compare, eval_seed=args.eval_seed, progress=True)
+    options = {f: v for f, v in options.items() if v is not None}
+    eot = {f: v for f, v in eot.items() if v is not None}
+    cfg = make_config("universal", size=size, bits=(), target=target, seed=seed, options=options, eot=eot)
+    check_count(train_subset, "--train-subset", zero="all")
+    check_count(eval_subset, "--eval-subset", zero="all")
+    check_writable(out, "folder")
+    train, test = (load_split(data, s, data_dir) for s in ("train", "test"))
+    ti = subset_indices(len(train.labels), train_subset, seed=0)
+    ei = subset_indices(len(test.labels), eval_subset, seed=1)
+    result = run_exact_attack(artifact=artifact, semantics=semantics, cfg=cfg, runtimes=names,
+                              train=(train.images[ti], train.labels[ti], f"{data}/train"),
+                              test=(test.images[ei], test.labels[ei], ei, f"{data}/test"), out=out,
+                              compare=compare, eval_seed=eval_seed, progress=True)
     print(f"patch optimised on {semantics} ({result.models}) in {result.seconds:.0f} s: {result.patch}")
     for rt, row in result.replays.items():
         expected = row["expected_semantics"]
@@ -62,7 +64,7 @@ def _body(args: argparse.Namespace) -> None:
             d = row["exact_minus_compare"]
             print(f"{rt}: exact - compare {100 * d['value']:+.2f} pp [{100 * d['ci95'][0]:+.2f}, "
                   f"{100 * d['ci95'][1]:+.2f}] (paired, discordant {d['b']}/{d['c']})")
-    print(f"wrote {args.out}/result.json, patch.npz")
+    print(f"wrote {out}/result.json, patch.npz")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-subset", type=int, default=2000, help="replay on N test images (0 = all)")
     p.add_argument("--eval-seed", type=int, default=1, help="seed of the evaluation placements")
     p.add_argument("--out", required=True, help="run folder: patch.npz, result.json")
-    args = p.parse_args(argv)
-    return run_cli("eval.exact_attack", lambda: _body(args), argv)
+    flags = dict(vars(p.parse_args(argv)))
+    options, eot = ({f: flags.pop(d) for f, d in table.items()} for table in (_OPTIONS, _EOT))
+    return run_cli("eval.exact_attack", lambda: _body(**flags, options=options, eot=eot), argv)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def _ints_differ(real: dict, model: dict, names: list[str]) -> tuple[int, int]:
     return off, sum(int(real[n].size) for n in names)
 
 
-def _row(model: str, kernels: str, semantics: str, real_logits, model_logits, ints=None) -> dict:
+def _row(model: str, kernels: str, semantics: str, *, real_logits, model_logits, ints=None) -> dict:
     same = np.all(real_logits == model_logits, axis=1)  # (N,) every logit identical
     row = {"model": model, "kernels": kernels, "semantics": semantics, "images": int(len(same)),
            "images_identical_logits": int(same.sum()), "logits_differing": int((real_logits != model_logits).sum()),
@@ -110,8 +110,8 @@ def _onnx_rows(name: str, onnx_path: Path, images: np.ndarray, *, nchw: np.ndarr
     model = onnx.load(str(onnx_path))
     tensors = list(onnx_export.activation_dq_inputs(model))
     real = {"onnxrt ORT_DISABLE_ALL": onnx_export.ort_run(onnx_export.with_outputs(model, tensors), images,
-                                                           ORT_BATCH, "disable"),
-            "onnxrt ORT_ENABLE_ALL": onnx_export.ort_run(model.SerializeToString(), images, ORT_BATCH, "all")}
+                                                           ORT_BATCH, level="disable"),
+            "onnxrt ORT_ENABLE_ALL": onnx_export.ort_run(model.SerializeToString(), images, ORT_BATCH, level="all")}
     if avx2_images:
         got = _haswell_logits(onnx_path, nchw[:avx2_images])
         if isinstance(got, str):
@@ -126,12 +126,13 @@ def _onnx_rows(name: str, onnx_path: Path, images: np.ndarray, *, nchw: np.ndarr
             got, (outs, ints) = real[kernels], ours[sem]
             n = len(got[onnx_export.OUTPUT])
             compared = tensors if "DISABLE" in kernels else []
-            rows.append(_row(name, kernels, sem, got[onnx_export.OUTPUT], outs[graph.output_names[0]][:n],
-                             (len(compared), _ints_differ(got, ints, compared)) if compared else None))
+            rows.append(_row(name, kernels, sem, real_logits=got[onnx_export.OUTPUT],
+                             model_logits=outs[graph.output_names[0]][:n],
+                             ints=(len(compared), _ints_differ(got, ints, compared)) if compared else None))
     return rows
 
 
-def _run_batched(graph, semantics: str, x: np.ndarray, batch: int = ORT_BATCH) -> tuple[dict, dict]:
+def _run_batched(graph, semantics: str, x: np.ndarray, *, batch: int = ORT_BATCH) -> tuple[dict, dict]:
     """graph.run(x, semantics, keep_ints=True) in the batches ORT ran (float-mlas's Gemm depends on the batch size:
     one image takes MLAS's M = 1 kernel), concatenated."""
     runs = [graph.run(x[i:i + batch], semantics, keep_ints=True) for i in range(0, len(x), batch)]
@@ -161,8 +162,9 @@ def _tflite_rows(name: str, tfl_path: Path, nhwc: np.ndarray) -> list[dict]:
             for kernels, sem in PAIRS:
                 if kernels == f"litert {kset}":
                     outs, ints = ours[sem]
-                    rows.append(_row(name, kernels, sem, got[tgraph.output_names[0]], outs[tgraph.output_names[0]],
-                                     (len(names), _ints_differ(got, ints, names))))
+                    rows.append(_row(name, kernels, sem, real_logits=got[tgraph.output_names[0]],
+                                     model_logits=outs[tgraph.output_names[0]],
+                                     ints=(len(names), _ints_differ(got, ints, names))))
     return rows
 
 

@@ -11,7 +11,6 @@ ASR and to reach its fake-quant ASR. The library is eval/query/run.py.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import TYPE_CHECKING
 
@@ -19,18 +18,19 @@ if TYPE_CHECKING:
     from eval.query.run import QueryResult
 
 
-def _config(args: argparse.Namespace) -> object:
+def _config(*, attack: str, size: float, target: str, budget: int, location: str, seed: int, batch: int,
+            save_every: int, universal: bool) -> object:
     """The --attack's config from the flags; a flag it refuses is one line naming the fix."""
     from eval.query import QUERY_ATTACKS
     from qadtr.attacks import parse_target
     from qadtr._errors import QadtrError
 
-    config_cls, _ = QUERY_ATTACKS[args.attack].load()
-    fields = {"size": args.size, "target": parse_target(args.target), "budget": args.budget,
-              "location": args.location, "seed": args.seed, "batch": args.batch, "save_every": args.save_every}
-    if args.attack == "sparse-rs":
-        fields["universal"] = args.universal
-    elif args.universal:
+    config_cls, _ = QUERY_ATTACKS[attack].load()
+    fields = {"size": size, "target": parse_target(target), "budget": budget, "location": location, "seed": seed,
+              "batch": batch, "save_every": save_every}
+    if attack == "sparse-rs":
+        fields["universal"] = universal
+    elif universal:
         raise QadtrError("--universal: the decision attack is per-image; drop --universal or use --attack sparse-rs")
     try:
         return config_cls(**fields)
@@ -38,10 +38,10 @@ def _config(args: argparse.Namespace) -> object:
         raise QadtrError(str(e)) from None
 
 
-def _report(args: argparse.Namespace, result: QueryResult) -> None:
+def _report(result: QueryResult, *, attack: str, out: str) -> None:
     """Print the ASR line, the refine and held-out lines where there are some, and what was written."""
     a, q = result.asr["asr"], result.queries
-    print(f"{args.attack} on {result.runtime} ({result.kernels}): ASR {100 * a['value']:.2f}% "
+    print(f"{attack} on {result.runtime} ({result.kernels}): ASR {100 * a['value']:.2f}% "
           f"[{100 * a['ci95'][0]:.2f}, {100 * a['ci95'][1]:.2f}] (n={a['n']}), budget {result.budget}, "
           f"queries to success median {q['to_success']['p50']}")
     if result.refine:
@@ -55,31 +55,35 @@ def _report(args: argparse.Namespace, result: QueryResult) -> None:
         if result.holdout["start_asr"]:
             print(f"held out, the --init patch at the same places: ASR "
                   f"{100 * result.holdout['start_asr']['asr']['value']:.2f}%")
-    print(f"wrote {args.out}/result.json, patch.npz")
+    print(f"wrote {out}/result.json, patch.npz")
 
 
-def _body(args: argparse.Namespace) -> None:
-    """Check the flags and --out, attack the seeded test subset (and measure the held-out images), report."""
+def _body(*, artifact: str, runtime: str, attack: str, data: str, data_dir: str | None, images: int, budget: int,
+          target: str, size: float, universal: bool, location: str, holdout: int, init: str | None, eval_seed: int,
+          reference: str | None, seed: int, batch: int, save_every: int, out: str, resume: bool) -> None:
+    """Check the flags (main's, by name) and --out, attack the seeded test subset (and measure the held-out
+    images), report."""
     from eval.query.run import run_query_attack
     from qadtr._cli import check_writable
     from qadtr._errors import QadtrError
     from qadtr.data import heldout_indices, load_split, subset_indices
 
-    cfg = _config(args)
-    if args.images < 0 or args.holdout < 0:
-        raise QadtrError(f"--images {args.images} / --holdout {args.holdout}: each must be >= 0")
-    check_writable(args.out, "folder")
-    test = load_split(args.data, "test", args.data_dir)
-    idx = subset_indices(len(test.labels), args.images, seed=1)
+    cfg = _config(attack=attack, size=size, target=target, budget=budget, location=location, seed=seed, batch=batch,
+                  save_every=save_every, universal=universal)
+    if images < 0 or holdout < 0:
+        raise QadtrError(f"--images {images} / --holdout {holdout}: each must be >= 0")
+    check_writable(out, "folder")
+    test = load_split(data, "test", data_dir)
+    idx = subset_indices(len(test.labels), images, seed=1)
     held = None
-    if args.holdout:
-        h = heldout_indices(len(test.labels), args.images, args.holdout, seed=1)
+    if holdout:
+        h = heldout_indices(len(test.labels), images, holdout, seed=1)
         held = (test.images[h], test.labels[h], h)
-    result = run_query_attack(attack=args.attack, cfg=cfg, runtime=args.runtime, artifact=args.artifact,
+    result = run_query_attack(attack=attack, cfg=cfg, runtime=runtime, artifact=artifact,
                               images=test.images[idx], labels=test.labels[idx], indices=idx,
-                              data=f"{args.data}/test", out=args.out, resume=args.resume, init=args.init,
-                              eval_seed=args.eval_seed, reference=args.reference, holdout=held, progress=True)
-    _report(args, result)
+                              data=f"{data}/test", out=out, resume=resume, init=init,
+                              eval_seed=eval_seed, reference=reference, holdout=held, progress=True)
+    _report(result, attack=attack, out=out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     args = p.parse_args(argv)
 
-    return run_cli("eval.query_attack", lambda: _body(args), argv)
+    return run_cli("eval.query_attack", lambda: _body(**vars(args)), argv)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ The .npz (read with `allow_pickle=False`, written uncompressed: it is read far m
     patch       (M,) int32: -1 = clean, else an index into `ReplayInfo.patches`
 Row order: the clean block first (the eval subset `subset_indices(len(test), eval_subset, seed=1)`, then any
 other clean image a per-image patch needs), then one block per patch in file-name order. A universal
-patch is pasted on the subset at `eval_placements(patch, n, hw, eval_seed)`, a per-image patch on its
-own stored images at its own placements, both with `qadtr.attacks.rebuild`: the same images and
+patch is pasted on the subset at `eval_placements(patch, n, hw, seed=eval_seed)`, a per-image patch on
+its own stored images at its own placements, both with `qadtr.attacks.rebuild`: the same images and
 placements `eval.transfer` evaluates, so ASRs computed from a replay equal its ASRs (tested).
 
 The .json beside it (`{"_type": "ReplayInfo", "_version": 1, "_data": {...}}`) holds the sha256 of the
@@ -164,7 +164,7 @@ class Replay:
         for ref in self.info.patches:
             rows = slice(ref.first, ref.first + ref.n)
             clean = pred[[clean_row[int(t)] for t in self.test_index[rows]]]  # (n,)
-            out.append((ref, attack_success(clean, pred[rows], self.labels[rows], ref.target)))
+            out.append((ref, attack_success(clean, pred[rows], self.labels[rows], target=ref.target)))
         return out
 
 
@@ -299,7 +299,7 @@ def _replay_arrays(test, loaded: list, clean_idx: np.ndarray, *, idxs: list[np.n
     blocks = [(clean_idx, test.images[clean_idx], -1)]  # (test indices, images (n, H, W, 3), patch index)
     pairs = list(zip(idxs, loaded))
     for k, (idx, p) in enumerate(progress_bar(pairs, enabled=progress, desc="replay", unit="patch")):
-        placement = eval_placements(p, len(idx), hw, eval_seed)  # all n at once: the draws transfer makes
+        placement = eval_placements(p, len(idx), hw, seed=eval_seed)  # all n at once: the draws transfer makes
         adv = np.concatenate([rebuild(test.images[idx[i:i + _CHUNK]],
                                       p.values[i:i + _CHUNK] if p.per_image else p.values,
                                       placement[i:i + _CHUNK]) for i in range(0, len(idx), _CHUNK)])
@@ -337,7 +337,7 @@ def load_replay(path: str | Path, *, verify: bool = True, sha256: str | None = N
                          "and re-run eval.on_device")
     if verify and sha256_file(path) != info.npz_sha256:
         raise QadtrError(f"{path} is corrupt or was changed: its sha256 differs from the one in {js.name}; {HINT}")
-    arrays = read_versioned_npz(path, MAGIC, FORMAT_VERSION, "replay", HINT)
+    arrays = read_versioned_npz(path, MAGIC, FORMAT_VERSION, kind="replay", hint=HINT)
     want = {"images": np.uint8, "labels": np.int64, "test_index": np.int64, "patch": np.int32}
     for name, dtype in want.items():
         if name not in arrays or arrays[name].dtype != dtype:

@@ -139,12 +139,12 @@ def _one_patch(job: tuple, split: tuple, out: Path, *, nets: dict, eval_seed: in
     if (path, key) not in nets:
         nets[(path, key)] = predict(net, test.images[idx])
     start = time.perf_counter()
-    patch = universal_patch(net, train.images, train.labels, cfg)
+    patch = universal_patch(net, train.images, train.labels, cfg=cfg)
     seconds = time.perf_counter() - start
     patch = patch.with_source(model_sha256=ck.sha256, bits=() if bits is None else (bits,), data=f"{data}/train")
     name = _name(path)
     file = save_patch(patch, out / "patches" / name / v / patch_name(patch))
-    asr = evaluate_patch(net, patch, test.images[idx], test.labels[idx], seed=eval_seed,
+    asr = evaluate_patch(net, patch, test.images[idx], labels=test.labels[idx], seed=eval_seed,
                          clean_pred=nets[(path, key)])
     row = {"checkpoint": name, "bits": key, "eot": v, "eot_ranges": EOT_VARIANTS[v], "target": cfg.target,
            "size": cfg.size, "side": patch.side, "steps": cfg.steps, "optimizer": cfg.optimizer,

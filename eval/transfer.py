@@ -76,7 +76,7 @@ def transfer(patch_dir: str | Path, checkpoints: list[str], *, data_dir: str | N
             idx, key = subset_idx, "subset"
         if (label, key) not in clean_cache:
             clean_cache[(label, key)] = predict(net, test.images[idx])
-        asr = evaluate_patch(net, patch, test.images[idx], test.labels[idx], seed=eval_seed,
+        asr = evaluate_patch(net, patch, test.images[idx], labels=test.labels[idx], seed=eval_seed,
                              clean_pred=clean_cache[(label, key)])
         rows.append({"patch": str(path.relative_to(patch_dir)), "attack": patch.attack, "size": patch.size, "side": patch.side,
                      "target_class": patch.target, "source": _source_label(patch, names_by_sha),

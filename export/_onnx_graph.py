@@ -3,7 +3,7 @@
     check_graph(model, net, quantized=True)   # op counts; every Conv/Gemm weight through DequantizeLinear
     fusion_report("m.onnx")                   # which convs ORT fuses into QLinearConv at ORT_ENABLE_ALL
     reference_run(net, images, 100)           # fake-quant logits, integer activations, logit LSB
-    ort_run(with_outputs(model, names), images, 100, "disable")   # those activations under ORT
+    ort_run(with_outputs(model, names), images, 100, level="disable")  # those activations under ORT
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def reference_run(net, images: np.ndarray, batch_size: int, *, feed: dict[str, n
     return np.concatenate(logits), {k: np.concatenate(v) for k, v in ints.items()}, step
 
 
-def ort_run(model_bytes: bytes, images: np.ndarray, batch_size: int, level: str) -> dict[str, np.ndarray]:
+def ort_run(model_bytes: bytes, images: np.ndarray, batch_size: int, *, level: str) -> dict[str, np.ndarray]:
     """Every graph output of `model_bytes` on uint8 (N, H, W, 3) images under ORT CPU at graph optimization `level`
     ("disable": node by node, the proof; "all": the deployed fused kernels), batched; name -> (N, ...)."""
     from devices.onnxrt import OnnxrtRunner

@@ -1,7 +1,7 @@
 """The flatbuffer pieces behind export.tflite: graph builder, quantization of activations, weights and biases.
 
     g = _Graph(schema, headroom=True)              # tensors, buffers, ops; g.finish(...) -> .tflite bytes
-    wt, bt = _affine(g, name, w_int, s_w, b_int, s_in, s_out)   # int8 weights / int32|int64 bias tensors
+    wt, bt = _affine(g, name, w_int, s_w=s_w, b_int=b_int, s_in=s_in, s_out=s_out)  # int8 weight / int32|int64 bias
 
 export/_tflite_lower.py walks a network's torch.fx graph with these (build_tflite); see export/tflite.py for
 the graph it writes and how the artifact is proven.
@@ -63,7 +63,7 @@ class _Graph:
         self.tensors.append(t)
         return _T(len(self.tensors) - 1, tuple(shape), q)
 
-    def op(self, kind: str, inputs: list[int], outputs: list[int], version: int = 1, opt=None, opt_type: str = ""):
+    def op(self, kind: str, inputs: list[int], outputs: list[int], *, version: int = 1, opt=None, opt_type: str = ""):
         S = self.S
         code = getattr(S.BuiltinOperator, kind)
         if kind not in self.opcodes:
@@ -76,7 +76,7 @@ class _Graph:
             o.builtinOptionsType, o.builtinOptions = getattr(S.BuiltinOptions, opt_type), opt
         self.ops.append((kind, o))
 
-    def act(self, name: str, shape, q: _Q, dtype: str = "int8") -> _T:
+    def act(self, name: str, shape, q: _Q, *, dtype: str = "int8") -> _T:
         return self.tensor(name, shape, dtype, q=q, dynamic=True)
 
     def clamp(self, x: _T, name: str) -> _T:
@@ -146,7 +146,7 @@ def _weights(layer, what: str) -> tuple[np.ndarray, np.ndarray]:
     return qw.int().numpy().astype(np.int8), scale.numpy().astype(np.float32)
 
 
-def _bias(layer, s_in: float, s_w: np.ndarray, dtype: str) -> np.ndarray:
+def _bias(layer, s_in: float, s_w: np.ndarray, *, dtype: str) -> np.ndarray:
     """Brevitas' own Int32Bias integers for this layer: its bias proxy on a dummy input quant tensor."""
     from brevitas.quant_tensor import IntQuantTensor
 
@@ -158,7 +158,7 @@ def _bias(layer, s_in: float, s_w: np.ndarray, dtype: str) -> np.ndarray:
     return qb.int().numpy().astype(dtype)
 
 
-def _affine(g: _Graph, name: str, w_int: np.ndarray, s_w: np.ndarray, b_int: np.ndarray, s_in: float,
+def _affine(g: _Graph, name: str, w_int: np.ndarray, *, s_w: np.ndarray, b_int: np.ndarray, s_in: float,
             s_out: float, qdim: int = 0) -> tuple[_T, _T]:
     """Weight and bias tensors, each output channel's integers scaled by 2^k into the int8 range.
 
@@ -189,7 +189,7 @@ def _affine(g: _Graph, name: str, w_int: np.ndarray, s_w: np.ndarray, b_int: np.
     return wt, bt
 
 
-def _conv(g: _Graph, conv, x: _T, out_q: _Q, name: str, relu: bool, *,
+def _conv(g: _Graph, conv, x: _T, *, out_q: _Q, name: str, relu: bool,
           weights: tuple[np.ndarray, np.ndarray] | None = None) -> _T:
     """CONV_2D (groups 1) or DEPTHWISE_CONV_2D (groups = channels), int8 with int32 bias; torch's symmetric
     padding as SAME (stride 1) or PAD + VALID (TFLite SAME pads the far side more)."""
@@ -197,9 +197,10 @@ def _conv(g: _Graph, conv, x: _T, out_q: _Q, name: str, relu: bool, *,
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
     depthwise = conv.groups > 1
     w_int, s_w = weights if weights is not None else _weights(conv, name)
-    b_int = _bias(conv, x.q.scale, s_w, "int32")
+    b_int = _bias(conv, x.q.scale, s_w, dtype="int32")
     layout = (1, 2, 3, 0) if depthwise else (0, 2, 3, 1)  # OIHW -> 1HWO (depthwise) or OHWI
-    wt, bt = _affine(g, name, w_int.transpose(*layout), s_w, b_int, x.q.scale, out_q.scale, qdim=3 if depthwise else 0)
+    wt, bt = _affine(g, name, w_int.transpose(*layout), s_w=s_w, b_int=b_int, s_in=x.q.scale, s_out=out_q.scale,
+                     qdim=3 if depthwise else 0)
     _, h, w, _ = x.shape
     eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1  # dilated kernel extent
     if sh == sw == 1 and 2 * ph == eh - 1 and 2 * pw == ew - 1:
@@ -223,7 +224,7 @@ def _conv(g: _Graph, conv, x: _T, out_q: _Q, name: str, relu: bool, *,
     return out
 
 
-def _normalize_op(g: _Graph, x: _T, mean: np.ndarray, std: np.ndarray, name: str) -> _T:
+def _normalize_op(g: _Graph, x: _T, mean: np.ndarray, *, std: np.ndarray, name: str) -> _T:
     """(x - mean) / std on float pixels: SUB, DIV by (C,) float32 constants, as torch computes it."""
     S = g.S
     mean, std = mean.astype(np.float32), std.astype(np.float32)
@@ -236,7 +237,7 @@ def _normalize_op(g: _Graph, x: _T, mean: np.ndarray, std: np.ndarray, name: str
     return normed
 
 
-def _add_op(g: _Graph, a: _T, b: _T, q: _Q, name: str, *, relu: bool) -> _T:
+def _add_op(g: _Graph, a: _T, b: _T, *, q: _Q, name: str, relu: bool) -> _T:
     """ADD of two int8 tensors requantized to `q` (fused RELU if `relu`)."""
     S = g.S
     out = g.act(name, a.shape, q)
@@ -246,7 +247,7 @@ def _add_op(g: _Graph, a: _T, b: _T, q: _Q, name: str, *, relu: bool) -> _T:
     return out
 
 
-def _mean_op(g: _Graph, x: _T, q: _Q, name: str, *, axes: str, keep_dims: bool) -> _T:
+def _mean_op(g: _Graph, x: _T, q: _Q, *, name: str, axes: str, keep_dims: bool) -> _T:
     """Global average pool over H, W requantized to `q`: one rounding, as in torch."""
     S = g.S
     pooled = g.act(name, (1, 1, 1, x.shape[3]) if keep_dims else (1, x.shape[3]), q)
@@ -256,19 +257,19 @@ def _mean_op(g: _Graph, x: _T, q: _Q, name: str, *, axes: str, keep_dims: bool) 
     return pooled
 
 
-def _classifier_16x8(g: _Graph, x: _T, layer, name: str) -> tuple[_T, float]:
+def _classifier_16x8(g: _Graph, x: _T, layer, *, name: str) -> tuple[_T, float]:
     """The last QuantLinear, 16x8: int16 copy of its integer input (same scale, zero point 0: exact), int64 bias."""
     S = g.S
     q16 = _Q(x.q.scale, 0, -32768, 32767)
     p16 = g.act(f"{g.tensors[x.index].name}/int16", x.shape, q16, dtype="int16")
     g.op("QUANTIZE", [x.index], [p16.index], version=3)
     w_int, s_w = _weights(layer, name)  # (classes, C): pooled features have no spatial order
-    b_int = _bias(layer, x.q.scale, s_w, "int64")
+    b_int = _bias(layer, x.q.scale, s_w, dtype="int64")
     acc_lsb = np.float64(x.q.scale) * s_w.astype(np.float64)  # (classes,)
     top = max(x.q.hi - x.q.zp, x.q.zp - x.q.lo)  # largest |input integer|
     bound = float((acc_lsb * (top * np.abs(w_int.astype(np.int64)).sum(1) + np.abs(b_int))).max())
     s_out = max(bound, 1e-6) / 32767  # worst-case |logit| maps to int16 max: no saturation possible
-    wt, bt = _affine(g, name, w_int, s_w, b_int, x.q.scale, s_out)
+    wt, bt = _affine(g, name, w_int, s_w=s_w, b_int=b_int, s_in=x.q.scale, s_out=s_out)
     y16 = g.act("logits/int16", (1, w_int.shape[0]), _Q(s_out, 0, -32768, 32767), dtype="int16")
     g.op("FULLY_CONNECTED", [p16.index, wt.index, bt.index], [y16.index], version=11,
          opt=S.FullyConnectedOptionsT(), opt_type="FullyConnectedOptions")
@@ -277,15 +278,15 @@ def _classifier_16x8(g: _Graph, x: _T, layer, name: str) -> tuple[_T, float]:
     return logits, s_out
 
 
-def _requant(g: _Graph, x: _T, q: _Q, name: str, *, relu: bool = False) -> _T:
+def _requant(g: _Graph, x: _T, q: _Q, *, name: str, relu: bool = False) -> _T:
     """int8 -> int8 requantization as a 1x1 DEPTHWISE_CONV_2D with unit weights (fused RELU if `relu`).
 
     A QUANTIZE op would do, but XNNPACK's int8 QUANTIZE uses an 8-bit fixed-point multiplier and
     flipped ~2% of the residual operands by one step; convolutions requantize in fp32 there.
     """
     S, c = g.S, x.shape[3]
-    wt, bt = _affine(g, name, np.ones((1, 1, 1, c), np.int8), np.ones(c, np.float32), np.zeros(c, np.int32),
-                     x.q.scale, q.scale, qdim=3)
+    wt, bt = _affine(g, name, np.ones((1, 1, 1, c), np.int8), s_w=np.ones(c, np.float32), b_int=np.zeros(c, np.int32),
+                     s_in=x.q.scale, s_out=q.scale, qdim=3)
     y = g.act(name, x.shape, q)
     opt = S.DepthwiseConv2DOptionsT()
     opt.padding, opt.strideH, opt.strideW, opt.depthMultiplier = S.Padding.VALID, 1, 1, 1

@@ -40,17 +40,19 @@ def _name(node: fx.Node) -> str:
 
 def _max_pool_module(L: _Lowering, node: fx.Node) -> _T:
     m = L.module(node)
-    return _max_pool(L, node, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, m.return_indices)
+    return _max_pool(L, node, m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                     ceil_mode=m.ceil_mode, indices=m.return_indices)
 
 
 def _max_pool_function(L: _Lowering, node: fx.Node) -> _T:
     names = ("input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
     given = {**dict(zip(names, node.args)), **node.kwargs}
-    return _max_pool(L, node, given["kernel_size"], given.get("stride"), given.get("padding", 0),
-                     given.get("dilation", 1), given.get("ceil_mode", False), given.get("return_indices", False))
+    return _max_pool(L, node, given["kernel_size"], stride=given.get("stride"), padding=given.get("padding", 0),
+                     dilation=given.get("dilation", 1), ceil_mode=given.get("ceil_mode", False),
+                     indices=given.get("return_indices", False))
 
 
-def _max_pool(L: _Lowering, node: fx.Node, kernel, stride, padding, dilation, ceil_mode, indices) -> _T:
+def _max_pool(L: _Lowering, node: fx.Node, kernel, *, stride, padding, dilation, ceil_mode, indices) -> _T:
     """MAX_POOL_2D of the integers, torch's symmetric padding as SAME where that pads alike, else PADV2 + VALID."""
     S, g, where = L.g.S, L.g, _where(node)
     x = L.quantized(node.args[0], where)
@@ -98,11 +100,11 @@ def _cat(L: _Lowering, node: fx.Node) -> _T | _Pending:
         raise QadtrError(f"{where}: cat of shapes {[x.shape for x in xs]} (NHWC); give every operand the same "
                          "batch, height and width")
     if all(x.q == xs[0].q for x in xs):  # what CONCATENATION takes as it is
-        return _concat(L.g, xs, xs[0].q, _name(node))
+        return _concat(L.g, xs, xs[0].q, name=_name(node))
     return _Pending("cat", where, tuple(xs))
 
 
-def _concat(g, xs: list[_T], q: _Q, name: str) -> _T:
+def _concat(g, xs: list[_T], q: _Q, *, name: str) -> _T:
     """CONCATENATION on the channel axis (NHWC: the last) of operands all quantized as `q`."""
     S = g.S
     out = g.act(name, (*xs[0].shape[:-1], sum(x.shape[-1] for x in xs)), q)
@@ -112,19 +114,20 @@ def _concat(g, xs: list[_T], q: _Q, name: str) -> _T:
     return out
 
 
-def _emit_cat(L: _Lowering, p: _Pending, q: _Q, name: str, relu: bool) -> _T:
+def _emit_cat(L: _Lowering, p: _Pending, q: _Q, *, name: str, relu: bool) -> _T:
     """The quantizer after a cat of operands at several scales: each one not at `q` (or, under a QuantReLU,
     able to hold negatives) requantized to `q` by a unit-weight 1x1 depthwise (`name/in<i>`), then joined."""
-    parts = [x if x.q == q and not (relu and x.q.lo < x.q.zp) else _requant(L.g, x, q, f"{name}/in{i}", relu=relu)
+    parts = [x if x.q == q and not (relu and x.q.lo < x.q.zp) else _requant(L.g, x, q, name=f"{name}/in{i}", relu=relu)
              for i, x in enumerate(p.inputs)]
-    return _concat(L.g, parts, q, name)
+    return _concat(L.g, parts, q, name=name)
 
 
-def _emit_linear(L: _Lowering, p: _Pending, q: _Q, name: str, relu: bool) -> _T:
+def _emit_linear(L: _Lowering, p: _Pending, q: _Q, *, name: str, relu: bool) -> _T:
     """A QuantLinear inside the network: int8 FULLY_CONNECTED (per-channel weights, int32 bias) at `q`."""
     S, g, x = L.g.S, L.g, p.inputs[0]
     w_int, s_w = _weights(p.module, p.source)  # (Cout, Cin), (Cout,)
-    wt, bt = _affine(g, p.source, w_int, s_w, _bias(p.module, x.q.scale, s_w, "int32"), x.q.scale, q.scale)
+    wt, bt = _affine(g, p.source, w_int, s_w=s_w, b_int=_bias(p.module, x.q.scale, s_w, dtype="int32"),
+                     s_in=x.q.scale, s_out=q.scale)
     out = g.act(name, (x.shape[0], w_int.shape[0]), q)
     act = S.ActivationFunctionType.RELU if relu else S.ActivationFunctionType.NONE
     g.op("FULLY_CONNECTED", [x.index, wt.index, bt.index], [out.index], version=_FC_VERSION,

@@ -47,19 +47,20 @@ def trace(net: nn.Module) -> fx.Graph:
 
 
 # -- emitters: the ops a quantizer writes for the float result it consumes (see export._tflite_graph) --
-def _emit_conv(L: _Lowering, p: _Pending, q: _Q, name: str, relu: bool) -> _T:
-    return _conv(L.g, p.module, p.inputs[0], q, name, relu, weights=p.weights)
+def _emit_conv(L: _Lowering, p: _Pending, q: _Q, *, name: str, relu: bool) -> _T:
+    return _conv(L.g, p.module, p.inputs[0], out_q=q, name=name, relu=relu, weights=p.weights)
 
 
-def _emit_add(L: _Lowering, p: _Pending, q: _Q, name: str, relu: bool) -> _T:
-    return _add_op(L.g, *p.inputs, q, name, relu=relu)
+def _emit_add(L: _Lowering, p: _Pending, q: _Q, *, name: str, relu: bool) -> _T:
+    return _add_op(L.g, *p.inputs, q=q, name=name, relu=relu)
 
 
-def _emit_mean(L: _Lowering, p: _Pending, q: _Q, name: str, relu: bool) -> _T:
+def _emit_mean(L: _Lowering, p: _Pending, q: _Q, *, name: str, relu: bool) -> _T:
     if relu and q.zp > q.lo:
         raise QadtrError(f"{name}: a QuantReLU with negative levels after a pool has no TFLite op; make its "
                          "quantizer unsigned or use a QuantIdentity")
-    return _mean_op(L.g, p.inputs[0], q, name, axes=f"{p.owner + '.' if p.owner else ''}pool/axes", keep_dims=not p.flat)
+    return _mean_op(L.g, p.inputs[0], q, name=name, axes=f"{p.owner + '.' if p.owner else ''}pool/axes",
+                    keep_dims=not p.flat)
 
 
 _EMIT: dict[str, Callable[..., _T]] = {"conv": _emit_conv, "add": _emit_add, "mean": _emit_mean,
@@ -76,7 +77,7 @@ def _quantizer(L: _Lowering, node: fx.Node) -> _T:
     x = L.val(node.args[0])
     if isinstance(x, _Pending):
         L.consume(x, name)
-        t = _EMIT[x.kind](L, x, q, name, relu)
+        t = _EMIT[x.kind](L, x, q, name=name, relu=relu)
     elif isinstance(x, _T) and x.q is None:  # the float input (pixels or normalised): QUANTIZE
         if relu and q.zp > q.lo:
             raise QadtrError(f"{name}: a QuantReLU with negative levels on a float tensor has no TFLite op; put a "
@@ -84,7 +85,7 @@ def _quantizer(L: _Lowering, node: fx.Node) -> _T:
         t = g.act(name, x.shape, q)
         g.op("QUANTIZE", [x.index], [t.index], version=2)
     else:  # an integer tensor at another scale: a unit-weight 1x1 depthwise requantizes (see _requant)
-        t = _requant(g, L.quantized(node.args[0], name), q, name, relu=relu)
+        t = _requant(g, L.quantized(node.args[0], name), q, name=name, relu=relu)
     t = g.clamp(t, name)
     g.named[name] = t
     return t
@@ -121,7 +122,7 @@ def _normalize(L: _Lowering, node: fx.Node) -> _T:
     if L.val(node.args[0]) is not L.input:
         raise QadtrError(f"{node.target}: Normalize must take the network's input pixels; move it first")
     m = L.module(node)
-    return _normalize_op(L.g, L.input, m.mean.reshape(-1).numpy(), m.std.reshape(-1).numpy(), str(node.target))
+    return _normalize_op(L.g, L.input, m.mean.reshape(-1).numpy(), std=m.std.reshape(-1).numpy(), name=str(node.target))
 
 
 def _identity(L: _Lowering, node: fx.Node) -> Any:
@@ -137,7 +138,7 @@ def _module_pool(L: _Lowering, node: fx.Node) -> _Pending:
 
 
 def _module_flatten(L: _Lowering, node: fx.Node) -> Any:
-    return _flatten(L, node, L.module(node).start_dim, L.module(node).end_dim)
+    return _flatten(L, node, L.module(node).start_dim, end=L.module(node).end_dim)
 
 
 # -- function and method handlers ------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def _mean(L: _Lowering, node: fx.Node) -> _Pending:
     return replace(p, flat=not (node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)))
 
 
-def _flatten(L: _Lowering, node: fx.Node, start: int = 1, end: int = -1) -> Any:
+def _flatten(L: _Lowering, node: fx.Node, start: int = 1, *, end: int = -1) -> Any:
     x = L.val(node.args[0])
     ndim = 4 if isinstance(x, _Pending) else len(getattr(x, "shape", ()))
     if start != 1 or end not in (-1, ndim - 1):
@@ -179,7 +180,7 @@ def _flatten(L: _Lowering, node: fx.Node, start: int = 1, end: int = -1) -> Any:
 def _f_flatten(L: _Lowering, node: fx.Node) -> Any:
     start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
     end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-    return _flatten(L, node, start, end)
+    return _flatten(L, node, start, end=end)
 
 
 def _add(L: _Lowering, node: fx.Node) -> _Pending:
@@ -249,7 +250,7 @@ def _node(L: _Lowering, node: fx.Node) -> Any:
         if not (isinstance(out, _Pending) and out.kind == "linear"):
             raise QadtrError("the network's output is not a QuantLinear's float logits; end it with a QuantLinear")
         L.consume(out, "the output")
-        L.logits, L.logit_scale = _classifier_16x8(L.g, out.inputs[0], out.module, out.source)  # 16x8, DEQUANTIZE
+        L.logits, L.logit_scale = _classifier_16x8(L.g, out.inputs[0], out.module, name=out.source)  # 16x8, DEQUANTIZE
         return L.logits
     if node.op == "call_module":
         m = L.module(node)
@@ -299,7 +300,7 @@ def build_tflite(net: nn.Module, height: int, width: int, *, debug: bool = False
                          f"{_ONNX}")
     if not _MODULES:
         _MODULES.update(_module_handlers())
-    L = _Lowering(_Graph(S, headroom), net, height, width)
+    L = _Lowering(_Graph(S, headroom), net, height, width=width)
     for node in trace(net).nodes:
         L.env[node] = _node(L, node)
     g = L.g

@@ -43,7 +43,7 @@ class _Pending:
 class _Lowering:
     """The walk's state: the flatbuffer graph, each fx node's value, what was consumed."""
 
-    def __init__(self, g: _Graph, net: nn.Module, height: int, width: int):
+    def __init__(self, g: _Graph, net: nn.Module, height: int, *, width: int):
         self.g, self.modules, self.size = g, dict(net.named_modules()), (height, width)
         self.env: dict[fx.Node, Any] = {}
         self.consumed: set[int] = set()  # ids of _Pending values already lowered

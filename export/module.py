@@ -93,7 +93,7 @@ def _run(name: str, net, out: Path, *, src: Source, bits: tuple[int, int], image
         from export.tflite import KERNEL_SETS, _check_request, export_tflite_net
 
         kernels = tuple(options.pop("kernels", KERNEL_SETS))
-        out = _check_request(bits[0], bits[1], kernels, out)
+        out = _check_request(bits[0], bits[1], kernels, out=out)
         return export_tflite_net(net, out, source=src, bits=bits, images=images, image_source=described,
                                  kernels=kernels, **options)
     if name == "trt":

@@ -130,7 +130,7 @@ def check_parity(net, model_path: str | Path, images: np.ndarray, *, bits: int |
                          "the export's node names do not follow the module names")
     mismatches: dict[str, dict[str, int]] = {}
     max_step = {}
-    got = ort_run(with_outputs(model, list(tensors)), images, batch_size, PROOF_LEVEL)  # node by node, every CPU
+    got = ort_run(with_outputs(model, list(tensors)), images, batch_size, level=PROOF_LEVEL)  # node by node, every CPU
     proof_ints = {module: got[name] for name, module in tensors.items()}
     mismatches[PROOF_LEVEL], max_step[PROOF_LEVEL] = _int_diff(ref_ints, proof_ints)
     _, local_ints, _ = reference_run(net, images, batch_size, feed=proof_ints)
@@ -141,7 +141,7 @@ def check_parity(net, model_path: str | Path, images: np.ndarray, *, bits: int |
     del got, proof_ints, local_ints
     stage("export.onnx: the deployed kernels (ORT_ENABLE_ALL) on this host, attributed by the integer executor")
     # the deployment on this host: the plain file (extra outputs make ORT fuse less), attributed by the executor
-    deployed_logits = ort_run(model.SerializeToString(), images, batch_size, DEPLOY_LEVEL)[OUTPUT]
+    deployed_logits = ort_run(model.SerializeToString(), images, batch_size, level=DEPLOY_LEVEL)[OUTPUT]
     deployed, deployed_ints = _deployed(model_path, images, deployed_logits, ref_logits=ref_logits, step=step)
     if deployed_ints is not None:
         mismatches[DEPLOY_LEVEL], max_step[DEPLOY_LEVEL] = _int_diff(
@@ -176,7 +176,7 @@ def _float_parity(net, model, images: np.ndarray, *, batch_size: int, image_sour
     with torch.no_grad():
         ref = np.concatenate([net(to_tensor(images[i:i + batch_size])).numpy()
                               for i in range(0, len(images), batch_size)])
-    out = ort_run(model.SerializeToString(), images, batch_size, DEPLOY_LEVEL)[OUTPUT]
+    out = ort_run(model.SerializeToString(), images, batch_size, level=DEPLOY_LEVEL)[OUTPUT]
     res = compare(ref, out, lsb=FLOAT_TOL, atol_lsb=1.0, min_argmax_agree=1.0, name="fp32 logits")
     return Parity(bool(res), len(images), image_source, 0, 0, 0, None, None, 0, 0, res.mismatch_frac == 0, {},
                   res.to_dict(), str(res))

@@ -122,7 +122,7 @@ def reference_ints(net, pixels: torch.Tensor, acts: dict[str, _Q]) -> tuple[np.n
     return logits, out
 
 
-def _prove(net, built: Built, debug: Built, images: np.ndarray, *, kernels=KERNEL_SETS, batch: int = 50,
+def _prove(net, built: Built, debug: Built, *, images: np.ndarray, kernels=KERNEL_SETS, batch: int = 50,
            num_threads: int | None = 1) -> dict[str, dict]:
     """Run the artifact (logits) and its debug copy (all activations) under each kernel set vs the reference."""
     from devices.litert import LiteRTRunner
@@ -164,7 +164,7 @@ def _prove(net, built: Built, debug: Built, images: np.ndarray, *, kernels=KERNE
 
 
 # -- library entry point ---------------------------------------------------------------------------------
-def _proof_images(arch: str, dataset: str, images: np.ndarray | None, data_dir, n: int) -> tuple[np.ndarray, str]:
+def _proof_images(arch: str, dataset: str, images: np.ndarray | None, *, data_dir, n: int) -> tuple[np.ndarray, str]:
     if images is not None:
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3 or len(images) == 0:
@@ -207,10 +207,10 @@ def export_tflite(checkpoint: str | Path, out: str | Path, *, bits: int, images:
         >>> export_tflite("zoo/resnet20_w4a4/model.pt", "/tmp/r20_w4a4.tflite", bits=4, data_dir="../shared/data")
     """
     act_bits = bits if act_bits is None else act_bits
-    out = _check_request(bits, act_bits, kernels, Path(out))
+    out = _check_request(bits, act_bits, kernels, out=Path(out))
     net, ck = deploy_model(checkpoint, bits, act_bits)
     src = checkpoint_source(checkpoint, ck)
-    imgs, described = _proof_images(ck.model.arch, src.dataset, images, data_dir, limit)
+    imgs, described = _proof_images(ck.model.arch, src.dataset, images, data_dir=data_dir, n=limit)
     return export_tflite_net(net, out, source=src, bits=(bits, act_bits), images=imgs, image_source=described,
                              kernels=kernels, headroom=headroom)
 
@@ -224,7 +224,7 @@ def export_tflite_net(net, out: Path, *, source: Source, bits: tuple[int, int], 
     built = build_tflite(net, h, w, headroom=headroom)  # refuses a layer with no mapping, before anything is written
     debug = build_tflite(net, h, w, debug=True, headroom=headroom)
     stage(f"export.tflite: proving on {len(images)} images under LiteRT's {' and '.join(kernels)} kernels")
-    parity = json.loads(json.dumps(_prove(net, built, debug, images, kernels=kernels)))  # as saved: lists
+    parity = json.loads(json.dumps(_prove(net, built, debug, images=images, kernels=kernels)))  # as saved: lists
     for k, p in parity.items():
         p["images"] = image_source
     failed = [k for k, p in parity.items() if not p["passed"]]
@@ -240,7 +240,7 @@ def export_tflite_net(net, out: Path, *, source: Source, bits: tuple[int, int], 
             extra={"headroom": headroom, "input": INPUT, "output": OUTPUT}))
 
 
-def _check_request(bits: int, act_bits: int, kernels: tuple[str, ...], out: Path) -> Path:
+def _check_request(bits: int, act_bits: int, kernels: tuple[str, ...], *, out: Path) -> Path:
     """The bit widths, kernel sets and output name, refused before a checkpoint is loaded."""
     if bits > 8 or act_bits > 8:
         raise QadtrError(f"{bits_name((bits, act_bits))}: the TFLite exporter carries at most 8-bit integers (int8 "

@@ -288,7 +288,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def read_versioned_npz(path, magic: bytes, version: int, kind: str, hint: str) -> dict:
+def read_versioned_npz(path, magic: bytes, version: int, *, kind: str, hint: str) -> dict:
     """The arrays of a binary artifact that starts with `magic` and a format `version` (patch and replay
     files); every refusal names what is wrong and ends with `hint` (what to re-run)."""
     import numpy as np

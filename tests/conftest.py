@@ -141,11 +141,11 @@ def tiny_patches(tiny_checkpoint, tmp_path_factory) -> Path:
     eot = EOTConfig(max_angle=20.0, scale=(0.9, 1.1))
     for (w, a), target, name in (((4, 4), 1, "w4a4_universal_t1"), ((8, 8), None, "w8a8_universal_untargeted")):
         cfg = UniversalConfig(size=0.1, target=target, steps=3, batch_size=16, eot=eot)
-        patch = universal_patch(deploy_net(model, w, a), train.images, train.labels, cfg)
+        patch = universal_patch(deploy_net(model, w, a), train.images, train.labels, cfg=cfg)
         save_patch(patch.with_source(model_sha256=ck.sha256, bits=((w, a),), data="cifar10/train"), out / name)
     idx = np.arange(6)
     patch = location_patch(deploy_net(model, 2, 2), test.images[idx], test.labels[idx],
-                           LocationConfig(size=0.1, steps=2))
+                           cfg=LocationConfig(size=0.1, steps=2))
     patch = dataclasses.replace(patch, indices=idx).with_source(model_sha256=ck.sha256, bits=((2, 2),),
                                                                  data="cifar10/test")
     save_patch(patch, out / "w2a2_location_untargeted")

@@ -21,7 +21,7 @@ from qadtr._registry import Registry, resolve
 class QueryAttackInfo:
     name: str  # what --attack takes
     config: str  # "module:Class" of its frozen config
-    run: str  # "module:function" (runner, images, labels, cfg, *, state_path, inputs, progress) -> QueryOutcome
+    run: str  # "module:function" (runner, images, labels, *, cfg, state_path, inputs, progress) -> QueryOutcome
     doc: str = ""
 
     def load(self):

@@ -39,7 +39,7 @@ class QueryOutcome:
         return self.patches.ndim == 3
 
     def asr(self, labels: np.ndarray) -> ASR:
-        return attack_success(self.clean_pred, self.adv_pred, labels, self.target)
+        return attack_success(self.clean_pred, self.adv_pred, labels, target=self.target)
 
     def query_stats(self) -> dict:
         """Queries-to-success quantiles over the fooled images, and the queries spent in all."""

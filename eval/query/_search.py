@@ -94,7 +94,7 @@ def stripes(rng: np.random.Generator, n: int, side: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(colours, (n, 3, side, side)))
 
 
-def random_xy(rng: np.random.Generator, n: int, side: int, hw: tuple[int, int]) -> np.ndarray:
+def random_xy(rng: np.random.Generator, n: int, side: int, *, hw: tuple[int, int]) -> np.ndarray:
     """(n, 2) int32 top-left corners drawn uniformly where a side x side patch fits an hw image."""
     cols = rng.integers(0, hw[1] - side + 1, n)
     rows = rng.integers(0, hw[0] - side + 1, n)
@@ -119,7 +119,7 @@ def propose_squares(rng: np.random.Generator, patches: np.ndarray, p: float) -> 
     return out
 
 
-def propose_moves(rng: np.random.Generator, xy: np.ndarray, side: int, hw: tuple[int, int], it: int,
+def propose_moves(rng: np.random.Generator, xy: np.ndarray, side: int, *, hw: tuple[int, int], it: int,
                   n_iter: int) -> np.ndarray:
     """(n, 2) new top-left corners: each coordinate shifted by up to `shift_range`, never both by 0, clipped in."""
     free = min(hw) - side

@@ -51,7 +51,7 @@ def save_state(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> N
 def load_state(path: str | Path, *, config: dict, inputs: str) -> tuple[dict[str, np.ndarray], dict]:
     """The arrays and meta of a state file made by the same attack config on the same inputs."""
     config = json.loads(json.dumps(config))  # as the file holds it: tuples are lists
-    arrays = read_versioned_npz(path, MAGIC, FORMAT_VERSION, "query-attack state", HINT)
+    arrays = read_versioned_npz(path, MAGIC, FORMAT_VERSION, kind="query-attack state", hint=HINT)
     if "meta" not in arrays:
         raise QadtrError(f"{path} holds no meta; {HINT}")
     meta = loads_json(str(arrays.pop("meta")), f"{path} meta")

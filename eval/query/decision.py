@@ -55,7 +55,7 @@ class DecisionConfig:
                              "per-image or fixed")
 
 
-def decision_attack(runner, images: np.ndarray, labels: np.ndarray, cfg: DecisionConfig, *,
+def decision_attack(runner, images: np.ndarray, labels: np.ndarray, *, cfg: DecisionConfig,
                     state_path: str | Path | None = None, inputs: str = "", progress: bool = False) -> QueryOutcome:
     """Per-image patches for uint8 (N, H, W, 3) `images` from top-1 labels of the active `runner` only."""
     n, h, w, _ = images.shape
@@ -89,7 +89,7 @@ def _initial(top1: LabelOracle, rng, images: np.ndarray, *, labels: np.ndarray, 
     targeted = cfg.target is not None
     clean = top1.labels(images, np.arange(n))  # (N,)
     top1.check_target(cfg.target)
-    return {"patches": np.zeros((n, 3, side, side), np.uint8), "xy": random_xy(rng, n, side, (h, w)),
+    return {"patches": np.zeros((n, 3, side, side), np.uint8), "xy": random_xy(rng, n, side, hw=(h, w)),
             "pred": clean.copy(), "clean": clean, "queries": top1.queries,
             "eligible": labels != cfg.target if targeted else clean == labels,
             "first_success": np.full(n, -1, np.int64), "trace": np.zeros((0, 3), np.int64),
@@ -130,11 +130,11 @@ class _Decision:
             for _ in range(DRAW_SQUARES):
                 draw = propose_squares(rng, draw, cfg.p_init)
             place = s["xy"][search] if cfg.location == "fixed" else random_xy(rng, len(search), side,
-                                                                              images.shape[1:3])
+                                                                              hw=images.shape[1:3])
             cand.append(draw), xy.append(place), owners.append(search)
         if len(shrink):
             cand.append(_restore(rng, s["patches"][shrink], _beneath(images, s["xy"], shrink, side=side),
-                                 p_selection(cfg.p_init, it, self.n_iter)))
+                                 p=p_selection(cfg.p_init, it, self.n_iter)))
             xy.append(s["xy"][shrink]), owners.append(shrink)
         idx, cand, xy = np.concatenate(owners), np.concatenate(cand), np.concatenate(xy)
         pred = self.top1.labels(paste(images[idx], cand, xy), idx)  # one batch: search and shrink candidates together
@@ -157,7 +157,7 @@ class _Decision:
                               "inputs": self.inputs}
 
 
-def _restore(rng, patches: np.ndarray, clean: np.ndarray, p: float) -> np.ndarray:
+def _restore(rng, patches: np.ndarray, clean: np.ndarray, *, p: float) -> np.ndarray:
     """(B, 3, s, s) copies of `patches` with one square (share p of the area) set back to the `clean` pixels
     beneath; the square holds a pixel drawn among the still visible ones, so every proposal shrinks the patch."""
     b, _, side, _ = patches.shape

@@ -2,12 +2,12 @@
 deployed artifact.
 
     start = start_from_patch(load_patch("w4a4_universal_s10_t3.npz"), n, (32, 32), eval_seed=1)
-    out = sparse_rs(runner, images, labels, SparseRSConfig(size=patch.size, target=3, universal=True), start=start)
-    milestones(out, reference=reference_asr(fq_runner, images, labels, start, 3))
+    out = sparse_rs(runner, images, labels, cfg=SparseRSConfig(size=patch.size, target=3, universal=True), start=start)
+    milestones(out, reference=reference_asr(fq_runner, images, labels, start=start, target=3))
 
 The start is the replay's own bytes: the patch's values on the uint8 grid (rint(v * 255) in float32, as
-`qadtr.attacks.rebuild` rounds them) at `qadtr.attacks.eval_placements(patch, n, hw, eval_seed)`, the placements
-eval.transfer and every replay use, so the refine's first query is the replayed ASR (trace row 0).
+`qadtr.attacks.rebuild` rounds them) at `qadtr.attacks.eval_placements(patch, n, hw, seed=eval_seed)`, the
+placements eval.transfer and every replay use, so the refine's first query is the replayed ASR (trace row 0).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def start_from_patch(patch: Patch, n: int, hw: tuple[int, int], *, eval_seed: in
     if patch.per_image:
         raise QadtrError("refine starts from a universal patch (one patch, seeded placements); this file holds "
                          "per-image patches: pass a universal one, e.g. eval/results/transfer/patches/*_universal_*")
-    placement = eval_placements(patch, n, hw, eval_seed)
+    placement = eval_placements(patch, n, hw, seed=eval_seed)
     if (placement.angle != 0).any() or (placement.scale != 1).any() or (placement.brightness != 1).any():
         raise QadtrError(f"the patch's EOT ranges rotate, scale or brighten it ({patch.eot}); the query attack moves "
                          "an axis-aligned square: refine a patch made with max_angle=0, scale=(1, 1), brightness=(1, 1)")
@@ -35,13 +35,13 @@ def start_from_patch(patch: Patch, n: int, hw: tuple[int, int], *, eval_seed: in
     return Start(values, np.stack([placement.x, placement.y], axis=1).astype(np.int32))
 
 
-def reference_asr(runner, images: np.ndarray, labels: np.ndarray, start: Start, target: int | None) -> ASR:
+def reference_asr(runner, images: np.ndarray, labels: np.ndarray, *, start: Start, target: int | None) -> ASR:
     """The start patch's ASR on another runner (the fake-quant reference) on the very same bytes."""
     oracle = Oracle(runner, n_images=len(images), budget=2, batch=256)
     clean = oracle.logits(images, np.arange(len(images))).argmax(axis=1)
     oracle.check_target(target)
     adv = oracle.logits(paste(images, start.patches, start.xy), np.arange(len(images))).argmax(axis=1)
-    return attack_success(clean, adv, labels, target)
+    return attack_success(clean, adv, labels, target=target)
 
 
 def milestones(out: QueryOutcome, *, reference: ASR | None) -> dict:

@@ -87,13 +87,14 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
     out.mkdir(parents=True, exist_ok=True)
     kwargs = {"start": start} if start is not None else {}
     with make_runner(runtime, artifact, **(runner_options or {})) as runner:
-        outcome = run(runner, images, labels, cfg, state_path=state, inputs=key, progress=progress, **kwargs)
+        outcome = run(runner, images, labels, cfg=cfg, state_path=state, inputs=key, progress=progress, **kwargs)
         kernels, versions = runner.kernels, dict(runner.versions)
-        held = None if holdout is None else _holdout(runner, outcome, cfg, attack, holdout, data=data,
+        held = None if holdout is None else _holdout(runner, outcome, cfg, attack=attack, holdout=holdout, data=data,
                                                      eval_seed=eval_seed, init=patch)
     refined = None
     if start is not None:
-        refined = milestones(outcome, reference=_reference(reference or artifact, images, labels, start, cfg.target))
+        refined = milestones(outcome, reference=_reference(reference or artifact, images, labels, start=start,
+                                                           target=cfg.target))
     asr = outcome.asr(labels)
     extra = _extra(outcome)
     result = QueryResult(attack=attack, config=cfg, runtime=runtime, kernels=kernels, versions=versions,
@@ -101,7 +102,7 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
                          indices=tuple(int(i) for i in indices), n=asr.rate.n, asr=asr.to_dict(), budget=cfg.budget,
                          queries=outcome.query_stats(), host=fingerprint(), refine=refined, extra=extra,
                          holdout=held)
-    save_patch(_patch_file(outcome, cfg, attack, indices, data), out / "patch.npz")
+    save_patch(_patch_file(outcome, cfg, attack, indices=indices, data=data), out / "patch.npz")
     write_json(result_path, config_to_dict(result))  # last: its presence marks the run finished
     return result
 
@@ -131,17 +132,17 @@ def _extra(outcome: QueryOutcome) -> dict:
     return extra
 
 
-def _reference(path: str | Path, images, labels, start, target):
+def _reference(path: str | Path, images, labels, *, start, target):
     """The start patch's ASR on the fake-quant reference, or None (with a note) when it cannot run here."""
     try:
         with make_runner("fakequant", path) as ref:
-            return reference_asr(ref, images, labels, start, target)
+            return reference_asr(ref, images, labels, start=start, target=target)
     except QadtrError as e:
         print(f"note: no fake-quant reference ASR ({e}); pass --reference CHECKPOINT", file=sys.stderr)
         return None
 
 
-def _holdout(runner, outcome: QueryOutcome, cfg, attack: str, holdout, *, data: str, eval_seed: int,
+def _holdout(runner, outcome: QueryOutcome, cfg, *, attack: str, holdout, data: str, eval_seed: int,
              init: Patch | None) -> dict:
     """The final universal patch's ASR on the held-out images (see run_query_attack), with how it was placed; with
     `init` (transfer-then-refine) also the start patch's at the same placements, so the two are paired."""
@@ -153,18 +154,18 @@ def _holdout(runner, outcome: QueryOutcome, cfg, attack: str, holdout, *, data: 
     patch = Patch(values=values, attack=attack, config=cfg, size=cfg.size, side=values.shape[-1], target=cfg.target,
                   eot=eot, seed=cfg.seed, data=data)
     start = start_from_patch(patch, len(images), images.shape[1:3], eval_seed=eval_seed)
-    asr = reference_asr(runner, images, labels, start, cfg.target)
+    asr = reference_asr(runner, images, labels, start=start, target=cfg.target)
     before = None
     if init is not None:  # upright like `patch` (start_from_patch checks): eval_placements give the same places
         first = start_from_patch(init, len(images), images.shape[1:3], eval_seed=eval_seed)
-        before = reference_asr(runner, images, labels, first, cfg.target).to_dict()
+        before = reference_asr(runner, images, labels, start=first, target=cfg.target).to_dict()
     return {"n": asr.rate.n, "asr": asr.to_dict(), "start_asr": before, "indices": [int(i) for i in indices],
             "placement": f"the attack's shared location {tuple(eot.xy)}" if shared else f"seeded random placements "
                          f"(eval_seed {eval_seed}), upright: the attack chose a place per image",
             "queries": "2 per held-out image (clean, patched), outside the budget"}
 
 
-def _patch_file(outcome: QueryOutcome, cfg, attack: str, indices: np.ndarray, data: str) -> Patch:
+def _patch_file(outcome: QueryOutcome, cfg, attack: str, *, indices: np.ndarray, data: str) -> Patch:
     """The result as a qadtr patch file: per-image values and places (a universal patch with places that differ
     per image is stored once per image), or one universal patch at a fixed place."""
     side = outcome.patches.shape[-1]

@@ -18,7 +18,7 @@ Queries per image: 1 clean, 1 with the initial patch, then 1 per iteration: `bud
 
 Example:
     >>> with make_runner("litert-builtin", "w4.tflite") as r:
-    ...     out = sparse_rs(r, images, labels, SparseRSConfig(size=0.1, target=3, budget=500))
+    ...     out = sparse_rs(r, images, labels, cfg=SparseRSConfig(size=0.1, target=3, budget=500))
     >>> print(out.asr(labels))
 """
 
@@ -70,7 +70,7 @@ class Start:
     xy: np.ndarray  # (N, 2) int32 (column, row)
 
 
-def sparse_rs(runner, images: np.ndarray, labels: np.ndarray, cfg: SparseRSConfig, *, start: Start | None = None,
+def sparse_rs(runner, images: np.ndarray, labels: np.ndarray, *, cfg: SparseRSConfig, start: Start | None = None,
               state_path: str | Path | None = None, inputs: str = "", progress: bool = False) -> QueryOutcome:
     """Attack uint8 (N, H, W, 3) `images` (true `labels` (N,)) through the active `runner`.
 
@@ -93,7 +93,7 @@ def sparse_rs(runner, images: np.ndarray, labels: np.ndarray, cfg: SparseRSConfi
         oracle.queries, oracle.num_classes = s["queries"], meta["num_classes"]
     else:
         rng, it0 = np.random.default_rng(cfg.seed), 0
-        s = _initial(oracle, rng, images, labels, cfg, side, start)
+        s = _initial(oracle, rng, images, labels=labels, cfg=cfg, side=side, start=start)
     cls = np.full(n, cfg.target, np.int64) if targeted else s["clean"]
     run = _Search(oracle=oracle, rng=rng, images=images, cfg=cfg, s=s, cls=cls, side=side, n_iter=n_iter, key=key,
                   inputs=inputs)
@@ -124,7 +124,7 @@ class _Search:
         logits = self.oracle.logits(paste(self.images[idx], patches, xy), idx)  # (B, K)
         return margin(logits, self.cls[idx], self.cfg.target is not None), logits.argmax(axis=1)
 
-    def keep(self, idx, ok, loss, pred) -> None:
+    def keep(self, idx, ok, loss, *, pred) -> None:
         self.s["loss"][idx[ok]], self.s["pred"][idx[ok]] = loss[ok], pred[ok]
 
     def step(self, it: int) -> bool:
@@ -137,32 +137,32 @@ class _Search:
             return False
         move = cfg.location != "fixed" and it % cfg.loc_every == 0
         if cfg.universal and move and cfg.location == "shared":
-            xy = np.repeat(propose_moves(rng, s["xy"][idx[:1]], side, hw, it, n_iter), len(idx), axis=0)
+            xy = np.repeat(propose_moves(rng, s["xy"][idx[:1]], side, hw=hw, it=it, n_iter=n_iter), len(idx), axis=0)
             loss, pred = self.evaluate(idx, s["patches"], xy)
-            if _better_mean(loss, pred, s, idx, cls, targeted):
+            if _better_mean(loss, pred, s, idx=idx, cls=cls, targeted=targeted):
                 s["xy"][idx] = xy
-                self.keep(idx, np.ones(len(idx), bool), loss, pred)
+                self.keep(idx, np.ones(len(idx), bool), loss, pred=pred)
         elif move:
-            xy = propose_moves(rng, s["xy"][idx], side, hw, it, n_iter)
+            xy = propose_moves(rng, s["xy"][idx], side, hw=hw, it=it, n_iter=n_iter)
             patches = s["patches"] if cfg.universal else s["patches"][idx]
             loss, pred = self.evaluate(idx, patches, xy)
-            ok = _better(loss, pred, s, idx, cls, targeted, hinge=cfg.universal)
+            ok = _better(loss, pred, s, idx=idx, cls=cls, targeted=targeted, hinge=cfg.universal)
             s["xy"][idx[ok]] = xy[ok]
-            self.keep(idx, ok, loss, pred)
+            self.keep(idx, ok, loss, pred=pred)
         elif cfg.universal:
             cand = propose_squares(rng, s["patches"][None], p_selection(cfg.p_init, it, n_iter))[0]  # (3, s, s)
             loss, pred = self.evaluate(idx, cand, s["xy"][idx])
-            if _better_mean(loss, pred, s, idx, cls, targeted):
+            if _better_mean(loss, pred, s, idx=idx, cls=cls, targeted=targeted):
                 s["patches"] = cand
-                self.keep(idx, np.ones(len(idx), bool), loss, pred)
+                self.keep(idx, np.ones(len(idx), bool), loss, pred=pred)
         else:
             cand = propose_squares(rng, s["patches"][idx], p_selection(cfg.p_init, it, n_iter))  # (B, 3, s, s)
             loss, pred = self.evaluate(idx, cand, s["xy"][idx])
-            ok = _better(loss, pred, s, idx, cls, targeted, hinge=False)
+            ok = _better(loss, pred, s, idx=idx, cls=cls, targeted=targeted, hinge=False)
             s["patches"][idx[ok]] = cand[ok]
-            self.keep(idx, ok, loss, pred)
+            self.keep(idx, ok, loss, pred=pred)
         s["queries"] = self.oracle.queries
-        _record(s, cls, targeted, it + 1, hinge=cfg.universal)
+        _record(s, cls, targeted, it=it + 1, hinge=cfg.universal)
         return True
 
     def snapshot(self, it: int):
@@ -171,7 +171,7 @@ class _Search:
                               "inputs": self.inputs, "num_classes": self.oracle.num_classes}
 
 
-def _initial(oracle: Oracle, rng, images, labels, cfg: SparseRSConfig, side: int, start: Start | None) -> dict:
+def _initial(oracle: Oracle, rng, images, *, labels, cfg: SparseRSConfig, side: int, start: Start | None) -> dict:
     """The clean query, the initial patches and places, and their query: the state before iteration 0."""
     n, h, w, _ = images.shape
     clean = oracle.logits(images, np.arange(n)).argmax(axis=1).astype(np.int64)  # (N,)
@@ -181,11 +181,11 @@ def _initial(oracle: Oracle, rng, images, labels, cfg: SparseRSConfig, side: int
     if start is None:
         patches = stripes(rng, 1 if cfg.universal else n, side)  # (1 or N, 3, s, s)
         patches = patches[0] if cfg.universal else patches
-        xy = random_xy(rng, n, side, (h, w))
+        xy = random_xy(rng, n, side, hw=(h, w))
         if cfg.location == "shared":
             xy[:] = xy[0]
     else:
-        patches, xy = _check_start(start, n, side, cfg.universal, (h, w))
+        patches, xy = _check_start(start, n, side, universal=cfg.universal, hw=(h, w))
     cls = np.full(n, cfg.target, np.int64) if targeted else clean
     idx = np.flatnonzero(eligible)
     loss, pred = np.full(n, np.inf), clean.copy()
@@ -195,11 +195,11 @@ def _initial(oracle: Oracle, rng, images, labels, cfg: SparseRSConfig, side: int
     s = {"patches": patches, "xy": xy, "loss": loss, "pred": pred, "clean": clean, "eligible": eligible,
          "queries": oracle.queries, "first_success": np.full(n, -1, np.int64), "trace": np.zeros((0, 3), np.int64),
          "losses": np.zeros(0, np.float64)}
-    _record(s, cls, targeted, 0, hinge=cfg.universal)
+    _record(s, cls, targeted, it=0, hinge=cfg.universal)
     return s
 
 
-def _check_start(start: Start, n: int, side: int, universal: bool, hw) -> tuple[np.ndarray, np.ndarray]:
+def _check_start(start: Start, n: int, side: int, *, universal: bool, hw) -> tuple[np.ndarray, np.ndarray]:
     want = (3, side, side) if universal else (n, 3, side, side)
     if start.patches.dtype != np.uint8 or start.patches.shape != want:
         raise QadtrError(f"the starting patch is {start.patches.dtype} {start.patches.shape}; this attack needs uint8 "
@@ -210,20 +210,20 @@ def _check_start(start: Start, n: int, side: int, universal: bool, hw) -> tuple[
     return start.patches.copy(), xy.copy()
 
 
-def _better(loss, pred, s, idx, cls, targeted, *, hinge: bool) -> np.ndarray:
+def _better(loss, pred, s, *, idx, cls, targeted, hinge: bool) -> np.ndarray:
     """(B,) bool: each image's candidate lowers its (hinged) margin, or fools where the kept one does not."""
     new, old = (np.maximum(loss, 0), np.maximum(s["loss"][idx], 0)) if hinge else (loss, s["loss"][idx])
     return (new < old) | (fooled(pred, cls[idx], targeted) & ~fooled(s["pred"][idx], cls[idx], targeted))
 
 
-def _better_mean(loss, pred, s, idx, cls, targeted) -> bool:
+def _better_mean(loss, pred, s, *, idx, cls, targeted) -> bool:
     """One candidate for all images: the mean hinged margin falls, or more images are fooled at an equal mean."""
     new, old = np.maximum(loss, 0).mean(), np.maximum(s["loss"][idx], 0).mean()
     gain = fooled(pred, cls[idx], targeted).sum() > fooled(s["pred"][idx], cls[idx], targeted).sum()
     return bool(new < old or (new == old and gain))
 
 
-def _record(s: dict, cls, targeted: bool, it: int, *, hinge: bool) -> None:
+def _record(s: dict, cls, targeted: bool, *, it: int, hinge: bool) -> None:
     """After iteration `it`: first-success query counts of newly fooled images, one trace row, and the objective
     (mean margin over the attacked images; hinged at 0 for universal patches), which never rises."""
     won = fooled(s["pred"], cls, targeted) & s["eligible"]

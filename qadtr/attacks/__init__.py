@@ -10,8 +10,8 @@ Attack a quantized model through `deploy_net(model, w, a)`, the network the inte
 Example:
     >>> from qadtr.attacks import UniversalConfig, universal_patch, save_patch, evaluate_patch
     >>> net = deploy_net(model, 8)
-    >>> patch = universal_patch(net, train.images, train.labels, UniversalConfig(size=0.1, target=3))
-    >>> print(evaluate_patch(net, patch, test.images, test.labels))
+    >>> patch = universal_patch(net, train.images, train.labels, cfg=UniversalConfig(size=0.1, target=3))
+    >>> print(evaluate_patch(net, patch, test.images, labels=test.labels))
 """
 
 from qadtr.attacks._place import EOTConfig, Placement, apply_patch, index_map, patch_side, rebuild, sample_placements

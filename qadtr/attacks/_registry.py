@@ -12,7 +12,7 @@ from qadtr._registry import Registry
 class AttackInfo:
     name: str  # what --attack takes
     config: type  # its frozen config class; attack_for_config(cfg) finds the row by type(cfg)
-    function: str | Callable  # `fn(net, images, labels, cfg, *, progress=...) -> Patch`, or "module:fn"
+    function: str | Callable  # `fn(net, images, labels, *, cfg, progress=...) -> Patch`, or "module:fn"
     doc: str = ""
 
 

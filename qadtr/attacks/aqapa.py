@@ -18,7 +18,7 @@ keeps alpha from chasing minibatch noise. Everything else (sigmoid-Adam, STE rou
 `universal`.
 
 Example:
-    >>> patch = aqapa_patch(model, train.images, train.labels, AqapaConfig(size=0.1, target=3))
+    >>> patch = aqapa_patch(model, train.images, train.labels, cfg=AqapaConfig(size=0.1, target=3))
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class AqapaConfig:
             raise ValueError(f"momentum={self.momentum} must be in [0, 1)")
 
 
-def aqapa_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: AqapaConfig, *,
+def aqapa_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, cfg: AqapaConfig,
                 progress: bool = False) -> Patch:
     """One patch against several bit widths of a switchable `QuantNet`; the log records the weights.
 

@@ -44,7 +44,7 @@ class ASR:
 
 
 def attack_success(clean_pred: np.ndarray, adv_pred: np.ndarray, labels: np.ndarray,
-                   target: int | None = None) -> ASR:
+                   *, target: int | None = None) -> ASR:
     """ASR from predictions (N,) on clean and patched images and the true labels (N,)."""
     clean_pred, adv_pred, labels = (np.asarray(a).reshape(-1) for a in (clean_pred, adv_pred, labels))
     if not len(clean_pred) == len(adv_pred) == len(labels):
@@ -59,7 +59,7 @@ def attack_success(clean_pred: np.ndarray, adv_pred: np.ndarray, labels: np.ndar
     return ASR(Proportion(int(hits.sum()), int(eligible.sum())), int(target), TARGETED)
 
 
-def eval_placements(patch: Patch, n: int, hw: tuple[int, int], seed: int) -> Placement:
+def eval_placements(patch: Patch, n: int, hw: tuple[int, int], *, seed: int) -> Placement:
     """The placements a universal patch is evaluated at: drawn from its EOT ranges with `seed`, so every
     model (and every runtime) sees the same patched bytes. Per-image patches carry their own."""
     if patch.per_image:
@@ -67,7 +67,7 @@ def eval_placements(patch: Patch, n: int, hw: tuple[int, int], seed: int) -> Pla
     return sample_placements(n, side=patch.side, hw=hw, eot=patch.eot, rng=np.random.default_rng(seed))
 
 
-def evaluate_patch(model: nn.Module, patch: Patch, images: np.ndarray, labels: np.ndarray, *, seed: int = 0,
+def evaluate_patch(model: nn.Module, patch: Patch, images: np.ndarray, *, labels: np.ndarray, seed: int = 0,
                    clean_pred: np.ndarray | None = None, batch_size: int = 500, progress: bool = False) -> ASR:
     """ASR of `patch` on `model` over (N, H, W, 3) uint8 `images` (for per-image patches: the attacked
     images, in the patch's order). Patched images are built with `rebuild`, as every replay does."""
@@ -75,7 +75,7 @@ def evaluate_patch(model: nn.Module, patch: Patch, images: np.ndarray, labels: n
         raise QadtrError(f"{len(patch.values)} per-image patches but {len(images)} images; pass the attacked images "
                          f"(indices stored in the patch file)")
     _check_target(model, patch.target, images)
-    placement = eval_placements(patch, len(images), images.shape[1:3], seed)
+    placement = eval_placements(patch, len(images), images.shape[1:3], seed=seed)
     if clean_pred is None:
         clean_pred = predict(model, images, batch_size=batch_size)
     adv_pred = []
@@ -83,7 +83,7 @@ def evaluate_patch(model: nn.Module, patch: Patch, images: np.ndarray, labels: n
         values = patch.values[i:i + batch_size] if patch.per_image else patch.values
         adv = rebuild(images[i:i + batch_size], values, placement[i:i + batch_size])  # (B, H, W, 3) uint8
         adv_pred.append(predict(model, adv, batch_size=batch_size))
-    return attack_success(clean_pred, np.concatenate(adv_pred), labels, patch.target)
+    return attack_success(clean_pred, np.concatenate(adv_pred), labels, target=patch.target)
 
 
 @torch.no_grad()

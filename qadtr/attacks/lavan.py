@@ -7,7 +7,7 @@ e^-10 earns nothing more) keeps the second term from running away once the true 
 Untargeted: -log(1 - p_true), as in `universal`.
 
 Example:
-    >>> patch = lavan_patch(net, train.images, train.labels, LavanConfig(size=0.02, target=3))
+    >>> patch = lavan_patch(net, train.images, train.labels, cfg=LavanConfig(size=0.02, target=3))
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def lavan_loss(logits: torch.Tensor, labels: torch.Tensor, target: int) -> tuple
     return ce_t - ce_y.clamp(max=CAP), logits.argmax(1) == target
 
 
-def lavan_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: LavanConfig, *,
+def lavan_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, cfg: LavanConfig,
                 progress: bool = False) -> Patch:
     """Optimise a fixed-location patch; `images` (N, H, W, 3) uint8, labels (N,). Returns a `Patch`."""
     check_data(images, labels, cfg.target)

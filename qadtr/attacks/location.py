@@ -8,7 +8,7 @@ shift that lowers that image's loss most (no move if none lowers it). Rao et al.
 direction per step; trying all four costs four forward passes per move and never moves uphill.
 
 Example:
-    >>> patch = location_patch(net, test.images[:100], test.labels[:100], LocationConfig(size=0.05))
+    >>> patch = location_patch(net, test.images[:100], test.labels[:100], cfg=LocationConfig(size=0.05))
     >>> patch.values.shape, len(patch.placement)   # ((100, 3, 7, 7), 100)
 """
 
@@ -49,13 +49,13 @@ class LocationConfig:
             raise ValueError(f"stride={self.stride} must be >= 1 and move_every={self.move_every} >= 0")
 
 
-def _shift(pl: Placement, dx: int, dy: int, side: int, hw: tuple[int, int]) -> Placement:
+def _shift(pl: Placement, dx: int, dy: int, *, side: int, hw: tuple[int, int]) -> Placement:
     x = np.clip(pl.x + dx, 0, hw[1] - side)
     y = np.clip(pl.y + dy, 0, hw[0] - side)
     return Placement(x, y, pl.angle, pl.scale, pl.brightness)
 
 
-def location_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: LocationConfig, *,
+def location_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, cfg: LocationConfig,
                    progress: bool = False) -> Patch:
     """Per-image patches and positions for (N, H, W, 3) uint8 `images`.
 
@@ -70,7 +70,7 @@ def location_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg
     values = rng.uniform(0.0, 1.0, (n, 3, side, side)).astype(np.float32)  # (N, 3, s, s)
     placement = sample_placements(n, side=side, hw=(h, w), eot=EOTConfig(), rng=rng)
 
-    def losses(x, patch, pl, y):  # -> (B,) loss, (B,) success
+    def losses(x, patch, pl, *, y):  # -> (B,) loss, (B,) success; `y` by keyword, as `_greedy_move` calls it
         logits = model(apply_patch(x, patch, pl))
         return untargeted_loss(logits, y) if cfg.target is None else targeted_loss(logits, cfg.target)
 
@@ -83,14 +83,14 @@ def location_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg
             patch = torch.from_numpy(values[sl].copy()).requires_grad_(True)  # (B, 3, s, s)
             pl = placement[sl]
             for step in range(cfg.steps):
-                loss, success = losses(x, patch, pl, y)
+                loss, success = losses(x, patch, pl, y=y)
                 (grad,) = torch.autograd.grad(loss.sum(), patch)  # per-image losses are independent
                 with torch.no_grad():
                     patch.sub_(cfg.lr * grad.sign()).clamp_(0.0, 1.0)
                     if cfg.move_every and (step + 1) % cfg.move_every == 0:
-                        pl = _greedy_move(losses, x, patch, pl, y, side, (h, w), cfg.stride)
+                        pl = _greedy_move(losses, x, patch, pl=pl, y=y, side=side, hw=(h, w), stride=cfg.stride)
             with torch.no_grad():
-                loss, success = losses(x, patch, pl, y)
+                loss, success = losses(x, patch, pl, y=y)
             values[sl] = patch.detach().numpy()
             for f in Placement.FIELDS:
                 getattr(placement, f)[sl] = getattr(pl, f)  # the arrays are ours: write the moves back
@@ -100,12 +100,12 @@ def location_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg
                  eot=EOTConfig(), seed=cfg.seed, placement=placement, indices=np.arange(n), log=tuple(log))
 
 
-def _greedy_move(losses, x, patch, pl, y, side, hw, stride) -> Placement:
-    best, _ = losses(x, patch, pl, y)  # (B,)
+def _greedy_move(losses, x, patch, *, pl, y, side, hw, stride) -> Placement:
+    best, _ = losses(x, patch, pl, y=y)  # (B,)
     x_new, y_new = pl.x.copy(), pl.y.copy()
     for dx, dy in MOVES:
-        cand = _shift(pl, dx * stride, dy * stride, side, hw)
-        loss, _ = losses(x, patch, cand, y)
+        cand = _shift(pl, dx * stride, dy * stride, side=side, hw=hw)
+        loss, _ = losses(x, patch, cand, y=y)
         better = (loss < best).numpy()
         best = torch.where(torch.from_numpy(better), loss, best)
         x_new[better], y_new[better] = cand.x[better], cand.y[better]

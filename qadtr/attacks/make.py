@@ -101,17 +101,17 @@ def make_patches(checkpoint: str | Path, configs: Sequence[Any], *, out: str | P
     written = []
     for cfg in configs:
         if attack.name == "location":  # per-image: attack the evaluation images themselves
-            patch = fn(net, test.images[eval_idx], test.labels[eval_idx], cfg, progress=True)
+            patch = fn(net, test.images[eval_idx], test.labels[eval_idx], cfg=cfg, progress=True)
             patch, source = dataclasses.replace(patch, indices=eval_idx), f"{data}/test"
         else:
             train = qadtr.data.load_split(data, "train", data_dir)
             idx = qadtr.data.subset_indices(len(train.labels), train_subset, seed=0)
-            patch, source = fn(net, train.images[idx], train.labels[idx], cfg, progress=True), f"{data}/train"
+            patch, source = fn(net, train.images[idx], train.labels[idx], cfg=cfg, progress=True), f"{data}/train"
         patch = patch.with_source(model_sha256=ck.sha256, bits=src_bits, data=source)
         path = save_patch(patch, Path(out) / patch_name(patch))
         eval_nets = ([(bits_name((w, a)), placed(deploy_net(model, w, a))) for w, a in src_bits] if have
                      else [("float", net)])
-        _score(patch, path, eval_nets, test, eval_idx, data=data, eval_seed=eval_seed)
+        _score(patch, path, eval_nets, test=test, eval_idx=eval_idx, data=data, eval_seed=eval_seed)
         written.append(path)
     return written
 
@@ -145,12 +145,12 @@ def _dataset(data: str | None, ck: Checkpoint) -> str:
     return data
 
 
-def _score(patch: Patch, path: Path, eval_nets: list[tuple[str, nn.Module]], test: Any, eval_idx: Any, *, data: str,
+def _score(patch: Patch, path: Path, eval_nets: list[tuple[str, nn.Module]], *, test: Any, eval_idx: Any, data: str,
            eval_seed: int) -> None:
     """The patch's ASR on every network of `eval_nets`, printed and written beside it as .asr.json."""
     report = {}
     for key, eval_net in eval_nets:
-        asr = evaluate_patch(eval_net, patch, test.images[eval_idx], test.labels[eval_idx], seed=eval_seed)
+        asr = evaluate_patch(eval_net, patch, test.images[eval_idx], labels=test.labels[eval_idx], seed=eval_seed)
         report[key] = asr.to_dict()
         print(f"{path.name} on {key}, {data}/test ({len(eval_idx)} images, placement seed {eval_seed}): {asr}")
     write_json(path.with_suffix(".asr.json"), {"patch": path.name, "eval_seed": eval_seed,

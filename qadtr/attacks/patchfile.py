@@ -136,12 +136,12 @@ def load_patch(path: str | Path, *, num_classes: int | None = None) -> Patch:
     path = Path(path)
     if not path.is_file():
         raise QadtrError(f"patch file {path} not found; {HINT}")
-    arrays = read_versioned_npz(path, MAGIC, FORMAT_VERSION, "patch", HINT)
+    arrays = read_versioned_npz(path, MAGIC, FORMAT_VERSION, kind="patch", hint=HINT)
     missing = {"values", "meta"} - set(arrays)
     if missing:
         raise QadtrError(f"{path} lacks {sorted(missing)}; {HINT}")
     meta = _read_meta(arrays["meta"], path)
-    _check_target(meta["target"], num_classes, meta["data"], path)
+    _check_target(meta["target"], num_classes, meta["data"], path=path)
     values = arrays["values"]
     _validate_values(values, meta["side"], str(path))
     placement = indices = None
@@ -170,7 +170,7 @@ def _read_meta(text: np.ndarray, path: Path) -> dict[str, Any]:
     return meta
 
 
-def _check_target(target: int | None, num_classes: int | None, data: str, path: Path) -> None:
+def _check_target(target: int | None, num_classes: int | None, data: str, *, path: Path) -> None:
     """A targeted patch's class must exist: below `num_classes`, else below the class count of its dataset."""
     from qadtr.data import DATASETS
 

@@ -17,7 +17,7 @@ is optimised against exactly the images the replay will feed it.
 
 Example:
     >>> cfg = UniversalConfig(size=0.1, target=3, steps=500)
-    >>> patch = universal_patch(deploy_net(model, 8), train.images, train.labels, cfg)
+    >>> patch = universal_patch(deploy_net(model, 8), train.images, train.labels, cfg=cfg)
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def check_data(images: np.ndarray, labels: np.ndarray, target: int | None, num_classes: int | None = None) -> None:
+def check_data(images: np.ndarray, labels: np.ndarray, target: int | None, *, num_classes: int | None = None) -> None:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise QadtrError(f"attacks take (N, H, W, 3) uint8 images, got {images.dtype} {images.shape}")
     if len(images) != len(labels) or len(images) == 0:
@@ -182,7 +182,7 @@ def attack_images(images: np.ndarray, labels: np.ndarray, target: int | None) ->
     return images[keep], labels[keep]
 
 
-def universal_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, cfg: UniversalConfig, *,
+def universal_patch(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, cfg: UniversalConfig,
                     progress: bool = False, callback: Callable[[int, np.ndarray], bool] | None = None) -> Patch:
     """Optimise one universal patch against `model`.
 

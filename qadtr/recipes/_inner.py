@@ -71,16 +71,16 @@ def location_patches(net: nn.Module, x: torch.Tensor, y: torch.Tensor, *, target
     patch = torch.rand(b, 3, side, side, generator=g).requires_grad_(True)  # (B, 3, s, s)
     pl = sample_placements(b, side=side, hw=(h, w), eot=EOTConfig(), rng=place_rng)
 
-    def losses(x_, patch_, pl_, y_):  # the signature `_greedy_move` calls
-        return attack_losses(net(apply_patch(x_, patch_, pl_)), y_, targets)
+    def losses(x_, patch_, pl_, *, y):  # the signature `_greedy_move` calls (`y` by keyword)
+        return attack_losses(net(apply_patch(x_, patch_, pl_)), y, targets)
 
     for step in range(steps):
-        loss, _ = losses(x, patch, pl, y)
+        loss, _ = losses(x, patch, pl, y=y)
         (grad,) = torch.autograd.grad(loss.sum(), patch)  # per-image losses are independent
         with torch.no_grad():
             patch.sub_(lr * grad.sign()).clamp_(0.0, 1.0)
             if move_every and (step + 1) % move_every == 0:
-                pl = _greedy_move(losses, x, patch, pl, y, side, (h, w), stride)
+                pl = _greedy_move(losses, x, patch, pl=pl, y=y, side=side, hw=(h, w), stride=stride)
     with torch.no_grad():
         adv = apply_patch(x, patch, pl)  # (B, 3, H, W)
         _, success = attack_losses(net(adv), y, targets)

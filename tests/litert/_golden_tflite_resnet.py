@@ -22,8 +22,9 @@ def _conv(g: _Graph, conv, x: _T, out_q: _Q, name: str, relu: bool) -> _T:
         raise QadtrError(f"{name}: grouped, dilated or non-square convolution is not supported by the TFLite "
                          "exporter; use export.onnx")
     w_int, s_w = _weights(conv, name)
-    b_int = _bias(conv, x.q.scale, s_w, "int32")
-    wt, bt = _affine(g, name, w_int.transpose(0, 2, 3, 1), s_w, b_int, x.q.scale, out_q.scale)  # OIHW -> OHWI
+    b_int = _bias(conv, x.q.scale, s_w, dtype="int32")
+    wt, bt = _affine(g, name, w_int.transpose(0, 2, 3, 1), s_w=s_w, b_int=b_int, s_in=x.q.scale,  # OIHW -> OHWI
+                     s_out=out_q.scale)
     _, h, w, _ = x.shape
     if s == 1 and 2 * p == k - 1:
         padding = S.Padding.SAME
@@ -68,7 +69,7 @@ def _block(g: _Graph, blk, x: _T, prefix: str) -> _T:
             z = g.act(f"{prefix}.shortcut/pad", (b, y.shape[1], y.shape[2], c + 2 * blk.pad), x.q)
             g.op("PAD", [y.index, pads.index], [z.index], version=2, opt=S.PadOptionsT(), opt_type="PadOptions")
             x = z
-        short = g.clamp(_requant(g, x, qs, f"{prefix}.q_short"), f"{prefix}.q_short")
+        short = g.clamp(_requant(g, x, qs, name=f"{prefix}.q_short"), f"{prefix}.q_short")
     g.named[f"{prefix}.q_short"] = short
     out = g.act(f"{prefix}.relu2", main.shape, q2)
     g.op("ADD", [main.index, short.index], [out.index], version=2,
@@ -116,11 +117,11 @@ def golden_build_tflite(net, height: int, width: int, *, debug: bool = False, he
     p16 = g.act("pool_quant/int16", pooled.shape, q16, dtype="int16")
     g.op("QUANTIZE", [pooled.index], [p16.index], version=3)
     w_int, s_w = _weights(net.linear, "linear")  # (classes, C): pooled features have no spatial order
-    b_int = _bias(net.linear, qp.scale, s_w, "int64")
+    b_int = _bias(net.linear, qp.scale, s_w, dtype="int64")
     acc_lsb = np.float64(qp.scale) * s_w.astype(np.float64)  # (classes,)
     bound = float((acc_lsb * (255 * np.abs(w_int.astype(np.int64)).sum(1) + np.abs(b_int))).max())
     s_out = max(bound, 1e-6) / 32767  # worst-case |logit| maps to int16 max: no saturation possible
-    wt, bt = _affine(g, "linear", w_int, s_w, b_int, qp.scale, s_out)
+    wt, bt = _affine(g, "linear", w_int, s_w=s_w, b_int=b_int, s_in=qp.scale, s_out=s_out)
     y16 = g.act("logits/int16", (1, w_int.shape[0]), _Q(s_out, 0, -32768, 32767), dtype="int16")
     g.op("FULLY_CONNECTED", [p16.index, wt.index, bt.index], [y16.index], version=11,
          opt=S.FullyConnectedOptionsT(), opt_type="FullyConnectedOptions")

@@ -101,7 +101,7 @@ def test_headroom_keeps_the_real_weights(tiny_checkpoint):
     images = np.random.default_rng(2).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
     for built in (plain, scaled):
         debug = T.build_tflite(net, 8, 8, debug=True, headroom=built is scaled)
-        assert T._prove(net, built, debug, images, kernels=("xnnpack",))["xnnpack"]["act_mismatch"] == 0
+        assert T._prove(net, built, debug, images=images, kernels=("xnnpack",))["xnnpack"]["act_mismatch"] == 0
 
 
 @pytest.mark.slow  # a real ResNet-20/8 exported and proven: ~13 s on 2 cores
@@ -118,7 +118,7 @@ def test_shortcuts_option_a_and_projection(arch):
     net = deploy_net(model.eval(), 4, 4)
     built, debug = T.build_tflite(net, 8, 8), T.build_tflite(net, 8, 8, debug=True)
     assert built.op_counts["PAD"] >= 2 and (("STRIDED_SLICE" in built.op_counts) == (arch == "resnet20"))
-    p = T._prove(net, built, debug, images, kernels=("xnnpack",))["xnnpack"]
+    p = T._prove(net, built, debug, images=images, kernels=("xnnpack",))["xnnpack"]
     assert p["passed"] and p["act_mismatch"] == 0
 
 

@@ -154,7 +154,7 @@ def test_xnnpack_add_matches_its_float_intent():
     """The 20-bit fixed-point ADD lands within one step of the float sum (microparams-init.c bounds)."""
     t = lambda s, z: type("T", (), {"scale": np.float32([s]), "zp0": z, "type": "INT8"})()  # noqa: E731
     a, b = np.arange(-128, 128), np.arange(127, -129, -1)
-    y = E._add_xnnpack(a, b, t(0.05, -128), t(0.03, 0), t(0.07, -128))
+    y = E._add_xnnpack(a, b, t(0.05, -128), tb=t(0.03, 0), out=t(0.07, -128))
     exact = ((a + 128) * 0.05 + b * 0.03) / 0.07 - 128
     assert np.abs(y - exact).max() <= 0.5 + 1e-3
 

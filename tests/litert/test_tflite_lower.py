@@ -141,7 +141,7 @@ def test_depthwise_net_exports_and_proves_under_both_kernel_sets():
             assert o.builtinOptions.depthMultiplier == 1
             assert g.tensors[o.inputs[1]].quantization.quantizedDimension == 3
     images = np.random.default_rng(1).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
-    parity = T._prove(net, built, debug, images)
+    parity = T._prove(net, built, debug, images=images)
     assert parity["xnnpack"]["passed"] and parity["builtin"]["passed"]
     assert parity["xnnpack"]["act_mismatch"] == 0 and parity["xnnpack"]["debug_copy_identical"]
 
@@ -159,7 +159,7 @@ def test_registry_mobilenet_exports_bit_exactly():
     net = deploy_net(model.eval(), 4, 4)
     built, debug = build_tflite(net, 8, 8), build_tflite(net, 8, 8, debug=True)
     assert built.op_counts.get("DEPTHWISE_CONV_2D", 0) >= 1
-    parity = T._prove(net, built, debug, images)  # its bottleneck stream: unsigned with a learned zero point
+    parity = T._prove(net, built, debug, images=images)  # its bottleneck stream: unsigned with a learned zero point
     assert parity["xnnpack"]["passed"] and parity["builtin"]["passed"] and parity["xnnpack"]["act_mismatch"] == 0
 
 

@@ -67,7 +67,7 @@ def _host_semantics() -> str:
 def _ort_logits(path, images):
     from export.onnx import OUTPUT, ort_run
 
-    return ort_run(onnx.load(str(path)).SerializeToString(), images, len(images), "all")[OUTPUT]
+    return ort_run(onnx.load(str(path)).SerializeToString(), images, len(images), level="all")[OUTPUT]
 
 
 def test_faithful_export_has_no_divergence(w4, tiny_checkpoint, tiny_images):

@@ -150,7 +150,7 @@ def dull_images():
 
 def _random_patch_asr(net, patch, images, labels):
     noise = np.random.default_rng(9).uniform(0, 1, patch.values.shape).astype(np.float32)
-    return evaluate_patch(net, dataclasses.replace(patch, values=noise), images, labels).rate.value
+    return evaluate_patch(net, dataclasses.replace(patch, values=noise), images, labels=labels).rate.value
 
 
 @pytest.mark.slow  # a universal patch optimised to its target: ~15 s each, loaded
@@ -159,11 +159,11 @@ def test_universal_patch_reaches_the_target(dull_images, optimizer, lr):
     images, labels = dull_images
     net = CornerNet()
     cfg = UniversalConfig(size=0.05, target=3, steps=30, batch_size=16, optimizer=optimizer, lr=lr, eot=EOT_ALL)
-    patch = universal_patch(net, images, labels, cfg)
+    patch = universal_patch(net, images, labels, cfg=cfg)
     assert patch.values.dtype == np.float32 and patch.values.shape == (3, 4, 4)
     assert patch.values.min() >= 0.0 and patch.values.max() <= 1.0
     assert _random_patch_asr(net, patch, images, labels) < 0.3
-    asr = evaluate_patch(net, patch, images, labels, seed=5)
+    asr = evaluate_patch(net, patch, images, labels=labels, seed=5)
     assert asr.rate.value > 0.9 and asr.rate.n == 64
     assert all(p.requires_grad for p in net.parameters())  # attack_mode restored the model
 
@@ -172,12 +172,12 @@ def test_universal_patch_reaches_the_target(dull_images, optimizer, lr):
 def test_lavan_and_location_patches_reach_the_target(dull_images):
     images, labels = dull_images
     net = CornerNet()
-    patch = lavan_patch(net, images, labels, LavanConfig(size=0.05, target=3, steps=30, batch_size=16, lr=0.2))
+    patch = lavan_patch(net, images, labels, cfg=LavanConfig(size=0.05, target=3, steps=30, batch_size=16, lr=0.2))
     assert patch.eot.location == "fixed" and patch.eot.xy == (12, 12)  # bottom-right corner of 16x16
-    assert evaluate_patch(net, patch, images, labels).rate.value > 0.9
-    per_image = location_patch(net, images[:8], labels[:8], LocationConfig(size=0.05, target=3, steps=10, lr=0.1))
+    assert evaluate_patch(net, patch, images, labels=labels).rate.value > 0.9
+    per_image = location_patch(net, images[:8], labels[:8], cfg=LocationConfig(size=0.05, target=3, steps=10, lr=0.1))
     assert per_image.values.shape == (8, 3, 4, 4) and len(per_image.placement) == 8
-    assert evaluate_patch(net, per_image, images[:8], labels[:8]).rate.value == 1.0
+    assert evaluate_patch(net, per_image, images[:8], labels=labels[:8]).rate.value == 1.0
 
 
 @pytest.mark.slow  # ~13 s loaded
@@ -192,7 +192,7 @@ def test_location_search_moves_patches_downhill():
 
     images = np.zeros((4, 16, 16, 3), dtype=np.uint8)
     cfg = LocationConfig(size=0.05, target=1, steps=20, lr=0.2, stride=2, move_every=1, seed=3)
-    patch = location_patch(TopLeft(), images, np.zeros(4, dtype=np.int64), cfg)
+    patch = location_patch(TopLeft(), images, np.zeros(4, dtype=np.int64), cfg=cfg)
     rng = np.random.default_rng(3)  # replay location_patch's draws: patch values, then start placements
     rng.uniform(0.0, 1.0, (4, 3, 4, 4))
     start = sample_placements(4, side=4, hw=(16, 16), eot=EOTConfig(), rng=rng)
@@ -209,7 +209,7 @@ def test_aqapa_weights_the_weakest_bit_width(tiny_checkpoint):
     images = _images(48, hw=8, seed=4)
     labels = np.random.default_rng(4).integers(0, 10, 48)
     cfg = AqapaConfig(size=0.1, target=2, steps=15, batch_size=16, temperature=0.05, momentum=0.0)
-    patch = aqapa_patch(model, images, labels, cfg)
+    patch = aqapa_patch(model, images, labels, cfg=cfg)
     assert patch.bits == ((2, 2), (4, 4), (8, 8)) and model.active == "w2a2"
     for entry in patch.log:  # momentum 0, T small: the weight sits on this step's highest loss
         alpha, losses = entry["alpha"], entry["loss_per_bits"]
@@ -217,9 +217,9 @@ def test_aqapa_weights_the_weakest_bit_width(tiny_checkpoint):
         assert max(alpha, key=alpha.get) == max(losses, key=losses.get)
     assert patch.log[-1]["loss"] < patch.log[0]["loss"]
     with pytest.raises(QadtrError, match="needs a quantized"):
-        aqapa_patch(CornerNet(), images, labels, cfg)
+        aqapa_patch(CornerNet(), images, labels, cfg=cfg)
     with pytest.raises(QadtrError, match="no bit widths"):
-        aqapa_patch(model, images, labels, dataclasses.replace(cfg, bits=((6, 6),)))
+        aqapa_patch(model, images, labels, cfg=dataclasses.replace(cfg, bits=((6, 6),)))
 
 
 @pytest.mark.parametrize("cls,kwargs,match", [
@@ -240,9 +240,9 @@ def test_attack_config_validation(cls, kwargs, match):
 
 def test_attack_rejects_bad_data():
     with pytest.raises(QadtrError, match="uint8"):
-        universal_patch(CornerNet(), np.zeros((2, 8, 8, 3), np.float32), np.zeros(2), UniversalConfig(steps=1))
+        universal_patch(CornerNet(), np.zeros((2, 8, 8, 3), np.float32), np.zeros(2), cfg=UniversalConfig(steps=1))
     with pytest.raises(QadtrError, match="every image is of the target class"):
-        universal_patch(CornerNet(), _images(2, 16), np.full(2, 3), UniversalConfig(target=3, steps=1))
+        universal_patch(CornerNet(), _images(2, 16), np.full(2, 3), cfg=UniversalConfig(target=3, steps=1))
 
 
 # --- ASR ------------------------------------------------------------------------------------------------
@@ -267,7 +267,7 @@ def test_asr_definitions_on_hand_made_predictions():
 def saved_patch(tmp_path, dull_images):
     images, labels = dull_images
     cfg = UniversalConfig(size=0.05, target=3, steps=2, batch_size=8, eot=EOT_ALL)
-    patch = universal_patch(CornerNet(), images, labels, cfg).with_source(model_sha256="ab" * 32, bits=((8, 8),),
+    patch = universal_patch(CornerNet(), images, labels, cfg=cfg).with_source(model_sha256="ab" * 32, bits=((8, 8),),
                                                                         data="toy/train")
     return patch, save_patch(patch, tmp_path / "p")
 
@@ -286,7 +286,7 @@ def test_patch_file_roundtrip_rebuilds_identical_bytes(saved_patch, dull_images)
 
 def test_per_image_patch_file_roundtrip(tmp_path, dull_images):
     images, labels = dull_images
-    patch = location_patch(CornerNet(), images[:4], labels[:4], LocationConfig(size=0.05, steps=2))
+    patch = location_patch(CornerNet(), images[:4], labels[:4], cfg=LocationConfig(size=0.05, steps=2))
     back = load_patch(save_patch(patch, tmp_path / "loc"))
     assert back.per_image and np.array_equal(back.indices, np.arange(4))
     a = rebuild(images[:4], patch.values, patch.placement)
@@ -479,7 +479,7 @@ def test_patch_target_out_of_range_is_refused_not_scored_zero(saved_patch, dull_
     images, labels = dull_images
     far = load_patch(_with_meta(path, target=99))  # made on "toy" images: the class count is unknown here
     with pytest.raises(QadtrError, match=r"targets class 99 but the model has 10 classes \(0..9\)"):
-        evaluate_patch(CornerNet(), far, images, labels)  # was ASR 0.00% (n=64)
+        evaluate_patch(CornerNet(), far, images, labels=labels)  # was ASR 0.00% (n=64)
     with pytest.raises(QadtrError, match=r"target 99 is no class: the model has 10 classes \(0..9\)"):
         load_patch(path, num_classes=10)
     with pytest.raises(QadtrError, match=r"target 10 is no class: cifar10 has 10 classes \(0..9\)"):
@@ -489,7 +489,7 @@ def test_patch_target_out_of_range_is_refused_not_scored_zero(saved_patch, dull_
 
 def test_per_image_patch_arrays_are_validated(tmp_path, dull_images):
     images, labels = dull_images
-    path = save_patch(location_patch(CornerNet(), images[:4], labels[:4], LocationConfig(size=0.05, steps=2)),
+    path = save_patch(location_patch(CornerNet(), images[:4], labels[:4], cfg=LocationConfig(size=0.05, steps=2)),
                       tmp_path / "loc")
     cases = [(dict(placement_y=None), "without placements"),  # KeyError traceback before
              (dict(indices=np.array([0.5, 1, 2, 3])), r"indices are float64 \(4,\), expected \(N,\) integers"),

@@ -49,7 +49,7 @@ def test_agreement_flips_and_asr():
     # ASR: 7 eligible (label != 3); reference hits images 0, 1, 2; deployed 1, 2, 6
     assert (p.asr_ref["asr"]["k"], p.asr_ref["asr"]["n"]) == (3, 7) == (p.asr_out["asr"]["k"], p.asr_out["asr"]["n"])
     assert (p.diff.b, p.diff.c, p.diff.n) == (1, 1, 7) and p.diff.value == 0.0
-    want = attack_success(out.argmax(1)[:8], out.argmax(1)[8:], labels[8:], 3)
+    want = attack_success(out.argmax(1)[:8], out.argmax(1)[8:], labels[8:], target=3)
     assert p.asr_out == want.to_dict()
     kinds = {d.sample: (d.attack, d.pred_ref, d.pred_out) for d in res.disagreements}
     assert kinds == {5: ("", 5, 9), 8: ("ref-only", 3, 0), 14: ("deployed-only", 6, 3)}

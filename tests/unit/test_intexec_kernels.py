@@ -49,7 +49,7 @@ def test_conv_nhwc_matches_a_direct_convolution():
     x = extremes(-128, 127, (2, 6, 7, 4)).astype(np.int8)
     w = extremes(-128, 127, (3, 3, 4, 5))
     xc = G.pad_nhwc(x, 3, (1, 1, 1, 1))
-    acc, (oh, ow) = G.conv_nhwc(xc, w, (2, 2), (1, 1), G.storage_span(np.int8, 3))
+    acc, (oh, ow) = G.conv_nhwc(xc, w, (2, 2), dilation=(1, 1), bound=G.storage_span(np.int8, 3))
     xi = xc.astype(np.int64)
     want = np.array([[[np.einsum("ijc,ijcm->m", xi[b, 2 * i:2 * i + 3, 2 * j:2 * j + 3], w) for j in range(ow)]
                       for i in range(oh)] for b in range(2)])  # (B, OH, OW, M)
@@ -64,7 +64,7 @@ def test_im2col_is_every_window_in_kh_kw_c_order(kernel, stride, dilation):
     """Both copy paths (KW*C runs when dw = 1, per pixel otherwise) give the windows a direct slice gives."""
     x = np.arange(2 * 11 * 13 * 5, dtype=np.float32).reshape(2, 11, 13, 5)  # every value distinct: order shows
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-    cols, (oh, ow) = G.im2col(x, kh, kw, stride, dilation)
+    cols, (oh, ow) = G.im2col(x, kh, kw, stride=stride, dilation=dilation)
     want = np.stack([x[:, i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
                      for i in range(kh) for j in range(kw)], 3)  # (B, OH, OW, KH*KW, C)
     assert (oh, ow) == ((11 - dh * (kh - 1) - 1) // sh + 1, (13 - dw * (kw - 1) - 1) // sw + 1)
@@ -97,13 +97,13 @@ def test_requant_fixed_equals_mbqm(half_up):
     else:
         want = R.mbqm(acc, q, shift)
     for held in (acc, acc.astype(np.float64), acc.astype(np.float32)):  # float32 is exact below 2^24
-        got = R.requant_fixed(held, q, shift, 2 ** 21, half_up=half_up)
+        got = R.requant_fixed(held, q, shift, bound=2 ** 21, half_up=half_up)
         assert got.dtype == np.float64 and np.array_equal(got.astype(np.int64), want)
     big = extremes(-(2 ** 31), 2 ** 31 - 1, (50, 6))  # beyond the float64 proof: the int64 definition
-    assert R.requant_fixed(big, q, shift, None, half_up=half_up).dtype == np.int64
-    assert np.array_equal(R.requant_fixed(big, q, shift, None), R.mbqm(big, q, shift))
+    assert R.requant_fixed(big, q, shift, bound=None, half_up=half_up).dtype == np.int64
+    assert np.array_equal(R.requant_fixed(big, q, shift, bound=None), R.mbqm(big, q, shift))
     up = R.quantize_multiplier(3.0)  # left shift: the int64 definition
-    assert np.array_equal(R.requant_fixed(acc[:5, :1], [up[0]], [up[1]], 2 ** 21), R.mbqm(acc[:5, :1], *up))
+    assert np.array_equal(R.requant_fixed(acc[:5, :1], [up[0]], [up[1]], bound=2 ** 21), R.mbqm(acc[:5, :1], *up))
 
 
 # -- _intexec_lut --------------------------------------------------------------------------------------------
@@ -144,8 +144,8 @@ def test_requant_f32_is_the_int64_requant():
     scale = np.float32([1e-4, 3.3e-3, 0.5, 1e-9])
     for dtype, zp in ((np.uint8, 0), (np.int8, -128), (np.int8, 5)):
         for relu in (False, True):
-            want = M._requant(acc, scale, zp, dtype, relu)
-            got = M.requant_f32(acc.astype(np.float64), scale, zp, dtype, relu)
+            want = M._requant(acc, scale, zp, dtype=dtype, relu=relu)
+            got = M.requant_f32(acc.astype(np.float64), scale, zp, dtype=dtype, relu=relu)
             assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
@@ -174,7 +174,7 @@ def test_exact_depthwise_equals_int64(stride, span):
     w = RNG.integers(-127, 128, (3, 3, c))
     w[..., 0] = 127  # a channel at the extreme
     x[0, ..., 0] = span
-    acc, (oh, ow) = G.exact_depthwise(x.astype(np.float32), w, (stride, stride), (1, 1), span)
+    acc, (oh, ow) = G.exact_depthwise(x.astype(np.float32), w, (stride, stride), dilation=(1, 1), bound=span)
     ref = _conv_int64(x, w.transpose(2, 0, 1)[:, None], c, stride)  # (B, OH, OW, C)
     assert acc.dtype == (np.float32 if G.sum_bound(w.reshape(9, c), span) < G.F32_EXACT else np.float64)
     assert np.array_equal(acc.astype(np.int64), ref.reshape(-1, c)) and (oh, ow) == ref.shape[1:3]
@@ -187,10 +187,11 @@ def test_grouped_and_depthwise_convs_in_the_executor_equal_int64():
     for groups, cg in ((8, 1), (2, 4), (4, 2)):
         w = RNG.integers(-127, 128, (8, cg, 3, 3)).astype(np.int8)
         if cg == 1:
-            acc, _, _ = OnnxIntGraph._depthwise(x, w, (1, 1), (1, 1), 255)
+            acc, _, _ = OnnxIntGraph._depthwise(x, w, (1, 1), dilation=(1, 1), span=255)
         else:
             parts = [OnnxIntGraph._conv_gemm(x[..., i * cg:(i + 1) * cg], w[i * (8 // groups):(i + 1) * (8 // groups)],
-                                             np.uint8, 0, (1, 1), (1, 1), 255, "single")[0] for i in range(groups)]
+                                             np.uint8, xz=0, stride=(1, 1), dilation=(1, 1), span=255,
+                                             semantics="single")[0] for i in range(groups)]
             acc = np.concatenate(parts, axis=1)
         ref = _conv_int64(x.astype(np.int64), w, groups, 1)
         assert np.array_equal(acc.astype(np.int64), ref.reshape(-1, 8)), groups
@@ -202,7 +203,7 @@ def test_depthwise_never_saturates_where_a_pair_would():
 
     x = np.full((1, 3, 3, 16), 255, np.float32)
     w = np.full((16, 1, 3, 3), 127, np.int8)
-    acc, _, _ = OnnxIntGraph._depthwise(x, w, (1, 1), (1, 1), 255)
+    acc, _, _ = OnnxIntGraph._depthwise(x, w, (1, 1), dilation=(1, 1), span=255)
     assert np.all(acc == 9 * 255 * 127)
 
 
@@ -217,7 +218,7 @@ def test_fma_step_rounds_once_where_float64_lands_on_a_float32_midpoint():
     p = np.array([[np.float64(a) * np.float64(b), 2.0 ** -24]])
     acc = np.array([[a, np.float32(1)]], np.float32)
     assert np.float32(p[0, 0] + np.float64(acc[0, 0])) == np.float32(1 + 2 ** -22)  # plain double rounding
-    _fma_step(p, acc, np.empty((1, 2)), np.empty((1, 2), np.int64))
+    _fma_step(p, acc, np.empty((1, 2)), bits=np.empty((1, 2), np.int64))
     assert acc[0, 0] == np.float32(1 + 2 ** -23) and acc[0, 1] == np.float32(1)
 
 

@@ -99,7 +99,7 @@ def test_loss_strictly_falls_to_success_on_a_reachable_model(tiny_images8):
     """Targeted at red (class 0) on the colour model: every accepted step lowers the mean margin, and it ends fooled."""
     labels = np.full(32, 3)
     with ColourRunner() as r:
-        out = sparse_rs(r, tiny_images8, labels, SparseRSConfig(size=0.5, target=0, budget=80, seed=1))
+        out = sparse_rs(r, tiny_images8, labels, cfg=SparseRSConfig(size=0.5, target=0, budget=80, seed=1))
     losses = out.extra["losses"]  # (T,) mean margin after each iteration
     assert (np.diff(losses) <= 0).all() and losses[-1] < losses[0]
     assert out.asr(labels).rate.value == 1.0
@@ -110,7 +110,7 @@ def test_loss_strictly_falls_to_success_on_a_reachable_model(tiny_images8):
 def test_budget_and_asr_definitions_on_onnxrt(tiny_exports, tiny_images8, universal, target):
     budget = 12
     with Wrapped(onnx_runner(tiny_exports)) as r:
-        out = sparse_rs(r, tiny_images8, LABELS, SparseRSConfig(size=0.2, target=target, budget=budget,
+        out = sparse_rs(r, tiny_images8, LABELS, cfg=SparseRSConfig(size=0.2, target=target, budget=budget,
                                                                universal=universal, batch=64))
         rows, calls = r.rows, r.calls
         again = r.inner.infer(_feed(r, paste(tiny_images8, out.patches, out.xy)))
@@ -120,7 +120,8 @@ def test_budget_and_asr_definitions_on_onnxrt(tiny_exports, tiny_images8, univer
     eligible = LABELS != target if target is not None else out.clean_pred == LABELS
     assert (out.eligible == eligible).all()
     assert (adv[eligible] == out.adv_pred[eligible]).all()  # the recorded predictions are the patched bytes'
-    assert out.asr(LABELS) == attack_success(out.clean_pred, np.where(eligible, adv, out.clean_pred), LABELS, target)
+    assert out.asr(LABELS) == attack_success(out.clean_pred, np.where(eligible, adv, out.clean_pred), LABELS,
+                                             target=target)
 
 
 def _feed(runner, images):
@@ -138,12 +139,12 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, tiny_images8, atta
         cfg, run = SparseRSConfig(size=0.3, target=1, budget=40, universal=attack == "universal", save_every=5), \
             sparse_rs
     with ColourRunner() as r:
-        whole = run(r, tiny_images8, labels, cfg, state_path=tmp_path / "a.npz")
+        whole = run(r, tiny_images8, labels, cfg=cfg, state_path=tmp_path / "a.npz")
     with Wrapped(ColourRunner(), raise_at=14) as r:  # after two checkpoints (every 5 iterations), mid-iteration
         with pytest.raises(KeyboardInterrupt):
-            run(r, tiny_images8, labels, cfg, state_path=tmp_path / "b.npz")
+            run(r, tiny_images8, labels, cfg=cfg, state_path=tmp_path / "b.npz")
     with ColourRunner() as r:
-        resumed = run(r, tiny_images8, labels, cfg, state_path=tmp_path / "b.npz")
+        resumed = run(r, tiny_images8, labels, cfg=cfg, state_path=tmp_path / "b.npz")
     _same(whole, resumed)
 
 
@@ -156,15 +157,15 @@ def test_resume_after_kill_9_is_bit_identical(tmp_path, tiny_exports, tiny_image
               "from test_query_attack import Wrapped, LABELS\nfrom devices.runtimes import make_runner\n"
               "from eval.query.sparse_rs import SparseRSConfig, sparse_rs\n"
               f"with Wrapped(make_runner('onnxrt', {str(tiny_exports['onnx'])!r}), kill_at=15) as r:\n"
-              f"    sparse_rs(r, np.load({str(tmp_path / 'images.npy')!r}), LABELS, SparseRSConfig(size=0.2, target=3, "
-              f"budget=30, save_every=4), state_path={str(tmp_path / 'b.npz')!r})\n")
+              f"    sparse_rs(r, np.load({str(tmp_path / 'images.npy')!r}), LABELS, cfg=SparseRSConfig(size=0.2, "
+              f"target=3, budget=30, save_every=4), state_path={str(tmp_path / 'b.npz')!r})\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert (tmp_path / "b.npz").is_file()
     with onnx_runner(tiny_exports) as r:
-        resumed = sparse_rs(r, tiny_images8, LABELS, cfg, state_path=tmp_path / "b.npz")
+        resumed = sparse_rs(r, tiny_images8, LABELS, cfg=cfg, state_path=tmp_path / "b.npz")
     with onnx_runner(tiny_exports) as r:
-        whole = sparse_rs(r, tiny_images8, LABELS, cfg)
+        whole = sparse_rs(r, tiny_images8, LABELS, cfg=cfg)
     _same(whole, resumed)
 
 
@@ -177,9 +178,9 @@ def test_decision_attack_reads_only_the_top1(tiny_images8):
     """Scrambling every logit but the argmax changes nothing: the attack saw labels only."""
     labels, cfg = np.full(32, 3), DecisionConfig(size=0.3, target=2, budget=40)
     with ColourRunner() as r:
-        plain = decision_attack(r, tiny_images8, labels, cfg)
+        plain = decision_attack(r, tiny_images8, labels, cfg=cfg)
     with Wrapped(ColourRunner(), scramble=True) as r:
-        scrambled = decision_attack(r, tiny_images8, labels, cfg)
+        scrambled = decision_attack(r, tiny_images8, labels, cfg=cfg)
     _same(plain, scrambled)
     assert plain.asr(labels).rate.k > 0  # it did find adversarial patches, then shrank them
     vis = plain.extra["visible_pixels"][(plain.first_success >= 0) & (plain.clean_pred != 2)]
@@ -193,10 +194,10 @@ def test_refine_starts_from_the_replayed_bytes(tiny_exports, tiny_images8):
     patch = Patch(values=values, attack="universal", config=UniversalConfig(size=0.15), size=0.15, side=side,
                   target=3, eot=EOTConfig())
     start = start_from_patch(patch, 32, (8, 8), eval_seed=1)
-    placement = eval_placements(patch, 32, (8, 8), 1)
+    placement = eval_placements(patch, 32, (8, 8), seed=1)
     assert np.array_equal(paste(tiny_images8, start.patches, start.xy), rebuild(tiny_images8, values, placement))
     with onnx_runner(tiny_exports) as r:
-        out = sparse_rs(r, tiny_images8, LABELS, SparseRSConfig(size=0.15, target=3, budget=10, universal=True),
+        out = sparse_rs(r, tiny_images8, LABELS, cfg=SparseRSConfig(size=0.15, target=3, budget=10, universal=True),
                         start=start)
     m = milestones(out, reference=None)
     assert m["replayed_asr"] == out.trace[0, 2] / out.eligible.sum() and m["final_asr"] >= m["replayed_asr"]
@@ -213,10 +214,10 @@ def test_bad_input_is_one_line(tiny_exports, tiny_images8):
         SparseRSConfig(location="shared")
     with onnx_runner(tiny_exports) as r:
         with pytest.raises(QadtrError, match="target 10 is no class of this model"):
-            sparse_rs(r, tiny_images8, LABELS, SparseRSConfig(size=0.2, target=10, budget=5))
+            sparse_rs(r, tiny_images8, LABELS, cfg=SparseRSConfig(size=0.2, target=10, budget=5))
         big = np.zeros((4, 16, 16, 3), np.uint8)
         with pytest.raises(QadtrError, match="takes 8x8 images"):
-            sparse_rs(r, big, LABELS[:4], SparseRSConfig(size=0.2, budget=5))
+            sparse_rs(r, big, LABELS[:4], cfg=SparseRSConfig(size=0.2, budget=5))
 
 
 def test_cli_writes_a_typed_result_and_resumes(tmp_path, tiny_dataset, tiny_exports, capsys):
@@ -275,7 +276,7 @@ def test_a_universal_patch_is_measured_on_images_it_never_queried(tmp_path, tiny
     idx = np.array(held["indices"])
     with make_runner("onnxrt", tiny_exports["onnx"]) as r:
         want = reference_asr(r, test.images[idx], test.labels[idx],
-                             start_from_patch(patch, len(idx), (8, 8), eval_seed=1), 3)
+                             start=start_from_patch(patch, len(idx), (8, 8), eval_seed=1), target=3)
     assert held["asr"] == want.to_dict()
 
 
@@ -314,5 +315,6 @@ def test_a_refined_patch_is_paired_with_its_start_on_the_held_out_images(tmp_pat
                            init=tmp_path / "init.npz", reference=tiny_exports["onnx"],
                            holdout=(test.images[h], test.labels[h], h))
     with onnx_runner(tiny_exports) as r:
-        want = reference_asr(r, test.images[h], test.labels[h], start_from_patch(init, 20, (8, 8), eval_seed=1), 3)
+        want = reference_asr(r, test.images[h], test.labels[h], start=start_from_patch(init, 20, (8, 8), eval_seed=1),
+                             target=3)
     assert res.holdout["start_asr"] == want.to_dict() and res.holdout["asr"]["asr"]["n"] == want.rate.n

@@ -43,7 +43,7 @@ def test_layout_and_bytes(replay_path, tiny_dataset, tiny_patches):
         patch = load_patch(tiny_patches / ref.file)
         idx = patch.indices if patch.per_image else subset
         assert np.array_equal(r.test_index[rows], idx) and ref.per_image == patch.per_image
-        want = rebuild(test.images[idx], patch.values, eval_placements(patch, len(idx), (8, 8), SEED))
+        want = rebuild(test.images[idx], patch.values, eval_placements(patch, len(idx), (8, 8), seed=SEED))
         assert r.images[rows].tobytes() == want.tobytes()
         assert (ref.target, ref.bits, ref.attack) == (patch.target, patch.bits, patch.attack)
     assert np.all(r.patch[:info.n_clean] == -1)

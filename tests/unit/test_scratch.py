@@ -75,7 +75,7 @@ def _tflite_prove(monkeypatch, fail):
 
     monkeypatch.setattr(devices.litert, "LiteRTRunner", fail)
     built = SimpleNamespace(data=b"x", activations=[])
-    _prove(None, built, built, np.zeros((1, 8, 8, 3), np.uint8), kernels=("xnnpack",))
+    _prove(None, built, built, images=np.zeros((1, 8, 8, 3), np.uint8), kernels=("xnnpack",))
 
 
 def _haswell(monkeypatch, fail):

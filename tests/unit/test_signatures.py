@@ -19,19 +19,6 @@ NAMESPACE_NAMES = frozenset({"Namespace", "argparse.Namespace"})  # the annotati
 # 'path:qualname' -> why: signatures fixed by an outside protocol, which callers outside the project call positionally
 PROTOCOL_SIGNATURES: dict[str, str] = {}
 
-# TEMPORARY (EXCLUDED_FOR_NOW): files other helpers were editing when this test landed, as 'pkg/path.py' globs,
-# and 'path:qualname' functions those files still call with positional arguments past the third (changing them
-# means changing those calls). Remove each entry once its file is fixed; then remove this tuple.
-EXCLUDED_FOR_NOW: tuple[str, ...] = (
-    "devices/_intexec_*.py", "devices/intexec.py", "eval/exactness.py", "eval/_exact_torch.py",
-    "eval/exact_attack.py", "eval/_exact_attack.py",
-    "export/_tflite_lower.py", "export/_tflite_walk.py", "export/_tflite_layers.py", "export/_tflite_graph.py",
-    "export/tflite.py", "export/module.py", "qadtr/attacks/*", "eval/query/*", "eval/query_attack.py", "qadtr/zoo.py",
-    "qadtr/_config.py:read_versioned_npz",  # eval/query/_state.py, qadtr/attacks/patchfile.py: 5 positional
-    "export/_onnx_graph.py:ort_run",  # eval/exactness.py: 4 positional
-    "qadtr/recipes/_inner.py:location_patches.losses",  # qadtr/attacks/location.py _greedy_move calls it so
-)
-
 
 def _positional(fn: ast.FunctionDef | ast.AsyncFunctionDef, method: bool) -> list[str]:
     """The names of `fn`'s positional parameters, less a leading self/cls when `fn` is a method."""
@@ -106,7 +93,7 @@ def violations(root: Path, packages=PACKAGES, allowed: dict[str, str] | None = N
 
 
 def test_no_function_takes_more_than_three_positional_parameters_or_a_namespace():
-    assert violations(ROOT, allowed=PROTOCOL_SIGNATURES, excluded=EXCLUDED_FOR_NOW) == [], (
+    assert violations(ROOT, allowed=PROTOCOL_SIGNATURES) == [], (
         "make parameters past the third keyword-only (and update the callers); pass typed arguments, not a Namespace")
 
 
