@@ -176,7 +176,9 @@ def test_sigterm_to_a_cli_inside_its_scratch_block_leaves_nothing(tmp, signum, c
               "        print(tmp, flush=True)\n        time.sleep(60)\n"
               "sys.exit(run_cli('export.tflite', body, []))\n")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "TMPDIR": str(tmp)})
+                            text=True, env={**os.environ, "TMPDIR": str(tmp)},
+                            # a CLI keeps an ignored signal ignored (under nohup SIGHUP is): start from the default
+                            preexec_fn=lambda: signal.signal(signum, signal.SIG_DFL))
     inside = Path(proc.stdout.readline().strip())
     assert inside.is_dir()
     proc.send_signal(signum)
