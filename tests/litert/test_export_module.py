@@ -14,6 +14,7 @@ pytest.importorskip("ai_edge_litert")
 
 from export.module import export_module, infer_bits  # noqa: E402
 from qadtr._errors import QadtrError  # noqa: E402
+from _seeded_net import seeded_net  # noqa: E402  (tests/litert, on sys.path under pytest)
 
 
 def _conv(cin: int, cout: int, k: int, stride: int = 1, *, groups: int = 1, bits: int = 4):
@@ -63,13 +64,7 @@ class FloatConvNet(UserNet):
 
 
 def _user_net(cls=UserNet) -> nn.Module:
-    torch.manual_seed(0)
-    net = cls().eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if getattr(m, "bias", None) is not None:
-                m.bias.normal_(0, 0.1)  # non-zero Int32Bias integers
-    return net
+    return seeded_net(cls)
 
 
 @pytest.fixture(scope="module")

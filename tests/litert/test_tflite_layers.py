@@ -20,6 +20,7 @@ from devices.intexec import SEMANTICS, expected_semantics  # noqa: E402
 from export._tflite_lower import check_exportable  # noqa: E402
 from export.module import export_module  # noqa: E402
 from qadtr._errors import QadtrError  # noqa: E402
+from _seeded_net import seeded_net  # noqa: E402  (tests/litert, on sys.path under pytest)
 
 
 def _conv(cin: int, cout: int, k: int, *, bits: int = 4):
@@ -74,13 +75,7 @@ class BranchNet(nn.Module):
 
 
 def _net(cls=BranchNet) -> nn.Module:
-    torch.manual_seed(0)
-    net = cls().eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if getattr(m, "bias", None) is not None:
-                m.bias.normal_(0, 0.1)  # non-zero Int32Bias integers
-    return net
+    return seeded_net(cls)
 
 
 @pytest.fixture(scope="module")
