@@ -33,7 +33,7 @@ ARM_PARTS = {"0xd03": "Cortex-A53", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57"
              "0xd42": "Cortex-A78AE", "0xd4b": "Cortex-A78C", "0x004": "NVIDIA Carmel"}
 # A one-node MatMulInteger model (uint8 a (1, 64) x int8 b = 127 (64, 1) -> int32), serialized once with onnx.helper
 # so that a board without the onnx package can run it: 255 * 127 * 64 = 2072640 exactly; a kernel that sums u8 x s8
-# pairs into int16 with saturation gives 32 * 32767 = 1048544 (NOTES.md, "Hosts differ").
+# pairs into int16 with saturation gives 32 * 32767 = 1048544 (README, "Why a deployed model differs").
 _ORT_PROBE = ("CAgSBXFhZHRyOpgBChgKAWEKAWISAXkiDU1hdE11bEludGVnZXISBXByb2JlKksIQAgBEANCAWJKQH9/f39/f39/f39/f39/f39/"
               "f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39/f39aEwoBYRIOCgwIAhIICgIIAQoCCEBiEwoBeRIOCgwIBhIICgIIAQoCCAFCBAoAEA0=")
 _PROBE_RESULT = {2072640: "exact", 1048544: "pairs-int16-saturating"}

@@ -7,7 +7,7 @@ import json
 
 from eval._report_html import Html, esc, table
 
-# the ISA flags that decide which int8 kernels run (issue 12): x86 VNNI/AMX vs AVX2-only, ARM dot product / i8mm
+# the ISA flags that decide which int8 kernels run: x86 VNNI/AMX vs AVX2-only, ARM dot product / i8mm
 DECIDING = {"x86_64": ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"),
             "aarch64": ("asimd", "asimddp", "i8mm", "sve")}
 

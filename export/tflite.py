@@ -22,7 +22,7 @@ integers, every activation keeps its learned scale. Unsigned `a`-bit activations
 zero point -128 and are clamped by MINIMUM(const) below 8 bits; signed ones have zero point 0.
 The input stays float so that callers feed pixels and the normalisation is the torch one, bit for bit.
 The classifier runs 16x8 (int16 activations, int8 weights): an int8 last layer would round the
-logits to 1/256 of their range (NOTES.md); int16 output steps are 1/32767 of the worst-case |logit|
+logits to 1/256 of their range (one step is 2x the max |logit| / 256); int16 output steps are 1/32767 of the worst-case |logit|
 bound, so the float logits are within half a step of the fake-quant ones and can never saturate.
 
 Before returning, the artifact is run under LiteRT with the default XNNPACK kernels and with the

@@ -2,8 +2,9 @@
 
 The host install (`pip install -e .[dev]`), CI (`.ci/run`, the same install) and the emulated ARM board's
 image (`devices._emu_image.WHEELS`) all read these pins, so a difference between host and board is the
-CPU's, never a version's. Integer kernels change between releases (NOTES.md: `onnxruntime>=1.18`
-resolved to 1.32.0 on 2026-12-01 while the board pinned 1.31.1), so every runtime is pinned exactly.
+CPU's, never a version's. Integer kernels change between releases, and a range drifts (`onnxruntime>=1.18`
+resolved to 1.32.0 on 2026-12-01 while the board pinned 1.31.1: two tests failed on that alone), so every
+runtime is pinned exactly.
 
     >>> pins()["onnxruntime"]
     '1.31.1'

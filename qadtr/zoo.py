@@ -59,7 +59,7 @@ PLAN = (
     *(Entry(f"resnet20_abl_no_{c}", TrainConfig(_rn20(_DEF_BITS, per_bit_bn=True), recipe="qadtr", epochs=1,
                                                 lr=0.01, recipe_config=QadtrConfig(**{c: False})), "resnet20_float")
       for c in ("aqapa", "dbwt", "gir")),
-    # Edge architectures (issue 16): no pretrained CIFAR weights here, so float from scratch first (width 0.5,
+    # Edge architectures: no pretrained CIFAR weights here, so float from scratch first (width 0.5,
     # ~4 min an epoch on 2 cores; lr 0.1, the from-scratch CIFAR standard); the QAT entries start from it.
     Entry("mobilenetv2_float", TrainConfig(ModelConfig("mobilenetv2_cifar"), recipe="float", epochs=6, lr=0.1),
           "scratch"),

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from qadtr.models._layers import Layers, QuantSpec, value
 from qadtr.models._registry import register_model
 
-# ImageNet statistics: what the akamaster CIFAR weights were trained with (../shared/README.md)
+# ImageNet statistics: what the akamaster CIFAR weights were trained with (akamaster's trainer.py normalises with them)
 CIFAR_MEAN = (0.485, 0.456, 0.406)
 CIFAR_STD = (0.229, 0.224, 0.225)
 RESNET18_WIDTHS = (16, 32, 64, 128)  # resnet18_cifar at width 1: base 16 (ImageNet's 64 / 4), doubled per stage
