@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("ai_edge_litert")
 
 from eval._divergence import first_divergence, layer_divergence  # noqa: E402
+from export import _tflite_proof as P  # noqa: E402
 from export import tflite as T  # noqa: E402
 from export._common import deploy_model  # noqa: E402
 from qadtr._errors import QadtrError  # noqa: E402
@@ -61,7 +62,7 @@ def test_builtin_matches_the_exporters_debug_build(w2, tiny_images):
     dbg_path = path.with_name("debug.tflite")
     dbg_path.write_bytes(debug.data)
     pixels = to_tensor(tiny_images)
-    _, ref = T.reference_ints(net, pixels, debug.activations)
+    _, ref = P.reference_ints(net, pixels, debug.activations)
     with LiteRTRunner(dbg_path, kernels="builtin", num_threads=1) as r:
         got = r.infer({"pixels": np.ascontiguousarray(pixels.permute(0, 2, 3, 1).numpy())})
     want = layer_divergence(LAYERS, ref, {n: got[n] for n in LAYERS}, samples=list(range(32)))

@@ -12,6 +12,7 @@ import torch
 
 pytest.importorskip("ai_edge_litert")
 
+from export import _tflite_proof as P  # noqa: E402
 from export import tflite as T  # noqa: E402
 from export._common import deploy_model  # noqa: E402
 from qadtr._config import config_from_dict, read_json, sha256_file  # noqa: E402
@@ -41,7 +42,7 @@ def test_parity_per_bits_and_kernel_set(exports, bits, kernels):
     record, _ = exports[bits]
     p = record.parity[kernels]
     assert p["passed"] and p["debug_copy_identical"]
-    assert p["logits"]["n"] == 32 and p["logits"]["argmax_agree"] >= T._MIN_ARGMAX[kernels]
+    assert p["logits"]["n"] == 32 and p["logits"]["argmax_agree"] >= P.MIN_ARGMAX[kernels]
     if kernels == "xnnpack":  # measured bit-exact: fp32 requantization, round half to even, like Brevitas
         assert p["act_mismatch"] == 0
         assert p["logits"]["max_abs_lsb"] <= 0.51  # only the int16 output rounding (half a step)
@@ -101,7 +102,7 @@ def test_headroom_keeps_the_real_weights(tiny_checkpoint):
     images = np.random.default_rng(2).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
     for built in (plain, scaled):
         debug = T.build_tflite(net, 8, 8, debug=True, headroom=built is scaled)
-        assert T._prove(net, built, debug, images=images, kernels=("xnnpack",))["xnnpack"]["act_mismatch"] == 0
+        assert P.prove(net, built, debug, images=images, kernels=("xnnpack",))["xnnpack"]["act_mismatch"] == 0
 
 
 @pytest.mark.slow  # a real ResNet-20/8 exported and proven: ~13 s on 2 cores
@@ -118,8 +119,40 @@ def test_shortcuts_option_a_and_projection(arch):
     net = deploy_net(model.eval(), 4, 4)
     built, debug = T.build_tflite(net, 8, 8), T.build_tflite(net, 8, 8, debug=True)
     assert built.op_counts["PAD"] >= 2 and (("STRIDED_SLICE" in built.op_counts) == (arch == "resnet20"))
-    p = T._prove(net, built, debug, images=images, kernels=("xnnpack",))["xnnpack"]
-    assert p["passed"] and p["act_mismatch"] == 0
+    p = P.prove(net, built, debug, images=images, kernels=("xnnpack",))["xnnpack"]
+    assert p["passed"] and p["act_mismatch"] == 0 and p["act_mismatch_local"] == 0 and p["act_max_step_local"] == 0
+
+
+# -- the per-layer proof -------------------------------------------------------------------------------------
+def test_fed_integers_replace_each_quantizer_output(tiny_checkpoint, tiny_images):
+    """Fed its own integers the reference is unchanged; fed one layer shifted, that layer's own figure is still
+    its computed one (recorded before the replacement) and the layers after it move."""
+    from qadtr.predict import to_tensor
+
+    net, _ = deploy_model(tiny_checkpoint, 8)
+    built = T.build_tflite(net, 8, 8)
+    pixels = to_tensor(tiny_images[:8])
+    logits, ints = P.reference_ints(net, pixels, built.activations)
+    again, fed = P.reference_ints(net, pixels, built.activations, feed=ints)
+    assert np.array_equal(again, logits) and all(np.array_equal(fed[n], ints[n]) for n in ints)
+    q = built.activations["relu"]
+    shifted = dict(ints, relu=np.clip(ints["relu"] + 1, q.lo, q.hi))
+    _, moved = P.reference_ints(net, pixels, built.activations, feed=shifted)
+    assert np.array_equal(moved["relu"], ints["relu"])
+    assert not np.array_equal(moved["layers.0.0.relu1"], ints["layers.0.0.relu1"])
+
+
+def test_either_bound_passes_and_both_failing_fails(tiny_checkpoint, tiny_images, monkeypatch):
+    net, _ = deploy_model(tiny_checkpoint, 8)
+    built, debug = T.build_tflite(net, 8, 8), T.build_tflite(net, 8, 8, debug=True)
+
+    def passed() -> bool:
+        return P.prove(net, built, debug, images=tiny_images[:8], kernels=("xnnpack",))["xnnpack"]["passed"]
+
+    monkeypatch.setitem(P.MAX_ACT_MISMATCH, "xnnpack", -1.0)  # end to end unreachable: per layer decides
+    assert passed()
+    monkeypatch.setitem(P.MAX_LOCAL_MISMATCH, "xnnpack", -1.0)  # both unreachable
+    assert not passed()
 
 
 # -- errors: each fails before anything is written ---------------------------------------------------------
@@ -160,7 +193,7 @@ def test_float_checkpoint(float_checkpoint, tmp_path):
 
 
 def test_failed_parity_writes_nothing_under_the_final_name(tiny_checkpoint, tiny_images, tmp_path, monkeypatch):
-    monkeypatch.setitem(T._MIN_ARGMAX, "xnnpack", 1.01)  # unreachable: forces the failure branch
+    monkeypatch.setitem(P.MIN_ARGMAX, "xnnpack", 1.01)  # unreachable: forces the failure branch
     with pytest.raises(QadtrError, match=r"parity check failed \(xnnpack.*nothing written under m\.tflite"):
         T.export_tflite(tiny_checkpoint, tmp_path / "m.tflite", bits=8, images=tiny_images[:4])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.tflite.rejected", "m.tflite.rejected.json"]

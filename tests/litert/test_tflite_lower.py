@@ -14,6 +14,7 @@ import torch.nn.functional as F
 pytest.importorskip("ai_edge_litert")
 
 from _golden_tflite_resnet import golden_build_tflite  # noqa: E402  (tests/litert, on sys.path under pytest)
+from export import _tflite_proof as P  # noqa: E402
 from export import tflite as T  # noqa: E402
 from export._common import deploy_model  # noqa: E402
 from export._tflite_lower import build_tflite, check_exportable, trace  # noqa: E402
@@ -141,9 +142,10 @@ def test_depthwise_net_exports_and_proves_under_both_kernel_sets():
             assert o.builtinOptions.depthMultiplier == 1
             assert g.tensors[o.inputs[1]].quantization.quantizedDimension == 3
     images = np.random.default_rng(1).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
-    parity = T._prove(net, built, debug, images=images)
+    parity = P.prove(net, built, debug, images=images)
     assert parity["xnnpack"]["passed"] and parity["builtin"]["passed"]
     assert parity["xnnpack"]["act_mismatch"] == 0 and parity["xnnpack"]["debug_copy_identical"]
+    assert parity["xnnpack"]["act_mismatch_local"] == 0
 
 
 def test_registry_mobilenet_exports_bit_exactly():
@@ -159,8 +161,9 @@ def test_registry_mobilenet_exports_bit_exactly():
     net = deploy_net(model.eval(), 4, 4)
     built, debug = build_tflite(net, 8, 8), build_tflite(net, 8, 8, debug=True)
     assert built.op_counts.get("DEPTHWISE_CONV_2D", 0) >= 1
-    parity = T._prove(net, built, debug, images=images)  # its bottleneck stream: unsigned with a learned zero point
+    parity = P.prove(net, built, debug, images=images)  # its bottleneck stream: unsigned with a learned zero point
     assert parity["xnnpack"]["passed"] and parity["builtin"]["passed"] and parity["xnnpack"]["act_mismatch"] == 0
+    assert parity["xnnpack"]["act_mismatch_local"] == 0
 
 
 # -- refusals: one line naming the module path, its type and the fix, before anything is written --------------

@@ -71,7 +71,7 @@ def _fusion_report(monkeypatch, fail):
 
 def _tflite_prove(monkeypatch, fail):
     import devices.litert
-    from export.tflite import _prove
+    from export._tflite_proof import prove as _prove
 
     monkeypatch.setattr(devices.litert, "LiteRTRunner", fail)
     built = SimpleNamespace(data=b"x", activations=[])
