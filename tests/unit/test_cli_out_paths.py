@@ -39,6 +39,7 @@ CASES = [
     ("bench.replay_speed", "--out", "folder", ["--checkpoint", NX, "--patches", NX, "--data-dir", NX]),
     ("bench.runtime_speed", "--out", "folder", ["--checkpoint", NX, "--float", NX, "--data-dir", NX]),
     ("bench.executor_speed", "--out", "folder", ["--checkpoint", NX, "--data-dir", NX]),
+    ("bench.query_attack", "--out", "folder", ["--checkpoint", NX, "--data-dir", NX]),
     ("bench.defense_cost", "--out", "folder", ["--init", NX]),
     ("bench.train_speed", "--out", "folder", []),
     ("bench.gpu_check", "--out", "folder", ["--device", "cpu"]),
