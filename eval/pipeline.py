@@ -78,21 +78,62 @@ def _pick(text: str) -> tuple[Path, tuple[tuple[int, int], ...] | None]:
         raise QadtrError(f"--checkpoint {text}: {e}") from None
 
 
-def _patches(patches: str | None, checkpoint: Path, out: Path, *, data_dir: str | None) -> Path:
+def _patch_data(folder: Path) -> set[str]:
+    """The datasets (e.g. "cifar10") the patch files in `folder` were made on ("" where a file does not say)."""
+    from qadtr.attacks import load_patch
+
+    return {load_patch(f).data.split("/")[0] for f in sorted(folder.glob("*.npz"))}
+
+
+def _patches(patches: str | None, checkpoint: Path, out: Path, *, data: str, bits: tuple[int, int],
+             data_dir: str | None) -> Path:
+    """The patch folder: --patches (made on `data`), else the committed transfer patches when they were made on
+    `data`, else one quick patch made on `checkpoint` at `bits` (a GTSRB checkpoint gets GTSRB patches, not
+    CIFAR-10's)."""
     if patches is not None:
         if not Path(patches).is_dir() or not any(Path(patches).glob("*.npz")):
             raise QadtrError(f"--patches {patches}: no patch files (*.npz); make some with `python -m qadtr.attack`")
+        other = sorted(_patch_data(Path(patches)) - {data, ""})
+        if other:
+            raise QadtrError(f"--patches {patches} holds patches made on {', '.join(other)}, the checkpoints were "
+                             f"trained on {data}: pass patches made on {data}, or leave --patches out")
         return Path(patches)
     committed = _default(DEFAULT_PATCHES)
-    if committed.is_dir() and any(committed.glob("*.npz")):
+    if committed.is_dir() and any(committed.glob("*.npz")) and _patch_data(committed) == {data}:
         return committed
     from qadtr.attacks import UniversalConfig
     from qadtr.attacks.make import make_patches
 
     made = out / "patches"
     if not any(made.glob("*.npz")):  # a quick stand-in: one targeted 10% universal patch, 100 steps (~1 min)
-        make_patches(checkpoint, [UniversalConfig(size=0.1, target=3, steps=100)], out=made, data_dir=data_dir)
+        make_patches(checkpoint, [UniversalConfig(size=0.1, target=3, steps=100)], out=made, bits=bits_name(bits),
+                     data_dir=data_dir)
     return made
+
+
+def _dataset(picks: list[tuple[Path, tuple | None]]) -> str:
+    """The one dataset the (checkpoint, wanted bit widths) picks were trained on, each pick checked first: a
+    float checkpoint, a missing or unequal (w, a) and a second dataset are refused in one line."""
+    from qadtr.checkpoint import read_checkpoint_info
+
+    trained_on: dict[str, Path] = {}  # dataset -> first checkpoint trained on it
+    for ck, wanted in picks:
+        info = read_checkpoint_info(ck)  # a one-line error for a missing or foreign checkpoint
+        if not info.model.is_quant:
+            raise QadtrError(f"{ck} is a float checkpoint; the pipeline replays quantized models (e.g. "
+                             "zoo/resnet20_w4a4)")
+        missing = sorted(set(wanted or ()) - set(info.model.bits))
+        if missing:
+            raise QadtrError(f"{ck} has no {', '.join(bits_name(b) for b in missing)}; it has "
+                             f"{', '.join(bits_name(b) for b in info.model.bits)}")
+        for w, a in (b for b in info.model.bits if wanted is None or b in wanted):
+            if w != a:
+                raise QadtrError(f"{ck} has {bits_name((w, a))}; the exporters take equal weight and activation bits")
+        trained_on.setdefault(info.train.data if info.train is not None else "cifar10", ck)
+    if len(trained_on) > 1:
+        raise QadtrError(f"--checkpoint: {', '.join(f'{p} was trained on {d}' for d, p in trained_on.items())}; "
+                         "one run replays one dataset: run the pipeline once per dataset")
+    return next(iter(trained_on))
 
 
 def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = None, device: str = "local",
@@ -110,36 +151,31 @@ def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = 
     out = Path(out)
     picks = [_pick(c) for c in checkpoints] if checkpoints else [(_default(c), None) for c in DEFAULT_CHECKPOINTS]
     ckpts = [ck for ck, _ in picks]
+    data = _dataset(picks)
+    proof = subset(load_split(data, "test", data_dir), PROOF_IMAGES).images  # (N, H, W, 3) uint8
     models: list[str] = []
-    proof = None
     for ck, wanted in picks:
-        info = read_checkpoint_info(ck)  # a one-line error for a missing or foreign checkpoint
-        if not info.model.is_quant:
-            raise QadtrError(f"{ck} is a float checkpoint; the pipeline replays quantized models (e.g. zoo/resnet20_w4a4)")
-        missing = sorted(set(wanted or ()) - set(info.model.bits))
-        if missing:
-            raise QadtrError(f"{ck} has no {', '.join(bits_name(b) for b in missing)}; it has "
-                             f"{', '.join(bits_name(b) for b in info.model.bits)}")
-        for w, a in (b for b in info.model.bits if wanted is None or b in wanted):
-            if w != a:
-                raise QadtrError(f"{ck} has {bits_name((w, a))}; the exporters take equal weight and activation bits")
-            if proof is None:
-                data = info.train.data if info.train is not None else "cifar10"
-                proof = subset(load_split(data, "test", data_dir), PROOF_IMAGES).images  # (N, H, W, 3) uint8
+        bits = read_checkpoint_info(ck).model.bits
+        for w, _ in (b for b in bits if wanted is None or b in wanted):
             models += [str(p) for p in _export(ck, w, out / "artifacts", images=proof)]
-    patch_dir = _patches(patches, ckpts[0], out, data_dir=data_dir)
+    first = picks[0][1] or read_checkpoint_info(ckpts[0]).model.bits  # the bit widths replayed of the first
+    patch_dir = _patches(patches, ckpts[0], out, data=data, bits=first[0], data_dir=data_dir)
     print(f"patches: {patch_dir} ({len(list(patch_dir.glob('*.npz')))} files)")
     store = out / "results.sqlite"
-    metrics = replay_on_devices(devices=device, models=models, patches=str(patch_dir), data_dir=data_dir,
+    metrics = replay_on_devices(devices=device, models=models, patches=str(patch_dir), data=data, data_dir=data_dir,
                        eval_subset=eval_subset, store_path=store, runtimes=runtimes, inventory=inventory,
                        progress=progress)
     write_json(out / "on_device.json", metrics)
     comparisons, skipped = compare_store(store)
     compare = json_safe(document(comparisons, skipped, store=store))
     write_json(out / "report" / "compare.json", compare)
+    # the committed transfer matrix describes the committed patches only (CIFAR-10's), not patches made here
     transfer_json = Path(transfer) if transfer else _default(DEFAULT_TRANSFER)
+    if transfer is None and patch_dir != _default(DEFAULT_PATCHES):
+        transfer_json = None
     html = write_report(store, out / "report", compare=out / "report" / "compare.json",
-                        transfer=transfer_json if transfer_json.is_file() else None, patches=patch_dir)
+                        transfer=transfer_json if transfer_json and transfer_json.is_file() else None,
+                        patches=patch_dir)
     for c in comparisons:
         print(c)
     return {"report": str(html), "comparisons": compare["comparisons"], "on_device": metrics}

@@ -289,6 +289,36 @@ def test_pipeline_cli_refuses_a_negative_subset_naming_its_own_command(capsys):
     assert err.strip().splitlines()[-1].endswith("| python -m eval.pipeline --eval-subset -1")  # not pytest's argv
 
 
+def test_pipeline_replays_patches_made_on_the_checkpoints_dataset(tiny_checkpoint, tiny_patches, tmp_path,
+                                                                  monkeypatch):
+    """A GTSRB checkpoint is not replayed with the committed CIFAR-10 patches: they are used for their own dataset
+    only, a --patches folder of another dataset is refused, and otherwise one patch is made on the checkpoint."""
+    import qadtr.attacks.make
+    from eval import pipeline
+    from qadtr._errors import QadtrError
+
+    assert pipeline._patches(str(tiny_patches), tiny_checkpoint, tmp_path, data="cifar10", bits=(4, 4),
+                              data_dir=None) == \
+        tiny_patches
+    with pytest.raises(QadtrError, match="holds patches made on cifar10, the checkpoints were trained on gtsrb: "
+                                         "pass patches made on gtsrb"):
+        pipeline._patches(str(tiny_patches), tiny_checkpoint, tmp_path, data="gtsrb", bits=(4, 4), data_dir=None)
+    monkeypatch.setattr(pipeline, "DEFAULT_PATCHES", str(tiny_patches))  # stands in for the committed folder
+    assert pipeline._patches(None, tiny_checkpoint, tmp_path, data="cifar10", bits=(4, 4),
+                              data_dir=None) == tiny_patches
+    made = []
+
+    def make(checkpoint, configs, *, out, bits, data_dir):
+        made.append((checkpoint, bits))
+        out.mkdir(parents=True)
+        (out / "p.npz").write_bytes(b"")
+
+    monkeypatch.setattr(qadtr.attacks.make, "make_patches", make)
+    made_dir = pipeline._patches(None, tiny_checkpoint, tmp_path, data="gtsrb", bits=(4, 4), data_dir=None)
+    assert made_dir == tmp_path / "patches"
+    assert made == [(tiny_checkpoint, "w4a4")]
+
+
 def test_the_default_subset_is_the_whole_test_set_on_this_host_and_a_subset_with_a_board():
     from eval.on_device import BOARD_SUBSET, default_subset
 
