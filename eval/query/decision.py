@@ -14,6 +14,11 @@ A result is adversarial by construction (only adversarial candidates are kept af
 holds the visible pixels per image (-1 never fooled) so the patch's footprint can be reported.
 
 Queries per image: 1 clean, then 1 per iteration (the first draw is iteration 0): `budget - 1` iterations.
+
+universal=True: one patch for all images, from top-1 labels only. That is the random search of sparse_rs.py with
+`scores="top1"`: the share of attacked images the patch fools is the one thing a label-only attacker can measure
+of a universal patch, and that search climbs it (keeping equal candidates on its plateaus); one implementation of
+the search, not two. Its queries are counted as sparse-rs counts them (1 clean, 1 initial, 1 per iteration).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from eval.query._outcome import QueryOutcome, drive
 from eval.query._search import check_common, fooled, p_selection, paste, random_xy, square_side, stripes, \
     propose_squares
 from eval.query._state import load_state, restore_rng
+from eval.query.sparse_rs import SparseRSConfig, sparse_rs
 from qadtr._config import config_to_dict, register_config
 from qadtr.attacks import patch_side
 
@@ -47,17 +53,23 @@ class DecisionConfig:
     seed: int = 0  # the one random generator
     batch: int = 256  # rows per runner.infer call (memory and speed only)
     save_every: int = 25  # iterations between state checkpoints
+    universal: bool = False  # one patch for all images (sparse-rs's search on top-1 labels) or one per image
 
     def __post_init__(self) -> None:
         check_common(self, min_budget=2)
-        if self.location == "shared":
-            raise ValueError("location='shared' is for universal patches; the decision attack is per-image: use "
-                             "per-image or fixed")
+        if self.location == "shared" and not self.universal:
+            raise ValueError("location='shared' moves one place for all images: it needs universal=True")
 
 
 def decision_attack(runner, images: np.ndarray, labels: np.ndarray, *, cfg: DecisionConfig,
                     state_path: str | Path | None = None, inputs: str = "", progress: bool = False) -> QueryOutcome:
-    """Per-image patches for uint8 (N, H, W, 3) `images` from top-1 labels of the active `runner` only."""
+    """Per-image patches (or, `cfg.universal`, one patch) for uint8 (N, H, W, 3) `images` from top-1 labels of the
+    active `runner` only."""
+    if cfg.universal:
+        search = SparseRSConfig(size=cfg.size, target=cfg.target, budget=cfg.budget, universal=True,
+                                location=cfg.location, p_init=cfg.p_init, seed=cfg.seed, batch=cfg.batch,
+                                save_every=cfg.save_every, scores="top1")
+        return sparse_rs(runner, images, labels, cfg=search, state_path=state_path, inputs=inputs, progress=progress)
     n, h, w, _ = images.shape
     side = patch_side(cfg.size, (h, w))  # a PatchSizeError (a QadtrError) for a patch that does not fit
     targeted, n_iter = cfg.target is not None, cfg.budget - 1

@@ -13,6 +13,11 @@ lowers the margin loss (`_search.margin`) strictly, or fools the model where the
   when the mean of max(margin, 0) falls (a fooled image counts 0 whatever its margin, so the search serves the
   images not yet fooled: the score-only analogue of Sparse-RS's mean cross-entropy); location "per-image" moves
   and keeps each image's place by its own loss, "shared" moves one place for all by the mean.
+- scores "top1" (universal only; `--attack decision --universal`): the decision-based universal patch. The search
+  sees each image's top-1 label only (`_oracle.LabelOracle`), as one-hot scores, so every margin is -1 (fooled)
+  or +1 and the hinged mean is the share of attacked images not yet fooled. A square candidate is kept when it
+  fools at least as many images as the kept patch: on the plateaus a label-only objective is made of, accepting
+  equal candidates is a random walk that can reach a better level, where keeping only strict gains would stall.
 
 Queries per image: 1 clean, 1 with the initial patch, then 1 per iteration: `budget - 2` iterations.
 
@@ -29,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.query._oracle import Oracle
+from eval.query._oracle import LabelOracle, OneHotScores, Oracle
 from eval.query._outcome import QueryOutcome, drive
 from eval.query._search import check_common, fooled, margin, p_selection, paste, propose_moves, propose_squares, \
     random_xy, stripes
@@ -39,6 +44,7 @@ from qadtr._errors import QadtrError
 from qadtr.attacks import patch_side
 
 ARRAYS = ("patches", "xy", "loss", "pred", "clean", "eligible", "queries", "first_success", "trace", "losses")
+SCORES = ("logits", "top1")  # what the search sees of each answer: the logits, or only the top-1 label
 
 
 @register_config
@@ -55,11 +61,17 @@ class SparseRSConfig:
     seed: int = 0  # the one random generator: initial patches, places, every proposal
     batch: int = 256  # rows per runner.infer call (memory and speed only)
     save_every: int = 25  # iterations between state checkpoints (resume granularity)
+    scores: str = "logits"  # logits: score-based | top1: the search sees top-1 labels only (universal)
 
     def __post_init__(self) -> None:
         check_common(self)
         if self.location == "shared" and not self.universal:
             raise ValueError("location='shared' moves one place for all images: it needs universal=True")
+        if self.scores not in SCORES:
+            raise ValueError(f"scores={self.scores!r}; choose one of {SCORES}")
+        if self.scores == "top1" and not self.universal:
+            raise ValueError("scores='top1' is the universal decision-based search; per image, use the decision "
+                             "attack (eval/query/decision.py)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,6 +97,7 @@ def sparse_rs(runner, images: np.ndarray, labels: np.ndarray, *, cfg: SparseRSCo
     side = patch_side(cfg.size, (h, w))  # a PatchSizeError (a QadtrError) for a patch that does not fit
     targeted, n_iter = cfg.target is not None, cfg.budget - 2
     oracle = Oracle(runner, n_images=n, budget=cfg.budget, batch=cfg.batch)
+    oracle = oracle if cfg.scores == "logits" else OneHotScores(LabelOracle(oracle))
     key = config_to_dict(cfg)
     if state_path is not None and Path(state_path).is_file():
         s, meta = load_state(state_path, config=key, inputs=inputs)
@@ -152,7 +165,7 @@ class _Search:
         elif cfg.universal:
             cand = propose_squares(rng, s["patches"][None], p_selection(cfg.p_init, it, n_iter))[0]  # (3, s, s)
             loss, pred = self.evaluate(idx, cand, s["xy"][idx])
-            if _better_mean(loss, pred, s, idx=idx, cls=cls, targeted=targeted):
+            if _better_mean(loss, pred, s, idx=idx, cls=cls, targeted=targeted, ties=cfg.scores == "top1"):
                 s["patches"] = cand
                 self.keep(idx, np.ones(len(idx), bool), loss, pred=pred)
         else:
@@ -216,11 +229,12 @@ def _better(loss, pred, s, *, idx, cls, targeted, hinge: bool) -> np.ndarray:
     return (new < old) | (fooled(pred, cls[idx], targeted) & ~fooled(s["pred"][idx], cls[idx], targeted))
 
 
-def _better_mean(loss, pred, s, *, idx, cls, targeted) -> bool:
-    """One candidate for all images: the mean hinged margin falls, or more images are fooled at an equal mean."""
+def _better_mean(loss, pred, s, *, idx, cls, targeted, ties: bool = False) -> bool:
+    """One candidate for all images: the mean hinged margin falls, or more images are fooled at an equal mean;
+    with `ties` (label-only scores) also a candidate that fools exactly as many images as the kept one."""
     new, old = np.maximum(loss, 0).mean(), np.maximum(s["loss"][idx], 0).mean()
     gain = fooled(pred, cls[idx], targeted).sum() > fooled(s["pred"][idx], cls[idx], targeted).sum()
-    return bool(new < old or (new == old and gain))
+    return bool(new < old or (new == old and (gain or ties)))
 
 
 def _record(s: dict, cls, targeted: bool, *, it: int, hinge: bool) -> None:

@@ -188,6 +188,38 @@ def test_decision_attack_reads_only_the_top1(tiny_images8):
     assert vis.min() < plain.extra["side"] ** 2
 
 
+def test_universal_decision_attack_reads_only_the_top1_and_climbs_the_fooled_share(tiny_images8):
+    """One patch for all images from labels only: scrambling all but the argmax changes nothing (while the
+    score-based search on the same runner does change), ties are kept, and the fooled count never falls."""
+    labels = np.full(32, 3)
+    cfg = DecisionConfig(size=0.3, target=2, budget=40, universal=True, location="shared")
+    with ColourRunner() as r:
+        plain = decision_attack(r, tiny_images8, labels, cfg=cfg)
+    with Wrapped(ColourRunner(), scramble=True) as r:
+        scrambled = decision_attack(r, tiny_images8, labels, cfg=cfg)
+    _same(plain, scrambled)
+    assert plain.patches.shape == (3, 4, 4) and plain.universal  # one 4x4 patch: 30% of 8x8, rounded down
+    assert plain.asr(labels).rate.k == 32  # blue wins the colour model once the patch is blue enough
+    fooled_per_iteration = plain.trace[:, 2]
+    assert (np.diff(fooled_per_iteration) >= 0).all()
+    assert plain.queries.max() <= cfg.budget
+    score = SparseRSConfig(size=0.3, target=2, budget=40, universal=True, location="shared")
+    with ColourRunner() as r:
+        by_score = sparse_rs(r, tiny_images8, labels, cfg=score)
+    with Wrapped(ColourRunner(), scramble=True) as r:
+        by_scrambled_score = sparse_rs(r, tiny_images8, labels, cfg=score)
+    assert not np.array_equal(by_score.patches, by_scrambled_score.patches)  # the check fails on a score-based search
+
+
+def test_label_only_search_needs_a_universal_patch():
+    with pytest.raises(ValueError, match="scores='top1' is the universal decision-based search"):
+        SparseRSConfig(scores="top1")
+    with pytest.raises(ValueError, match="choose one of"):
+        SparseRSConfig(universal=True, scores="margins")
+    with pytest.raises(ValueError, match="location='shared' moves one place for all images: it needs universal"):
+        DecisionConfig(location="shared")
+
+
 def test_refine_starts_from_the_replayed_bytes(tiny_exports, tiny_images8):
     side = 3
     values = np.random.default_rng(0).random((3, side, side)).astype(np.float32)
