@@ -1,8 +1,8 @@
-"""The board-side agent: runs one replay job on a board and prints one JSON line per batch.
+"""The board-side agent: runs one replay job on a board and prints one JSON line per batch, or serves queries.
 
-devices/ssh.py copies the runner layer to the board: this file, the Runner contract and registry
-(devices/_runner.py, devices/runtimes.py: rows, feed encoding, logits), each board backend
-(devices/onnxrt.py, litert.py, tensorrt.py, null.py), the fingerprint (devices/_host.py), the power meters
+devices/ssh.py copies the runner layer to the board: this file, its query loop (devices/_agent_serve.py), the
+Runner contract and registry (devices/_runner.py, devices/runtimes.py: rows, feed encoding, logits), each board
+backend (devices/onnxrt.py, litert.py, tensorrt.py, null.py), the fingerprint (devices/_host.py), the power meters
 (devices/power/*.py) and qadtr/_errors.py, under a folder laid out as the checkout is (BOARD_FILES). The
 board needs the standard library, numpy and the runtime (onnxruntime, ai_edge_litert or tensorrt): no
 torch, no Brevitas, no export or eval code. The agent itself keeps only the job and the line protocol:
@@ -11,6 +11,7 @@ cannot drift. It runs on Python >= 3.8 (JetPack 5) and TensorRT >= 8.5.
 
     python3 agent.py info                  -> {"type": "info", machine, cpu, os, python, numpy, runtimes, meters}
     python3 agent.py run JOB.json START [--watch-stdin]
+    python3 agent.py serve JOB.json        -> a query session: requests on stdin, one answer line each
 
 The job file, written by the host at WORK/jobs/<name>.json (paths relative to it):
     {"version": 1, "runtime": "onnxrt", "options": {}, "batch_size": 100, "warmup": 3,
@@ -25,6 +26,11 @@ The job file, written by the host at WORK/jobs/<name>.json (paths relative to it
     {"type": "batch", "first", "n", "k", "logits": base64 of n*k float32 little-endian, "seconds", "energy_j"}
     {"type": "done", "batches": m}                        exit 0
     {"type": "error", "message": "..."}                   exit 2
+`serve` takes the same job file without `images` (its batch_size and warmup are unused), makes the same checks
+and need line (exit 3), then prints {"type": "hello", "runner", "kernels", "feed", "versions", "power": null,
+"inputs": [{"name", "shape", "dtype"}], "input_quantization": {name: [scale, zero]} | null} and answers one
+line per request line on stdin (devices/_agent_serve.py: infer -> logits, close -> done and exit 0; a bad
+request -> error, exit 2; stdin closed -> exit 4).
 The agent is confined to WORK, the folder above the job's jobs/: it opens, writes and deletes only
 WORK/blobs/<sha256><suffix> named by the job's own checksums (the only path form a job may give), the job
 itself, and TensorRT engines in WORK/engines; it follows no link. Any other path is refused (exit 2) before a
@@ -55,6 +61,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from devices import _host  # noqa: E402  (the runner layer: importable only once ROOT is on sys.path)
+from devices._agent_serve import Requests, input_specs, serve_loop  # noqa: E402
 from devices.power import METERS, open_meter  # noqa: E402
 from devices.runtimes import board_runtimes, feed_format, make_runner, probe, read_logits  # noqa: E402
 from qadtr._errors import QadtrError  # noqa: E402
@@ -155,11 +162,13 @@ def work_folder(job_path: str) -> str:
     return work
 
 
-def job_files(job: dict, work: str) -> dict:
-    """{"artifact", "images", "engines": path in WORK}, every one checked before any file is opened."""
+def job_files(job: dict, work: str, *, serve: bool = False) -> dict:
+    """{"artifact", "images", "engines": path in WORK}, every one checked before any file is opened; a `serve` job
+    may have no images."""
     files = {}
     _inside(work, "blobs")
-    for key, suffixes in (("artifact", None), ("images", (".npy",))):
+    keys = (("artifact", None),) + ((("images", (".npy",)),) if not serve or job.get("images") is not None else ())
+    for key, suffixes in keys:
         entry = job.get(key)
         named = entry.get("path") if isinstance(entry, dict) else None
         found = BLOB.fullmatch(named) if isinstance(named, str) else None
@@ -179,7 +188,7 @@ def check_files(job: dict, files: dict) -> tuple[list[str], list[str]]:
     """(missing, corrupt) among the job's files (paths from job_files); a corrupt file is deleted so that it is
     pushed again."""
     missing, corrupt = [], []
-    for key in ("artifact", "images"):
+    for key in [k for k in ("artifact", "images") if k in files]:
         path = files[key]
         if not os.path.isfile(path):
             missing.append(key)
@@ -305,6 +314,31 @@ def run(job_path: str, start: int) -> int:
     return 0
 
 
+def serve(job_path: str) -> int:
+    """Serve queries on one job's runner (devices/_agent_serve.py): the need line (exit 3) or hello, one answer
+    per request, done (exit 0); stdin closed: exit 4."""
+    import numpy as np
+
+    job, work = _read_job(job_path)  # the job's checks first: a refused job is refused whatever stdin does
+    files = job_files(job, work, serve=True)
+    missing, corrupt = check_files(job, files)
+    if missing or corrupt:
+        emit({"type": "need", "files": missing + corrupt, "corrupt": corrupt})
+        return 3
+    requests = Requests()  # reading from here on: a host gone while the runner loads ends the agent (exit 4)
+    runner = open_runner(job, files)
+    try:
+        feed = str(feed_format(runner))
+    except QadtrError:  # not an image classifier's input: the host's feed_format says why when it asks
+        feed = ""
+    quant = runner.input_quantization() if hasattr(runner, "input_quantization") else None
+    hello = {"type": "hello", "agent": VERSION, "runner": runner.name, "kernels": runner.kernels, "feed": feed,
+             "versions": {**runner.versions, "numpy": np.__version__, "python": platform.python_version()},
+             "power": None, "inputs": input_specs(runner),
+             "input_quantization": None if quant is None else {k: [float(s), int(z)] for k, (s, z) in quant.items()}}
+    return serve_loop(runner, requests, emit=emit, hello=hello)
+
+
 def _watch_stdin() -> None:
     """Exit as soon as stdin closes: the host (its ssh client) went away."""
     def watch() -> None:
@@ -318,7 +352,7 @@ def _watch_stdin() -> None:
     threading.Thread(target=watch, name="stdin-watch", daemon=True).start()
 
 
-USAGE = "usage: agent.py info | agent.py run JOB.json START [--watch-stdin]"
+USAGE = "usage: agent.py info | agent.py run JOB.json START [--watch-stdin] | agent.py serve JOB.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             if argv[3:]:
                 _watch_stdin()
             return run(argv[1], int(argv[2]))
+        if len(argv) == 2 and argv[0] == "serve":
+            return serve(argv[1])
         raise AgentError(USAGE)
     except QadtrError as e:  # AgentError, and RunnerError from the runner layer: one line each
         emit({"type": "error", "message": str(e)})

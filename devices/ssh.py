@@ -27,6 +27,9 @@ board's text (errors, its info line) is cleaned of control characters before it 
 Board layout under `workdir` (default ~/.qadtr):
 agent-<hash>/, blobs/<sha256>.onnx|.tflite|.npy, jobs/<key>.json, engines/ (TensorRT, by version and GPU).
 
+A query session (`open_runner`, devices/_remote_runner.py): the same push, job and need steps, then one
+`agent.py serve JOB` connection that answers one request line per batch until close.
+
 Faults: a dropped connection is retried `limits.retries` times, resuming after the last batch
 received (nothing lost, nothing twice); then the error says to re-run, and the run loop resumes from
 the store. A board silent for `limits.line` seconds is a hang: the stream is cut (the agent exits when
@@ -42,6 +45,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -53,16 +57,19 @@ from devices.runtimes import accepts, board_runtimes, get_runtime
 from qadtr._errors import QadtrError
 from qadtr._scratch import make_scratch
 
+if TYPE_CHECKING:
+    from devices._remote_runner import RemoteRunner
+
 AGENT_VERSION = 1  # devices/agent.py VERSION: the job file and line protocol
 BOARD = board_runtimes()  # runtime -> its row (devices/runtimes.py): the runtimes a board runs, their options
 BOARD_RUNTIMES = {n: (r.requires[0] if r.requires else None) for n, r in BOARD.items()}  # -> module on the board
 # The runner layer as the board gets it, laid out as in the checkout (paths relative to the repository): the agent
-# (job + line protocol), the Runner contract and registry, each board backend, the fingerprint, QadtrError and the
-# registry shape (qadtr/_registry.py).
+# (job + line protocol, and its query loop), the Runner contract and registry, each board backend, the fingerprint,
+# QadtrError and the registry shape (qadtr/_registry.py).
 # Everything here needs the standard library and numpy only (tests/unit/test_agent.py checks it).
-BOARD_FILES = ("devices/agent.py", "devices/_runner.py", "devices/runtimes.py", "devices/_host.py", "devices/onnxrt.py",
-               "devices/litert.py", "devices/tensorrt.py", "devices/null.py", "qadtr/_errors.py",
-               "qadtr/_registry.py")
+BOARD_FILES = ("devices/agent.py", "devices/_agent_serve.py", "devices/_runner.py", "devices/runtimes.py",
+               "devices/_host.py", "devices/onnxrt.py", "devices/litert.py", "devices/tensorrt.py", "devices/null.py",
+               "qadtr/_errors.py", "qadtr/_registry.py")
 BOARD_PACKAGES = {"devices/__init__.py": '"""The runner layer, as devices/ssh.py pushed it to this board."""\n',
                   "qadtr/__init__.py": '"""qadtr/_errors.py and _registry.py, as devices/ssh.py pushed them."""\n'}
 AUTO_METERS = ("tegrastats", "ina", "nvml", "rapl")  # power = "auto" on a board: the first one that reads
@@ -207,13 +214,28 @@ class SshDevice(Device):
                start: int = 0, options: dict | None = None) -> BatchStream:
         """Batches of `images[start:]` through `runtime` on the board; see `devices._device.Device.replay`."""
         check_replay_args(images, batch_size, warmup, start=start)
+        artifact = Path(artifact)
+        options = self._board_options(runtime, artifact, options, batch_size=batch_size)
+        return BatchStream(lambda rep: self._batches(rep, runtime, artifact, images=images, batch_size=batch_size,
+                                                     warmup=warmup, start=start, options=options))
+
+    def open_runner(self, runtime: str, artifact: Path, **options) -> RemoteRunner:
+        """An inactive Runner for `runtime` on the board (devices/_remote_runner.py): activate() pushes what the
+        board lacks, as a replay does, and starts the one `agent.py serve` session every infer() goes through."""
+        from devices._remote_runner import RemoteRunner
+
+        artifact = Path(artifact)
+        options = self._board_options(runtime, artifact, options, batch_size=1)  # the batch: the caller's calls
+        return RemoteRunner(self, self._job(runtime, artifact, options, power=None), local={"artifact": artifact})
+
+    def _board_options(self, runtime: str, artifact: Path, options: dict | None, *, batch_size: int) -> dict:
+        """The job's runner options, refused unless this board runs `runtime` on `artifact` with them."""
         get_runtime(runtime)
         if runtime not in self.spec.runtimes:
             raise QadtrError(f"device {self.name!r} does not offer runtime {runtime!r} (its inventory entry lists "
                              f"{', '.join(self.spec.runtimes)}); add it to `runtimes` or pick one of those")
         if runtime not in BOARD_RUNTIMES:
             raise QadtrError(f"runtime {runtime!r} runs on the host only (torch + Brevitas); use --device local for it")
-        artifact = Path(artifact)
         problem = accepts(runtime, artifact) or (f"{artifact.name}: a board builds its own TensorRT engine; pass the "
                                                  "TensorRT-bound .onnx" if artifact.suffix == ".engine" else None)
         if problem:
@@ -229,8 +251,16 @@ class SshDevice(Device):
                 raise QadtrError(f"--batch-size {batch_size} exceeds the engine profile's maximum {batch[2]} "
                                  f"(trt_build.json); pass --batch-size {batch[2]} or re-export with a larger --max-batch")
             options["batch"] = list(batch)
-        return BatchStream(lambda rep: self._batches(rep, runtime, artifact, images=images, batch_size=batch_size,
-                                                     warmup=warmup, start=start, options=options))
+        return options
+
+    def _job(self, runtime: str, artifact: Path, options: dict, **fields) -> dict:
+        """The job file of `runtime` on `artifact` (devices/agent.py), plus `fields` (images, batch, power...)."""
+        from qadtr._config import sha256_file
+
+        art_sha = sha256_file(artifact)
+        return {"version": AGENT_VERSION, "runtime": runtime, "options": options, "engines": "../engines",
+                "artifact": {"path": f"../blobs/{lines.blob_name(art_sha, artifact.suffix)}", "sha256": art_sha},
+                **fields}
 
     def _images_file(self, images: np.ndarray) -> tuple[Path, str]:
         """The images as a .npy in the scratch folder, named by its sha256 (the board caches it by that name)."""
@@ -246,15 +276,10 @@ class SshDevice(Device):
                  warmup: int, start: int, options: dict) -> Iterator[Batch]:
         if start == len(images):
             return
-        from qadtr._config import sha256_file
-
-        art_sha = sha256_file(artifact)
         images_path, images_sha = self._images_file(images)
-        job = {"version": AGENT_VERSION, "runtime": runtime, "options": options, "batch_size": batch_size,
-               "warmup": warmup,
-               "artifact": {"path": f"../blobs/{lines.blob_name(art_sha, artifact.suffix)}", "sha256": art_sha},
-               "images": {"path": f"../blobs/{lines.blob_name(images_sha, '.npy')}", "sha256": images_sha},
-               "power": None if self.emulated else self._meter_job(), "engines": "../engines"}
+        job = self._job(runtime, artifact, options, batch_size=batch_size, warmup=warmup,
+                        images={"path": f"../blobs/{lines.blob_name(images_sha, '.npy')}", "sha256": images_sha})
+        job["power"] = None if self.emulated else self._meter_job()  # asks the board: after the names are checked
         local = {"artifact": artifact, "images": images_path}
         step, k = lines.expected_layout(runtime, artifact, options, batch_size=batch_size)
         known = {"step": step, "asked": batch_size, "k": k}  # k: the artifact's, else the run's first batch's
@@ -276,29 +301,42 @@ class SshDevice(Device):
     def _session(self, rep: BatchStream, job: dict, local: dict, *, first: int, total: int, pushed: set,
                  known: dict) -> Iterator[Batch]:
         """One connection: push what is missing, run the agent from `first`, yield its checked batches."""
-        agent = self._ensure_agent()
+        words = self.agent_words("run", self.push_job(job), str(first), "--watch-stdin")
+        while True:
+            with self.link.stream(words) as stream:
+                need = yield from self._read(stream, rep, job["runtime"], first=first, total=total, known=known)
+            if need is None:
+                return
+            self.push_needed(need, job, local, pushed=pushed)
+
+    def agent_words(self, *args: str) -> list[str]:
+        """The remote command running the pushed agent with `args` (pushed first if it is not yet)."""
+        return [self.spec.python, f"{self._ensure_agent()}/devices/agent.py", *args]
+
+    def push_job(self, job: dict) -> str:
+        """The job file's path on the board, pushed once per device session (named by its content's hash) after
+        the agent folder (which makes the work folder)."""
+        self._ensure_agent()
         text = json.dumps(job, sort_keys=True)
         key = hashlib.sha256(text.encode()).hexdigest()[:24]
         if key not in self._jobs:
             (self._scratch() / f"{key}.json").write_text(text)
             self.link.push(self._scratch() / f"{key}.json", self._work("jobs", f"{key}.json"), what="pushing the job")
             self._jobs.add(key)
-        words = [self.spec.python, f"{agent}/devices/agent.py", "run", self._work("jobs", f"{key}.json"), str(first),
-                 "--watch-stdin"]
-        while True:
-            with self.link.stream(words) as stream:
-                need = yield from self._read(stream, rep, job["runtime"], first=first, total=total, known=known)
-            if need is None:
-                return
-            again = sorted(set(need) & pushed)
-            if again:
-                raise SshError(f"device {self.name!r}: the {' and '.join(again)} failed the sha256 check on the board "
-                               "right after being pushed (corrupted in transfer or on the board's storage), so nothing "
-                               "ran; the board deleted it: re-run to push it again, and check the board's disk if it "
-                               "repeats")
-            for name in need:
-                self.link.push(local[name], self._work("blobs", Path(job[name]["path"]).name), what=f"pushing the {name}")
-                pushed.add(name)
+        return self._work("jobs", f"{key}.json")
+
+    def push_needed(self, need: list[str], job: dict, local: dict, *, pushed: set) -> None:
+        """Push the files the agent's need line named (`local`: name -> file here); a file that fails the board's
+        check right after being pushed in this run (`pushed`) is refused instead."""
+        again = sorted(set(need) & pushed)
+        if again:
+            raise SshError(f"device {self.name!r}: the {' and '.join(again)} failed the sha256 check on the board "
+                           "right after being pushed (corrupted in transfer or on the board's storage), so nothing "
+                           "ran; the board deleted it: re-run to push it again, and check the board's disk if it "
+                           "repeats")
+        for name in need:
+            self.link.push(local[name], self._work("blobs", Path(job[name]["path"]).name), what=f"pushing the {name}")
+            pushed.add(name)
 
     def _read(self, stream: Stream, rep: BatchStream, runtime: str, *, first: int, total: int, known: dict):
         """Yield the stream's batches; return the files the agent needs (a list) or None when it is done.

@@ -6,7 +6,10 @@ one every replay evaluates universal patches on. Writes OUT/result.json (typed J
 the budget, queries-to-success quantiles, the runner's kernels, the host fingerprint), OUT/patch.npz and, while
 running, OUT/state.npz: an interrupted run continues with the same command plus --resume. `--init PATCH.npz`
 refines a white-box universal patch (transfer-then-refine) and reports the queries it takes to beat its replayed
-ASR and to reach its fake-quant ASR. The library is eval/query/run.py.
+ASR and to reach its fake-quant ASR. `--device NAME [--inventory FILE]` queries the runtime on a board of the
+inventory (as eval.on_device selects devices; default `local`, this host): every query travels in batches through
+one agent session over SSH, and result.json records the device and its fingerprint. The library is
+eval/query/run.py.
 """
 
 from __future__ import annotations
@@ -27,11 +30,7 @@ def _config(*, attack: str, size: float, target: str, budget: int, location: str
 
     config_cls, _ = QUERY_ATTACKS[attack].load()
     fields = {"size": size, "target": parse_target(target), "budget": budget, "location": location, "seed": seed,
-              "batch": batch, "save_every": save_every}
-    if attack == "sparse-rs":
-        fields["universal"] = universal
-    elif universal:
-        raise QadtrError("--universal: the decision attack is per-image; drop --universal or use --attack sparse-rs")
+              "batch": batch, "save_every": save_every, "universal": universal}
     try:
         return config_cls(**fields)
     except ValueError as e:
@@ -41,7 +40,8 @@ def _config(*, attack: str, size: float, target: str, budget: int, location: str
 def _report(result: QueryResult, *, attack: str, out: str) -> None:
     """Print the ASR line, the refine and held-out lines where there are some, and what was written."""
     a, q = result.asr["asr"], result.queries
-    print(f"{attack} on {result.runtime} ({result.kernels}): ASR {100 * a['value']:.2f}% "
+    board = f" on device {result.device['name']}" if result.device and result.device.get("kind") != "local" else ""
+    print(f"{attack} on {result.runtime}{board} ({result.kernels}): ASR {100 * a['value']:.2f}% "
           f"[{100 * a['ci95'][0]:.2f}, {100 * a['ci95'][1]:.2f}] (n={a['n']}), budget {result.budget}, "
           f"queries to success median {q['to_success']['p50']}")
     if result.refine:
@@ -60,10 +60,11 @@ def _report(result: QueryResult, *, attack: str, out: str) -> None:
 
 def _body(*, artifact: str, runtime: str, attack: str, data: str, data_dir: str | None, images: int, budget: int,
           target: str, size: float, universal: bool, location: str, holdout: int, init: str | None, eval_seed: int,
-          reference: str | None, seed: int, batch: int, save_every: int, out: str, resume: bool) -> None:
+          reference: str | None, seed: int, batch: int, save_every: int, out: str, resume: bool, device: str,
+          inventory: str | None) -> None:
     """Check the flags (main's, by name) and --out, attack the seeded test subset (and measure the held-out
     images), report."""
-    from eval.query.run import run_query_attack
+    from eval.query.run import query_device, run_query_attack
     from qadtr._cli import check_writable
     from qadtr._errors import QadtrError
     from qadtr.data import heldout_indices, load_split, subset_indices
@@ -79,10 +80,12 @@ def _body(*, artifact: str, runtime: str, attack: str, data: str, data_dir: str 
     if holdout:
         h = heldout_indices(len(test.labels), images, holdout, seed=1)
         held = (test.images[h], test.labels[h], h)
-    result = run_query_attack(attack=attack, cfg=cfg, runtime=runtime, artifact=artifact,
-                              images=test.images[idx], labels=test.labels[idx], indices=idx,
-                              data=f"{data}/test", out=out, resume=resume, init=init,
-                              eval_seed=eval_seed, reference=reference, holdout=held, progress=True)
+    with query_device(device, runtime=runtime, inventory=inventory) as (open_runner, where):
+        result = run_query_attack(attack=attack, cfg=cfg, runtime=runtime, artifact=artifact,
+                                  images=test.images[idx], labels=test.labels[idx], indices=idx,
+                                  data=f"{data}/test", out=out, resume=resume, init=init,
+                                  eval_seed=eval_seed, reference=reference, holdout=held, progress=True,
+                                  open_runner=open_runner, device=where)
     _report(result, attack=attack, out=out)
 
 
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=1000, help="queries per image, its clean query included")
     p.add_argument("--target", default="none", help="target class, or 'none' for untargeted")
     p.add_argument("--size", type=float, default=0.1, help="patch share of the image area (0.1 = 10x10 on 32x32)")
-    p.add_argument("--universal", action="store_true", help="one patch for all images (default: one per image)")
+    p.add_argument("--universal", action="store_true", help="one patch for all images (default: one per image; "
+                   "with --attack decision: the universal search on top-1 labels only)")
     p.add_argument("--location", default="per-image", help="per-image | shared (universal) | fixed")
     p.add_argument("--holdout", type=int, default=0, help="with --universal: also measure the final patch on N test "
                    "images it never queried (the next N of the same seeded permutation; 0 = none)")
@@ -113,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every", type=int, default=25, help="iterations between checkpoints")
     p.add_argument("--out", required=True, help="run folder: state.npz, result.json, patch.npz")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--device", default="local", help="the one device whose runtime is queried: an inventory name "
+                   "(python -m eval.on_device --list-devices); default local, this host")
+    p.add_argument("--inventory", default=None, help="device inventory TOML (default: $QADTR_DEVICES, "
+                   "~/.config/qadtr/devices.toml, else the built-in one)")
     args = p.parse_args(argv)
 
     return run_cli("eval.query_attack", lambda: _body(**vars(args)), argv)

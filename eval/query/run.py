@@ -4,6 +4,10 @@
                               artifact="w4.tflite", images=images, labels=labels, indices=idx, data="cifar10/test",
                               out="runs/q1", resume=False)
 
+`open_runner` is where the runner comes from: `devices.runtimes.make_runner` (this host, the default) or a
+board's `SshDevice.open_runner` (one query session over SSH for the whole attack); `query_device` gives both,
+with the `device` description result.json records, for `--device NAME`.
+
 OUT holds state.npz (the checkpoint, `_state`), then result.json (`QueryResult`, typed JSON) and patch.npz (a
 qadtr patch file, replayable with eval.on_device once eval.query is imported to read its config). An OUT with a
 state and no result is an interrupted run: it continues only with resume=True (`--resume`, as qadtr.train), which
@@ -13,6 +17,8 @@ also refuses a state from other flags or inputs; an OUT with a result is finishe
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +39,7 @@ from qadtr.attacks import EOTConfig, Patch, Placement, load_patch, save_patch
 @register_config
 @dataclass(frozen=True)
 class QueryResult:
-    VERSION = 2  # 2: `holdout`, a universal patch's ASR on images it never queried
+    VERSION = 2  # 2: `holdout`, a universal patch's ASR on images it never queried (`device` has a default: same)
     attack: str  # a key of eval.query.QUERY_ATTACKS
     config: Any  # its typed config (SparseRSConfig, DecisionConfig)
     runtime: str  # the registered runtime queried
@@ -51,13 +57,17 @@ class QueryResult:
     refine: dict | None  # transfer-then-refine milestones (eval.query.refine.milestones); None otherwise
     extra: dict  # attack-specific summaries (the decision attack's visible patch pixels)
     holdout: dict | None = None  # a universal patch on held-out images (`_holdout`); None: not asked for
+    # where the runner ran: {"name", "kind", ...} (a board's describe(): its fingerprint under "host", and the query
+    # session's counts under "session"); None: a result from before --device, on this host
+    device: dict | None = None
 
 
 def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, images: np.ndarray, labels: np.ndarray,
                      indices: np.ndarray, data: str, out: str | Path, resume: bool = False, init: str | Path | None = None,
                      eval_seed: int = 1, reference: str | Path | None = None, runner_options: dict | None = None,
                      holdout: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                     progress: bool = False) -> QueryResult:
+                     progress: bool = False, open_runner: Callable = make_runner,
+                     device: dict | None = None) -> QueryResult:
     """Attack `images` through runtime `runtime` on `artifact` and write OUT (module docstring).
 
     `holdout`: (images, labels, indices) the attack never sees; a universal patch's final ASR is measured on them
@@ -67,6 +77,9 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
     `init`: a universal patch file to refine (sparse-rs, universal); its fake-quant ASR on the same bytes is
     measured on `reference` (default: the artifact itself, whose export record names its checkpoint) through the
     fakequant runtime, when that runs here.
+
+    `open_runner(runtime, artifact, **runner_options)` makes the (inactive) runner queried; `device` describes where
+    it runs (recorded in result.json; a remote one also keys the checkpoint, so a state is resumed on its device).
     """
     _, run = QUERY_ATTACKS.get(attack).load()  # an unknown name: QadtrError listing the known ones
     out = Path(out)
@@ -83,14 +96,16 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
                          "carry over: add --universal or drop --holdout")
     sha = sha256_file(artifact)
     key = inputs_key(artifact_sha256=sha, runtime=runtime, images=images, labels=labels,
-                     extra=f"{sha256_file(init) if init else ''}:{eval_seed}")
+                     extra=f"{sha256_file(init) if init else ''}:{eval_seed}" + _device_key(device))
     out.mkdir(parents=True, exist_ok=True)
     kwargs = {"start": start} if start is not None else {}
-    with make_runner(runtime, artifact, **(runner_options or {})) as runner:
+    with open_runner(runtime, artifact, **(runner_options or {})) as runner:
         outcome = run(runner, images, labels, cfg=cfg, state_path=state, inputs=key, progress=progress, **kwargs)
         kernels, versions = runner.kernels, dict(runner.versions)
         held = None if holdout is None else _holdout(runner, outcome, cfg, attack=attack, holdout=holdout, data=data,
                                                      eval_seed=eval_seed, init=patch)
+    if device is not None and hasattr(runner, "session_info"):
+        device = {**device, "session": runner.session_info()}
     refined = None
     if start is not None:
         refined = milestones(outcome, reference=_reference(reference or artifact, images, labels, start=start,
@@ -101,10 +116,45 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
                          artifact=str(artifact), artifact_sha256=sha, data=data,
                          indices=tuple(int(i) for i in indices), n=asr.rate.n, asr=asr.to_dict(), budget=cfg.budget,
                          queries=outcome.query_stats(), host=fingerprint(), refine=refined, extra=extra,
-                         holdout=held)
+                         holdout=held, device=device)
     save_patch(_patch_file(outcome, cfg, attack, indices=indices, data=data), out / "patch.npz")
     write_json(result_path, config_to_dict(result))  # last: its presence marks the run finished
     return result
+
+
+def _device_key(device: dict | None) -> str:
+    """The device's part of the checkpoint key: empty on this host (so states from before `--device` resume)."""
+    return "" if device is None or device.get("kind") == "local" else f":{device.get('name')}"
+
+
+@contextmanager
+def query_device(name: str, *, runtime: str, inventory: str | None = None) -> Iterator[tuple[Callable, dict]]:
+    """(the runner source, the device's description) of `--device NAME` from the inventory, as `eval.on_device`
+    selects devices: exactly one device, offering `runtime` and able to run it; a board is closed afterwards."""
+    from devices.inventory import DeviceSpec, load_inventory, open_device, select_devices
+
+    if name == "local" and inventory is None:  # the default: this host, as before --device (no inventory read)
+        specs = [DeviceSpec("local")]
+    else:
+        specs = select_devices(load_inventory(inventory), name)
+    if len(specs) != 1:
+        raise QadtrError(f"--device {name}: a query attack runs on one device, this names {len(specs)} "
+                         f"({', '.join(s.name for s in specs)}); pick one of them")
+    (spec,) = specs
+    if spec.kind == "local":
+        yield make_runner, {"name": spec.name, "kind": spec.kind, "where": spec.where()}
+        return
+    with open_device(spec) as board:
+        if not hasattr(board, "open_runner"):
+            raise QadtrError(f"device {spec.name!r} ({spec.kind}) cannot serve queries; use an ssh or arm-emu board, "
+                             "or --device local")
+        row = next((a for a in board.status() if a.kind == "runtime" and a.name == runtime), None)
+        if row is None:
+            raise QadtrError(f"device {spec.name!r} does not offer runtime {runtime!r} (its inventory entry lists "
+                             f"{', '.join(spec.runtimes)}); add it to `runtimes` or pick one of those")
+        if not row.available:
+            raise QadtrError(f"runtime {runtime!r} is not available on device {spec.name!r}: {row.reason}")
+        yield board.open_runner, {"name": spec.name, **board.describe(), "power": None}  # queries measure no energy
 
 
 def _start(init: str | Path | None, *, attack: str, cfg, images: np.ndarray,

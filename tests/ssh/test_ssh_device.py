@@ -401,3 +401,107 @@ def test_board_text_is_cleaned_before_it_is_shown_or_stored(sshd, replay, tiny_e
     with Store(tmp_path / "s.sqlite") as s:
         out = od.replay_run(s, device, _job(tiny_exports["onnx"], "null"), replay=replay, batch_size=7, warmup=0)
         assert out.run.complete and s.run(out.run.run_id).kernels == "none[31m]0;pwned  "
+
+
+# -- a query attack through one agent session (devices/_remote_runner.py, `agent.py serve`) ------------------------
+def _attack(tiny_exports, out: Path, *extra: str) -> dict:
+    """sparse-rs per image on 6 images, budget 20, through eval.query_attack's CLI; result.json's fields."""
+    import json
+
+    from eval.query_attack import main
+
+    argv = ["--artifact", str(tiny_exports["onnx"]), "--runtime", "onnxrt", "--images", "6", "--budget", "20",
+            "--size", "0.2", "--seed", "3", "--out", str(out), *extra]
+    assert main(argv) == 0
+    return json.loads((out / "result.json").read_text())["_data"]
+
+
+def test_a_query_attack_on_a_board_is_the_local_attack_through_one_session(sshd, tiny_dataset, tiny_exports,
+                                                                           tmp_path, monkeypatch):
+    """The same attack, seed and runtime on the same host's cores: through --device the result is the local one
+    (ASR, queries, the patch), and every query of the attack travels through ONE `agent.py serve` connection (on a
+    fresh board one more start answers the need line that pushes the artifact, and serves nothing)."""
+    from devices._ssh import Transport
+    from qadtr.attacks import load_patch
+
+    inv = tmp_path / "devices.toml"
+    inv.write_text(sshd.inventory("board", runtimes=["onnxrt", "null"]))
+    local = _attack(tiny_exports, tmp_path / "local")
+    assert local["device"] == {"name": "local", "kind": "local", "where": "local: this machine"}
+    serves, real_stream = [], Transport.stream
+
+    def counted(self, words):  # the real ssh process, counted by the command it runs on the board
+        serves.extend(["serve"] if "serve" in words else [])
+        return real_stream(self, words)
+
+    monkeypatch.setattr(Transport, "stream", counted)
+    for name, starts in (("fresh", 2), ("cached", 1)):  # the second board run finds the artifact on the board
+        serves.clear()
+        remote = _attack(tiny_exports, tmp_path / name, "--device", "board", "--inventory", str(inv))
+        assert remote["asr"] == local["asr"] and remote["queries"] == local["queries"]
+        assert remote["kernels"] == local["kernels"] and remote["n"] == local["n"]
+        a, b = load_patch(tmp_path / "local" / "patch.npz"), load_patch(tmp_path / name / "patch.npz")
+        assert np.array_equal(a.values, b.values) and np.array_equal(a.placement.x, b.placement.x)
+        device, session = remote["device"], remote["device"]["session"]
+        assert (device["name"], device["kind"], device["where"]) == ("board", "ssh", f"ssh 127.0.0.1:{sshd.port}")
+        assert device["host"]["machine"] == local["host"]["machine"]  # the board's fingerprint (the same box here)
+        assert session["sessions"] == 1 and session["ssh_starts"] == starts == len(serves)
+        assert session["requests"] >= 10 and 0 < session["board_seconds"] <= session["round_trip_seconds"]
+    assert _agents_running(sshd) == []  # closed: no agent is left serving on the board
+
+
+def test_a_dead_query_session_is_one_line(sshd, tiny_exports, tiny_images, tmp_path):
+    """ssh dropped mid-session: the next infer raises one SshError line naming the fix, and the runner closes."""
+    from devices.runtimes import feed_format
+
+    runner = board(sshd, tmp_path, runtimes=["onnxrt"]).open_runner("onnxrt", tiny_exports["onnx"])
+    with runner:
+        feed = feed_format(runner).feed(tiny_images[:4])
+        assert runner.infer(feed)["logits"].shape == (4, 10) and runner.last_inference_time > 0
+        sshd.kill()
+        with pytest.raises(SshError) as caught:
+            runner.infer(feed)
+        assert re.search(r"device 'board': .*query session.*re-run \(a query attack continues with --resume\)",
+                         _one_line(caught.value)), str(caught.value)
+        with pytest.raises(SshError, match=r"the query session ended after an earlier failure"):
+            runner.infer(feed)
+    assert not runner.is_active and runner.sessions == 1
+
+
+def test_query_devices_are_refused_in_one_line(sshd, tiny_dataset, tiny_exports, tmp_path, capsys):
+    from eval.query_attack import main
+
+    inv = tmp_path / "devices.toml"
+    inv.write_text(sshd.inventory("board", runtimes=["null"], groups=["lab"]) + sshd.inventory("other"))
+    base = ["--artifact", str(tiny_exports["onnx"]), "--runtime", "onnxrt", "--images", "4", "--budget", "4",
+            "--inventory", str(inv)]
+    for i, (device, match) in enumerate([
+            ("jetson", r"no device or group 'jetson'; devices: local, .*board, other"),
+            ("board", r"device 'board' does not offer runtime 'onnxrt' \(its inventory entry lists null\)"),
+            ("board,other", r"--device board,other: a query attack runs on one device, this names 2")]):
+        assert main([*base, "--device", device, "--out", str(tmp_path / f"q{i}")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 2 and re.search(match, err[0]), err
+
+
+@pytest.mark.parametrize("patch, match", [
+    ("if obj.get('type') == 'hello':\n    obj.pop('inputs')\n_emit(obj)", r"a hello line without its inputs"),
+    ("if obj.get('type') == 'hello':\n    obj['input_quantization'] = {'pixels': ['x', 0]}\n_emit(obj)",
+     r"input_quantization is not \{input: \[scale, zero point\]\}"),
+    ("if obj.get('type') == 'logits':\n    obj['id'] += 1\n_emit(obj)", r"a 'logits' line answering request 1"),
+    (_lie(_logits(poke="a[0, 0] = np.nan")).replace("'batch'", "'logits'"), r"1 NaN/inf logits in the 4x10 batch"),
+    ("if obj.get('type') == 'logits':\n    obj['n'] = 3\n_emit(obj)", r"a batch of 3x10 logits at row 0"),
+], ids=["no-inputs", "bad-quantization", "wrong-id", "nan", "short"])
+def test_a_lying_query_session_is_refused_in_one_line(patch, match, sshd, tiny_exports, tiny_images, tmp_path):
+    """What the serving agent sends is checked as a replay's lines are: each lie is one SshError line, and the
+    session is closed (the next infer says so)."""
+    from devices.runtimes import feed_format
+
+    device = board(sshd, tmp_path, runtimes=["null"])
+    device.agent_source = stub_agent(tmp_path, patch)
+    runner = device.open_runner("null", tiny_exports["onnx"])
+    with pytest.raises(SshError) as caught:
+        with runner:
+            runner.infer(feed_format(runner).feed(tiny_images[:4]))
+    assert re.search(match, _one_line(caught.value)), str(caught.value)
+    assert not runner.is_active

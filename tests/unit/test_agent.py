@@ -47,10 +47,10 @@ def make_job(board: Path, runtime: str, artifact: Path, images: np.ndarray, **fi
     return path
 
 
-def run_agent(*args: str, env: dict | None = None, blocked: tuple[str, ...] = (), agent: Path = AGENT,
-              confined: Path | None = None) -> tuple[int, list[dict], str]:
-    """(exit code, JSON lines, stderr) of `python agent.py ARGS`; `blocked` top-level modules fail to import, and
-    with `confined` the project packages (devices, qadtr) may only come from that folder (a board's copy)."""
+def agent_argv(*args: str, blocked: tuple[str, ...] = (), agent: Path = AGENT,
+               confined: Path | None = None) -> list[str]:
+    """The command running `python agent.py ARGS` where `blocked` top-level modules fail to import, and with
+    `confined` the project packages (devices, qadtr) may only come from that folder (a board's copy)."""
     code = ("import importlib.machinery, runpy, sys\n"
             "class Block:\n"
             "    def find_spec(self, name, path=None, target=None):\n"
@@ -63,8 +63,14 @@ def run_agent(*args: str, env: dict | None = None, blocked: tuple[str, ...] = ()
             "sys.meta_path.insert(0, Block())\n"
             f"sys.argv = [{str(agent)!r}, *{list(args)!r}]\n"
             f"runpy.run_path({str(agent)!r}, run_name='__main__')\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd="/",
-                       env={**os.environ, **(env or {})})
+    return [sys.executable, "-c", code]
+
+
+def run_agent(*args: str, env: dict | None = None, blocked: tuple[str, ...] = (), agent: Path = AGENT,
+              confined: Path | None = None) -> tuple[int, list[dict], str]:
+    """(exit code, JSON lines, stderr) of `python agent.py ARGS` (agent_argv's `blocked` and `confined`)."""
+    r = subprocess.run(agent_argv(*args, blocked=blocked, agent=agent, confined=confined), capture_output=True,
+                       text=True, timeout=300, cwd="/", env={**os.environ, **(env or {})})
     return r.returncode, [json.loads(line) for line in r.stdout.splitlines()], r.stderr
 
 
@@ -247,3 +253,160 @@ def test_agent_runs_only_a_job_in_its_jobs_folder(where, tiny_exports, tiny_imag
     rc, lines, _ = run_agent("run", str(moved), "0")
     assert rc == 2 and len(lines) == 1 and re.search(r"job file '.*': this agent runs only WORK/jobs/<name>\.json",
                                                      lines[0]["message"]), lines
+
+
+# -- serve: a query session on stdin/stdout (devices/_agent_serve.py) ------------------------------------------
+def serve_job(board: Path, runtime: str, artifact: Path, **fields) -> Path:
+    """A serve job as devices/ssh.py SshDevice.open_runner writes it: make_job's folder, the job without images."""
+    job = make_job(board, runtime, artifact, np.zeros((1, 8, 8, 3), np.uint8), **fields)
+    spec = json.loads(job.read_text())
+    for key in ("images", "batch_size", "warmup"):
+        spec.pop(key)
+    job.write_text(json.dumps(spec))
+    return job
+
+
+class Session:
+    """`agent.py serve JOB` as a subprocess the test talks to line by line (killed after 120 s whatever happens)."""
+
+    def __init__(self, job: Path, **kw):
+        self.proc = subprocess.Popen(agent_argv("serve", str(job), **kw), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+        import threading
+
+        self._watchdog = threading.Timer(120, self.proc.kill)
+        self._watchdog.start()
+
+    def line(self) -> dict | None:
+        raw = self.proc.stdout.readline()
+        return json.loads(raw) if raw else None
+
+    def send(self, obj) -> None:
+        self.proc.stdin.write((obj if isinstance(obj, str) else json.dumps(obj)).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def end(self, close_stdin: bool = True) -> tuple[int, list[dict], str]:
+        """(exit code, the lines printed after the ones read, stderr)."""
+        if close_stdin:
+            self.proc.stdin.close()
+        out, err = self.proc.stdout.read(), self.proc.stderr.read()
+        rc = self.proc.wait()
+        self._watchdog.cancel()
+        return rc, [json.loads(ln) for ln in out.splitlines()], err.decode()
+
+
+def infer_request(k: int, feed: dict) -> dict:
+    return {"type": "infer", "id": k, "feeds": {name: {"dtype": a.dtype.name, "shape": list(a.shape),
+                                                       "data": base64.b64encode(a.astype(a.dtype.newbyteorder("<"))
+                                                                                .tobytes()).decode()}
+                                                for name, a in feed.items()}}
+
+
+@pytest.mark.parametrize("runtime, kind", [("null", "onnx"), ("onnxrt", "onnx"), ("litert-xnnpack", "tflite")])
+def test_serve_answers_each_request_with_the_local_runners_logits(runtime, kind, tiny_exports, tiny_images, tmp_path):
+    """hello with the input spec (and LiteRT's input quantization), one logits line per request, byte for byte the
+    local runner's, then close: done and exit 0."""
+    from devices.runtimes import feed_format, make_runner, read_logits
+
+    artifact = tiny_exports[kind]
+    session = Session(serve_job(tmp_path / "board", runtime, artifact))
+    hello = session.line()
+    with make_runner(runtime, artifact) as local:
+        specs = local.input_spec()
+        assert hello["type"] == "hello" and hello["runner"] == local.name and hello["power"] is None
+        assert hello["inputs"] == [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype.name} for s in specs]
+        quant = local.input_quantization() if hasattr(local, "input_quantization") else None
+        assert hello["input_quantization"] == (None if quant is None else {k: list(v) for k, v in quant.items()})
+        fmt = feed_format(local)
+        assert hello["feed"] == str(fmt)
+        for k, (first, n) in enumerate([(0, 7), (7, 3), (10, 1)]):
+            feed = fmt.feed(tiny_images[first:first + n])
+            session.send(infer_request(k, feed))
+            got = session.line()
+            want = read_logits(local, local.infer(feed))
+            assert (got["type"], got["id"], got["n"], got["k"]) == ("logits", k, n, want.shape[1])
+            assert logits(got).tobytes() == want.tobytes() and got["seconds"] > 0
+    session.send({"type": "close"})
+    rc, rest, err = session.end()
+    assert (rc, rest) == (0, [{"type": "done", "requests": 3}]), err
+
+
+BAD_REQUESTS = {  # a request line after hello -> the error it gets (the null runner's input: pixels, float32 NHWC)
+    "not-json": ("{infer", r"a request b'\{infer'\.\.\.: this agent answers"),
+    "unknown-type": ({"type": "run"}, r"this agent answers \{\"type\": \"infer\"\} and \{\"type\": \"close\"\}"),
+    "no-id": ({"type": "infer", "feeds": {}}, r"an infer request with id None, not an integer"),
+    "other-input": ({"type": "infer", "id": 0, "feeds": {"x": {}}}, r"feeds \['x'\], the model's inputs are "
+                    r"\['pixels'\]"),
+    "dtype": ({"dtype": "uint8"}, r"input 'pixels' sent as dtype 'uint8', the model takes float32"),
+    "rank": ({"shape": [2, 8, 8]}, r"sent with shape \[2, 8, 8\], the model takes \[None, None, None, 3\]"),
+    "fixed-dim": ({"shape": [2, 8, 8, 4]}, r"sent with shape \[2, 8, 8, 4\]"),
+    "short-data": ({"shape": [3, 8, 8, 3]}, r"input 'pixels': 1536 bytes, its shape \[3, 8, 8, 3\] of float32 holds "
+                   r"2304"),
+    "not-base64": ({"data": "@@@@"}, r"input 'pixels': undecodable data"),
+}
+
+
+@pytest.mark.parametrize("request_, match", BAD_REQUESTS.values(), ids=list(BAD_REQUESTS))
+def test_serve_refuses_a_bad_request_in_one_error_line(request_, match, tiny_exports, tmp_path):
+    """Each bad request is checked against the input spec before the runner sees it: one error line, exit 2, no
+    traceback, even when the host closes stdin right after sending it."""
+    session = Session(serve_job(tmp_path / "board", "null", tiny_exports["onnx"]))
+    assert session.line()["type"] == "hello"
+    good = infer_request(0, {"pixels": np.zeros((2, 8, 8, 3), np.float32)})
+    if isinstance(request_, dict) and "type" not in request_:  # a field of the one feed changed
+        good["feeds"]["pixels"].update(request_)
+        request_ = good
+    session.send(request_)
+    rc, rest, err = session.end()
+    assert rc == 2 and len(rest) == 1 and rest[0]["type"] == "error", (rest, err)
+    assert re.search(match, rest[0]["message"]), rest[0]["message"]
+    assert "Traceback" not in err
+
+
+def test_serve_exits_4_when_the_host_goes_away(tiny_exports, tmp_path):
+    """stdin closing is a host gone: after hello the agent answers what it read and exits 4; closed while the
+    runner loads, it exits 4 at once, serving nothing."""
+    job = serve_job(tmp_path / "board", "onnxrt", tiny_exports["onnx"])
+    session = Session(job)
+    assert session.line()["type"] == "hello"
+    session.send(infer_request(0, {"input": np.zeros((1, 3, 8, 8), np.float32)}))
+    rc, rest, err = session.end()
+    assert rc == 4 and [m["type"] for m in rest] == ["logits"], err
+    early = Session(job)
+    rc, rest, err = early.end()
+    assert rc == 4 and [m["type"] for m in rest] in ([], ["hello"]), (rest, err)
+
+
+def test_serve_checks_its_job_as_run_does(tiny_exports, tiny_images, tmp_path):
+    """The same checks as `run`: a missing artifact is a need line (exit 3), a path out of the work folder is
+    refused (exit 2), while `run` still refuses a job without images and a serve job is laid out like a replay's."""
+    job = serve_job(tmp_path / "board", "null", tiny_exports["onnx"])
+    artifact = job.parent / json.loads(job.read_text())["artifact"]["path"]
+    artifact.unlink()
+    session = Session(job)
+    assert session.line() == {"type": "need", "files": ["artifact"], "corrupt": []}
+    assert session.end(close_stdin=False)[0] == 3
+    spec = json.loads(job.read_text())
+    spec["artifact"]["path"] = "../../outside.onnx"
+    job.write_text(json.dumps(spec))
+    rc, lines, _ = run_agent("serve", str(job))
+    assert rc == 2 and re.search(r"the job names its artifact as '\.\./\.\./outside\.onnx'", lines[0]["message"])
+    rc, lines, _ = run_agent("run", str(serve_job(tmp_path / "other", "null", tiny_exports["onnx"])), "0")
+    assert rc == 2 and re.search(r"the job names its images as 'None'", lines[0]["message"]), lines
+
+
+def test_serve_runs_from_the_board_folder_alone(tiny_exports, tiny_images, tmp_path):
+    """devices/_agent_serve.py travels with the runner layer (BOARD_FILES): a serve session from the pushed copy,
+    with the project's other packages and torch unimportable."""
+    from devices.ssh import write_board_folder
+
+    board_agent = write_board_folder(AGENT, tmp_path / "agent") / "devices" / "agent.py"
+    assert (tmp_path / "agent" / "devices" / "_agent_serve.py").is_file()
+    session = Session(serve_job(tmp_path / "board", "onnxrt", tiny_exports["onnx"]), agent=board_agent,
+                      blocked=("torch", "brevitas", "export", "eval"), confined=tmp_path / "agent")
+    assert session.line()["type"] == "hello"
+    session.send(infer_request(0, {"input": np.zeros((2, 3, 8, 8), np.float32)}))
+    assert session.line()["n"] == 2
+    session.send({"type": "close"})
+    rc, rest, err = session.end()
+    assert rc == 0 and rest == [{"type": "done", "requests": 1}], err

@@ -271,11 +271,13 @@ def test_cli_writes_a_typed_result_and_resumes(tmp_path, tiny_dataset, tiny_expo
     assert err[0].startswith("error: budget=0") and err[1].startswith("FAILED") and len(err) == 2
 
 
+@pytest.mark.parametrize("attack", ["sparse-rs", "decision"])
 @pytest.mark.parametrize("location", ["shared", "per-image"])
 def test_a_universal_patch_is_measured_on_images_it_never_queried(tmp_path, tiny_dataset, tiny_exports, capsys,
-                                                                  location):
+                                                                  location, attack):
     """--holdout: the refined patch's ASR on the attacked images is optimistic (it was fitted to them); the held-out
-    ASR comes from images disjoint from them, through the same runner, placed as the result says."""
+    ASR comes from images disjoint from them, through the same runner, placed as the result says. The same for the
+    universal patch of the decision attack (top-1 labels only)."""
     pytest.importorskip("onnxruntime")
     from eval.query_attack import main
     from qadtr.attacks import EOTConfig, load_patch
@@ -284,7 +286,7 @@ def test_a_universal_patch_is_measured_on_images_it_never_queried(tmp_path, tiny
     out = tmp_path / "q"
     argv = ["--artifact", str(tiny_exports["onnx"]), "--runtime", "onnxrt", "--images", "16", "--budget", "8",
             "--size", "0.2", "--target", "3", "--universal", "--location", location, "--holdout", "20",
-            "--out", str(out)]
+            "--attack", attack, "--out", str(out)]
     assert main(argv) == 0
     assert "held out: ASR" in capsys.readouterr().out
     res = json.loads((out / "result.json").read_text())
