@@ -79,6 +79,14 @@ PLAN = (
     # the edge architecture on GTSRB, as on CIFAR-10: float from scratch (GTSRB's 26,640 training signs, 306 steps
     # an epoch: ~7 min at the 1.3-1.4 s a step measured on one thread of a loaded host; 5 epochs at lr 0.1),
     # then one switchable 2/4/8-bit model from it (~3 s a step with two threads)
+    # the ResNet-18 layout for 32x32 inputs at width 1 (16-32-64-128 channels: about ResNet-20's multiply-adds,
+    # so about its step time); no pretrained weights here, so float from scratch as the MobileNetV2 (lr 0.1,
+    # 5 epochs: 13 min), then one switchable 2/4/8-bit model from it, as resnet20_sw248 (1170 steps at ~1 s on one
+    # thread beside another training job: 25 min)
+    Entry("resnet18_float", TrainConfig(ModelConfig("resnet18_cifar"), recipe="float", epochs=5, lr=0.1), "scratch"),
+    Entry("resnet18_sw248", TrainConfig(ModelConfig("resnet18_cifar", bits=((2, 2), (4, 4), (8, 8)),
+                                                    per_bit_bn=True), epochs=3, lr=0.01, switch="cycle"),
+          "resnet18_float"),
     Entry("gtsrb_mobilenetv2_float", TrainConfig(ModelConfig("mobilenetv2_cifar", num_classes=43), data="gtsrb",
                                                  recipe="float", epochs=5, lr=0.1), "scratch"),
     Entry("gtsrb_mobilenetv2_sw248", TrainConfig(ModelConfig("mobilenetv2_cifar", bits=((2, 2), (4, 4), (8, 8)),
