@@ -2,7 +2,8 @@
 # The attacker-on-the-device matrix on the CIFAR-10 zoo: for w2a2 and w4a4, on ORT (the .onnx), LiteRT XNNPACK
 # and builtin (the .tflite): (b) the per-image query attack, (c) transfer-then-refine of the fake-quant universal
 # patch (whose replayed ASR is setting (a)), (d) the white-box patch on the executor's exact arithmetic (.tflite
-# runtimes: the semantics each one computes on this host). Target class 3, 10% patches, the budgets below.
+# runtimes: the semantics each one computes on this host), and (e) the decision-based universal patch (top-1 labels
+# only). Target class 3, 10% patches, the budgets below.
 # Run from the repository root: bash eval/results/attacker/run.sh (each step is skipped when its result exists).
 set -euo pipefail
 D=${DATA_DIR:-../shared/data}
@@ -20,6 +21,9 @@ for b in 2 4; do
     [ -f $R/${m}_${rt}_refine/result.json ] || python -m eval.query_attack --artifact $f --runtime $rt \
       --images 100 --budget 250 --target 3 --size 0.1 --universal --init $P/${m}_universal_s10_t3.npz \
       --reference zoo/resnet20_$m --holdout 1000 --data-dir $D --out $R/${m}_${rt}_refine
+    [ -f $R/${m}_${rt}_decision/result.json ] || python -m eval.query_attack --artifact $f --runtime $rt \
+      --attack decision --universal --images 100 --budget 250 --target 3 --size 0.1 --holdout 1000 --data-dir $D \
+      --out $R/${m}_${rt}_decision
   done
   for rt in litert-xnnpack litert-builtin; do
     [ -f $R/${m}_${rt}_exact/result.json ] || python -m eval.exact_attack --artifact $A/$m.tflite --runtimes $rt \
