@@ -78,7 +78,8 @@ PLAN = (
           "gtsrb_resnet20_float"),
     # the edge architecture on GTSRB, as on CIFAR-10: float from scratch (GTSRB's 26,640 training signs, 306 steps
     # an epoch: ~7 min at the 1.3-1.4 s a step measured on one thread of a loaded host; 5 epochs at lr 0.1),
-    # then one switchable 2/4/8-bit model from it (~3 s a step with two threads)
+    # then one switchable 2/4/8-bit model from it (1.8-1.9 s a step with two threads, 2.7 with one; each epoch end
+    # evaluates 3 bit widths on 12,630 images, ~20 min on one loaded thread)
     # the ResNet-18 layout for 32x32 inputs at width 1 (16-32-64-128 channels: about ResNet-20's multiply-adds,
     # so about its step time); no pretrained weights here, so float from scratch as the MobileNetV2 (lr 0.1,
     # 5 epochs: 13 min), then one switchable 2/4/8-bit model from it, as resnet20_sw248 (1170 steps at ~1 s on one
