@@ -111,12 +111,14 @@ def _patches(patches: str | None, checkpoint: Path, out: Path, *, data: str, bit
     return made
 
 
-def _dataset(picks: list[tuple[Path, tuple | None]]) -> str:
-    """The one dataset the (checkpoint, wanted bit widths) picks were trained on, each pick checked first: a
-    float checkpoint, a missing or unequal (w, a) and a second dataset are refused in one line."""
+def _dataset(picks: list[tuple[Path, tuple | None]]) -> tuple[str, list[list[tuple[int, int]]]]:
+    """(the one dataset the (checkpoint, wanted bit widths) picks were trained on, the (w, a) replayed of each
+    pick), each pick checked first: a float checkpoint, a missing or unequal (w, a) and a second dataset are
+    refused in one line."""
     from qadtr.checkpoint import read_checkpoint_info
 
     trained_on: dict[str, Path] = {}  # dataset -> first checkpoint trained on it
+    replayed: list[list[tuple[int, int]]] = []
     for ck, wanted in picks:
         info = read_checkpoint_info(ck)  # a one-line error for a missing or foreign checkpoint
         if not info.model.is_quant:
@@ -126,14 +128,15 @@ def _dataset(picks: list[tuple[Path, tuple | None]]) -> str:
         if missing:
             raise QadtrError(f"{ck} has no {', '.join(bits_name(b) for b in missing)}; it has "
                              f"{', '.join(bits_name(b) for b in info.model.bits)}")
-        for w, a in (b for b in info.model.bits if wanted is None or b in wanted):
+        replayed.append([b for b in info.model.bits if wanted is None or b in wanted])
+        for w, a in replayed[-1]:
             if w != a:
                 raise QadtrError(f"{ck} has {bits_name((w, a))}; the exporters take equal weight and activation bits")
         trained_on.setdefault(info.train.data if info.train is not None else "cifar10", ck)
     if len(trained_on) > 1:
         raise QadtrError(f"--checkpoint: {', '.join(f'{p} was trained on {d}' for d, p in trained_on.items())}; "
                          "one run replays one dataset: run the pipeline once per dataset")
-    return next(iter(trained_on))
+    return next(iter(trained_on)), replayed
 
 
 def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = None, device: str = "local",
@@ -145,21 +148,18 @@ def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = 
     from eval.fleet import json_safe, replay_on_devices
     from eval.report import write_report
     from qadtr._config import write_json
-    from qadtr.checkpoint import read_checkpoint_info
     from qadtr.data import load_split, subset
 
     out = Path(out)
     picks = [_pick(c) for c in checkpoints] if checkpoints else [(_default(c), None) for c in DEFAULT_CHECKPOINTS]
     ckpts = [ck for ck, _ in picks]
-    data = _dataset(picks)
+    data, replayed = _dataset(picks)
     proof = subset(load_split(data, "test", data_dir), PROOF_IMAGES).images  # (N, H, W, 3) uint8
     models: list[str] = []
-    for ck, wanted in picks:
-        bits = read_checkpoint_info(ck).model.bits
-        for w, _ in (b for b in bits if wanted is None or b in wanted):
+    for ck, bits in zip(ckpts, replayed):
+        for w, _ in bits:
             models += [str(p) for p in _export(ck, w, out / "artifacts", images=proof)]
-    first = picks[0][1] or read_checkpoint_info(ckpts[0]).model.bits  # the bit widths replayed of the first
-    patch_dir = _patches(patches, ckpts[0], out, data=data, bits=first[0], data_dir=data_dir)
+    patch_dir = _patches(patches, ckpts[0], out, data=data, bits=replayed[0][0], data_dir=data_dir)
     print(f"patches: {patch_dir} ({len(list(patch_dir.glob('*.npz')))} files)")
     store = out / "results.sqlite"
     metrics = replay_on_devices(devices=device, models=models, patches=str(patch_dir), data=data, data_dir=data_dir,

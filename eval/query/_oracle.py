@@ -80,33 +80,21 @@ class LabelOracle:
     def num_classes(self) -> int | None:
         return self._oracle.num_classes
 
+    @num_classes.setter
+    def num_classes(self, value: int | None) -> None:  # a resumed attack restores it with the query counts
+        self._oracle.num_classes = value
+
     def check_target(self, target: int | None) -> None:
         self._oracle.check_target(target)
 
 
-class OneHotScores:
+class OneHotScores(LabelOracle):
     """A LabelOracle dressed as an Oracle: `logits` are one-hot rows of the top-1 labels, so a score-based search
     runs on labels only (a margin of -1 when the label is the class sought, +1 otherwise)."""
 
-    def __init__(self, top1: LabelOracle) -> None:
-        self._top1 = top1
-        self.num_classes: int | None = None
-
-    @property
-    def queries(self) -> np.ndarray:
-        return self._top1.queries
-
-    @queries.setter
-    def queries(self, value: np.ndarray) -> None:
-        self._top1.queries = value
-
     def logits(self, images: np.ndarray, owners: np.ndarray) -> np.ndarray:
         """(B, K) float32 one-hot rows of the top-1 labels of `images` (K: the model's classes)."""
-        labels = self._top1.labels(images, owners)  # (B,)
-        self.num_classes = self._top1.num_classes
+        labels = self.labels(images, owners)  # (B,)
         out = np.zeros((len(labels), self.num_classes or 0), np.float32)
         out[np.arange(len(labels)), labels] = 1.0
         return out
-
-    def check_target(self, target: int | None) -> None:
-        self._top1.check_target(target)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.query._oracle import LabelOracle, OneHotScores, Oracle
+from eval.query._oracle import OneHotScores, Oracle
 from eval.query._outcome import QueryOutcome, drive
 from eval.query._search import check_common, fooled, margin, p_selection, paste, propose_moves, propose_squares, \
     random_xy, stripes
@@ -97,7 +97,7 @@ def sparse_rs(runner, images: np.ndarray, labels: np.ndarray, *, cfg: SparseRSCo
     side = patch_side(cfg.size, (h, w))  # a PatchSizeError (a QadtrError) for a patch that does not fit
     targeted, n_iter = cfg.target is not None, cfg.budget - 2
     oracle = Oracle(runner, n_images=n, budget=cfg.budget, batch=cfg.batch)
-    oracle = oracle if cfg.scores == "logits" else OneHotScores(LabelOracle(oracle))
+    oracle = oracle if cfg.scores == "logits" else OneHotScores(oracle)
     key = config_to_dict(cfg)
     if state_path is not None and Path(state_path).is_file():
         s, meta = load_state(state_path, config=key, inputs=inputs)

@@ -130,11 +130,12 @@ def _feed(runner, images):
     return feed_format(runner).feed(images)
 
 
-@pytest.mark.parametrize("attack", ["per-image", "universal", "decision"])
+@pytest.mark.parametrize("attack", ["per-image", "universal", "decision", "decision-universal"])
 def test_resume_after_interruption_is_bit_identical(tmp_path, tiny_images8, attack):
     labels = np.full(32, 3)
-    if attack == "decision":
-        cfg, run = DecisionConfig(size=0.3, target=1, budget=40, save_every=5), decision_attack
+    if attack.startswith("decision"):
+        cfg = DecisionConfig(size=0.3, target=1, budget=40, save_every=5, universal=attack == "decision-universal")
+        run = decision_attack
     else:
         cfg, run = SparseRSConfig(size=0.3, target=1, budget=40, universal=attack == "universal", save_every=5), \
             sparse_rs
