@@ -34,8 +34,10 @@ def _seq(v) -> bool:
 # a description is parsed field by field, so an edit is one message, never a TypeError deep in a dataclass
 INFO_FIELDS = {"key": _str, "npz_sha256": _str, "dataset": _str, "data_sha256": _str, "eval_subset": _int,
                "eval_seed": _int, "n_subset": _int, "n_clean": _int, "samples": _int, "hw": _pair,
-               "num_classes": _int, "patches": _seq, "created": _str, "sha256": _str}
+               "num_classes": _int, "patches": _seq, "created": _str, "sha256": _str,
+               "scene": _str}
 PATCH_FIELDS = {"file": _str, "sha256": _str, "attack": _str, "side": _int, "model_sha256": _str, "data": _str,
+                "made_on": _str,
                 "size": lambda v: _int(v) or (type(v) is float and math.isfinite(v)),
                 "target": lambda v: v is None or _int(v), "per_image": lambda v: type(v) is bool,
                 "bits": lambda v: _seq(v) and all(map(_pair, v)), "first": _int, "n": _int}

@@ -1,8 +1,10 @@
-"""The report's tables: per-comparison summary, ASR per patch, disagreements, first divergent layers, latency,
-kernel sets, definitions. Long tables fold into <details> (eval._report_html.table); models carry one label
-and rows run in numeric bit-width order (eval._report_names)."""
+"""The report's tables: per-comparison summary, ASR per patch, attacks on the deployed artifact, disagreements,
+first divergent layers, latency, kernel sets, definitions. Long tables fold into <details>
+(eval._report_html.table); models carry one label and rows run in numeric bit-width order (eval._report_names)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -67,6 +69,57 @@ def run_asr_table(runs: list[dict]) -> str:
                     "untargeted" if a["target"] is None else a["target"], pct(a["asr"])] for r in runs for a in r["asr"]],
                   key=lambda x: (x[0], label_key(x[1]), x[2], x[3]))
     return table(["runtime", "model", "device", "patch", "target", "ASR (95% CI)"], rows, what="runs x patches")
+
+
+def _attacked(made_on: str, run: dict) -> bool:
+    """Whether `run` is the runtime, artifact and device a `made_on` string names (qadtr.attacks.Patch.made_on)."""
+    from qadtr.attacks.patchfile import made_on_parts  # qadtr.attacks imports torch: the page is drawn without it
+
+    parts = made_on_parts(made_on)
+    if parts is None:
+        return False
+    device, runtime, artifact, sha = parts
+    same = run.get("artifact_sha256", "")[:16] == sha if run.get("artifact_sha256") else \
+        Path(run["artifact"]).name == artifact  # a report.json from before runs kept their artifact's sha256
+    return run["runtime"] == runtime and same and (run["device"] == device if device else
+                                                   (run.get("device_info") or {}).get("kind", "local") == "local")
+
+
+DEPLOYED_NOTE = ("Each patch's ASR (95% CI, n) on every complete run that replayed it, one table per set of runs "
+                 "(a store holds one replay per model); (attacked): the runtime and artifact its file's made_on "
+                 "names. A per-image patch is replayed on its own images and places, so its attacked cell repeats "
+                 "the attack's own ASR when this host's kernels of that runtime are the ones it queried (ORT sums "
+                 "u8 x s8 exactly with VNNI, in saturating int16 pairs on AVX2 alone: see Kernel sets)")
+
+
+def deployed_attacks(runs: list[dict]) -> str:
+    """One row per patch made on a deployed artifact (a non-empty `made_on`): its ASR on every complete run that
+    replayed it, the run it attacked marked; one table per set of runs that replayed the same patches."""
+    done = sorted((r for r in runs if r["complete"]), key=lambda r: (label_key(r["model"]), r["device"], r["runtime"]))
+    found: dict[tuple, tuple[dict, dict]] = {}  # (patch, made_on) -> (its first ASR row, {run index: ASR row})
+    for j, r in enumerate(done):
+        for a in r["asr"]:
+            if a.get("made_on"):
+                found.setdefault((a["patch"], a["made_on"]), (a, {}))[1][j] = a
+    if not found:
+        return Html("<p>No patch in this store was made on a deployed artifact: every replayed patch file's "
+                    "<code>made_on</code> is empty (fake-quant attacks).</p>")
+    groups: dict[tuple, list] = {}  # the runs that replayed a patch -> its rows
+    for (name, made_on), (a, by_run) in sorted(found.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        groups.setdefault(tuple(sorted(by_run)), []).append((name, made_on, a, by_run))
+    devices = len({r["device"] for r in done}) > 1
+    parts = [f"<p>{esc(DEPLOYED_NOTE)}.</p>"]
+    for cols, entries in sorted(groups.items()):
+        models = ", ".join(dict.fromkeys(done[j]["model"] for j in cols))
+        head = ["patch", "attack", "made against", "target"] + [
+            f"{done[j]['runtime']} \u00b7 {done[j]['model']}" + (f" \u00b7 {done[j]['device']}" if devices else "")
+            for j in cols]
+        rows = [[short_patch(name), a["attack"], made_on, "untargeted" if a["target"] is None else a["target"],
+                 *(pct(by_run[j]["asr"]) + (" (attacked)" if _attacked(made_on, done[j]) else "") for j in cols)]
+                for name, made_on, a, by_run in entries]
+        parts.append(f"<h3>{esc(models)}: {len(rows)} patch{'' if len(rows) == 1 else 'es'}</h3>"
+                     + table(head, rows, what="patches"))
+    return Html("".join(parts))
 
 
 def definitions(data: dict) -> str:

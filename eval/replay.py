@@ -15,9 +15,10 @@ patch is pasted on the subset at `eval_placements(patch, n, hw, seed=eval_seed)`
 its own stored images at its own placements, both with `qadtr.attacks.rebuild`: the same images and
 placements `eval.transfer` evaluates, so ASRs computed from a replay equal its ASRs (tested).
 
-The .json beside it (`{"_type": "ReplayInfo", "_version": 1, "_data": {...}}`) holds the sha256 of the
+The .json beside it (`{"_type": "ReplayInfo", "_version": 2, "_data": {...}}`) holds the sha256 of the
 .npz, the dataset (its class count and a sha256 of its test split), eval_subset, eval_seed and every patch
-file used with its sha256 and provenance. `key`, a sha256 of all inputs, names the file, so a replay is
+file used with its sha256 and provenance, and `scene`: "" here, or the camera scene every row passed through
+(a scenario's replay, `eval.scenario`). `key`, a sha256 of all inputs, names the file, so a replay is
 rebuilt exactly when an input changes and reused otherwise.
 
 Checksums: `ReplayInfo.sha256` covers the description itself (`description_sha256`: targets, n_subset, the
@@ -72,6 +73,7 @@ class PatchRef:
     bits: tuple[tuple[int, int], ...]  # source bit widths; () = float model
     model_sha256: str  # source model.pt
     data: str  # what the patch was made on, e.g. "cifar10/train"
+    made_on: str  # the deployed artifact an attack on it ran against (qadtr.attacks.Patch.made_on); "" = fake-quant
     per_image: bool
     first: int  # first row of the block
     n: int  # rows in the block
@@ -79,7 +81,7 @@ class PatchRef:
 
 @dataclass(frozen=True)
 class ReplayInfo:
-    VERSION = 1
+    VERSION = 2  # 2: the scene field (rows seen through a camera, eval.scenario)
     key: str  # sha256 of every input below (dataset bytes, subset, seed, patch files, format version)
     npz_sha256: str
     dataset: str
@@ -94,6 +96,7 @@ class ReplayInfo:
     patches: tuple[PatchRef, ...]
     created: str = ""
     sha256: str = ""  # description_sha256 of this description ("" until sealed by make_replay)
+    scene: str = ""  # "" = test images as they are; else the JSON of the camera scene every row passed through
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -181,7 +184,7 @@ def _patch_files(patches: str | Path | list) -> list[Path]:
     return files
 
 
-def _sha256(*arrays: np.ndarray) -> str:
+def arrays_sha256(*arrays: np.ndarray) -> str:
     h = hashlib.sha256()
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
@@ -211,13 +214,15 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
         >>> replay = load_replay(path)
     """
     import qadtr.data  # attribute lookup at call time: tests swap in an in-memory dataset
+    from eval._configs import register_eval_configs
     from qadtr.attacks import load_patch
 
+    register_eval_configs()  # a query attack's or a scenario's patch carries its own config class
     files = _patch_files(patches)
     shas = [sha256_file(f) for f in files]
     loaded = [load_patch(f) for f in files]
     test = qadtr.data.load_split(dataset, "test", data_dir)
-    data_sha = _sha256(test.images, test.labels)
+    data_sha = arrays_sha256(test.images, test.labels)
     key = hashlib.sha256(json.dumps({"format": FORMAT_VERSION, "dataset": dataset, "data": data_sha,
                                      "eval_subset": int(eval_subset), "eval_seed": int(eval_seed),
                                      "patches": shas}).encode()).hexdigest()
@@ -226,10 +231,16 @@ def make_replay(patches: str | Path | list, dataset: str, data_dir: str | Path |
     _check_sources(files, loaded, dataset, n_test=len(test.labels))
     plan, clean_idx, idxs = _plan(files, shas, loaded, test=test, dataset=dataset, key=key, data_sha=data_sha,
                                   eval_subset=eval_subset, eval_seed=eval_seed)
-    if _is_current(path, plan):
+    if is_current(path, plan):
         return path
     arrays = _replay_arrays(test, loaded, clean_idx, idxs=idxs, hw=plan.hw, eval_seed=eval_seed,
                             progress=progress)
+    return write_replay(path, plan, arrays)
+
+
+def write_replay(path: Path, plan: ReplayInfo, arrays: dict[str, np.ndarray]) -> Path:
+    """Write the .npz `arrays` (`_replay_arrays`' keys) to `path` and its description `plan`, sealed with the
+    arrays' sha256 and its own checksum, beside it; returns `path`."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     data = buf.getvalue()
@@ -267,19 +278,24 @@ def _plan(files: list[Path], shas: list[str], loaded: list, *, test, dataset: st
     clean_idx = np.concatenate([subset_idx, np.asarray(extra, dtype=np.int64)]).astype(np.int64)
     hw = tuple(test.images.shape[1:3])
     idxs = [np.asarray(p.indices, dtype=np.int64) if p.per_image else subset_idx for p in loaded]  # rows per block
-    firsts = np.cumsum([len(clean_idx)] + [len(i) for i in idxs]).tolist()
-    refs = [PatchRef(file=f.name, sha256=sha, attack=p.attack, size=p.size, side=p.side, target=p.target,
-                     bits=tuple(tuple(b) for b in p.bits), model_sha256=p.model_sha256, data=p.data,
-                     per_image=p.per_image, first=int(firsts[k]), n=len(idxs[k]))
-            for k, (f, sha, p) in enumerate(zip(files, shas, loaded, strict=True))]
+    refs = patch_refs(files, shas, loaded, rows=[len(i) for i in idxs], first=len(clean_idx))
     plan = ReplayInfo(key=key, npz_sha256="", dataset=dataset, data_sha256=data_sha,
                       eval_subset=int(eval_subset), eval_seed=int(eval_seed), n_subset=len(subset_idx),
-                      n_clean=len(clean_idx), samples=int(firsts[-1]), hw=hw, num_classes=len(test.classes),
-                      patches=tuple(refs))
+                      n_clean=len(clean_idx), samples=len(clean_idx) + sum(map(len, idxs)), hw=hw,
+                      num_classes=len(test.classes), patches=refs)
     return plan, clean_idx, idxs
 
 
-def _is_current(path: Path, plan: ReplayInfo) -> bool:
+def patch_refs(files: list[Path], shas: list[str], loaded: list, *, rows: list[int], first: int) -> tuple[PatchRef, ...]:
+    """One PatchRef per patch file, its block of `rows[k]` rows following the previous one from row `first`."""
+    firsts = np.cumsum([first] + rows).tolist()
+    return tuple(PatchRef(file=f.name, sha256=sha, attack=p.attack, size=p.size, side=p.side, target=p.target,
+                          bits=tuple(tuple(b) for b in p.bits), model_sha256=p.model_sha256, data=p.data,
+                          made_on=p.made_on, per_image=p.per_image, first=int(firsts[k]), n=rows[k])
+                 for k, (f, sha, p) in enumerate(zip(files, shas, loaded, strict=True)))
+
+
+def is_current(path: Path, plan: ReplayInfo) -> bool:
     """Whether `path` holds the replay `plan` describes (an edited, corrupt or other-version one does not)."""
     if path.is_file() and path.with_suffix(".json").is_file():
         try:  # reused only when its description is the one these inputs give (an edited one is rebuilt)
@@ -304,9 +320,15 @@ def _replay_arrays(test, loaded: list, clean_idx: np.ndarray, *, idxs: list[np.n
                                       p.values[i:i + _CHUNK] if p.per_image else p.values,
                                       placement[i:i + _CHUNK]) for i in range(0, len(idx), _CHUNK)])
         blocks.append((idx, adv, k))
+    return pack(blocks, test.labels)
+
+
+def pack(blocks: list[tuple[np.ndarray, np.ndarray, int]], labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The .npz arrays of `blocks` in order, each (test indices (n,), images (n, H, W, 3) uint8, patch index or -1);
+    `labels`: the test split's (its labels at those indices are the rows' labels)."""
     return {"magic": np.frombuffer(MAGIC, dtype=np.uint8), "version": np.array(FORMAT_VERSION),
             "images": np.concatenate([b[1] for b in blocks]),
-            "labels": np.concatenate([test.labels[b[0]] for b in blocks]).astype(np.int64),
+            "labels": np.concatenate([labels[b[0]] for b in blocks]).astype(np.int64),
             "test_index": np.concatenate([b[0] for b in blocks]).astype(np.int64),
             "patch": np.concatenate([np.full(len(b[0]), b[2], dtype=np.int32) for b in blocks])}
 

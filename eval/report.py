@@ -4,6 +4,7 @@ The page leads with its verdict: per device x runtime x bit width, whether the d
 like its fake-quant simulation, the largest ASR gap with its family-corrected interval, the semantics
 that reproduces the deployed integers, and the findings that matter (eval._report_verdict). Then the
 comparison table, fake-quant vs deployed ASR per patch and the flip matrix (eval._report_figures), the
+patches an attack made on a deployed artifact (their `made_on`) with their ASR on every run, the
 patch transfer heatmap (an eval.transfer transfer.json), latency, patch thumbnails, the disagreements
 and first divergent layers (long tables folded into <details>), the kernel set of every run and the
 devices with their host fingerprint (eval._report_host). The page is self-contained: plots are inline
@@ -34,7 +35,8 @@ from eval._report_verdict import verdict_block
 from qadtr._errors import QadtrError
 
 SECTIONS = (("verdict", "Verdict: deployed vs simulation"), ("summary", "Fake-quant vs deployed"),
-            ("asr", "ASR: fake-quant vs deployed"), ("transfer", "Patch transfer"), ("latency", "Latency"),
+            ("asr", "ASR: fake-quant vs deployed"), ("deployed-attacks", "Attacks on the deployed artifact"),
+            ("transfer", "Patch transfer"), ("latency", "Latency"),
             ("patches", "Patches"), ("disagreements", "Disagreements"), ("divergence", "First divergent layer"),
             ("across", "Same runtime, other devices"), ("kernels", "Kernel sets"), ("devices", "Devices"),
             ("definitions", "Definitions"))
@@ -66,15 +68,18 @@ def collect(store_path: str | Path, *, compare: str | Path | dict | None = None,
     from eval.store import Store
     from qadtr._config import read_json, sha256_file
 
+    from eval._configs import register_eval_configs
     if not Path(store_path).is_file():
         raise QadtrError(f"{store_path} not found; make it with `python -m eval.on_device ... --store {store_path}`")
+    register_eval_configs()  # the thumbnails read patch files of eval's own attacks too
     cmp = read_json(compare) if isinstance(compare, (str, Path)) else (compare or {})
     replays, runs = {}, []
     with Store(store_path, readonly=True) as store:
         for r in store.runs():
             key = model_key(r)
             row = {"run_id": r.run_id, "device": r.device, "runtime": r.runtime, "kernels": r.kernels,
-                   "artifact": r.artifact, "emulated": r.emulated, "complete": r.complete, "samples": r.samples,
+                   "artifact": r.artifact, "artifact_sha256": r.artifact_sha256, "emulated": r.emulated,
+                   "complete": r.complete, "samples": r.samples,
                    "bits": key.bits, "model": f"{checkpoint_name(key.checkpoint)} {bits_name(key.bits)}",
                    "source_sha256": key.source_sha256, "device_info": r.device_info, "replay": r.replay,
                    "accuracy": None, "asr": [], "latency_ms": [], "latency_n": [], "energy_j": None}
@@ -95,7 +100,8 @@ def collect(store_path: str | Path, *, compare: str | Path | dict | None = None,
                 else:
                     pred = store.preds(r.run_id)
                     row["accuracy"] = rep.clean_accuracy(pred).to_dict()
-                    row["asr"] = [{"patch": p.file, "attack": p.attack, "target": p.target, **a.to_dict()}
+                    row["asr"] = [{"patch": p.file, "attack": p.attack, "target": p.target, "made_on": p.made_on,
+                                   **a.to_dict()}
                                   for p, a in rep.asr(pred)]
             runs.append(row)
     thumbs = []
@@ -106,7 +112,7 @@ def collect(store_path: str | Path, *, compare: str | Path | dict | None = None,
             f = Path(patches) / p.file if patches else None
             found = f is not None and f.is_file() and sha256_file(f) == p.sha256
             t = {"replay": path, "patch": p.file, "attack": p.attack, "size": p.size, "side": p.side,
-                 "target": p.target, "bits": [list(b) for b in p.bits], "per_image": p.per_image,
+                 "target": p.target, "bits": [list(b) for b in p.bits], "per_image": p.per_image, "made_on": p.made_on,
                  "file": str(f) if found else None, "row": p.first}
             thumbs.append({**t, "images": patch_images(t, rep.images)})  # in report.json: --from-report needs no replay
     rows = read_json(transfer).get("rows", []) if transfer else []
@@ -141,6 +147,7 @@ def render(data: dict) -> str:
         "verdict": verdict_block(comparisons, runs),
         "summary": sec.summary(data),
         "asr": asr,
+        "deployed-attacks": sec.deployed_attacks(runs),
         "transfer": "".join(img(b, "transfer heatmap", width=460) for b in transfer) + (
             f"<p>From {esc(data['transfer_source'])}.</p>" if transfer else
             "<p>No transfer.json given (pass <code>--transfer</code>, from <code>python -m eval.transfer</code>).</p>"),

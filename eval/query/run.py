@@ -34,6 +34,7 @@ from eval.query.refine import Start, milestones, reference_asr, start_from_patch
 from qadtr._config import config_from_dict, config_to_dict, read_json, register_config, sha256_file, write_json
 from qadtr._errors import QadtrError
 from qadtr.attacks import EOTConfig, Patch, Placement, load_patch, save_patch
+from qadtr.attacks.patchfile import deployed_on
 
 
 @register_config
@@ -117,7 +118,9 @@ def run_query_attack(*, attack: str, cfg, runtime: str, artifact: str | Path, im
                          indices=tuple(int(i) for i in indices), n=asr.rate.n, asr=asr.to_dict(), budget=cfg.budget,
                          queries=outcome.query_stats(), host=fingerprint(), refine=refined, extra=extra,
                          holdout=held, device=device)
-    save_patch(_patch_file(outcome, cfg, attack, indices=indices, data=data), out / "patch.npz")
+    remote = "" if device is None or device.get("kind") == "local" else str(device.get("name"))
+    made_on = deployed_on(runtime, artifact, sha, device=remote)
+    save_patch(_patch_file(outcome, cfg, attack, indices=indices, data=data, made_on=made_on), out / "patch.npz")
     write_json(result_path, config_to_dict(result))  # last: its presence marks the run finished
     return result
 
@@ -215,17 +218,19 @@ def _holdout(runner, outcome: QueryOutcome, cfg, *, attack: str, holdout, data: 
             "queries": "2 per held-out image (clean, patched), outside the budget"}
 
 
-def _patch_file(outcome: QueryOutcome, cfg, attack: str, *, indices: np.ndarray, data: str) -> Patch:
+def _patch_file(outcome: QueryOutcome, cfg, attack: str, *, indices: np.ndarray, data: str, made_on: str) -> Patch:
     """The result as a qadtr patch file: per-image values and places (a universal patch with places that differ
-    per image is stored once per image), or one universal patch at a fixed place."""
+    per image is stored once per image), or one universal patch at a fixed place; `made_on`: the runtime and
+    artifact queried (`qadtr.attacks.patchfile.deployed_on`)."""
     side = outcome.patches.shape[-1]
     values = outcome.patches.astype(np.float32) / np.float32(255)  # rebuild rounds these back to the same bytes
     xy = outcome.xy
     if outcome.universal and (xy == xy[0]).all():
         return Patch(values=values, attack=attack, config=cfg, size=cfg.size, side=side, target=cfg.target,
-                     eot=EOTConfig(location="fixed", xy=(int(xy[0, 0]), int(xy[0, 1]))), seed=cfg.seed, data=data)
+                     eot=EOTConfig(location="fixed", xy=(int(xy[0, 0]), int(xy[0, 1]))), seed=cfg.seed, data=data,
+                     made_on=made_on)
     if outcome.universal:
         values = np.ascontiguousarray(np.broadcast_to(values, (len(xy), *values.shape)))
     return Patch(values=values, attack=attack, config=cfg, size=cfg.size, side=side, target=cfg.target,
-                 eot=EOTConfig(), seed=cfg.seed, data=data, indices=np.asarray(indices, np.int64),
+                 eot=EOTConfig(), seed=cfg.seed, data=data, made_on=made_on, indices=np.asarray(indices, np.int64),
                  placement=Placement(xy[:, 0], xy[:, 1], np.zeros(len(xy)), np.ones(len(xy)), np.ones(len(xy))))

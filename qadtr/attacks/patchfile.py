@@ -7,7 +7,7 @@ The .npz (read with `allow_pickle=False`) holds:
     placement_* (N,) per-image placements (per-image attacks only; see `_place.Placement`)
     indices     (N,) int64 indexes of the attacked images in `data` (per-image attacks only)
     meta        JSON text: attack, its config (typed, `qadtr._config`), size fraction and pixels, EOT
-                ranges, target (null = untargeted), source model sha256 and bit widths, seed, data, log
+                ranges, target (null = untargeted), source model sha256 and bit widths, seed, data, made_on, log
 The .png beside it shows the patch (8x nearest-neighbour upscale) and the .json repeats `meta` for
 people and `jq`. Only the .npz is read back.
 """
@@ -32,8 +32,11 @@ from qadtr.bits import bits_names
 MAGIC = b"QADTR-PATCH"
 FORMAT_VERSION = 1
 HINT = "HINT: re-create it with `python -m qadtr.attack CHECKPOINT --attack ... --out DIR`"
-# the `meta` JSON: Patch's fields apart from the arrays (values, placement, indices), all required
-META_FIELDS = ("attack", "config", "size", "side", "target", "eot", "seed", "model_sha256", "bits", "data", "log")
+# the `meta` JSON: Patch's fields apart from the arrays (values, placement, indices), all required but OPTIONAL_META
+META_FIELDS = ("attack", "config", "size", "side", "target", "eot", "seed", "model_sha256", "bits", "data", "made_on",
+               "log")
+# fields added after FORMAT_VERSION 1 shipped, with the value a file written before them reads as
+OPTIONAL_META = {"made_on": ""}
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,6 +54,9 @@ class Patch:
     model_sha256: str = ""  # sha256 of the source model.pt ("" when unknown, e.g. in tests)
     bits: tuple[tuple[int, int], ...] = ()  # source bit widths (w, a); () = float model
     data: str = ""  # where the images came from, e.g. "cifar10/train" (per-image: the attacked split)
+    # the deployed artifact an attack on it queried or differentiated: "<runtime> <artifact file> <sha256[:16]>"
+    # (a remote device's name before the runtime, "rpi4-emu/litert-xnnpack ..."); "" = made on fake-quant / unknown
+    made_on: str = ""
     placement: Placement | None = None  # per-image attacks: where each patch sits
     indices: np.ndarray | None = None  # per-image attacks: (N,) image indexes in `data`
     log: tuple[dict, ...] = field(default_factory=tuple)  # optimisation trace, e.g. {"step", "loss", "success"}
@@ -66,7 +72,24 @@ class Patch:
         return {"attack": self.attack, "config": config_to_dict(self.config), "size": self.size,
                 "side": self.side, "target": self.target, "eot": config_to_dict(self.eot), "seed": self.seed,
                 "model_sha256": self.model_sha256, "bits": [list(b) for b in self.bits], "data": self.data,
-                "log": list(self.log)}
+                "made_on": self.made_on, "log": list(self.log)}
+
+
+def deployed_on(runtime: str, artifact: str | Path, sha256: str, *, device: str = "") -> str:
+    """`Patch.made_on` of an attack on a deployed artifact: "<runtime> <file name> <sha256[:16]>", a remote
+    device's name before the runtime ("rpi4-emu/litert-xnnpack w2a2.tflite 4048a252959044a3")."""
+    return f"{device + '/' if device else ''}{runtime} {Path(artifact).name} {sha256[:16]}"
+
+
+def made_on_parts(made_on: str) -> tuple[str, str, str, str] | None:
+    """(device, runtime, artifact file name, sha256[:16]) of a `deployed_on` string (device "" = this host);
+    None for "" or a string of another shape."""
+    where, _, rest = made_on.partition(" ")
+    artifact, _, sha = rest.rpartition(" ")
+    if not where or not artifact or not sha:
+        return None
+    device, _, runtime = where.rpartition("/")
+    return device, runtime, artifact, sha
 
 
 def patch_name(patch: Patch) -> str:
@@ -156,6 +179,7 @@ def _read_meta(text: np.ndarray, path: Path) -> dict[str, Any]:
         meta = loads_json(str(text), "metadata")
         if not isinstance(meta, dict):
             raise QadtrError(f"metadata is {type(meta).__name__}, expected an object")
+        meta = {**OPTIONAL_META, **meta}
         missing, unknown = [k for k in META_FIELDS if k not in meta], sorted(set(meta) - set(META_FIELDS))
         if missing or unknown:
             raise QadtrError(f"metadata lacks {missing} / has unknown fields {unknown}")

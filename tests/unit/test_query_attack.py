@@ -263,7 +263,10 @@ def test_cli_writes_a_typed_result_and_resumes(tmp_path, tiny_dataset, tiny_expo
     result = json.loads((tmp_path / "q" / "result.json").read_text())
     assert result["_type"] == "QueryResult" and result["_data"]["budget"] == 6
     assert set(result["_data"]["asr"]["asr"]) == {"value", "k", "n", "ci95"} and result["_data"]["host"]["machine"]
-    assert (tmp_path / "q" / "patch.npz").is_file()
+    from qadtr.attacks import load_patch  # the patch file names the runtime and artifact it was made on
+
+    sha = result["_data"]["artifact_sha256"]
+    assert load_patch(tmp_path / "q" / "patch.npz").made_on == f"onnxrt {tiny_exports['onnx'].name} {sha[:16]}"
     assert main(argv) == 1 and "already holds a finished query attack" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0
     capsys.readouterr()
@@ -353,3 +356,23 @@ def test_a_refined_patch_is_paired_with_its_start_on_the_held_out_images(tmp_pat
         want = reference_asr(r, test.images[h], test.labels[h], start=start_from_patch(init, 20, (8, 8), eval_seed=1),
                              target=3)
     assert res.holdout["start_asr"] == want.to_dict() and res.holdout["asr"]["asr"]["n"] == want.rate.n
+
+
+@pytest.mark.parametrize("universal", [False, True])
+@pytest.mark.parametrize("device, prefix", [(None, ""), ({"name": "local", "kind": "local"}, ""),
+                                            ({"name": "rpi4-emu", "kind": "arm-emu"}, "rpi4-emu/")])
+def test_the_patch_file_says_which_artifact_and_device_it_was_made_on(tmp_path, tiny_images8, device, prefix,
+                                                                      universal):
+    """made_on: "<runtime> <artifact file> <sha256[:16]>", a remote device's name before the runtime."""
+    from eval.query.run import run_query_attack
+    from qadtr.attacks import load_patch
+
+    art = tmp_path / "colour.bin"
+    art.write_bytes(b"the colour model")
+    res = run_query_attack(attack="sparse-rs", cfg=SparseRSConfig(size=0.3, target=1, budget=4, universal=universal,
+                                                                  location="shared" if universal else "per-image"),
+                           runtime="colour", artifact=art, images=tiny_images8[:4], labels=np.full(4, 3),
+                           indices=np.arange(4), data="cifar10/test", out=tmp_path / "q", device=device,
+                           open_runner=lambda runtime, path, **kw: ColourRunner(path))
+    patch = load_patch(tmp_path / "q" / "patch.npz")
+    assert patch.per_image != universal and patch.made_on == f"{prefix}colour colour.bin {res.artifact_sha256[:16]}"

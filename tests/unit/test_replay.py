@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval.replay import FORMAT_VERSION, MAGIC, load_replay, make_replay
+from eval.replay import FORMAT_VERSION, MAGIC, ReplayInfo, load_replay, make_replay
 from qadtr import QadtrError
 from qadtr.data import subset_indices
 from qadtr.attacks import eval_placements, load_patch, rebuild, save_patch
@@ -149,7 +149,8 @@ def _edit_json(path: Path, fn) -> None:
     (lambda p: p.write_bytes(p.read_bytes()[:-1] + b"x"), "sha256 differs"),
     (lambda p: p.with_suffix(".json").unlink(), "not found"),
     (lambda p: p.with_suffix(".json").write_text("{"), "not valid JSON"),
-    (lambda p: _edit_json(p, lambda d: d.update(_version=FORMAT_VERSION + 1)), "replay format version 2"),
+    (lambda p: _edit_json(p, lambda d: d.update(_version=ReplayInfo.VERSION + 1)),
+     f"replay format version {ReplayInfo.VERSION + 1}"),
     (lambda p: _edit_json(p, lambda d: d.update(_type="Patch")), "not a replay description"),
     (lambda p: _edit_json(p, lambda d: d["_data"].pop("eval_seed")), "unreadable replay description"),
     (lambda p: _rewrite_npz(p, magic=np.frombuffer(b"QADTR-PATCH", dtype=np.uint8)), "bad magic"),
@@ -261,6 +262,8 @@ def test_make_replay_rebuilds_an_edited_description(replay_path, tiny_dataset, t
     (lambda d: d.update(hw=[8]), "hw is a list of the wrong kind"),
     (lambda d: d["patches"][0].update(bits=[[0, 2]]), r"bits \(\(0, 2\),\) out of range"),
     (lambda d: d["patches"][0].update(size=float("nan")), "size is a float of the wrong kind"),
+    (lambda d: d["patches"][0].update(made_on=1), "made_on is a int of the wrong kind"),
+    (lambda d: d["patches"][0].pop("made_on"), r"missing \['made_on'\]"),  # a description from before made_on
     (lambda d: d.update(patches={}), "patches is a dict of the wrong kind"),
     (lambda d: d["patches"].__setitem__(0, [1]), r"patch 0: not an object"),
     (lambda d: d.update(extra=1), r"unknown \['extra'\]"),

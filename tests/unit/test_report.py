@@ -7,6 +7,7 @@ import html
 import io
 import json
 import re
+import shutil
 
 import pytest
 
@@ -235,3 +236,54 @@ def test_rerender_from_report_json(two_runs, tmp_path, capsys):
     assert "rendered" in again and "wrote" in capsys.readouterr().out
     assert main(["--from-report", str(tmp_path / "compare.json"), "--out", str(tmp_path / "c")]) == 1
     assert "is not a report.json of eval.report" in capsys.readouterr().err
+
+
+# -- attacks on the deployed artifact (a patch file's made_on) -------------------------------------------------
+def test_attacks_on_the_deployed_artifact(report_inputs, tiny_patches, tmp_path):
+    """A patch made on a deployed artifact (its file's made_on) gets a row with its ASR on every run that replayed
+    it, the run it attacked marked; a store whose patches were all made on fake-quant says so in one sentence."""
+    import dataclasses
+
+    import numpy as np
+
+    from eval._report_html import pct
+    from eval.replay import load_replay, make_replay
+    from eval.store import Store
+    from qadtr.attacks import load_patch, save_patch
+    from qadtr.attacks.patchfile import deployed_on
+
+    bare = _section(write_report(report_inputs[0], tmp_path / "bare").read_text(), "deployed-attacks")
+    assert bare.count("<p>") == 1 and "No patch in this store was made on a deployed artifact" in bare
+    assert "<table" not in bare
+    pdir = tmp_path / "p"
+    pdir.mkdir()
+    shutil.copy(tiny_patches / "w4a4_universal_t1.npz", pdir / "a.npz")  # fake-quant: made_on ""
+    made_on = deployed_on("onnxrt", "art/m.onnx", "ab" * 32)
+    assert made_on == "onnxrt m.onnx " + "ab" * 8
+    per_image = load_patch(tiny_patches / "w2a2_location_untargeted.npz")
+    save_patch(dataclasses.replace(per_image, made_on=made_on), pdir / "q.npz")
+    replay_path = make_replay(pdir, "cifar10", eval_subset=16, eval_seed=1, out=tmp_path / "replays")
+    replay = load_replay(replay_path)
+    assert [p.made_on for p in replay.info.patches] == ["", made_on]
+    fooled = np.where(replay.patch == 1, (replay.labels + 1) % 10, replay.labels)  # q fools onnxrt on every image
+    logits = {"onnxrt": np.eye(10)[fooled], "litert-builtin": np.eye(10)[replay.labels]}  # and litert-builtin on none
+    with Store(tmp_path / "s.sqlite") as store:
+        for rt, art, sha in (("onnxrt", "art/m.onnx", "ab" * 32), ("litert-builtin", "art/m.tflite", "cd" * 32)):
+            run = store.open_run(device="local", runtime=rt, artifact=art, artifact_sha256=sha, replay=str(replay_path),
+                                 replay_sha256=replay.sha256, samples=len(replay),
+                                 options={"bits": [2, 2], "source_sha256": "ab" * 32}, emulated=False, kernels="k",
+                                 device_info={"kind": "local"})
+            store.write_batch(run.run_id, first=0, logits=logits[rt].astype(np.float32), seconds=1e-3)
+            store.finish(run.run_id)
+    page = write_report(tmp_path / "s.sqlite", tmp_path / "r").read_text()
+    sec = _section(page, "deployed-attacks")
+    want = {rt: dict(replay.asr(lg.argmax(1)))[replay.info.patches[1]].to_dict()["asr"] for rt, lg in logits.items()}
+    assert sec.count("<tr><td>") == 1 and "<td>q</td>" in sec and f"<td>{made_on}</td>" in sec and "a.npz" not in sec
+    assert f"<td>{pct(want['onnxrt'])} (attacked)</td>" in sec  # the runtime the attack queried
+    assert f"<td>{pct(want['litert-builtin'])}</td>" in sec and sec.count("(attacked)</td>") == 1
+    assert want["onnxrt"]["value"] == 1.0 and want["litert-builtin"]["value"] == 0.0 and want["onnxrt"]["n"] == 6
+    assert "<th>litert-builtin \u00b7 ? w2a2</th><th>onnxrt \u00b7 ? w2a2</th>" in sec  # runtime, model (no checkpoint)
+    assert "<h3>? w2a2: 1 patch</h3>" in sec  # one table per set of runs that replayed the same patches
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert {a["patch"]: a["made_on"] for a in data["runs"][0]["asr"]} == {"a.npz": "", "q.npz": made_on}
+    assert {p["patch"]: p["made_on"] for p in data["patches"]} == {"a.npz": "", "q.npz": made_on}
