@@ -1,24 +1,26 @@
-"""White-box universal patch on a deployed .tflite's exact arithmetic, replayed on the deployed runtimes beside a
-fake-quant patch: the library of `python -m eval.exact_attack`.
+"""White-box universal patch on a deployed .tflite's or .onnx's exact arithmetic, replayed on the deployed runtimes
+beside a fake-quant patch: the library of `python -m eval.exact_attack`.
 
     result = run_exact_attack(artifact="w2a2.tflite", semantics="double-ruy", cfg=UniversalConfig(size=0.1, target=3),
                               runtimes=["litert-builtin"], train=(images, labels, "cifar10/train"),
                               test=(images, labels, indices, "cifar10/test"), compare="w2a2_universal_s10_t3.npz",
                               out="runs/x1")
+    run_exact_attack(artifact="w2a2.onnx", semantics="single", runtimes=["onnxrt"], ...)   # the same on ORT
 
-The patch is `qadtr.attacks.universal_patch` (the fake-quant attack, same config and EOT) with
-`eval._exact_torch.ExactTflite` as the model: forward bit-exact with the integer executor under `semantics`,
-gradients straight through every requantization. OUT gets patch.npz (a qadtr patch file; its model_sha256 is the
-artifact's, the model it was made on) and result.json (`ExactAttackResult`). Each patch is replayed on each
-runtime (devices.runtimes.make_runner: LiteRT builtin / XNNPACK, intexec-*, fakequant) on the test images at the
-seeded evaluation placements every replay uses (`qadtr.attacks.eval_placements`, `eval_seed`): the two patches
-share side and EOT ranges, so they sit at the same places and their ASRs are paired (PairedDifference).
+The patch is `qadtr.attacks.universal_patch` (the fake-quant attack, same config and EOT) with `exact_model`
+as the model, by the artifact's suffix `eval._exact_torch.ExactTflite` (.tflite) or `eval._exact_onnx.ExactOnnx`
+(.onnx): forward bit-exact with the integer executor under `semantics`, gradients straight through every
+requantization. OUT gets patch.npz (a qadtr patch file; its model_sha256 is the artifact's, the model it was made
+on) and result.json (`ExactAttackResult`). Each patch is replayed on each runtime (devices.runtimes.make_runner:
+LiteRT builtin / XNNPACK, ONNX Runtime, intexec-*, fakequant) on the test images at the seeded evaluation
+placements every replay uses (`qadtr.attacks.eval_placements`, `eval_seed`): the two patches share side and EOT
+ranges, so they sit at the same places and their ASRs are paired (PairedDifference).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from qadtr._config import config_to_dict, register_config, sha256_file, write_js
 from qadtr._errors import QadtrError
 from qadtr._stats import PairedDifference
 from qadtr.attacks import ASR, Patch, attack_success, eval_placements, load_patch, rebuild, save_patch, universal_patch
+from qadtr.attacks.patchfile import deployed_on
 
 REPLAY_BATCH = 256  # rows per runner call: the query attacks' default (eval.query_attack --batch)
 
@@ -60,22 +63,23 @@ class ExactAttackResult:
 def run_exact_attack(*, artifact: str | Path, semantics: str, cfg, runtimes: list[str], train: tuple, test: tuple,
                      out: str | Path, compare: str | Path | None = None, eval_seed: int = 1,
                      progress: bool = False) -> ExactAttackResult:
-    """Optimise the patch against ExactTflite(artifact, semantics), replay it (and `compare`) on every runtime.
+    """Optimise the patch against exact_model(artifact, semantics), replay it (and `compare`) on every runtime.
 
     `train`: (images, labels, source) to optimise on; `test`: (images, labels, indices, data) to replay on.
     """
-    from eval._exact_torch import ExactTflite  # torch: only for this command
-
     out, result_path = Path(out), Path(out) / "result.json"
     if result_path.is_file():
         raise QadtrError(f"{out} already holds an exact-arithmetic attack; choose another --out")
     other = _compare_patch(compare, cfg)
-    model = ExactTflite(artifact, semantics)  # an artifact or semantics it cannot run: QadtrError
+    model = exact_model(artifact, semantics)  # an artifact or semantics it cannot run: QadtrError
     started = time.perf_counter()
     patch = universal_patch(model, train[0], train[1], cfg=cfg, progress=progress)
     seconds = time.perf_counter() - started
     sha = sha256_file(artifact)
     patch = patch.with_source(model_sha256=sha, bits=_bits(artifact), data=train[2])
+    host = fingerprint()  # made_on: the runtime whose kernels `semantics` is bit-exact with on this host
+    attacked = next((rt for rt in runtimes if expected_semantics(rt, host) == semantics), f"intexec-{semantics}")
+    patch = replace(patch, made_on=deployed_on(attacked, artifact, sha))
     out.mkdir(parents=True, exist_ok=True)
     path = save_patch(patch, out / "patch.npz")
     patches = {"exact": patch, **({"compare": other} if other is not None else {})}
@@ -89,6 +93,22 @@ def run_exact_attack(*, artifact: str | Path, semantics: str, cfg, runtimes: lis
         replays=replays, seconds=round(seconds, 1), host=fingerprint())
     write_json(result_path, config_to_dict(result))  # last: its presence marks the run finished
     return result
+
+
+def exact_model(artifact: str | Path, semantics: str):
+    """The artifact as a torch model bit-exact with the integer executor under `semantics`: ExactTflite for a
+    .tflite, ExactOnnx for a .onnx (torch is imported here: only for this command)."""
+    suffix = Path(artifact).suffix
+    if suffix == ".tflite":
+        from eval._exact_torch import ExactTflite
+
+        return ExactTflite(artifact, semantics)
+    if suffix == ".onnx":
+        from eval._exact_onnx import ExactOnnx
+
+        return ExactOnnx(artifact, semantics)
+    raise QadtrError(f"--artifact {Path(artifact).name}: the exact-arithmetic attack takes a .tflite (export.tflite) "
+                     "or a .onnx (export.onnx)")
 
 
 def _compare_patch(path: str | Path | None, cfg) -> Patch | None:

@@ -142,8 +142,8 @@ class ExactTflite(nn.Module):
             raise QadtrError(f"--semantics {semantics!r}: the exact-arithmetic model runs a .tflite under one of "
                              f"{', '.join(candidates('x.tflite'))}")
         if Path(path).suffix != ".tflite":
-            raise QadtrError(f"{Path(path).name}: the exact-arithmetic model takes a .tflite (export.tflite); the "
-                             ".onnx executor's ops have no surrogates yet")
+            raise QadtrError(f"{Path(path).name}: the exact-arithmetic model takes a .tflite (export.tflite); an "
+                             ".onnx goes through eval._exact_onnx.ExactOnnx")
         self.graph, self.semantics, self.surrogate_only = load_graph(path), semantics, surrogate_only
         names = [t.name for t in self.graph.tensors]
         missing = sorted({k for k, *_ in self.graph.ops} - set(SURROGATES))

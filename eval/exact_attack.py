@@ -1,14 +1,16 @@
-"""White-box universal patch on a deployed .tflite's exact integer arithmetic: `python -m eval.exact_attack --artifact
-w2a2.tflite --semantics double-ruy --runtimes litert-builtin --size 0.1 --target 3 --steps 100 --compare
-w2a2_universal_s10_t3.npz --out runs/x1`.
+"""White-box universal patch on a deployed .tflite's or .onnx's exact integer arithmetic: `python -m eval.exact_attack
+--artifact w2a2.tflite --semantics double-ruy --runtimes litert-builtin --size 0.1 --target 3 --steps 100 --compare
+w2a2_universal_s10_t3.npz --out runs/x1`, or `--artifact w2a2.onnx --runtimes onnxrt` (semantics single with VNNI,
+single-u8s8sat on AVX2 alone).
 
 The patch is qadtr's universal attack (same config flags as `python -m qadtr.attack --attack universal`) against
-eval._exact_torch.ExactTflite: the integer executor's forward under --semantics (default: what the first of
---runtimes computes on this host, devices.intexec.expected_semantics), straight-through gradients around every
-requantization. It is optimised on the training split (--train-subset, the seed-0 subset as qadtr.attack takes
-it) and replayed, with the --compare fake-quant patch, on each of --runtimes on the seed-1 test subset
-(--eval-subset) at the seeded placements of --eval-seed. Writes OUT/patch.npz and OUT/result.json (ASR with n and
-Wilson 95% CIs per runtime, exact minus compare paired). The library is eval/_exact_attack.py.
+the artifact as a torch model, eval._exact_torch.ExactTflite for a .tflite and eval._exact_onnx.ExactOnnx for a
+.onnx: the integer executor's forward under --semantics (default: what the first of --runtimes computes on this
+host, devices.intexec.expected_semantics), straight-through gradients around every requantization. It is optimised
+on the training split (--train-subset, the seed-0 subset as qadtr.attack takes it) and replayed, with the
+--compare fake-quant patch, on each of --runtimes on the seed-1 test subset (--eval-subset) at the seeded
+placements of --eval-seed. Writes OUT/patch.npz and OUT/result.json (ASR with n and Wilson 95% CIs per runtime,
+exact minus compare paired). The library is eval/_exact_attack.py.
 """
 
 from __future__ import annotations
@@ -71,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     from qadtr._cli import ArgumentParser, DATA_DIR_HELP, run_cli
 
     p = ArgumentParser(prog="python -m eval.exact_attack", description=__doc__.split("\n")[0])
-    p.add_argument("--artifact", required=True, help="the deployed .tflite (export.tflite)")
-    p.add_argument("--semantics", default=None, help="double | double-ruy | xnnpack (default: the first runtime's)")
+    p.add_argument("--artifact", required=True, help="the deployed .tflite (export.tflite) or .onnx (export.onnx)")
+    p.add_argument("--semantics", default=None, help="double | double-ruy | xnnpack for a .tflite, single | "
+                   "single-u8s8sat for a .onnx (default: the first runtime's)")
     p.add_argument("--runtimes", default="litert-builtin", help="comma-separated registered runtimes to replay on")
     p.add_argument("--compare", default=None, help="a fake-quant universal patch file to replay beside it")
     p.add_argument("--data", default="cifar10")

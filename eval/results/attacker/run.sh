@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The attacker-on-the-device matrix on the CIFAR-10 zoo: for w2a2 and w4a4, on ORT (the .onnx), LiteRT XNNPACK
 # and builtin (the .tflite): (b) the per-image query attack, (c) transfer-then-refine of the fake-quant universal
-# patch (whose replayed ASR is setting (a)), (d) the white-box patch on the executor's exact arithmetic (.tflite
-# runtimes: the semantics each one computes on this host), and (e) the decision-based universal patch (top-1 labels
+# patch (whose replayed ASR is setting (a)), (d) the white-box patch on the executor's exact arithmetic (every
+# runtime: the semantics each one computes on this host), and (e) the decision-based universal patch (top-1 labels
 # only). Target class 3, 10% patches, the budgets below.
 # Run from the repository root: bash eval/results/attacker/run.sh (each step is skipped when its result exists).
 set -euo pipefail
@@ -25,8 +25,9 @@ for b in 2 4; do
       --attack decision --universal --images 100 --budget 250 --target 3 --size 0.1 --holdout 1000 --data-dir $D \
       --out $R/${m}_${rt}_decision
   done
-  for rt in litert-xnnpack litert-builtin; do
-    [ -f $R/${m}_${rt}_exact/result.json ] || python -m eval.exact_attack --artifact $A/$m.tflite --runtimes $rt \
+  for rt in onnxrt litert-xnnpack litert-builtin; do
+    f=$A/$m.tflite; [ $rt = onnxrt ] && f=$A/$m.onnx
+    [ -f $R/${m}_${rt}_exact/result.json ] || python -m eval.exact_attack --artifact $f --runtimes $rt \
       --size 0.1 --target 3 --compare $P/${m}_universal_s10_t3.npz --data-dir $D --out $R/${m}_${rt}_exact
   done
 done

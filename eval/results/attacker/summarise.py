@@ -36,7 +36,7 @@ def row(model: str, runtime: str) -> str:
     b_q = per["queries"]["to_success"]["p50"] if per else None
     c = rate(ref["asr"]) if ref else "not run"
     c_held = rate(ref["holdout"]["asr"]) if ref and ref.get("holdout") else "not run"
-    d = d_cmp = "n/a (no exact torch forward for .onnx)" if runtime == "onnxrt" else "not run"
+    d = d_cmp = "not run"
     if ex:
         rep = ex["replays"][runtime]
         d, d_cmp = rate(rep["exact"]), rate(rep["compare"])
