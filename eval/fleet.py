@@ -260,12 +260,12 @@ def run_metrics(store, run_id: str, replay, *, energy_reason: str = "") -> dict:
             "throughput_definition": THROUGHPUT, "energy_per_inference_j": per_inference, "energy_note": note}
 
 
-def replay_on_devices(*, devices: str = "local", models: list[str], patches: str, data: str = "cifar10",
+def replay_on_devices(*, devices: str = "local", models: list[str], patches: str | None, data: str = "cifar10",
              data_dir: str | None = None, eval_subset: int = 2000, eval_seed: int = 1,
              store_path: str | Path = "results/results.sqlite", replay_dir: str | Path | None = None,
              runtimes: list[str] | None = None, batch_size: int = 100, warmup: int = 3, inventory: str | None = None,
-             fresh: bool = False, progress: bool = False) -> dict:
-    """The whole command as a library call: replay file, every job on every device, metrics; returns the JSON dict."""
+             fresh: bool = False, progress: bool = False, replay_file: str | Path | None = None) -> dict:
+    """The command as a library call: the replay (`replay_file`, else made from `patches`), every job, the JSON dict."""
     from devices.inventory import load_inventory, open_device, select_devices
     from eval.replay import load_replay, make_replay
     from eval.store import Store
@@ -278,8 +278,8 @@ def replay_on_devices(*, devices: str = "local", models: list[str], patches: str
     try:
         planned = [(d, *plan(d, models, runtimes, data=data)) for d in opened]
         replay_dir = Path(replay_dir) if replay_dir else Path(store_path).parent / "replays"
-        replay = load_replay(make_replay(patches, data, data_dir, eval_subset=eval_subset, eval_seed=eval_seed,
-                                         out=replay_dir, progress=progress))
+        replay = load_replay(replay_file or make_replay(patches, data, data_dir, eval_subset=eval_subset,
+                                                        eval_seed=eval_seed, out=replay_dir, progress=progress))
         Store(store_path).close()  # the schema exists before any thread writes (WAL: one writer at a time, readers free)
     except BaseException:
         for d in opened:  # a remote device holds a scratch folder; each device is closed once its jobs ran

@@ -3,6 +3,7 @@
     python -m eval.on_device --device local                   # the main job (eval.pipeline): export, replay, report
     python -m eval.on_device --device local --model w4.onnx --model w4.tflite --patches DIR --data cifar10
     python -m eval.on_device --device local,jetson,boards --model w4.onnx --patches DIR  # a fleet, concurrently
+    python -m eval.on_device --device local,rpi4-emu --scenario gtsrb-stop   # a scenario (eval.scenario)
 
 Without --model it runs the whole pipeline (`eval.pipeline`): --checkpoint (default zoo/resnet20_w4a4)
 exported to ONNX and TFLite, the patches (default: the committed transfer-matrix patches) replayed on
@@ -33,6 +34,7 @@ from pathlib import Path
 from devices.inventory import describe_devices, load_inventory, select_devices
 from eval.fleet import list_runs as store_runs, replay_on_devices, table
 from eval.pipeline import DEFAULT_SUBSET, run_pipeline
+from eval.scenario import run_scenario
 from qadtr._cli import DATA_DIR_HELP, check_writable, run_cli
 from qadtr._config import write_json
 from qadtr._errors import QadtrError
@@ -82,10 +84,21 @@ def _replay(*, model: list[str], patches: str | None, device: str, data: str, da
     print(f"wrote {out}; per-image outputs in {store}")
 
 
+def _scenario(name: str, *, device: str, out: str | None, data_dir: str | None, runtimes: list[str] | None,
+              inventory: str | None, remake: bool) -> None:
+    """A scenario from its committed model and stickers into --out (default runs/NAME)."""
+    res = run_scenario(name, device=device, out=check_writable(out or f"runs/{name}", "folder"), data_dir=data_dir,
+                       runtimes=runtimes, inventory=inventory, remake=remake, progress=True)
+    for r in res["runs"]:
+        rates = ", ".join(f"{k} ASR {100 * v['asr_target']['value']:.1f}%" for k, v in r["patches"].items())
+        print(f"{r['run']}: read as class {res['source']} {100 * r['stop_before']['value']:.1f}% before; {rates}")
+    print(f"page: {res['page']}\nreport: {res['report']}")
+
+
 def _dispatch(*, list_devices: bool, list_runs: bool, runtimes: str | None, model: list[str],
               checkpoint: list[str] | None, patches: str | None, device: str, inventory: str | None, data: str,
               data_dir: str | None, eval_subset: int | None, eval_seed: int, store: str, replay_dir: str | None,
-              out: str | None, batch_size: int, warmup: int, fresh: bool) -> None:
+              out: str | None, batch_size: int, warmup: int, fresh: bool, scenario: str | None, remake: bool) -> None:
     """What the parsed flags (main's, by name) ask for: a listing, the pipeline (no --model), or a replay of
     the artifacts."""
     if list_devices:
@@ -95,6 +108,14 @@ def _dispatch(*, list_devices: bool, list_runs: bool, runtimes: str | None, mode
         print(store_runs(store))
         return
     names = [r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None
+    if scenario:
+        if model or patches or checkpoint:
+            raise QadtrError("--scenario runs from its own model and stickers; drop --model, --patches, --checkpoint")
+        _scenario(scenario, device=device, out=out, data_dir=data_dir, runtimes=names, inventory=inventory,
+                  remake=remake)
+        return
+    if remake:
+        raise QadtrError("--remake re-makes a scenario's stickers; pass it with --scenario NAME")
     if not model:
         _pipeline(checkpoint=checkpoint, patches=patches, device=device, out=out, data_dir=data_dir,
                   runtimes=names, eval_subset=eval_subset, inventory=inventory)
@@ -137,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--warmup", type=int, default=3, help="untimed inference calls before each session's batches")
     p.add_argument("--fresh", action="store_true", help="measure runs already in the store again from scratch")
+    p.add_argument("--scenario", default=None, help="run a scenario end to end (eval.scenario: gtsrb-stop), into "
+                   "--out (default runs/NAME)")
+    p.add_argument("--remake", action="store_true", help="--scenario: make its stickers again instead of using "
+                   "the committed ones")
     args = p.parse_args(argv)
 
     return run_cli("eval.on_device", lambda: _dispatch(**vars(args)), argv)

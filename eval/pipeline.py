@@ -39,7 +39,7 @@ def _default(rel: str) -> Path:
 PROOF_IMAGES = 250  # test images each export proves itself on (the zoo table uses 500)
 
 
-def _export(checkpoint: Path, bits: int, out: Path, *, images) -> list[Path]:
+def export_checkpoint(checkpoint: Path, bits: int, out: Path, *, images) -> list[Path]:
     """ONNX QDQ and TFLite of one (checkpoint, bits), proven on `images` (N, H, W, 3) uint8 test images,
     reused when their records name the same source checkpoint."""
     from export import onnx as onnx_export, tflite as tflite_export
@@ -158,7 +158,7 @@ def run_pipeline(*, checkpoints: list[str] | None = None, patches: str | None = 
     models: list[str] = []
     for ck, bits in zip(ckpts, replayed):
         for w, _ in bits:
-            models += [str(p) for p in _export(ck, w, out / "artifacts", images=proof)]
+            models += [str(p) for p in export_checkpoint(ck, w, out / "artifacts", images=proof)]
     patch_dir = _patches(patches, ckpts[0], out, data=data, bits=replayed[0][0], data_dir=data_dir)
     print(f"patches: {patch_dir} ({len(list(patch_dir.glob('*.npz')))} files)")
     store = out / "results.sqlite"

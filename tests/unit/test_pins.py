@@ -27,5 +27,5 @@ def test_unpinned_name_is_refused():
 
     from qadtr._errors import QadtrError
 
-    with pytest.raises(QadtrError, match=r"pins no exact version of pillow; pin them with '=='"):
-        _pins.pinned(("pillow",))
+    with pytest.raises(QadtrError, match=r"pins no exact version of tqdm; pin them with '=='"):
+        _pins.pinned(("tqdm",))

@@ -28,10 +28,11 @@ ROOT = Path(__file__).resolve().parents[2]
 REGISTRIES = [("qadtr.models._registry", "MODELS"), ("qadtr.recipes._registry", "RECIPE_ROWS"),
               ("qadtr.attacks._registry", "ATTACK_ROWS"), ("export.registry", "EXPORTERS"),
               ("devices.runtimes", "RUNTIMES"), ("devices.inventory", "DEVICE_KINDS"),
-              ("devices.power._meter", "POWER_METERS"), ("eval.query", "QUERY_ATTACKS")]
+              ("devices.power._meter", "POWER_METERS"), ("eval.query", "QUERY_ATTACKS"), ("eval.scenario", "SCENARIOS")]
 LAZY = [("devices.runtimes", "RUNTIMES", "runner"), ("devices.inventory", "DEVICE_KINDS", "device"),
         ("devices.power._meter", "POWER_METERS", "meter"), ("export.registry", "EXPORTERS", "function"),
-        ("eval.query", "QUERY_ATTACKS", "run")]  # registries of "module:attr" rows, and the field naming the code
+        ("eval.query", "QUERY_ATTACKS", "run"), ("eval.scenario", "SCENARIOS", "function"),
+        ("eval.scenario", "SCENARIOS", "config")]  # registries of "module:attr" rows, and the field naming the code
 MODULE_ATTR = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # a "module:attr" reference, as rows hold them
 
 
