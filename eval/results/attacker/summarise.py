@@ -98,7 +98,7 @@ def main() -> int:
           "budget 250 | (c) refine, budget 250: attacked / held-out | (a) on the exact attack's replay images | "
           "(d) white-box on the exact arithmetic | (e) decision-based universal, budget 250: attacked / held-out |")
     print("|---|---|---|---|---|---|---|---|")
-    for model in ("w2a2", "w4a4"):
+    for model in ("w2a2", "w4a4", "def_qadtr_w4a4", "def_qat_w4a4"):  # defended.sh: QADT-R and its QAT baseline
         for runtime in ("onnxrt", "litert-xnnpack", "litert-builtin"):
             print(row(model, runtime))
     print("\nThe emulated board (board.sh): w2a2 on rpi4-emu's LiteRT XNNPACK (aarch64, Cortex-A72 under qemu-user), "
