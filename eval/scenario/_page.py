@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from qadtr._stats import Proportion
+from qadtr.bits import bits_name
 
 GRID = 16  # signs per grid: the first test stop signs, the same for every runtime (enough to see a pattern)
 
 
 def _name(run) -> str:
     bits = run.options.get("bits")
-    width = f" w{bits[0]}a{bits[1]}" if isinstance(bits, (list, tuple)) and len(bits) == 2 else ""
+    width = f" {bits_name(tuple(bits))}" if isinstance(bits, (list, tuple)) and len(bits) == 2 else ""
     return f"{run.device}/{run.runtime}{width}"
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from eval.scenario._stop_config import StopSignConfig
 from qadtr._config import config_to_dict, write_json
 from qadtr._errors import QadtrError
+from qadtr.bits import bits_name
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = REPO / "eval" / "results" / "stop_sign" / "patches"  # the committed stickers of the default config
@@ -50,7 +51,7 @@ def make_stickers(cfg: StopSignConfig, out: Path, *, data_dir: str | None, progr
 
     model, ck = load_checkpoint(_checkpoint(cfg))
     if (cfg.bits, cfg.bits) not in ck.model.bits:
-        raise QadtrError(f"{cfg.checkpoint} has no w{cfg.bits}a{cfg.bits}; pick one of its bit widths")
+        raise QadtrError(f"{cfg.checkpoint} has no {bits_name((cfg.bits, cfg.bits))}; pick one of its bit widths")
     train = qadtr.data.load_split("gtsrb", "train", data_dir)
     signs = train.labels == cfg.source  # (N,) the training stop signs
     h, w = train.images.shape[1:3]
