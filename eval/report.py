@@ -66,9 +66,9 @@ def collect(store_path: str | Path, *, compare: str | Path | dict | None = None,
     from qadtr.bits import bits_name
     from eval.replay import load_replay
     from eval.store import Store
+    from eval._configs import register_eval_configs
     from qadtr._config import read_json, sha256_file
 
-    from eval._configs import register_eval_configs
     if not Path(store_path).is_file():
         raise QadtrError(f"{store_path} not found; make it with `python -m eval.on_device ... --store {store_path}`")
     register_eval_configs()  # the thumbnails read patch files of eval's own attacks too

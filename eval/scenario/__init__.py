@@ -25,7 +25,8 @@ class ScenarioInfo:
 
 
 SCENARIOS: Registry[ScenarioInfo] = Registry("scenario")
-SCENARIOS.register(ScenarioInfo("gtsrb-stop", "eval.scenario._stop_config:StopSignConfig", "eval.scenario.gtsrb_stop:run",
+SCENARIOS.register(ScenarioInfo("gtsrb-stop", "eval.scenario._stop_config:StopSignConfig",
+                                "eval.scenario.gtsrb_stop:run",
                                 "a targeted sticker on GTSRB stop signs through a camera, on every runtime"))
 
 

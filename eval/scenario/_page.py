@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from eval._report_html import CSS as REPORT_CSS
 from qadtr._stats import Proportion
 from qadtr.bits import bits_name
 
@@ -25,38 +26,41 @@ def _name(run) -> str:
     return f"{run.device}/{run.runtime}{width}"
 
 
-def _runs(store, replay) -> list:
-    """The complete runs of this replay, fake-quant first."""
-    runs = [r for r in store.runs(replay_sha256=replay.sha256) if r.complete]
-    return sorted(runs, key=lambda r: (r.runtime != "fakequant", r.device, r.runtime))
-
-
-def summarise(store_path: str | Path, replay_path: str | Path, *, source: int, target: int) -> dict:
-    """{source, target, n, scene, runs: [...]}: each complete run's rates (module docstring)."""
-    from eval.replay import load_replay
+def predictions(store_path: str | Path, replay) -> list[tuple]:
+    """(run, (M,) predictions) of every complete run of `replay` in the store, fake-quant first: read once, for
+    `summarise` and `write_page`."""
     from eval.store import Store
 
-    replay = load_replay(replay_path)
+    with Store(store_path, readonly=True) as store:
+        runs = [r for r in store.runs(replay_sha256=replay.sha256) if r.complete]
+        runs.sort(key=lambda r: (r.runtime != "fakequant", r.device, r.runtime))
+        return [(run, store.preds(run.run_id)) for run in runs]
+
+
+def _reference(preds: list[tuple]) -> np.ndarray | None:
+    """The fake-quant run's predictions (first when present), else None."""
+    return preds[0][1] if preds and preds[0][0].runtime == "fakequant" else None
+
+
+def summarise(replay, preds: list[tuple], *, source: int, target: int) -> dict:
+    """{source, target, n, scene, runs: [...]}: each complete run's rates (module docstring); `preds` from
+    `predictions`."""
     n = replay.info.n_subset
-    out = []
-    with Store(store_path) as store:
-        runs = _runs(store, replay)
-        ref = store.preds(runs[0].run_id) if runs and runs[0].runtime == "fakequant" else None
-        for run in runs:
-            pred = store.preds(run.run_id)  # (M,) clean block, then one block per sticker
-            row = {"run": _name(run), "run_id": run.run_id, "device": run.device, "runtime": run.runtime,
-                   "kernels": run.kernels, "emulated": run.emulated,
-                   "stop_before": Proportion(int((pred[:n] == source).sum()), n).to_dict(), "patches": {}}
-            for ref_patch, asr in replay.asr(pred):
-                rows = pred[ref_patch.first:ref_patch.first + ref_patch.n]
-                row["patches"][Path(ref_patch.file).stem] = {
-                    "attack": ref_patch.attack, "asr_target": asr.rate.to_dict(), "definition": asr.definition,
-                    "stop_after": Proportion(int((rows == source).sum()), n).to_dict()}
-            if ref is not None:
-                differs = np.flatnonzero(pred != ref)
-                row["vs_fakequant"] = {"rows": int(len(pred)), "differ": int(len(differs)),
-                                       "differ_rows": differs[:50].tolist()}
-            out.append(row)
+    ref, out = _reference(preds), []
+    for run, pred in preds:  # pred (M,): clean block, then one block per sticker
+        row = {"run": _name(run), "run_id": run.run_id, "device": run.device, "runtime": run.runtime,
+               "kernels": run.kernels, "emulated": run.emulated,
+               "stop_before": Proportion(int((pred[:n] == source).sum()), n).to_dict(), "patches": {}}
+        for ref_patch, asr in replay.asr(pred):
+            rows = pred[ref_patch.first:ref_patch.first + ref_patch.n]
+            row["patches"][Path(ref_patch.file).stem] = {
+                "attack": ref_patch.attack, "asr_target": asr.rate.to_dict(), "definition": asr.definition,
+                "stop_after": Proportion(int((rows == source).sum()), n).to_dict()}
+        if ref is not None:
+            differs = np.flatnonzero(pred != ref)
+            row["vs_fakequant"] = {"rows": int(len(pred)), "differ": int(len(differs)),
+                                   "differ_rows": differs[:50].tolist()}
+        out.append(row)
     return {"source": source, "target": target, "n": n, "replay": str(replay.path),
             "scene": json.loads(replay.info.scene), "runs": out}
 
@@ -98,21 +102,18 @@ def _grid(images: np.ndarray, pred: np.ndarray, signs, *, n: int, classes: tuple
     return f'<div class="grid">{"".join(cells)}</div>'
 
 
-CSS = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse}"
-       "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}.grid{display:flex;flex-wrap:wrap;gap:8px}"
-       ".pair{display:flex;gap:2px;border:1px solid #ddd;padding:2px}figure{margin:0;text-align:center}"
-       "figcaption{font-size:11px}.fail{color:#b00;font-weight:bold}.pass{color:#070}.warn{color:#a60}")
+# the report's stylesheet (eval._report_html) plus the grids: before/after pairs side by side, wrapping
+CSS = REPORT_CSS + (".grid{display:flex;flex-wrap:wrap;gap:8px}.pair{display:flex;gap:2px;border:1px solid #ddd;"
+                    "padding:2px}.pair figure{margin:0;text-align:center}")
 
 
-def write_page(summary: dict, store_path: str | Path, replay_path: str | Path, *, out: Path) -> Path:
-    """Write the scenario page: the table of every run, then each run's before/after grid."""
+def write_page(summary: dict, replay, preds: list[tuple], *, out: Path) -> Path:
+    """Write the scenario page: the table of every run, then each run's before/after grid (`preds` from
+    `predictions`)."""
     from eval._report_html import esc
-    from eval.replay import load_replay
-    from eval.store import Store
     from qadtr._config import atomic_write_bytes
     from qadtr.data import DATASETS
 
-    replay = load_replay(replay_path)
     source, target = summary["source"], summary["target"]
     known = DATASETS.get(replay.info.dataset)
     classes = known.classes if known and len(known.classes) == replay.info.num_classes else \
@@ -120,24 +121,21 @@ def write_page(summary: dict, store_path: str | Path, replay_path: str | Path, *
     summary = {**summary, "target_name": classes[target]}
     n = summary["n"]
     parts = [f"<h1>{esc(classes[source])} -> {esc(classes[target])}: a sticker through a camera, on every runtime</h1>",
-             f"<p>{n} {esc(replay.info.dataset)} test images of {esc(classes[source])}, each through one camera view (drawn once, the same bytes for every "
-             f"runtime): <code>{esc(json.dumps(summary['scene']['camera']['_data']))}</code>. Before = the view "
+             f"<p>{n} {esc(replay.info.dataset)} test images of {esc(classes[source])}, each through one camera "
+             f"view (drawn once, the same bytes for every runtime): "
+             f"<code>{esc(json.dumps(summary['scene']['camera']['_data']))}</code>. Before = the view "
              "without a sticker; after = the same view with the sticker on the sign's centre. Red: read as the "
              "target; green: still a stop sign; amber: another sign. The comparison report beside this page "
              "(report.html) gives the cause of every image a runtime reads differently from fake-quant.</p>",
              _table(summary)]
-    with Store(store_path) as store:
-        runs = _runs(store, replay)
-        ref = store.preds(runs[0].run_id) if runs and runs[0].runtime == "fakequant" else None
-        for run in runs:
-            pred = store.preds(run.run_id)  # (M,)
-            grid = dict(n=n, classes=classes, source=source, target=target)
-            parts.append(f"<h2>{esc(_name(run))}</h2>" + _grid(replay.images, pred, range(min(GRID, n)), **grid))
-            differs = [] if ref is None or run is runs[0] else \
-                sorted({int(r) % n for r in np.flatnonzero(pred[:2 * n] != ref[:2 * n])})[:GRID]  # sign indices
-            if differs:
-                parts.append(f"<h3>Signs {esc(_name(run))} reads differently from fake-quant (before or after, "
-                             f"first {len(differs)})</h3>" + _grid(replay.images, pred, differs, **grid))
+    ref, grid = _reference(preds), dict(n=n, classes=classes, source=source, target=target)
+    for k, (run, pred) in enumerate(preds):
+        parts.append(f"<h2>{esc(_name(run))}</h2>" + _grid(replay.images, pred, range(min(GRID, n)), **grid))
+        differs = [] if ref is None or k == 0 else \
+            sorted({int(r) % n for r in np.flatnonzero(pred[:2 * n] != ref[:2 * n])})[:GRID]  # sign indices
+        if differs:
+            parts.append(f"<h3>Signs {esc(_name(run))} reads differently from fake-quant (before or after, "
+                         f"first {len(differs)})</h3>" + _grid(replay.images, pred, differs, **grid))
     page = (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>stop-sign scenario</title>'
             f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>\n")
     atomic_write_bytes(out, page.encode())

@@ -91,7 +91,8 @@ def run(cfg: StopSignConfig, *, device: str, out: Path, data_dir: str | None, ru
     from eval.fleet import json_safe, replay_on_devices
     from eval.pipeline import PROOF_IMAGES, export_checkpoint
     from eval.report import write_report
-    from eval.scenario._page import summarise, write_page
+    from eval.replay import load_replay
+    from eval.scenario._page import predictions, summarise, write_page
     from eval.scenario._scene import make_scene_replay
 
     files = _stickers(cfg, out, data_dir=data_dir, remake=remake, progress=progress)
@@ -106,8 +107,10 @@ def run(cfg: StopSignConfig, *, device: str, out: Path, data_dir: str | None, ru
     comparisons, skipped = compare_store(store)
     write_json(out / "report" / "compare.json", json_safe(document(comparisons, skipped, store=store)))
     write_report(store, out / "report", compare=out / "report" / "compare.json", patches=files[0].parent)
-    summary = summarise(store, replay, source=cfg.source, target=cfg.target)
+    scene = load_replay(replay)
+    preds = predictions(store, scene)  # every run's predictions, read once for the numbers and the page
+    summary = summarise(scene, preds, source=cfg.source, target=cfg.target)
     write_json(out / "scenario.json", json_safe({"config": config_to_dict(cfg), **summary}))
-    page = write_page(summary, store, replay, out=out / "report" / "stop_sign.html")
+    page = write_page(summary, scene, preds, out=out / "report" / "stop_sign.html")
     return {**summary, "page": str(page), "report": str(out / "report" / "report.html")}
 
